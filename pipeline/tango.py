@@ -1,0 +1,409 @@
+"""TangoPipeline: text-to-audio with Tango / Tango 2 (declare-lab) as a diffusers pipeline.
+
+Tango is a latent diffusion model: a frozen FLAN-T5 encoder reads the prompt, a
+UNet2DConditionModel denoises an 8-channel latent of a log-mel spectrogram, the
+AudioLDM VAE decodes the latent to a 64-band mel at 16 kHz / hop 160, and a HiFi-GAN
+vocoder turns the mel into a waveform. The semantics follow the original
+``AudioDiffusion.inference`` exactly: classifier-free guidance against the *empty
+prompt* encoded by T5 with its attention mask (unconditional half first), the
+boolean encoder attention mask passed to the UNet, and DDPM sampling with Stable
+Diffusion 2.1's v-prediction schedule.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
+from diffusers.pipelines.pipeline_utils import AudioPipelineOutput
+from diffusers.utils import logging, replace_example_docstring
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import PreTrainedTokenizerBase, T5EncoderModel
+
+logger = logging.get_logger(__name__)
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from pipeline import load_pipeline, save_audio
+
+        >>> pipe = load_pipeline("declare-lab/tango2")  # or "tiny", or a local folder
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> audio = pipe("A dog barks, then a car passes by", num_inference_steps=100, generator=generator).audios[0]
+        >>> save_audio("dog.wav", audio, pipe.sampling_rate)
+        ```
+"""
+
+# Clips longer than this multiple of the training length are refused: the UNet would
+# run, but the model was never trained for it and memory grows with the length.
+MAX_LENGTH_FACTOR = 3
+
+
+class TangoPipeline(DiffusionPipeline):
+    r"""
+    Pipeline for text-to-audio generation with Tango and Tango 2.
+
+    Args:
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
+            Tokenizer of the text encoder (FLAN-T5's SentencePiece tokenizer for real Tango).
+        text_encoder ([`~transformers.T5EncoderModel`]):
+            Frozen T5 encoder; its last hidden state conditions the UNet through cross-attention.
+        unet ([`UNet2DConditionModel`]):
+            Denoises the audio latent (8 channels, time x mel/4).
+        vae ([`AutoencoderKL`]):
+            AudioLDM's VAE: log-mel spectrogram (batch, 1, frames, 64) <-> latent (batch, 8, frames/4, 16).
+            `vae.config.scaling_factor` is Tango's `scale_factor`.
+        vocoder (`torch.nn.Module`):
+            Mel to waveform, e.g. [`~transformers.SpeechT5HifiGan`]: takes (batch, frames, n_mels) and returns
+            (batch, samples); its `config.sampling_rate` is the output rate.
+        scheduler ([`SchedulerMixin`]):
+            Noise scheduler; Tango uses [`DDPMScheduler`] with Stable Diffusion 2.1's config.
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae->vocoder"
+    _callback_tensor_inputs = ["latents", "prompt_embeds"]
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        text_encoder: T5EncoderModel,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        vocoder: torch.nn.Module,
+        scheduler: SchedulerMixin,
+    ):
+        super().__init__()
+        self.register_modules(
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
+            unet=unet,
+            vae=vae,
+            vocoder=vocoder,
+            scheduler=scheduler,
+        )
+
+    # -- sizes read from the component configs --------------------------------------------
+
+    @property
+    def sampling_rate(self) -> int:
+        return int(self.vocoder.config.sampling_rate)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Mel frames (and mel bins) per latent position."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def hop_length(self) -> int:
+        """Waveform samples per mel frame: the vocoder's total upsampling."""
+        return int(math.prod(self.vocoder.config.upsample_rates))
+
+    @property
+    def default_audio_length_in_s(self) -> float:
+        """The clip length the model was trained on (10.24 s for Tango): `unet.config.sample_size[0]` latents."""
+        sample_size = self.unet.config.sample_size
+        latent_frames = sample_size[0] if isinstance(sample_size, (list, tuple)) else sample_size
+        return latent_frames * self.vae_scale_factor * self.hop_length / self.sampling_rate
+
+    @property
+    def latent_mel_bins(self) -> int:
+        return int(self.vocoder.config.model_in_dim) // self.vae_scale_factor
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _tokenize(self, texts: list[str], **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = self.tokenizer(texts, truncation=True, return_tensors="pt", **kwargs)
+        return inputs.input_ids, inputs.attention_mask
+
+    def _warn_if_truncated(self, texts: list[str], name: str) -> None:
+        limit = self.tokenizer.model_max_length
+        lengths = [len(ids) for ids in self.tokenizer(texts, truncation=False).input_ids]
+        if max(lengths) > limit:
+            logger.warning(
+                f"`{name}` was truncated to the tokenizer's limit of {limit} tokens "
+                f"(the longest had {max(lengths)}); the text encoder only sees the beginning."
+            )
+
+    def _encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, device) -> torch.Tensor:
+        return self.text_encoder(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)
+        ).last_hidden_state
+
+    def encode_prompt(
+        self,
+        prompt: list[str],
+        device: torch.device,
+        num_waveforms_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = True,
+        negative_prompt: list[str] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""
+        Encodes the prompt as Tango does.
+
+        The prompts are padded to the longest one (+ EOS); the unconditional branch is the
+        negative prompt, by default the empty string, padded to the same length, so its
+        only attended token is EOS. Both go through T5 with their attention masks and
+        are repeated `num_waveforms_per_prompt` times, unconditional half first.
+
+        Returns:
+            `(prompt_embeds, attention_mask)`: (batch * num_waveforms_per_prompt * (2 if CFG else 1),
+            tokens, hidden) and the matching boolean mask for the UNet's `encoder_attention_mask`.
+        """
+        max_length = self.tokenizer.model_max_length
+        self._warn_if_truncated(prompt, "prompt")
+        cond_ids, cond_mask = self._tokenize(prompt, max_length=max_length, padding=True)
+        if do_classifier_free_guidance and negative_prompt is not None:
+            self._warn_if_truncated(negative_prompt, "negative_prompt")
+            neg_ids, _ = self._tokenize(negative_prompt, max_length=max_length, padding=True)
+            if neg_ids.shape[1] > cond_ids.shape[1]:
+                cond_ids, cond_mask = self._tokenize(prompt, max_length=neg_ids.shape[1], padding="max_length")
+        with torch.no_grad():
+            prompt_embeds = self._encode_tokens(cond_ids, cond_mask, device)
+        prompt_embeds = prompt_embeds.repeat_interleave(num_waveforms_per_prompt, dim=0)
+        attention_mask = (cond_mask.to(device) == 1).repeat_interleave(num_waveforms_per_prompt, dim=0)
+        if not do_classifier_free_guidance:
+            return prompt_embeds, attention_mask
+
+        uncond_texts = negative_prompt if negative_prompt is not None else [""] * len(prompt)
+        uncond_ids, uncond_mask = self._tokenize(uncond_texts, max_length=cond_ids.shape[1], padding="max_length")
+        with torch.no_grad():
+            uncond_embeds = self._encode_tokens(uncond_ids, uncond_mask, device)
+        uncond_embeds = uncond_embeds.repeat_interleave(num_waveforms_per_prompt, dim=0)
+        uncond_attention = (uncond_mask.to(device) == 1).repeat_interleave(num_waveforms_per_prompt, dim=0)
+        return torch.cat([uncond_embeds, prompt_embeds]), torch.cat([uncond_attention, attention_mask])
+
+    def check_inputs(
+        self,
+        prompt,
+        negative_prompt,
+        num_inference_steps,
+        guidance_scale,
+        num_waveforms_per_prompt,
+        audio_length_in_s,
+        output_type,
+    ) -> None:
+        if isinstance(prompt, str):
+            prompt = [prompt]
+        if not isinstance(prompt, (list, tuple)) or not all(isinstance(p, str) for p in prompt):
+            raise TypeError(f"`prompt` has to be a string or a list of strings but is {type(prompt).__name__}")
+        if len(prompt) == 0:
+            raise ValueError("`prompt` is an empty list: pass at least one prompt")
+        if any(not p.strip() for p in prompt):
+            raise ValueError(f"`prompt` contains an empty string: {list(prompt)!r:.200}; describe the sound to generate")
+        if negative_prompt is not None:
+            negatives = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
+            if not isinstance(negatives, (list, tuple)) or not all(isinstance(p, str) for p in negatives):
+                raise TypeError(
+                    f"`negative_prompt` has to be a string or a list of strings but is {type(negative_prompt).__name__}"
+                )
+            if len(negatives) not in (1, len(prompt)):
+                raise ValueError(
+                    f"`negative_prompt` has {len(negatives)} entries but `prompt` has {len(prompt)}; "
+                    "pass one negative prompt, or one per prompt"
+                )
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` has to be a positive integer but is {num_inference_steps!r}")
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
+            raise TypeError(f"`guidance_scale` has to be a number but is {type(guidance_scale).__name__}")
+        if not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"`guidance_scale` has to be a finite number >= 0 but is {guidance_scale!r}")
+        if (
+            isinstance(num_waveforms_per_prompt, bool)
+            or not isinstance(num_waveforms_per_prompt, int)
+            or num_waveforms_per_prompt < 1
+        ):
+            raise ValueError(
+                f"`num_waveforms_per_prompt` has to be a positive integer but is {num_waveforms_per_prompt!r}"
+            )
+        if audio_length_in_s is not None:
+            if isinstance(audio_length_in_s, bool) or not isinstance(audio_length_in_s, (int, float)):
+                raise TypeError(f"`audio_length_in_s` has to be a number but is {type(audio_length_in_s).__name__}")
+            shortest = self.vae_scale_factor * self._latent_multiple * self.hop_length / self.sampling_rate
+            longest = MAX_LENGTH_FACTOR * self.default_audio_length_in_s
+            if not (shortest <= audio_length_in_s <= longest):
+                raise ValueError(
+                    f"`audio_length_in_s` has to be between {shortest:g} and {longest:g} seconds for this model "
+                    f"(trained on {self.default_audio_length_in_s:g} s) but is {audio_length_in_s!r}"
+                )
+        if output_type not in ("np", "pt", "latent"):
+            raise ValueError(f"`output_type` has to be 'np', 'pt' or 'latent' but is {output_type!r}")
+
+    @property
+    def _latent_multiple(self) -> int:
+        """The UNet halves the latent's time axis once per down block but the last."""
+        return 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    def prepare_latents(
+        self, batch_size: int, latent_frames: int, dtype, device, generator, latents=None
+    ) -> torch.Tensor:
+        shape = (batch_size, self.unet.config.in_channels, latent_frames, self.latent_mel_bins)
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"You passed a list of {len(generator)} generators, but the batch has {batch_size} waveforms "
+                "(prompts x num_waveforms_per_prompt): pass one generator, or one per waveform"
+            )
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        else:
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"`latents` has shape {tuple(latents.shape)} but this call needs {shape}")
+            latents = latents.to(device=device, dtype=dtype)
+        return latents * self.scheduler.init_noise_sigma
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> log-mel (batch, 1, frames, n_mels) through the VAE (Tango's `decode_first_stage`)."""
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+        return self.vae.decode(latents).sample
+
+    def mel_spectrogram_to_waveform(self, mel_spectrogram: torch.Tensor) -> torch.Tensor:
+        """(batch, 1, frames, n_mels) log-mel -> (batch, samples) float32 waveform."""
+        mel = mel_spectrogram.squeeze(1).to(self.vocoder.dtype)
+        return self.vocoder(mel).float()
+
+    # -- generation -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        num_inference_steps: int = 100,
+        guidance_scale: float = 3.0,
+        num_waveforms_per_prompt: int = 1,
+        audio_length_in_s: float | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[["TangoPipeline", int, int, dict[str, Any]], dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+    ) -> AudioPipelineOutput | tuple:
+        r"""
+        Generates audio from text.
+
+        Args:
+            prompt (`str` or `list[str]`):
+                What the clip should contain. Texts longer than the tokenizer's limit are truncated (with a warning).
+            negative_prompt (`str` or `list[str]`, *optional*):
+                Replaces Tango's empty-string unconditional branch of classifier-free guidance.
+            num_inference_steps (`int`, defaults to 100):
+                Denoising steps; Tango's demo uses 100 (200 for best quality).
+            guidance_scale (`float`, defaults to 3.0):
+                Classifier-free guidance weight; guidance is used when it is above 1.
+            num_waveforms_per_prompt (`int`, defaults to 1):
+                Clips per prompt. All prompts x clips run as one batched forward (CFG batched too).
+            audio_length_in_s (`float`, *optional*):
+                Clip length; defaults to the training length (10.24 s for Tango). Rounded up to what the UNet
+                accepts and the waveform cut back to the requested length.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
+                Randomness for the initial latents and every DDPM step; a list gives one generator per waveform, so
+                each clip is reproducible on its own whatever the batch.
+            latents (`torch.Tensor`, *optional*):
+                Initial noise of shape (batch * num_waveforms_per_prompt, 8, frames / 4, n_mels / 4).
+            output_type (`str`, defaults to `"np"`):
+                `"np"` (numpy float32), `"pt"` (torch float32) or `"latent"` (the final latents).
+            return_dict (`bool`, defaults to `True`):
+                Return an [`AudioPipelineOutput`] instead of a tuple.
+            callback_on_step_end (`Callable`, *optional*):
+                Called as `callback_on_step_end(pipe, step, timestep, callback_kwargs)` after every step, with the
+                tensors named in `callback_on_step_end_tensor_inputs`; may return replacements for them.
+
+        Examples:
+
+        Returns:
+            [`AudioPipelineOutput`] whose `audios` is (batch * num_waveforms_per_prompt, samples) float32 audio at
+            `pipe.sampling_rate` (16 kHz), grouped by prompt; or a tuple `(audios,)` when `return_dict` is False.
+        """
+        # 1. Check inputs
+        self.check_inputs(
+            prompt,
+            negative_prompt,
+            num_inference_steps,
+            guidance_scale,
+            num_waveforms_per_prompt,
+            audio_length_in_s,
+            output_type,
+        )
+        for name in callback_on_step_end_tensor_inputs:
+            if name not in self._callback_tensor_inputs:
+                raise ValueError(
+                    f"`callback_on_step_end_tensor_inputs` has {name!r}; allowed: {self._callback_tensor_inputs}"
+                )
+
+        # 2. Define call parameters
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if isinstance(negative_prompt, str) or (negative_prompt is not None and len(negative_prompt) == 1):
+            negative_prompt = [negative_prompt if isinstance(negative_prompt, str) else negative_prompt[0]]
+            negative_prompt = negative_prompt * len(prompts)
+        batch_size = len(prompts) * num_waveforms_per_prompt
+        device = self._execution_device
+        do_classifier_free_guidance = guidance_scale > 1.0
+
+        if audio_length_in_s is None:
+            audio_length_in_s = self.default_audio_length_in_s
+        samples_per_latent = self.vae_scale_factor * self.hop_length
+        requested_samples = int(round(audio_length_in_s * self.sampling_rate))
+        latent_frames = math.ceil(requested_samples / samples_per_latent)
+        if latent_frames % self._latent_multiple:
+            latent_frames += self._latent_multiple - latent_frames % self._latent_multiple
+            logger.info(
+                f"`audio_length_in_s` {audio_length_in_s} s rounded up to "
+                f"{latent_frames * samples_per_latent / self.sampling_rate} s for the UNet; "
+                "the waveform is cut back to the requested length."
+            )
+
+        # 3. Encode input prompt
+        prompt_embeds, attention_mask = self.encode_prompt(
+            prompts, device, num_waveforms_per_prompt, do_classifier_free_guidance, negative_prompt
+        )
+        prompt_embeds = prompt_embeds.to(self.unet.dtype)
+
+        # 4. Prepare timesteps
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+
+        # 5. Prepare latents
+        latents = self.prepare_latents(batch_size, latent_frames, prompt_embeds.dtype, device, generator, latents)
+
+        # 6. Denoising loop
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                latent_model_input = torch.cat([latents] * 2) if do_classifier_free_guidance else latents
+                latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
+                noise_pred = self.unet(
+                    latent_model_input,
+                    t,
+                    encoder_hidden_states=prompt_embeds,
+                    encoder_attention_mask=attention_mask,
+                ).sample
+                if do_classifier_free_guidance:
+                    noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+                    noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
+                latents = self.scheduler.step(noise_pred, t, latents, generator=generator).prev_sample
+
+                if callback_on_step_end is not None:
+                    callback_kwargs = {name: locals()[name] for name in callback_on_step_end_tensor_inputs}
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
+                    latents = callback_outputs.pop("latents", latents)
+                    prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
+                progress_bar.update()
+
+        # 7. Post-process
+        if output_type == "latent":
+            audio = latents
+        else:
+            mel_spectrogram = self.decode_latents(latents)
+            audio = self.mel_spectrogram_to_waveform(mel_spectrogram)[:, :requested_samples]
+            if output_type == "np":
+                audio = audio.cpu().numpy().astype(np.float32)
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return (audio,)
+        return AudioPipelineOutput(audios=audio)
+
