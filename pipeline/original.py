@@ -291,10 +291,13 @@ def load_original(folder: str | os.PathLike) -> TangoPipeline:
 
 
 def download_original(repo_id: str, revision: str | None = None) -> Path:
-    """Fetch only the files an original-format repo needs."""
+    """Fetch only the files an original-format repo needs (and a text encoder folder, if it has one)."""
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(ORIGINAL_FILES)))
+    folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=[MAIN_CONFIG]))
+    encoder_name = str(read_json(folder / MAIN_CONFIG).get("text_encoder_name", ""))
+    patterns = list(ORIGINAL_FILES) + [f"{encoder_name}/{name}" for name in TEXT_ENCODER_FILES]
+    return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
 
 
 def main(argv: list[str] | None = None) -> None:

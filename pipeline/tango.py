@@ -387,7 +387,8 @@ class TangoPipeline(DiffusionPipeline):
                 latents = self.scheduler.step(noise_pred, t, latents, generator=generator).prev_sample
 
                 if callback_on_step_end is not None:
-                    callback_kwargs = {name: locals()[name] for name in callback_on_step_end_tensor_inputs}
+                    available = {"latents": latents, "prompt_embeds": prompt_embeds}
+                    callback_kwargs = {name: available[name] for name in callback_on_step_end_tensor_inputs}
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
                     latents = callback_outputs.pop("latents", latents)
                     prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)

@@ -1,0 +1,22 @@
+"""Shared test fixtures: the original-format tiny Tango checkpoint and its reference outputs."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FIXTURE_DIR = Path(__file__).parent / "fixtures" / "tango-original-tiny"
+
+
+@pytest.fixture(scope="session")
+def reference():
+    return dict(np.load(FIXTURE_DIR / "reference.npz"))
+
+
+@pytest.fixture(scope="session")
+def fixture_pipe():
+    from pipeline import load_pipeline
+
+    pipe = load_pipeline(str(FIXTURE_DIR), device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
