@@ -291,12 +291,16 @@ def load_original(folder: str | os.PathLike) -> TangoPipeline:
 
 
 def download_original(repo_id: str, revision: str | None = None) -> Path:
-    """Fetch only the files an original-format repo needs (and a text encoder folder, if it has one)."""
+    """Fetch only the files an original-format repo needs, plus the UNet config and text encoder
+    folder that ``main_config.json`` names, when the repo has them."""
     from huggingface_hub import snapshot_download
 
     folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=[MAIN_CONFIG]))
-    encoder_name = str(read_json(folder / MAIN_CONFIG).get("text_encoder_name", ""))
+    main_config = read_json(folder / MAIN_CONFIG)
+    encoder_name = str(main_config.get("text_encoder_name", ""))
     patterns = list(ORIGINAL_FILES) + [f"{encoder_name}/{name}" for name in TEXT_ENCODER_FILES]
+    if main_config.get("unet_model_config_path"):
+        patterns.append(str(main_config["unet_model_config_path"]))
     return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
 
 

@@ -139,6 +139,9 @@ def load_pipeline(spec: str = DEFAULT_SPEC, device=None, dtype=None) -> TangoPip
             return _cache[key]
         pipe = _load_folder(folder) if kind == "folder" else _load_hub(spec)
         pipe.to(device)
+        if device.type == "cpu":
+            # On CPU a batch decoded at once thrashes the cache; one clip at a time is faster.
+            pipe.vae.enable_slicing()
         if dtype != torch.float32:
             pipe.unet.to(dtype)
             pipe.vae.to(dtype)

@@ -1,0 +1,133 @@
+"""TangoPipeline's public behaviour: batching, seeds, lengths, round trips, bad input."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import TangoPipeline, load_pipeline
+
+PROMPTS = ["A dog barks in the distance while rain falls", "Birds chirp nearby"]
+SHORT = 1.28  # seconds: 32 latent frames, keeps these tests fast
+
+
+def generators(*seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def test_batched_prompts_and_candidates_equal_separate_calls(fixture_pipe):
+    """Two prompts x two candidates run as one batch, and each clip is reproducible on its own."""
+    unet_batches = []
+    hook = fixture_pipe.unet.register_forward_hook(lambda module, args, out: unet_batches.append(args[0].shape[0]))
+    try:
+        batched = fixture_pipe(
+            PROMPTS,
+            num_inference_steps=3,
+            num_waveforms_per_prompt=2,
+            audio_length_in_s=SHORT,
+            generator=generators(1, 2, 3, 4),
+        ).audios
+    finally:
+        hook.remove()
+    assert batched.shape == (4, int(SHORT * 16000))
+    assert unet_batches == [8, 8, 8]  # one forward per step: 2 prompts x 2 clips x (uncond, cond)
+
+    for index, (prompt, seed) in enumerate([(PROMPTS[0], 1), (PROMPTS[0], 2), (PROMPTS[1], 3), (PROMPTS[1], 4)]):
+        alone = fixture_pipe(
+            prompt, num_inference_steps=3, audio_length_in_s=SHORT, generator=generators(seed)
+        ).audios[0]
+        np.testing.assert_allclose(batched[index], alone, atol=1e-4)
+    assert not np.allclose(batched[0], batched[1], atol=1e-3)  # different seeds, different clips
+
+
+def test_same_seed_same_audio_and_guidance_changes_it(fixture_pipe):
+    def run(seed, guidance=3.0):
+        return fixture_pipe(
+            PROMPTS[1], num_inference_steps=2, guidance_scale=guidance, audio_length_in_s=SHORT,
+            generator=torch.Generator().manual_seed(seed),
+        ).audios[0]
+
+    np.testing.assert_array_equal(run(7), run(7))
+    assert not np.allclose(run(7), run(8), atol=1e-3)
+    assert not np.allclose(run(7, guidance=1.0), run(7, guidance=5.0), atol=1e-3)
+
+
+def test_negative_prompt_replaces_the_empty_unconditional_branch(fixture_pipe):
+    embeds, mask = fixture_pipe.encode_prompt([PROMPTS[1]], "cpu", 1, True, negative_prompt=[PROMPTS[0]])
+    reference, _ = fixture_pipe.encode_prompt([PROMPTS[0]], "cpu", 1, False)
+    # The longer negative prompt sets the padded length; its embedding is unaffected by padding.
+    assert embeds.shape[1] == reference.shape[1]
+    np.testing.assert_allclose(embeds[0].numpy(), reference[0].numpy(), atol=1e-6)
+    assert mask[1].sum() < mask[0].sum()
+
+
+def test_audio_length_is_rounded_up_for_the_unet_and_cut_back(fixture_pipe):
+    audio = fixture_pipe(
+        PROMPTS[1], num_inference_steps=1, audio_length_in_s=1.0, generator=torch.Generator().manual_seed(0)
+    ).audios
+    assert audio.shape == (1, 16000)
+    assert fixture_pipe.default_audio_length_in_s == pytest.approx(10.24)
+
+
+def test_over_long_prompt_is_truncated_with_a_warning(fixture_pipe, caplog):
+    long_prompt = "a dog barks " * 400
+    caplog.set_level(logging.WARNING)
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.enable_propagation()
+    try:
+        embeds, _ = fixture_pipe.encode_prompt([long_prompt], "cpu", 1, False)
+    finally:
+        diffusers_logging.disable_propagation()
+    assert embeds.shape[1] == fixture_pipe.tokenizer.model_max_length
+    assert "truncated" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"prompt": 42}, TypeError, "`prompt`"),
+        ({"prompt": ["ok", None]}, TypeError, "`prompt`"),
+        ({"prompt": []}, ValueError, "`prompt`"),
+        ({"prompt": "   "}, ValueError, "`prompt`"),
+        ({"num_inference_steps": 0}, ValueError, "`num_inference_steps`"),
+        ({"num_inference_steps": 2.5}, ValueError, "`num_inference_steps`"),
+        ({"guidance_scale": -1.0}, ValueError, "`guidance_scale`"),
+        ({"guidance_scale": float("nan")}, ValueError, "`guidance_scale`"),
+        ({"guidance_scale": "3"}, TypeError, "`guidance_scale`"),
+        ({"num_waveforms_per_prompt": 0}, ValueError, "`num_waveforms_per_prompt`"),
+        ({"audio_length_in_s": 0.0}, ValueError, "`audio_length_in_s`"),
+        ({"audio_length_in_s": 1000.0}, ValueError, "`audio_length_in_s`"),
+        ({"negative_prompt": ["a", "b", "c"]}, ValueError, "`negative_prompt`"),
+        ({"output_type": "wav"}, ValueError, "`output_type`"),
+        ({"generator": generators(1, 2, 3)}, ValueError, "generators"),
+        ({"latents": torch.zeros(1, 8, 3, 16)}, ValueError, "`latents`"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(fixture_pipe, kwargs, error, message):
+    call = {"prompt": "Birds chirp nearby", "num_inference_steps": 1, "audio_length_in_s": SHORT, **kwargs}
+    with pytest.raises(error, match=message):
+        fixture_pipe(**call)
+
+
+def test_save_pretrained_round_trip(fixture_pipe, tmp_path):
+    fixture_pipe.save_pretrained(tmp_path)
+    weights = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.safetensors"))
+    assert weights == [
+        "text_encoder/model.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "vocoder/model.safetensors",
+    ]
+    assert not list(tmp_path.rglob("*.bin"))
+    reloaded = load_pipeline(str(tmp_path), device="cpu")
+    assert isinstance(reloaded, TangoPipeline) and reloaded is not fixture_pipe
+    reloaded.set_progress_bar_config(disable=True)
+    call = dict(prompt=PROMPTS[0], num_inference_steps=2, audio_length_in_s=SHORT)
+    a = fixture_pipe(**call, generator=torch.Generator().manual_seed(3)).audios
+    b = reloaded(**call, generator=torch.Generator().manual_seed(3)).audios
+    np.testing.assert_array_equal(a, b)
+    # Same components come back with the same settings read from their configs.
+    assert reloaded.sampling_rate == 16000 and reloaded.hop_length == 160 and reloaded.vae_scale_factor == 4
+    assert reloaded.vae.config.scaling_factor == fixture_pipe.vae.config.scaling_factor
