@@ -2,6 +2,7 @@
 
     python bench/generate.py --model tests/fixtures/tango-original-tiny --steps 10 --batch 4
     python bench/generate.py --model declare-lab/tango2 --steps 100 --batch 4 --device cuda
+    python bench/generate.py --model full-size-random --steps 100 --device cuda   # Tango's real sizes, random weights
 
 Prints a table and writes bench/results/generate-<model>.json.
 """
@@ -18,10 +19,40 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline import load_pipeline  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from pipeline import TangoPipeline, load_pipeline  # noqa: E402
+from pipeline.registry import default_device_and_dtype  # noqa: E402
 
 PROMPT = "A dog barks in the distance while rain falls"
+
+
+def full_size_random_tango() -> TangoPipeline:
+    """Tango's real architecture (FLAN-T5-large encoder, 866M UNet, AudioLDM-s VAE, 1024-wide HiFi-GAN)
+    with random weights: real timings without downloading the checkpoint."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer, SpeechT5HifiGan, SpeechT5HifiGanConfig, T5Config, T5EncoderModel
+
+    from pipeline.original import HIFIGAN_16K_64_CONFIG, SD21_SCHEDULER_CONFIG, TANGO_UNET_CONFIG, read_json, vae_config_from_original
+
+    def public(config):
+        return {k: v for k, v in config.items() if not k.startswith("_")}
+
+    tango_vae = {  # vae_config.json of declare-lab/tango (AudioLDM-s-full)
+        "embed_dim": 8, "subband": 1, "time_shuffle": 1, "scale_factor": 0.9227914214134216,
+        "ddconfig": {"double_z": True, "z_channels": 8, "resolution": 256, "downsample_time": False, "in_channels": 1,
+                     "out_ch": 1, "ch": 128, "ch_mult": [1, 2, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0},
+    }
+    flan_t5_large = T5Config(d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_heads=16, vocab_size=32128,
+                             feed_forward_proj="gated-gelu", is_encoder_decoder=False)
+    return TangoPipeline(
+        tokenizer=AutoTokenizer.from_pretrained(ROOT / "tests/fixtures/tango-original-tiny/flan-t5-tiny"),
+        text_encoder=T5EncoderModel(flan_t5_large).eval(),
+        unet=UNet2DConditionModel.from_config(public(read_json(TANGO_UNET_CONFIG))).eval(),
+        vae=AutoencoderKL.from_config(vae_config_from_original(tango_vae)).eval(),
+        vocoder=SpeechT5HifiGan(SpeechT5HifiGanConfig(**public(read_json(HIFIGAN_16K_64_CONFIG)))).eval(),
+        scheduler=DDPMScheduler.from_config(public(read_json(SD21_SCHEDULER_CONFIG))),
+    )
 
 
 def timed(fn, repeats: int) -> float:
@@ -50,22 +81,29 @@ def main() -> None:
     args = parser.parse_args()
 
     load_start = time.perf_counter()
-    pipe = load_pipeline(args.model, device=args.device)
+    if args.model == "full-size-random":
+        device, dtype = default_device_and_dtype(args.device)
+        pipe = full_size_random_tango().to(device)
+        pipe.unet.to(dtype)
+        pipe.vae.to(dtype)
+    else:
+        pipe = load_pipeline(args.model, device=args.device)
     load_seconds = time.perf_counter() - load_start
     pipe.set_progress_bar_config(disable=True)
     length = args.length or pipe.default_audio_length_in_s
     call = dict(num_inference_steps=args.steps, audio_length_in_s=length)
+    generator_device = "cuda" if pipe.device.type == "cuda" else "cpu"
     pipe(PROMPT, **{**call, "num_inference_steps": 1})  # warm-up: first-call allocations
 
-    single = timed(lambda: pipe(PROMPT, **call, generator=torch.Generator().manual_seed(0)), args.repeats)
+    single = timed(lambda: pipe(PROMPT, **call, generator=torch.Generator(generator_device).manual_seed(0)), args.repeats)
     separate = timed(
-        lambda: [pipe(PROMPT, **call, generator=torch.Generator().manual_seed(i)) for i in range(args.batch)],
+        lambda: [pipe(PROMPT, **call, generator=torch.Generator(generator_device).manual_seed(i)) for i in range(args.batch)],
         args.repeats,
     )
     batched = timed(
         lambda: pipe(
             PROMPT, **call, num_waveforms_per_prompt=args.batch,
-            generator=[torch.Generator().manual_seed(i) for i in range(args.batch)],
+            generator=[torch.Generator(generator_device).manual_seed(i) for i in range(args.batch)],
         ),
         args.repeats,
     )

@@ -367,8 +367,9 @@ class TangoPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
 
-        # 5. Prepare latents
-        latents = self.prepare_latents(batch_size, latent_frames, prompt_embeds.dtype, device, generator, latents)
+        # 5. Prepare latents. They stay float32 whatever the UNet's dtype: the scheduler's
+        # update keeps its precision, and the same seed draws the same noise in fp16 and fp32.
+        latents = self.prepare_latents(batch_size, latent_frames, torch.float32, device, generator, latents)
 
         # 6. Denoising loop
         with self.progress_bar(total=len(timesteps)) as progress_bar:
@@ -376,11 +377,11 @@ class TangoPipeline(DiffusionPipeline):
                 latent_model_input = torch.cat([latents] * 2) if do_classifier_free_guidance else latents
                 latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
                 noise_pred = self.unet(
-                    latent_model_input,
+                    latent_model_input.to(self.unet.dtype),
                     t,
                     encoder_hidden_states=prompt_embeds,
                     encoder_attention_mask=attention_mask,
-                ).sample
+                ).sample.float()
                 if do_classifier_free_guidance:
                     noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
                     noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
