@@ -99,8 +99,9 @@ class TangoPipeline(DiffusionPipeline):
 
     @property
     def hop_length(self) -> int:
-        """Waveform samples per mel frame: the vocoder's total upsampling."""
-        return int(math.prod(self.vocoder.config.upsample_rates))
+        """Waveform samples per mel frame: a HiFi-GAN's total upsampling, or the hop a vocoder names."""
+        config = self.vocoder.config
+        return int(config.hop_length if "hop_length" in config else math.prod(config.upsample_rates))
 
     @property
     def default_audio_length_in_s(self) -> float:
