@@ -1,0 +1,138 @@
+"""Annotation backend from the command line.
+
+    python -m annotate pool   --data-dir data --prompts prompts.txt --models tiny,tiny-dpo --k 2 --seed 0
+    python -m annotate stats  --data-dir data
+    python -m annotate export --data-dir data --out exports/human-pairs
+    python -m annotate push   --data-dir data --repo me/tango-preferences      # token: HF_TOKEN or `hf auth login`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .store import Store
+from .validation import InvalidInput
+
+
+def pool(args: argparse.Namespace) -> int:
+    from .pool import build_pool
+
+    lines = Path(args.prompts).read_text(encoding="utf-8").splitlines()
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    report = build_pool(Store(args.data_dir), prompts, args.models.split(","), k=args.k, seed=args.seed,
+                        steps=args.steps, guidance=args.guidance, batch_size=args.batch_size)
+    print(f"{len(report.task_ids)} tasks ready; {report.generated} clips generated, {report.reused} already stored")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from .export import export_human_pairs
+
+    result = export_human_pairs(Store(args.data_dir), args.out, min_margin=args.min_margin)
+    alpha = "n/a" if result.alpha is None else f"{result.alpha:.3f}"
+    print(f"export {result.export_id}: {result.summary.rows} pairs in {result.summary.shards} shard(s) -> {args.out} "
+          f"(Krippendorff's alpha {alpha})")
+    return 0
+
+
+def push(args: argparse.Namespace) -> int:
+    from .export import push_to_hub
+
+    folder = args.folder
+    if folder is None:
+        exports = Store(args.data_dir).exports()
+        if not exports:
+            raise InvalidInput("nothing exported yet: run `python -m annotate export` first (or pass --folder)")
+        folder = exports[-1].out_dir
+    push_to_hub(folder, args.repo, private=args.private)
+    print(f"pushed {folder} to https://huggingface.co/datasets/{args.repo}")
+    return 0
+
+
+def stats(args: argparse.Namespace) -> int:
+    from .pairs import annotator_agreement, ranking_alpha
+
+    store = Store(args.data_dir)
+    rankings, progress = store.rankings(), store.task_progress()
+    agreement = {a.annotator: a for a in annotator_agreement(rankings)}
+    per_annotator = {}
+    for ranking in rankings:
+        row = per_annotator.setdefault(ranking.annotator, {"votes": 0, "skipped": 0, "all_bad": 0})
+        row["votes"] += 1
+        row["skipped"] += ranking.skipped
+        row["all_bad"] += ranking.all_bad
+    for name, row in per_annotator.items():
+        found = agreement.get(name)
+        row["agreement"] = None if found is None else found.rate
+        row["compared"] = 0 if found is None else found.compared
+    summary = {
+        "tasks": len(progress),
+        "tasks_at_target": sum(votes >= target for _, votes, target in progress),
+        "tasks_untouched": sum(votes == 0 for _, votes, _ in progress),
+        "votes": len(rankings),
+        "skipped": sum(r.skipped for r in rankings),
+        "all_bad": sum(r.all_bad for r in rankings),
+        "krippendorff_alpha_ordinal": ranking_alpha(rankings),
+        "annotators": per_annotator,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    alpha = summary["krippendorff_alpha_ordinal"]
+    print(f"tasks: {summary['tasks']} ({summary['tasks_at_target']} at target overlap, {summary['tasks_untouched']} untouched)")
+    print(f"votes: {summary['votes']} ({summary['skipped']} skipped, {summary['all_bad']} all bad)")
+    print(f"Krippendorff's alpha (ordinal): {'n/a' if alpha is None else f'{alpha:.3f}'}")
+    print(f"{'annotator':<24} {'votes':>6} {'skips':>6} {'all bad':>8}  agreement with the others' majority")
+    for name, row in sorted(per_annotator.items()):
+        rate = "n/a" if row["agreement"] is None else f"{row['agreement']:.2f} over {row['compared']} pairs"
+        print(f"{name:<24} {row['votes']:>6} {row['skipped']:>6} {row['all_bad']:>8}  {rate}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m annotate", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument("--data-dir", default="data", help="store folder: database and clips (default ./data)")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    sub = command("pool", pool, "generate k clips per prompt per model and make one ranking task per prompt")
+    sub.add_argument("--prompts", required=True, help="text file, one prompt per line (# comments, blanks ignored)")
+    sub.add_argument("--models", default="tiny,tiny-dpo", help="comma-separated model specs (default tiny,tiny-dpo)")
+    sub.add_argument("--k", type=int, default=2, help="clips per prompt per model (default 2: a 4-clip task)")
+    sub.add_argument("--seed", type=int, default=0, help="clip i of each prompt and model uses seed + i")
+    sub.add_argument("--steps", type=int, default=100, help="denoising steps (default 100)")
+    sub.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default 3)")
+    sub.add_argument("--batch-size", type=int, default=4, help="prompts per generation call")
+
+    sub = command("export", export, "write the human-rank pairs as a dataset folder (atomically)")
+    sub.add_argument("--out", required=True, help="dataset folder to (re)write")
+    sub.add_argument("--min-margin", type=int, default=1, help="keep pairs whose majority leads by this many votes")
+
+    sub = command("push", push, "upload an export to a Hugging Face dataset repo")
+    sub.add_argument("--repo", required=True, help="dataset repo id, owner/name")
+    sub.add_argument("--folder", default=None, help="export folder (default: the latest export)")
+    sub.add_argument("--private", action="store_true", help="create the repo private")
+
+    sub = command("stats", stats, "tasks done, votes per annotator, agreement")
+    sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, OSError) as err:  # bad input (InvalidInput, EmptyDataset, ...), files, PushError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""Preference rows -> a Hugging Face dataset folder, written atomically.
+
+The one writer for every source of pairs (human rankings, the judge, CLAP): rows in the
+project's preference schema (Audio-Alpaca's prompt/chosen/rejected/strategy, plus
+provenance and vote counts) become
+
+    <out_dir>/README.md                               dataset card: YAML configs + features, counts, agreement
+    <out_dir>/data/train-00000-of-0000N.parquet       audio bytes embedded
+
+which ``datasets.load_dataset(out_dir)`` and the Hub load as is. Parquet is written with
+pyarrow under the ``datasets`` schema (``Features.arrow_schema`` carries the feature
+metadata): ``Dataset.from_dict`` would need torchcodec to encode audio, and writing the
+bytes needs no encoding. Audio columns are declared ``Audio(sampling_rate=16000,
+decode=False)``: loading yields ``{"bytes", "path"}`` (decode with soundfile) and no
+decoder library is required anywhere.
+
+Atomic: the folder is built as a hidden sibling, then swapped in with two renames under
+an OS lock; a writer killed at any point leaves the previous export in place (a swap cut
+between its two renames is undone by the next writer), and a rerun succeeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+from collections import Counter
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, fields
+from functools import cached_property
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import soundfile as sf
+import yaml
+from datasets import Audio, Features, Value
+
+from .clips import SAMPLE_RATE
+from .files import exclusive_lock, fsync_dir
+
+STRATEGIES = ("human-rank", "judge-rank", "clap-rank")
+
+FEATURES = Features({
+    "prompt": Value("string"),
+    "chosen": Audio(sampling_rate=SAMPLE_RATE, decode=False),
+    "rejected": Audio(sampling_rate=SAMPLE_RATE, decode=False),
+    "strategy": Value("string"),
+    "pair_id": Value("string"),
+    "chosen_model": Value("string"),
+    "rejected_model": Value("string"),
+    "chosen_seed": Value("int64"),
+    "rejected_seed": Value("int64"),
+    "num_inference_steps": Value("int64"),
+    "guidance_scale": Value("float64"),
+    "votes_for": Value("int64"),
+    "votes_against": Value("int64"),
+    "annotators": Value("int64"),
+})
+
+MAX_SHARD_BYTES = 500 * 2**20  # the Hub's usual shard size
+ROWS_PER_GROUP = 64  # ~80 MB row groups for 10 s float32 clips: readable in streaming
+
+
+@dataclass(frozen=True)
+class PreferenceRow:
+    """One (chosen, rejected) pair with its provenance; audio as the bytes of 16 kHz audio files."""
+
+    prompt: str
+    chosen_wav: bytes
+    rejected_wav: bytes
+    strategy: str
+    chosen_model: str
+    rejected_model: str
+    chosen_seed: int
+    rejected_seed: int
+    num_inference_steps: int
+    guidance_scale: float
+    votes_for: int
+    votes_against: int
+    annotators: int
+
+    @cached_property
+    def chosen_sha256(self) -> str:
+        return hashlib.sha256(self.chosen_wav).hexdigest()
+
+    @cached_property
+    def rejected_sha256(self) -> str:
+        return hashlib.sha256(self.rejected_wav).hexdigest()
+
+    @cached_property
+    def pair_id(self) -> str:
+        """Stable across exports and strategies: the prompt and both clips, in either order.
+
+        Direction-free on purpose: the human and judge pairs over the same two clips share
+        an id, so their verdicts can be joined and compared.
+        """
+        first, second = sorted((self.chosen_sha256, self.rejected_sha256))
+        return hashlib.sha256(f"{self.prompt}\x00{first}\x00{second}".encode()).hexdigest()[:32]
+
+    def to_record(self) -> dict:
+        """The row as the dataset stores it."""
+        record = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.endswith("_wav")}
+        record["chosen"] = {"bytes": self.chosen_wav, "path": f"{self.chosen_sha256}.wav"}
+        record["rejected"] = {"bytes": self.rejected_wav, "path": f"{self.rejected_sha256}.wav"}
+        record["pair_id"] = self.pair_id
+        return record
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """What a write produced: rows, shards, a content fingerprint and rows per strategy."""
+
+    rows: int
+    shards: int
+    fingerprint: str  # sha256 over the rows' pair ids and directions, in order
+    strategies: dict[str, int]
+
+
+class EmptyDataset(ValueError):
+    """No rows to write (a dataset with no rows does not load); the previous export stays."""
+
+
+def check_row(row: PreferenceRow) -> None:
+    """Refuse a row that would break the schema's promises (strategy, 16 kHz audio, counts)."""
+    if row.strategy not in STRATEGIES:
+        raise ValueError(f"`strategy` must be one of {STRATEGIES}, got {row.strategy!r}")
+    for name in ("chosen_wav", "rejected_wav"):
+        try:
+            rate = sf.info(io.BytesIO(getattr(row, name))).samplerate
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise ValueError(f"`{name}` of pair {row.pair_id} is not an audio file: {err}") from None
+        if rate != SAMPLE_RATE:
+            raise ValueError(f"`{name}` of pair {row.pair_id} is {rate} Hz; the dataset is {SAMPLE_RATE} Hz")
+    if min(row.votes_for, row.votes_against, row.annotators) < 0 or row.votes_for + row.votes_against > row.annotators:
+        raise ValueError(f"pair {row.pair_id}: votes {row.votes_for}/{row.votes_against} from {row.annotators} annotators")
+
+
+@contextmanager
+def export_lock(out_dir: Path) -> Iterator[None]:
+    """Held while ``out_dir`` is replaced or read as a whole (by the scheduled Hub push)."""
+    out_dir = Path(out_dir).resolve()
+    with exclusive_lock(out_dir.parent / f".{out_dir.name}.lock"):
+        yield
+
+
+def write_preference_dataset(
+    rows: Iterable[PreferenceRow],
+    out_dir: str | os.PathLike,
+    *,
+    how_made: str,
+    stats: Mapping[str, object] | None = None,
+) -> DatasetSummary:
+    """Write ``rows`` as a dataset folder at ``out_dir``, replacing any previous one atomically.
+
+    ``rows`` is consumed once, as a stream (audio never all in memory). ``how_made`` and
+    ``stats`` (e.g. agreement) go into the dataset card. Raises ``EmptyDataset`` when there
+    are no rows, ``ValueError`` for an invalid row; either way ``out_dir`` is untouched.
+    """
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    building = out_dir.parent / f".{out_dir.name}.building"
+    with export_lock(out_dir):
+        _finish_interrupted_swap(out_dir)
+        shutil.rmtree(building, ignore_errors=True)  # a killed writer's leftovers (we hold the lock)
+        (building / "data").mkdir(parents=True)
+        try:
+            summary = _write_shards(rows, building / "data")
+            card = dataset_card(summary, how_made=how_made, stats=stats or {})
+            with open(building / "README.md", "w", encoding="utf-8") as file:
+                file.write(card)
+                file.flush()
+                os.fsync(file.fileno())
+            fsync_dir(building / "data")
+            fsync_dir(building)
+            _swap_in(building, out_dir)
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
+    return summary
+
+
+def _write_shards(rows: Iterable[PreferenceRow], data_dir: Path) -> DatasetSummary:
+    """Stream rows into ~MAX_SHARD_BYTES parquet shards, then name them ``train-i-of-n``."""
+    digest, strategies = hashlib.sha256(), Counter()
+    shards = _ShardWriter(data_dir)
+    try:
+        for row in rows:
+            check_row(row)
+            shards.add(row.to_record(), len(row.chosen_wav) + len(row.rejected_wav))
+            digest.update(f"{row.pair_id}:{row.chosen_sha256}\n".encode())
+            strategies[row.strategy] += 1
+    except BaseException:
+        shards.abort()
+        raise
+    paths = shards.close()
+    if not paths:
+        raise EmptyDataset("no preference pairs to write: the previous export (if any) is kept")
+    for i, path in enumerate(paths):
+        path.rename(data_dir / f"train-{i:05d}-of-{len(paths):05d}.parquet")
+    return DatasetSummary(rows=sum(strategies.values()), shards=len(paths),
+                          fingerprint=digest.hexdigest(), strategies=dict(strategies))
+
+
+class _ShardWriter:
+    """Parquet shards of at most ~MAX_SHARD_BYTES of audio, in row groups of ROWS_PER_GROUP rows."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir, self.paths = data_dir, []
+        self.file = self.writer = None
+        self.shard_bytes, self.pending = 0, []
+
+    def add(self, record: dict, size: int) -> None:
+        if self.writer is None or self.shard_bytes + size > MAX_SHARD_BYTES:
+            self._finish_shard()
+            self.paths.append(self.data_dir / f"train-{len(self.paths):05d}.parquet")
+            self.file = open(self.paths[-1], "wb")
+            self.writer, self.shard_bytes = pq.ParquetWriter(self.file, FEATURES.arrow_schema), 0
+        self.pending.append(record)
+        self.shard_bytes += size
+        if len(self.pending) >= ROWS_PER_GROUP:
+            self._flush()
+
+    def close(self) -> list[Path]:
+        """Finish the last shard (synced to disk) and return every shard written."""
+        self._finish_shard()
+        return self.paths
+
+    def abort(self) -> None:
+        """Drop the shard in progress (its folder is about to be deleted); never masks the error at hand."""
+        if self.writer is not None:
+            with suppress(Exception):
+                self.writer.close()
+            self.file.close()
+            self.writer = self.file = None
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.writer.write_table(pa.Table.from_pylist(self.pending, schema=FEATURES.arrow_schema))
+            self.pending.clear()
+
+    def _finish_shard(self) -> None:
+        if self.writer is None:
+            return
+        try:
+            self._flush()
+            self.writer.close()
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        finally:
+            self.file.close()
+            self.writer = self.file = None
+
+
+def _previous(out_dir: Path) -> Path:
+    return out_dir.parent / f".{out_dir.name}.previous"
+
+
+def _swap_in(building: Path, out_dir: Path) -> None:
+    """Replace ``out_dir`` by ``building``: old aside, new in place, old deleted."""
+    previous = _previous(out_dir)
+    if out_dir.exists():
+        os.replace(out_dir, previous)
+    os.replace(building, out_dir)
+    fsync_dir(out_dir.parent)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _finish_interrupted_swap(out_dir: Path) -> None:
+    """Undo or complete a swap a killed writer left between its renames."""
+    previous = _previous(out_dir)
+    if not previous.exists():
+        return
+    if out_dir.exists():
+        shutil.rmtree(previous)  # the new export made it in; only the cleanup was missed
+    else:
+        os.replace(previous, out_dir)  # killed between the renames: the previous export returns
+
+
+def dataset_card(summary: DatasetSummary, *, how_made: str, stats: Mapping[str, object]) -> str:
+    """README.md: YAML front matter the Hub and ``load_dataset`` read, then a human description."""
+    front_matter = {
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
+        "dataset_info": {
+            "features": [{"name": name, "dtype": _yaml_dtype(feature)} for name, feature in FEATURES.items()],
+        },
+        "task_categories": ["text-to-audio"],
+        "tags": ["preference", "dpo", "audio", "tango"],
+    }
+    strategy_lines = "\n".join(f"| {name} | {count} |" for name, count in sorted(summary.strategies.items()))
+    stat_lines = "\n".join(f"- {name}: {_format_stat(value)}" for name, value in stats.items())
+    return f"""---
+{yaml.safe_dump(front_matter, sort_keys=False).rstrip()}
+---
+
+# Tango preference pairs
+
+Text-to-audio preference pairs (prompt, chosen clip, rejected clip) for Diffusion-DPO
+fine-tuning of Tango, made with Tango DPO Studio. Columns follow Audio-Alpaca
+(`prompt`, `chosen`, `rejected`, `strategy`) plus provenance: the model spec and seed
+behind each clip, the generation settings, and the votes behind the pair.
+
+## How it was made
+
+{how_made}
+
+## Counts
+
+{summary.rows} pairs in {summary.shards} shard(s). Fingerprint `{summary.fingerprint[:16]}`.
+
+| strategy | pairs |
+|---|---|
+{strategy_lines}
+
+{stat_lines}
+
+## Loading
+
+```python
+import io, soundfile as sf
+from datasets import Audio, load_dataset
+
+ds = load_dataset("<this folder or repo id>", split="train")
+ds = ds.cast_column("chosen", Audio(decode=False)).cast_column("rejected", Audio(decode=False))
+samples, rate = sf.read(io.BytesIO(ds[0]["chosen"]["bytes"]))  # 16 kHz mono float32
+```
+"""
+
+
+def _yaml_dtype(feature) -> object:
+    if isinstance(feature, Audio):
+        return {"audio": {"sampling_rate": feature.sampling_rate, "decode": feature.decode}}
+    return feature.dtype
+
+
+def _format_stat(value: object) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)

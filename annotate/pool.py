@@ -1,0 +1,126 @@
+"""Candidate pools: ``k`` clips per prompt from each model, stored as one blind ranking task per prompt.
+
+Seeds: clip ``i`` of every (prompt, model) is drawn with its own generator seeded
+``seed + i`` (the pipeline's convention), so each clip is reproducible alone from its
+stored settings, and clip ``i`` of every model starts from the same initial noise: the
+models are compared on paired noise, so a preference reflects the model, not the luck of
+the draw.
+
+Task composition: a task holds all ``len(models) * k`` clips of its prompt (default two
+models x k=2: a 4-way ranking). Every clip of one model is ranked against every clip of
+the other, and same-model comparisons are kept too: they are valid preference pairs.
+
+Idempotent: a clip already stored under (prompt, model, seed, steps, guidance) is not
+generated again, and a task over the same clips is the same task, so an interrupted or
+repeated run only fills what is missing.
+
+The generator is injected (``make_generator(spec)`` returns a ``ClipGenerator``); the
+default loads the real pipeline, lazily: ``annotate`` touches ``pipeline`` only here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .store import MAX_TASK_CLIPS, Store
+from .validation import MAX_PROMPT_CHARS, MAX_SPEC_CHARS, InvalidInput, check_float, check_int, check_text
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODELS = ("tiny", "tiny-dpo")
+
+
+class ClipGenerator(Protocol):
+    """Makes clips for one model: ``k`` per prompt, clip ``i`` of each prompt seeded ``seed + i``.
+
+    Returns float32 waveforms of shape ``(len(prompts) * k, samples)``, grouped by prompt.
+    """
+
+    sampling_rate: int
+
+    def __call__(self, prompts: list[str], k: int, seed: int, steps: int, guidance: float) -> np.ndarray: ...
+
+
+class PipelineGenerator:
+    """The real thing: ``pipeline.load_pipeline(spec)`` with one torch generator per clip."""
+
+    def __init__(self, spec: str):
+        from pipeline import load_pipeline  # lazy: annotate/ must import without pipeline/'s weight
+
+        self.pipe = load_pipeline(spec)
+        self.sampling_rate = self.pipe.vocoder.config.sampling_rate
+
+    def __call__(self, prompts: list[str], k: int, seed: int, steps: int, guidance: float) -> np.ndarray:
+        import torch
+
+        device = "cuda" if self.pipe.device.type == "cuda" else "cpu"
+        generators = [torch.Generator(device).manual_seed(seed + i) for _ in prompts for i in range(k)]
+        return self.pipe(
+            prompts, num_inference_steps=steps, guidance_scale=guidance, num_waveforms_per_prompt=k, generator=generators
+        ).audios
+
+
+@dataclass(frozen=True)
+class PoolReport:
+    """What a pool run did."""
+
+    generated: int  # clips made by this run
+    reused: int  # clips already in the store
+    task_ids: list[int]  # one per prompt, in prompt order
+
+
+def build_pool(
+    store: Store,
+    prompts: Sequence[str],
+    models: Sequence[str] = DEFAULT_MODELS,
+    *,
+    k: int = 2,
+    seed: int = 0,
+    steps: int = 100,
+    guidance: float = 3.0,
+    make_generator: Callable[[str], ClipGenerator] = PipelineGenerator,
+    batch_size: int = 4,
+    progress: bool = True,
+) -> PoolReport:
+    """Generate what is missing of ``k`` clips per prompt per model and make one task per prompt."""
+    prompts = list(dict.fromkeys(check_text(p, "prompt", MAX_PROMPT_CHARS) for p in prompts))
+    models = list(dict.fromkeys(check_text(m, "model", MAX_SPEC_CHARS) for m in models))
+    k = check_int(k, "k", minimum=1)
+    seed = check_int(seed, "seed", minimum=0)
+    steps = check_int(steps, "steps", minimum=1)
+    guidance = check_float(guidance, "guidance")
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    if not prompts:
+        raise InvalidInput("`prompts` is empty")
+    if not 2 <= len(models) * k <= MAX_TASK_CLIPS:
+        raise InvalidInput(f"a task would hold {len(models)} models x k={k} clips; it must be 2..{MAX_TASK_CLIPS}")
+
+    def stored(prompt: str, model: str, i: int):
+        return store.find_candidate(prompt, model=model, seed=seed + i, steps=steps, guidance=guidance)
+
+    missing = {model: [p for p in prompts if any(stored(p, model, i) is None for i in range(k))] for model in models}
+    todo = sum(len(todo_prompts) for todo_prompts in missing.values()) * k
+    with tqdm(total=todo, desc="generating clips", unit="clip", disable=not progress or not todo) as bar:
+        for model, todo_prompts in missing.items():
+            if not todo_prompts:
+                continue
+            generate = make_generator(model)
+            for start in range(0, len(todo_prompts), batch_size):
+                batch = todo_prompts[start:start + batch_size]
+                waveforms = np.asarray(generate(batch, k, seed, steps, guidance))
+                if waveforms.ndim != 2 or len(waveforms) != len(batch) * k:
+                    raise ValueError(f"generator for {model!r} returned shape {waveforms.shape}, wanted ({len(batch) * k}, samples)")
+                for j, prompt in enumerate(batch):
+                    for i in range(k):
+                        store.add_candidate(prompt, waveforms[j * k + i], model=model, seed=seed + i, steps=steps,
+                                            guidance=guidance, sample_rate=generate.sampling_rate)
+                bar.update(len(batch) * k)
+
+    task_ids = [store.add_task([stored(p, model, i).id for model in models for i in range(k)]) for p in prompts]
+    logger.info("pool: %d clips generated, %d tasks", todo, len(task_ids))
+    return PoolReport(generated=todo, reused=len(prompts) * len(models) * k - todo, task_ids=task_ids)

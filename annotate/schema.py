@@ -1,0 +1,109 @@
+"""The annotation database's schema, as an ordered list of migrations.
+
+``PRAGMA user_version`` records how many have run; ``Store`` applies the missing ones in
+one transaction when it opens a database, and refuses a database newer than this code.
+Assignments, rankings and ranking entries are insert-only (triggers refuse UPDATE and
+DELETE); ``open_assignments`` is the mutable work queue and ``tasks.votes`` a counter
+kept in the same transaction as each vote.
+"""
+
+from __future__ import annotations
+
+
+def _insert_only(table: str) -> tuple[str, ...]:
+    return tuple(
+        f"CREATE TRIGGER {table}_no_{action.lower()} BEFORE {action} ON {table} "
+        f"BEGIN SELECT RAISE(ABORT, '{table} are insert-only'); END"
+        for action in ("UPDATE", "DELETE")
+    )
+
+
+# Ordered schema migrations: migration i brings the database to PRAGMA user_version i + 1.
+# Append new migrations; never edit a released one.
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """CREATE TABLE prompts (
+            id INTEGER PRIMARY KEY,
+            text TEXT NOT NULL UNIQUE,
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE candidates (
+            id INTEGER PRIMARY KEY,
+            public_id TEXT NOT NULL UNIQUE,   -- the only id annotators see: random, says nothing
+            prompt_id INTEGER NOT NULL REFERENCES prompts(id),
+            model TEXT NOT NULL,
+            seed INTEGER NOT NULL,
+            steps INTEGER NOT NULL,
+            guidance REAL NOT NULL,
+            sha256 TEXT NOT NULL,             -- names the audio file: audio/<sha[:2]>/<sha>.wav
+            duration_s REAL NOT NULL,
+            sample_rate INTEGER NOT NULL,
+            auto_score REAL,                  -- judge/CLAP score, higher = better; NULL if none
+            created_at REAL NOT NULL,
+            UNIQUE (prompt_id, model, seed, steps, guidance)
+        )""",
+        """CREATE TABLE tasks (
+            id INTEGER PRIMARY KEY,
+            prompt_id INTEGER NOT NULL REFERENCES prompts(id),
+            candidate_key TEXT NOT NULL UNIQUE,  -- sorted candidate ids: one clip set is one task
+            target_overlap INTEGER NOT NULL CHECK (target_overlap >= 1),
+            votes INTEGER NOT NULL DEFAULT 0,    -- non-skip votes; kept by submit() in the vote's transaction
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE task_candidates (
+            task_id INTEGER NOT NULL REFERENCES tasks(id),
+            candidate_id INTEGER NOT NULL REFERENCES candidates(id),
+            PRIMARY KEY (task_id, candidate_id)
+        )""",
+        """CREATE TABLE annotators (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE assignments (
+            id INTEGER PRIMARY KEY,
+            task_id INTEGER NOT NULL REFERENCES tasks(id),
+            annotator_id INTEGER NOT NULL REFERENCES annotators(id),
+            shown_order TEXT NOT NULL,        -- JSON list of public clip ids, in the order shown
+            assigned_at REAL NOT NULL,
+            UNIQUE (task_id, annotator_id)
+        )""",
+        # Work in progress: an assignment stays here until its vote (or skip) arrives.
+        """CREATE TABLE open_assignments (
+            assignment_id INTEGER PRIMARY KEY REFERENCES assignments(id),
+            task_id INTEGER NOT NULL REFERENCES tasks(id),
+            annotator_id INTEGER NOT NULL REFERENCES annotators(id),
+            assigned_at REAL NOT NULL
+        )""",
+        "CREATE INDEX open_assignments_by_task ON open_assignments (task_id, assigned_at)",
+        "CREATE INDEX open_assignments_by_annotator ON open_assignments (annotator_id)",
+        """CREATE TABLE rankings (
+            id INTEGER PRIMARY KEY,
+            assignment_id INTEGER NOT NULL UNIQUE REFERENCES assignments(id),
+            all_bad INTEGER NOT NULL CHECK (all_bad IN (0, 1)),
+            skipped INTEGER NOT NULL CHECK (skipped IN (0, 1)),
+            time_spent_s REAL,
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE ranking_entries (
+            ranking_id INTEGER NOT NULL REFERENCES rankings(id),
+            candidate_id INTEGER NOT NULL REFERENCES candidates(id),
+            rank INTEGER CHECK (rank IS NULL OR rank >= 1),  -- NULL for a skip or all-bad vote
+            play_count INTEGER CHECK (play_count IS NULL OR play_count >= 0),
+            PRIMARY KEY (ranking_id, candidate_id)
+        )""",
+        """CREATE TABLE exports (
+            id INTEGER PRIMARY KEY,
+            out_dir TEXT NOT NULL,
+            strategy TEXT NOT NULL,
+            pairs INTEGER NOT NULL,
+            rankings INTEGER NOT NULL,
+            alpha REAL,
+            fingerprint TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        *_insert_only("assignments"),
+        *_insert_only("rankings"),
+        *_insert_only("ranking_entries"),
+    ),
+]

@@ -1,0 +1,625 @@
+"""The annotation store: prompts, candidate clips, tasks, annotators and their rankings.
+
+One SQLite database in WAL mode (``<data_dir>/annotate.sqlite``) plus content-addressed
+clips (``<data_dir>/audio/``). Why SQLite: the votes of a Space need no server, survive
+process kills, and WAL lets annotators read while one of them writes.
+
+Guarantees:
+
+- every write is one transaction (``BEGIN IMMEDIATE``); writers queue on an OS lock,
+  with ``busy_timeout`` behind it;
+- a vote reported stored survives a killed process and a power loss: vote transactions
+  commit with ``synchronous=FULL`` (the WAL is fsynced). Other writes (assignments,
+  registrations, clips' rows) use ``NORMAL``, which survives a killed process; a power
+  loss may forget the last of them, which costs nothing (an assignment is re-issued);
+- votes are insert-only: triggers refuse UPDATE/DELETE on assignments, rankings and
+  their entries, so a vote can never be rewritten, only added;
+- every input is checked before the transaction writes; a refused call raises an
+  ``InvalidInput`` (a ``ValueError``) and leaves the database and the audio folder as
+  they were;
+- blind ranking: annotators only ever see a random public clip id and an audio path
+  named by the clip's content hash, in an order shuffled for them; the model, seed
+  and settings behind a clip stay in the store until they have voted (``reveal``).
+
+Ranking semantics: ``ranking`` maps each clip id shown to a rank, 1 = best. Ranks are
+*dense*: positive integers whose distinct values are exactly 1..max, so equal ranks are
+ties (``{a: 1, b: 1, c: 2}`` is valid; ``{a: 1, b: 3}`` has a gap and is refused).
+``skip`` (cannot judge) and ``all_bad`` (none is acceptable) replace a ranking.
+
+Assignment policy (``next_task``): an annotator's open assignment is returned again
+(same clip order) until they vote or skip; otherwise they get a task they have never
+seen, preferring tasks still short of ``target_overlap`` annotators (counting votes and
+fresh open assignments; skips do not count), then - with ``informative_first`` - tasks
+whose clips' automatic scores are closest, then the task closest to its target (so
+tasks finish and agreement can be measured early), then the oldest.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import random
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .clips import SAMPLE_RATE, clip_path, load_clip, write_clip
+from .schema import MIGRATIONS
+from .validation import (
+    MAX_PROMPT_CHARS,
+    MAX_SPEC_CHARS,
+    InvalidInput,
+    InvalidVote,
+    VoteConflict,
+    check_float,
+    check_int,
+    check_name,
+    check_play_counts,
+    check_ranking,
+    check_text,
+    preview,
+    ranking_pairs,
+)
+
+logger = logging.getLogger(__name__)
+
+DB_NAME = "annotate.sqlite"
+MAX_TASK_CLIPS = 16
+MAX_TIME_SPENT_S = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class ShownClip:
+    """A clip as an annotator gets it: an opaque id and a file to play, nothing else."""
+
+    id: str
+    audio_path: str
+
+
+@dataclass(frozen=True)
+class Task:
+    """One prompt and its clips, in the order shown to the annotator who asked."""
+
+    id: int
+    prompt: str
+    candidates: list[ShownClip]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A clip with everything known about it (admin/export side; never sent to annotators)."""
+
+    id: str
+    prompt: str
+    model: str
+    seed: int
+    steps: int
+    guidance: float
+    sha256: str
+    audio_path: str
+    duration_s: float
+    sample_rate: int
+    auto_score: float | None
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """One stored vote: clip id -> rank (None for skip/all-bad votes)."""
+
+    id: int
+    task_id: int
+    annotator: str
+    ranks: dict[str, int | None]
+    all_bad: bool
+    skipped: bool
+    shown_order: list[str]
+    play_counts: dict[str, int | None]
+    time_spent_s: float | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """A finished export: where it went, how many pairs from how many rankings, and their agreement."""
+
+    id: int
+    out_dir: str
+    strategy: str
+    pairs: int
+    rankings: int
+    alpha: float | None
+    fingerprint: str
+    created_at: float
+
+
+class Store:
+    """Annotation data under ``data_dir``; safe to share between threads and processes.
+
+    Args:
+        data_dir: folder holding the database and the clips (created if missing).
+        target_overlap: annotators wanted per task (new tasks get it), for agreement.
+        informative_first: hand out tasks whose clips' automatic scores are closest first.
+        assignment_ttl_s: an open assignment older than this stops counting towards its
+            task's overlap (its owner left), so the task goes to someone else too.
+        busy_timeout_s: how long a write waits for the lock before giving up.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike = "data",
+        *,
+        target_overlap: int = 3,
+        informative_first: bool = False,
+        assignment_ttl_s: float = 1800.0,
+        busy_timeout_s: float = 30.0,
+    ):
+        self.data_dir = Path(data_dir)
+        self.audio_dir = self.data_dir / "audio"
+        self.db_path = self.data_dir / DB_NAME
+        self.target_overlap = check_int(target_overlap, "target_overlap", minimum=1)
+        self.informative_first = bool(informative_first)
+        self.assignment_ttl_s = float(assignment_ttl_s)
+        self.busy_timeout_s = float(busy_timeout_s)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._migrate()
+
+    # ------------------------------------------------------------------ connections
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection (a forked child opens its own: connections must not cross a fork)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid():
+            conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=self.busy_timeout_s)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+            self._local.conn, self._local.pid = conn, os.getpid()
+            self._local.write_lock = open(self.db_path.with_suffix(".writelock"), "a")
+        return conn
+
+    @contextmanager
+    def _write(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all of the block's statements commit together, or none.
+
+        ``durable`` commits with ``synchronous=FULL`` (survives power loss), else ``NORMAL``
+        (survives a killed process; a fsync per commit costs 0.2-4 ms on a busy disk).
+
+        Writers first queue on an ``flock``: the kernel wakes the next one the moment the
+        lock is free, where SQLite's busy handler polls with sleeps of up to 100 ms and
+        lets unlucky writers starve for seconds under load. ``BEGIN IMMEDIATE`` and
+        ``busy_timeout`` still guard against writers that bypass the lock.
+        """
+        conn = self._connection()
+        conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+        fcntl.flock(self._local.write_lock, fcntl.LOCK_EX)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # some errors (disk full, I/O) already rolled it back
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            fcntl.flock(self._local.write_lock, fcntl.LOCK_UN)
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every statement of the block sees the same snapshot."""
+        conn = self._connection()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("ROLLBACK")
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their thread ends)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            conn.close()
+            self._local.write_lock.close()
+        self._local.conn = None
+
+    def _migrate(self) -> None:
+        with self._write() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise RuntimeError(
+                    f"{self.db_path} has schema version {version}; this code knows up to {len(MIGRATIONS)}: upgrade it"
+                )
+            for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in statements:
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number}")
+                logger.info("migrated %s to schema version %d", self.db_path, number)
+
+    @property
+    def schema_version(self) -> int:
+        return self._connection().execute("PRAGMA user_version").fetchone()[0]
+
+    # ------------------------------------------------------------------ prompts, clips, tasks
+
+    @staticmethod
+    def _prompt_id(db: sqlite3.Connection, text: str) -> int:
+        db.execute("INSERT INTO prompts (text, created_at) VALUES (?, ?) ON CONFLICT (text) DO NOTHING", (text, time.time()))
+        return db.execute("SELECT id FROM prompts WHERE text = ?", (text,)).fetchone()[0]
+
+    def add_candidate(
+        self,
+        prompt: str,
+        audio: str | os.PathLike | bytes | np.ndarray,
+        *,
+        model: str,
+        seed: int,
+        steps: int,
+        guidance: float,
+        sample_rate: int | None = None,
+        auto_score: float | None = None,
+    ) -> Candidate:
+        """Validate and store one generated clip; return it.
+
+        ``audio`` is a path, file bytes or a 1-D array (with ``sample_rate``); see
+        ``annotate.clips`` for what is accepted. Idempotent on (prompt, model, seed, steps,
+        guidance): a clip already stored under that key is returned unchanged.
+        """
+        prompt = check_text(prompt, "prompt", MAX_PROMPT_CHARS)
+        model = check_text(model, "model", MAX_SPEC_CHARS)
+        seed = check_int(seed, "seed", minimum=0)
+        steps = check_int(steps, "steps", minimum=1)
+        guidance = check_float(guidance, "guidance")
+        if auto_score is not None:
+            auto_score = check_float(auto_score, "auto_score")
+        clip = load_clip(audio, sample_rate)
+        write_clip(self.audio_dir, clip)
+        with self._write() as db:
+            prompt_id = self._prompt_id(db, prompt)
+            db.execute(
+                """INSERT INTO candidates (public_id, prompt_id, model, seed, steps, guidance, sha256,
+                                           duration_s, sample_rate, auto_score, created_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (prompt_id, model, seed, steps, guidance) DO NOTHING""",
+                (secrets.token_hex(8), prompt_id, model, seed, steps, guidance, clip.sha256,
+                 clip.duration_s, SAMPLE_RATE, auto_score, time.time()),
+            )
+            row = db.execute(
+                _CANDIDATE_SQL + " WHERE c.prompt_id = ? AND c.model = ? AND c.seed = ? AND c.steps = ? AND c.guidance = ?",
+                (prompt_id, model, seed, steps, guidance),
+            ).fetchone()
+        candidate = self._candidate(row)
+        if candidate.sha256 != clip.sha256:
+            logger.warning("candidate %s already stored with different audio; kept the first clip", candidate.id)
+        return candidate
+
+    def find_candidate(self, prompt: str, *, model: str, seed: int, steps: int, guidance: float) -> Candidate | None:
+        """The clip stored under these generation settings, if any."""
+        row = self._connection().execute(
+            _CANDIDATE_SQL + " WHERE p.text = ? AND c.model = ? AND c.seed = ? AND c.steps = ? AND c.guidance = ?",
+            (prompt, model, seed, steps, float(guidance)),
+        ).fetchone()
+        return None if row is None else self._candidate(row)
+
+    def candidates(self, ids: Iterable[str] | None = None) -> dict[str, Candidate]:
+        """Clips by public id (all of them when ``ids`` is None)."""
+        db = self._connection()
+        if ids is None:
+            rows = db.execute(_CANDIDATE_SQL).fetchall()
+        else:
+            wanted = list(dict.fromkeys(ids))
+            rows = db.execute(
+                _CANDIDATE_SQL + " WHERE c.public_id IN (SELECT value FROM json_each(?))", (json.dumps(wanted),)
+            ).fetchall()
+        return {row[0]: self._candidate(row) for row in rows}
+
+    def _candidate(self, row: tuple) -> Candidate:
+        public_id, prompt, model, seed, steps, guidance, sha, duration, rate, score = row
+        return Candidate(public_id, prompt, model, seed, steps, guidance, sha,
+                         str(clip_path(self.audio_dir, sha)), duration, rate, score)
+
+    def set_auto_score(self, candidate_id: str, score: float) -> None:
+        """Attach an automatic (judge/CLAP) score to a clip; used by ``informative_first``."""
+        score = check_float(score, "score")
+        with self._write() as db:
+            updated = db.execute("UPDATE candidates SET auto_score = ? WHERE public_id = ?", (score, candidate_id)).rowcount
+            if not updated:
+                raise InvalidInput(f"`candidate_id` {preview(candidate_id)} is not a stored clip")
+
+    def add_task(self, candidate_ids: Iterable[str], *, target_overlap: int | None = None) -> int:
+        """Make (or find) the task that ranks these clips of one prompt; return its id."""
+        ids = list(candidate_ids)
+        if not all(isinstance(clip_id, str) for clip_id in ids):
+            raise InvalidInput(f"`candidate_ids` must be clip id strings, got {preview(ids)}")
+        if not 2 <= len(ids) <= MAX_TASK_CLIPS:
+            raise InvalidInput(f"a task needs 2..{MAX_TASK_CLIPS} clips, got {len(ids)}")
+        if len(set(ids)) != len(ids):
+            raise InvalidInput(f"`candidate_ids` lists a clip twice: {preview(ids)}")
+        overlap = check_int(self.target_overlap if target_overlap is None else target_overlap, "target_overlap", 1)
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT id, prompt_id, steps, guidance FROM candidates WHERE public_id IN (SELECT value FROM json_each(?))",
+                (json.dumps(ids),),
+            ).fetchall()
+            if len(rows) != len(ids):
+                raise InvalidInput(f"`candidate_ids` names clips that are not stored: {preview(ids)}")
+            if len({row[1:] for row in rows}) != 1:
+                raise InvalidInput(
+                    "a task's clips must answer the same prompt with the same steps and guidance "
+                    "(a pair records one generation setting)"
+                )
+            internal_ids = sorted(row[0] for row in rows)
+            key = ",".join(map(str, internal_ids))
+            db.execute(
+                """INSERT INTO tasks (prompt_id, candidate_key, target_overlap, created_at) VALUES (?, ?, ?, ?)
+                   ON CONFLICT (candidate_key) DO NOTHING""",
+                (rows[0][1], key, overlap, time.time()),
+            )
+            task_id = db.execute("SELECT id FROM tasks WHERE candidate_key = ?", (key,)).fetchone()[0]
+            db.executemany(
+                "INSERT OR IGNORE INTO task_candidates (task_id, candidate_id) VALUES (?, ?)",
+                [(task_id, candidate_id) for candidate_id in internal_ids],
+            )
+            return task_id
+
+    # ------------------------------------------------------------------ annotators
+
+    @staticmethod
+    def _annotator_id(db: sqlite3.Connection, name: str, create: bool = False) -> int | None:
+        if create:
+            db.execute("INSERT INTO annotators (name, created_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING", (name, time.time()))
+        row = db.execute("SELECT id FROM annotators WHERE name = ?", (name,)).fetchone()
+        return None if row is None else row[0]
+
+    def next_task(self, annotator: str) -> Task | None:
+        """The task this annotator should rank now, or None when nothing is left for them.
+
+        Returns their open assignment if they have one (same clip order); otherwise
+        assigns a new task (see the module docstring for the policy) and records the
+        shuffled order it is shown in.
+        """
+        name = check_name(annotator)
+        with self._read() as db:  # the common re-ask needs no write lock
+            task = self._open_task(db, name)
+        if task is not None:
+            return task
+        with self._write() as db:
+            task = self._open_task(db, name)
+            if task is not None:
+                return task
+            annotator_id = self._annotator_id(db, name, create=True)
+            row = db.execute(
+                _NEXT_TASK_SQL[self.informative_first],
+                {"annotator": annotator_id, "fresh_after": time.time() - self.assignment_ttl_s},
+            ).fetchone()
+            if row is None:
+                return None
+            task_id = row[0]
+            clip_ids = [r[0] for r in db.execute(_TASK_CLIPS_SQL, (task_id,))]
+            random.Random(f"{name}\x00{task_id}").shuffle(clip_ids)
+            now = time.time()
+            assignment_id = db.execute(
+                "INSERT INTO assignments (task_id, annotator_id, shown_order, assigned_at) VALUES (?, ?, ?, ?)",
+                (task_id, annotator_id, json.dumps(clip_ids), now),
+            ).lastrowid
+            db.execute(
+                "INSERT INTO open_assignments (assignment_id, task_id, annotator_id, assigned_at) VALUES (?, ?, ?, ?)",
+                (assignment_id, task_id, annotator_id, now),
+            )
+            return self._task_view(db, task_id, clip_ids)
+
+    def _open_task(self, db: sqlite3.Connection, name: str) -> Task | None:
+        row = db.execute(
+            """SELECT a.task_id, a.shown_order FROM open_assignments o JOIN annotators n ON n.id = o.annotator_id
+               JOIN assignments a ON a.id = o.assignment_id
+               WHERE n.name = ? ORDER BY o.assignment_id LIMIT 1""",
+            (name,),
+        ).fetchone()
+        return None if row is None else self._task_view(db, row[0], json.loads(row[1]))
+
+    def _task_view(self, db: sqlite3.Connection, task_id: int, shown_order: list[str]) -> Task:
+        prompt = db.execute(
+            "SELECT p.text FROM tasks t JOIN prompts p ON p.id = t.prompt_id WHERE t.id = ?", (task_id,)
+        ).fetchone()[0]
+        sha_by_id = dict(db.execute(_TASK_CLIPS_SQL, (task_id,)).fetchall())
+        clips = [ShownClip(clip_id, str(clip_path(self.audio_dir, sha_by_id[clip_id]))) for clip_id in shown_order]
+        return Task(id=task_id, prompt=prompt, candidates=clips)
+
+    # ------------------------------------------------------------------ votes
+
+    def submit(
+        self,
+        annotator: str,
+        task_id: int,
+        ranking: Mapping[str, int] | Iterable[tuple[str, int]] | None = None,
+        *,
+        all_bad: bool = False,
+        skip: bool = False,
+        time_spent_s: float | None = None,
+        play_counts: Mapping[str, int] | None = None,
+    ) -> int:
+        """Store one vote and return its id; raise ``InvalidVote`` (and write nothing) if it is invalid.
+
+        ``ranking`` maps every clip id shown to a dense rank (1 = best, equal = tie); with
+        ``skip`` or ``all_bad`` it must be empty. Resubmitting the same vote (same ranks and
+        flags; time and play counts are telemetry and not compared) returns the stored
+        vote's id; a different one raises ``VoteConflict``.
+        """
+        name = check_name(annotator)
+        task_id = check_int(task_id, "task_id", error=InvalidVote)
+        if not isinstance(all_bad, bool) or not isinstance(skip, bool):
+            raise InvalidVote(f"`all_bad` and `skip` must be booleans, got {preview(all_bad)}, {preview(skip)}")
+        if all_bad and skip:
+            raise InvalidVote("a vote is either `skip` or `all_bad`, not both")
+        pairs = ranking_pairs(ranking)
+        if (skip or all_bad) and pairs:
+            raise InvalidVote("`ranking` must be empty for a `skip` or `all_bad` vote")
+        if not (skip or all_bad or pairs):
+            raise InvalidVote("`ranking` is required (or vote `skip=True` / `all_bad=True`)")
+        if time_spent_s is not None:
+            time_spent_s = check_float(time_spent_s, "time_spent_s", error=InvalidVote)
+            if not 0 <= time_spent_s <= MAX_TIME_SPENT_S:
+                raise InvalidVote(f"`time_spent_s` must be within 0..{MAX_TIME_SPENT_S:.0f}, got {time_spent_s}")
+
+        with self._write(durable=True) as db:
+            annotator_id = self._annotator_id(db, name)
+            if annotator_id is None:
+                raise InvalidVote(f"unknown `annotator` {preview(name)}: ask for a task first")
+            if db.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is None:
+                raise InvalidVote(f"unknown `task_id` {task_id}")
+            assignment = db.execute(
+                "SELECT id, shown_order FROM assignments WHERE task_id = ? AND annotator_id = ?", (task_id, annotator_id)
+            ).fetchone()
+            if assignment is None:
+                raise InvalidVote(f"task {task_id} is not assigned to annotator {preview(name)}")
+            assignment_id, shown = assignment[0], json.loads(assignment[1])
+            ranks = {clip_id: None for clip_id in shown} if (skip or all_bad) else check_ranking(pairs, shown)
+            plays = check_play_counts(play_counts, shown)
+
+            existing = db.execute("SELECT id FROM rankings WHERE assignment_id = ?", (assignment_id,)).fetchone()
+            if existing is not None:
+                [stored] = _load_rankings(db, existing[0])
+                if (stored.ranks, stored.all_bad, stored.skipped) == (ranks, all_bad, skip):
+                    return stored.id
+                raise VoteConflict(f"annotator {preview(name)} already voted differently on task {task_id} (vote {stored.id})")
+
+            ranking_id = db.execute(
+                "INSERT INTO rankings (assignment_id, all_bad, skipped, time_spent_s, created_at) VALUES (?, ?, ?, ?, ?)",
+                (assignment_id, int(all_bad), int(skip), time_spent_s, time.time()),
+            ).lastrowid
+            internal_id = {
+                public_id: internal
+                for internal, public_id in db.execute(
+                    "SELECT c.id, c.public_id FROM task_candidates tc JOIN candidates c ON c.id = tc.candidate_id WHERE tc.task_id = ?",
+                    (task_id,),
+                )
+            }
+            db.executemany(
+                "INSERT INTO ranking_entries (ranking_id, candidate_id, rank, play_count) VALUES (?, ?, ?, ?)",
+                [(ranking_id, internal_id[clip_id], ranks[clip_id], plays.get(clip_id)) for clip_id in shown],
+            )
+            db.execute("DELETE FROM open_assignments WHERE assignment_id = ?", (assignment_id,))
+            if not skip:
+                db.execute("UPDATE tasks SET votes = votes + 1 WHERE id = ?", (task_id,))
+            return ranking_id
+
+    def reveal(self, annotator: str, task_id: int) -> dict[str, str]:
+        """Clip id -> model, for a task this annotator has already voted on (never before)."""
+        name = check_name(annotator)
+        task_id = check_int(task_id, "task_id", error=InvalidVote)
+        with self._read() as db:
+            voted = db.execute(
+                """SELECT 1 FROM assignments a JOIN annotators n ON n.id = a.annotator_id
+                   JOIN rankings r ON r.assignment_id = a.id WHERE n.name = ? AND a.task_id = ?""",
+                (name, task_id),
+            ).fetchone()
+            if voted is None:
+                raise InvalidVote(f"annotator {preview(name)} has not voted on task {preview(task_id)}: models stay hidden")
+            return dict(db.execute(
+                """SELECT c.public_id, c.model FROM task_candidates tc JOIN candidates c ON c.id = tc.candidate_id
+                   WHERE tc.task_id = ?""",
+                (task_id,),
+            ).fetchall())
+
+    def rankings(self) -> list[Ranking]:
+        """Every stored vote, oldest first."""
+        with self._read() as db:
+            return _load_rankings(db)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table (for stats, and for tests asserting that a refused call wrote nothing)."""
+        with self._read() as db:
+            return {table: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in _TABLES}
+
+    def task_progress(self) -> list[tuple[int, int, int]]:
+        """(task id, non-skip votes, target overlap) for every task."""
+        return self._connection().execute("SELECT id, votes, target_overlap FROM tasks ORDER BY id").fetchall()
+
+    def record_export(self, out_dir: str, *, strategy: str, pairs: int, rankings: int,
+                      alpha: float | None, fingerprint: str) -> int:
+        """Remember a finished export (what, where, how much) and return its id."""
+        with self._write() as db:
+            return db.execute(
+                """INSERT INTO exports (out_dir, strategy, pairs, rankings, alpha, fingerprint, created_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                (str(out_dir), strategy, pairs, rankings, alpha, fingerprint, time.time()),
+            ).lastrowid
+
+    def exports(self) -> list[ExportRecord]:
+        """Every recorded export, oldest first."""
+        rows = self._connection().execute(
+            "SELECT id, out_dir, strategy, pairs, rankings, alpha, fingerprint, created_at FROM exports ORDER BY id"
+        ).fetchall()
+        return [ExportRecord(*row) for row in rows]
+
+    def integrity_check(self) -> str:
+        """SQLite's own consistency check: ``"ok"`` for a sound database."""
+        return self._connection().execute("PRAGMA integrity_check").fetchone()[0]
+
+
+_TABLES = ("prompts", "candidates", "tasks", "task_candidates", "annotators",
+           "assignments", "open_assignments", "rankings", "ranking_entries", "exports")
+
+_CANDIDATE_SQL = """SELECT c.public_id, p.text, c.model, c.seed, c.steps, c.guidance, c.sha256,
+                           c.duration_s, c.sample_rate, c.auto_score
+                    FROM candidates c JOIN prompts p ON p.id = c.prompt_id"""
+
+_TASK_CLIPS_SQL = """SELECT c.public_id, c.sha256 FROM task_candidates tc JOIN candidates c ON c.id = tc.candidate_id
+                     WHERE tc.task_id = ? ORDER BY c.id"""
+
+# Tasks this annotator has not seen, best first. A task's load counts its votes (not skips)
+# and its open assignments younger than the TTL. Keyed by `informative_first`.
+_NEXT_TASK_SQL = {
+    informative: f"""
+    SELECT t.id, t.votes + (SELECT COUNT(*) FROM open_assignments o
+                            WHERE o.task_id = t.id AND o.assigned_at > :fresh_after) AS load
+    FROM tasks t
+    WHERE NOT EXISTS (SELECT 1 FROM assignments mine WHERE mine.task_id = t.id AND mine.annotator_id = :annotator)
+    ORDER BY load >= t.target_overlap,
+             {'''(SELECT CASE WHEN COUNT(c.auto_score) = COUNT(*) THEN MAX(c.auto_score) - MIN(c.auto_score) END
+               FROM task_candidates tc JOIN candidates c ON c.id = tc.candidate_id WHERE tc.task_id = t.id) ASC NULLS LAST,'''
+               if informative else ''}
+             load DESC, t.id
+    LIMIT 1"""
+    for informative in (False, True)
+}
+
+
+def _load_rankings(db: sqlite3.Connection, ranking_id: int | None = None) -> list[Ranking]:
+    """All votes (or the one with ``ranking_id``) with their entries, in two queries."""
+    where = "" if ranking_id is None else "WHERE r.id = :id"
+    entries: dict[int, list[tuple[str, int | None, int | None]]] = {}
+    for rid, clip_id, rank, plays in db.execute(
+        f"""SELECT e.ranking_id, c.public_id, e.rank, e.play_count FROM ranking_entries e
+            JOIN candidates c ON c.id = e.candidate_id JOIN rankings r ON r.id = e.ranking_id {where}""",
+        {"id": ranking_id},
+    ):
+        entries.setdefault(rid, []).append((clip_id, rank, plays))
+    rows = db.execute(
+        f"""SELECT r.id, a.task_id, n.name, r.all_bad, r.skipped, a.shown_order, r.time_spent_s, r.created_at
+            FROM rankings r JOIN assignments a ON a.id = r.assignment_id JOIN annotators n ON n.id = a.annotator_id
+            {where} ORDER BY r.id""",
+        {"id": ranking_id},
+    )
+    return [
+        Ranking(
+            id=rid, task_id=task_id, annotator=name,
+            ranks={clip_id: rank for clip_id, rank, _ in entries[rid]},
+            all_bad=bool(all_bad), skipped=bool(skipped), shown_order=json.loads(shown),
+            play_counts={clip_id: plays for clip_id, _, plays in entries[rid]},
+            time_spent_s=spent, created_at=created,
+        )
+        for rid, task_id, name, all_bad, skipped, shown, spent, created in rows
+    ]

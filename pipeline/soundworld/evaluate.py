@@ -1,0 +1,245 @@
+"""Score a text-to-audio model on sound-world prompts with the judge, with bootstrap intervals.
+
+    python -m pipeline.soundworld.evaluate --model tiny --prompts heldout --n 200 --seed 0 --out heldout.json
+    python -m pipeline.soundworld.evaluate --model tiny-dpo --prompts heldout --n 200 --seed 0 --out heldout-dpo.json
+
+Prompt i is ``sample_prompts(split, n, seed)[i]`` and its clip is generated with
+``torch.Generator().manual_seed(seed + i)``, whatever the batch size, so two
+models evaluated with the same arguments see the same prompts and the same
+initial noise: compare them clip by clip with a paired bootstrap,
+``compare(report_a["clips"], report_b["clips"])``.
+
+Every clip is also judged against another prompt of the set (a fixed random
+derangement): the mean score of that *shuffled-prompt baseline* is what a model
+that ignores its prompt would get.
+
+Numbers (each with a 95% percentile-bootstrap interval over clips, seeded):
+event recall and count accuracy over all clips, order accuracy over prompts
+with two or more event types, mean judge score; the same per construction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .grammar import CONSTRUCTIONS, SPLIT_CONSTRUCTIONS, sample_prompts
+from .judge import JudgeResult, judge
+
+BOOTSTRAP_SAMPLES = 2000
+CONFIDENCE = 0.95
+METRICS = {  # name in the report -> per-clip field it averages
+    "event_recall": "event_recall",
+    "order_accuracy": "order_correct",
+    "count_accuracy": "count_correct",
+    "mean_score": "score",
+}
+
+
+def bootstrap_interval(values, seed: int = 0, n_boot: int = BOOTSTRAP_SAMPLES) -> list[float] | None:
+    """95% percentile-bootstrap interval of the mean of ``values``; None when there are none."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, (n_boot, values.size))].mean(axis=1)
+    tail = (1 - CONFIDENCE) / 2 * 100
+    return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
+
+
+def paired_bootstrap(a, b, seed: int = 0, n_boot: int = BOOTSTRAP_SAMPLES) -> dict:
+    """Difference of means of two paired samples (same prompts and seeds, two models).
+
+    Clips are resampled together, so prompt difficulty cancels out. Returns the
+    mean difference ``a - b``, its 95% interval, and ``p_not_better``: the share of
+    bootstrap resamples in which ``a`` does not beat ``b`` (a one-sided p-value).
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"`a` and `b` must be paired 1-D samples of one non-zero length, got {a.shape} and {b.shape}")
+    rng = np.random.default_rng(seed)
+    differences = (a - b)[rng.integers(0, a.size, (n_boot, a.size))].mean(axis=1)
+    tail = (1 - CONFIDENCE) / 2 * 100
+    return {
+        "difference": float((a - b).mean()),
+        "interval": [float(np.percentile(differences, tail)), float(np.percentile(differences, 100 - tail))],
+        "p_not_better": float((differences <= 0).mean()),
+    }
+
+
+def summarize(results, seed: int = 0) -> dict:
+    """Event recall, order accuracy, count accuracy and mean score, overall and per construction.
+
+    ``results`` are ``JudgeResult``s or their dicts. Order accuracy counts only
+    prompts with two or more event types; a metric with no clips is None.
+    """
+    rows = [_as_dict(result) for result in results]
+    summary = {"n": len(rows), **_metrics(rows, seed)}
+    summary["extra_events_per_clip"] = float(np.mean([row["extra_events"] for row in rows])) if rows else None
+    summary["by_construction"] = {
+        construction: {"n": len(subset), **_metrics(subset, seed)}
+        for construction in CONSTRUCTIONS
+        if (subset := [row for row in rows if row["construction"] == construction])
+    }
+    return summary
+
+
+def compare(results_a, results_b, seed: int = 0) -> dict:
+    """Paired bootstrap of model A minus model B for each metric, on the same prompts in the same order."""
+    rows_a, rows_b = [_as_dict(r) for r in results_a], [_as_dict(r) for r in results_b]
+    if [row["prompt"] for row in rows_a] != [row["prompt"] for row in rows_b]:
+        raise ValueError("`results_a` and `results_b` must judge the same prompts in the same order")
+    comparison = {}
+    for name, field in METRICS.items():
+        pairs = [(x[field], y[field]) for x, y in zip(rows_a, rows_b) if x[field] is not None]
+        comparison[name] = paired_bootstrap(*zip(*pairs), seed=seed) if pairs else None
+    return comparison
+
+
+def shuffled_partners(n: int, seed: int) -> list[int]:
+    """A random derangement: clip i is judged against prompt ``partners[i] != i`` for the baseline."""
+    if n < 2:
+        return []
+    order = np.random.default_rng(seed).permutation(n)
+    partners = np.empty(n, dtype=int)
+    partners[order] = np.roll(order, -1)
+    return partners.tolist()
+
+
+def evaluate_pipeline(
+    pipe,
+    prompts: list[str],
+    seeds: list[int],
+    *,
+    steps: int,
+    guidance: float,
+    batch_size: int,
+    baseline_seed: int = 0,
+    progress: bool = True,
+) -> tuple[list[JudgeResult], list[JudgeResult]]:
+    """Generate one clip per (prompt, seed) in batches and judge it.
+
+    ``pipe`` is a text-to-audio pipeline called as ``pipe(prompts, num_inference_steps=...,
+    guidance_scale=..., generator=[one torch.Generator per clip]).audios`` -> (batch, samples).
+    Returns (results, shuffled): each clip judged against its own prompt, and
+    against its ``shuffled_partners(len(prompts), baseline_seed)`` prompt.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    partners = shuffled_partners(len(prompts), baseline_seed)
+    sample_rate = pipe.vocoder.config.sampling_rate
+    results, shuffled = [], []
+    with tqdm(total=len(prompts), unit="clip", disable=not progress) as bar:
+        for start in range(0, len(prompts), batch_size):
+            batch = slice(start, start + batch_size)
+            generators = [torch.Generator().manual_seed(seed) for seed in seeds[batch]]
+            output = pipe(prompts[batch], num_inference_steps=steps, guidance_scale=guidance, generator=generators)
+            audios = output.audios
+            for offset, audio in enumerate(np.asarray(audios, dtype=np.float32)):
+                index = start + offset
+                results.append(judge(audio, sample_rate, prompts[index]))
+                if partners:
+                    shuffled.append(judge(audio, sample_rate, prompts[partners[index]]))
+            bar.update(len(audios))
+    return results, shuffled
+
+
+def report(results: list[JudgeResult], shuffled: list[JudgeResult], seeds: list[int], seed: int = 0) -> dict:
+    """The JSON report: summary, shuffled-prompt baseline, and one record per clip."""
+    summary = summarize(results, seed)
+    baseline = [result.score for result in shuffled]
+    summary["shuffled_baseline"] = {
+        "mean_score": float(np.mean(baseline)) if baseline else None,
+        "interval": bootstrap_interval(baseline, seed),
+    }
+    summary["clips"] = [{"seed": clip_seed, **result.to_dict()} for clip_seed, result in zip(seeds, results)]
+    return summary
+
+
+def format_table(summary: dict) -> str:
+    """The summary as a plain-text table."""
+
+    def cell(value, interval=None):
+        if value is None:
+            return "-"
+        return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+    lines = [f"{'metric':<16}{'value [95% CI]':>26}"]
+    for name in METRICS:
+        lines.append(f"{name:<16}{cell(summary[name], summary['intervals'][name]):>26}")
+    baseline = summary.get("shuffled_baseline")
+    if baseline:
+        lines.append(f"{'shuffled score':<16}{cell(baseline['mean_score'], baseline['interval']):>26}")
+    lines.append("")
+    lines.append(f"{'construction':<14}{'n':>5}{'recall':>9}{'order':>9}{'count':>9}{'score':>9}")
+    for construction, row in summary["by_construction"].items():
+        values = "".join(f"{cell(row[name]):>9}" for name in METRICS)
+        lines.append(f"{construction:<14}{row['n']:>5}{values}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="model spec for pipeline.load_pipeline (e.g. tiny, a folder)")
+    parser.add_argument("--prompts", default="heldout", choices=sorted(SPLIT_CONSTRUCTIONS), help="prompt split")
+    parser.add_argument("--n", type=int, default=200, help="number of prompts (one clip each)")
+    parser.add_argument("--seed", type=int, default=0, help="prompt sampling, clip seeds (seed + i) and bootstrap")
+    parser.add_argument("--steps", type=int, default=100, help="denoising steps")
+    parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    parser.add_argument("--batch-size", type=int, default=8, help="clips per pipeline call")
+    parser.add_argument("--out", type=Path, help="write the JSON report here")
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.batch_size < 1:
+        parser.error(f"--n and --batch-size must be positive, got {args.n} and {args.batch_size}")
+
+    from pipeline import load_pipeline  # torch and diffusers: only when a model is evaluated
+
+    pipe = load_pipeline(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = sample_prompts(args.prompts, args.n, args.seed)
+    seeds = [args.seed + i for i in range(args.n)]
+    results, shuffled = evaluate_pipeline(
+        pipe,
+        prompts,
+        seeds,
+        steps=args.steps,
+        guidance=args.guidance,
+        batch_size=args.batch_size,
+        baseline_seed=args.seed,
+    )
+    summary = {
+        "model": args.model,
+        "prompts": args.prompts,
+        "seed": args.seed,
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance,
+        **report(results, shuffled, seeds, args.seed),
+    }
+    print(format_table(summary))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(summary, indent=2))
+        print(f"wrote {args.out}")
+    return summary
+
+
+def _as_dict(result) -> dict:
+    return result if isinstance(result, dict) else result.to_dict()
+
+
+def _metrics(rows: list[dict], seed: int) -> dict:
+    """Mean and interval of each metric over ``rows`` (None-valued entries skipped)."""
+    metrics, intervals = {}, {}
+    for name, field in METRICS.items():
+        values = [float(row[field]) for row in rows if row[field] is not None]
+        metrics[name] = float(np.mean(values)) if values else None
+        intervals[name] = bootstrap_interval(values, seed)
+    return {**metrics, "intervals": intervals}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,457 @@
+"""Train the embedded tiny Tango (spec ``tiny``) on the sound world, from scratch.
+
+    python -m pipeline.soundworld.train_tiny                          # CPU: 2 cores, under 2 hours
+    python -m pipeline.soundworld.train_tiny --device=cuda            # the same recipe on a GPU
+    python -m pipeline.soundworld.train_tiny --train_steps=200 --out_dir=/tmp/tiny   # a smoke run
+
+Every knob is a module-level default below; override any with ``--name=value``
+(unknown names are refused). Killed runs resume: each stage caches its result in
+``work_dir`` and the two training stages checkpoint every ``checkpoint_interval`` steps.
+
+Stages, each the cheapest thing that gives the model what it needs:
+  1. data       render ``num_clips`` training-split prompts (one take each) and compute
+                Tango's log-mel of each 3.84 s clip (384 frames x 64 mels)
+  2. tokenizer  a SentencePiece-style Unigram tokenizer trained on the training prompts,
+                wrapped as a T5 tokenizer (pad 0, eos 1, unk 2) like FLAN-T5's
+  3. vae        an AutoencoderKL (mel -> 8 x 96 x 16 latent, 4x down in time and mel),
+                L1 reconstruction + a small KL term
+  4. latents    every clip encoded once (posterior mode x scaling factor = 1 / std)
+  5. diffusion  a T5 encoder and a UNet2DConditionModel trained jointly with Tango's
+                objective (v-prediction on the SD-2.1 schedule, min-SNR-5 weighting,
+                10 % empty prompts for classifier-free guidance), EMA weights, a short
+                curriculum (single events and counts before sequences); every
+                ``eval_interval`` steps, clips for ``eval_prompts`` prompts are generated
+                and judged (event recall, order and count accuracy, score)
+  6. export     a TangoPipeline in diffusers format with a Griffin-Lim vocoder and a
+                DPM-Solver++ scheduler, to ``out_dir``; metrics to ``out_dir/training_metrics.json``
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+# -----------------------------------------------------------------------------
+# where and how
+out_dir = "assets/tango-tiny"  # the shipped pipeline
+work_dir = "runs/tango-tiny"  # cached data, checkpoints, metrics
+device = "cuda" if torch.cuda.is_available() else "cpu"
+seed = 0
+workers = 2  # processes rendering clips
+# data
+num_clips = 12000  # one take per prompt; the grammar has ~20k distinct training prompts
+# text encoder (tiny T5, trained with the UNet: there is no pretrained FLAN-T5 here)
+vocab_size = 192
+text_dim = 64
+text_layers = 2
+text_heads = 4
+# VAE
+vae_channels = "16,32,32"
+vae_steps = 500
+vae_batch_size = 16
+vae_lr = 1e-3
+vae_kl_weight = 1e-6
+# UNet and diffusion training
+unet_channels = "32,64,128"
+unet_heads = 4
+train_steps = 4000
+batch_size = 32
+learning_rate = 4e-4
+warmup_steps = 200
+min_lr_ratio = 0.1  # cosine decay to this fraction of learning_rate
+snr_gamma = 5.0  # Tango's min-SNR weighting
+uncond_prob = 0.1  # empty prompt, for classifier-free guidance
+curriculum_steps = 500  # single events and counts only, then everything
+ema_decay = 0.999
+grad_clip = 1.0
+# evaluation and checkpoints
+eval_interval = 1000
+eval_prompts = 48
+eval_inference_steps = 25
+eval_guidance_scale = 3.0
+checkpoint_interval = 500
+# -----------------------------------------------------------------------------
+
+CLIP_FRAMES = 384  # 3.84 s at hop 160
+KNOBS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and isinstance(v, (int, float, str))}
+KNOBS.pop("CLIP_FRAMES")
+
+
+def apply_overrides(argv: list[str]) -> dict:
+    """``--name=value`` for any knob above, cast to the knob's type; anything else is an error."""
+    config = dict(KNOBS)
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            raise SystemExit(f"arguments look like --name=value, got {arg!r}")
+        name, value = arg[2:].split("=", 1)
+        if name not in config:
+            raise SystemExit(f"unknown knob {name!r}; knobs: {', '.join(sorted(config))}")
+        kind = type(config[name])
+        config[name] = kind(value) if kind is not bool else value.lower() in ("1", "true", "yes")
+    return config
+
+
+def save_atomic(obj, path: Path) -> None:
+    """torch.save to a temporary name, then rename: a kill never leaves half a checkpoint."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
+
+
+# -- 1. data -------------------------------------------------------------------------------
+
+
+def _render_mel(job: tuple[str, int]) -> np.ndarray:
+    from pipeline.audio import wav_to_fbank
+    from pipeline.soundworld import render
+
+    prompt, clip_seed = job
+    waveform, _, _ = render(prompt, clip_seed)
+    fbank, _, _ = wav_to_fbank(torch.from_numpy(waveform), target_length=CLIP_FRAMES)
+    return fbank[0].numpy().astype(np.float16)
+
+
+def make_data(config: dict, work: Path) -> dict:
+    path = work / "data.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    from pipeline.soundworld import sample_prompt_specs
+
+    specs = sample_prompt_specs("train", config["num_clips"], seed=config["seed"])
+    jobs = [(spec.text, config["seed"] * 1_000_003 + index) for index, spec in enumerate(specs)]
+    torch.set_num_threads(1)  # one thread per rendering process
+    with ProcessPoolExecutor(max_workers=config["workers"]) as pool:
+        mels = list(tqdm(pool.map(_render_mel, jobs, chunksize=64), total=len(jobs), desc="render clips"))
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    data = {
+        "mels": torch.from_numpy(np.stack(mels)),
+        "texts": [spec.text for spec in specs],
+        "constructions": [spec.construction for spec in specs],
+    }
+    save_atomic(data, path)
+    return data
+
+
+# -- 2. tokenizer --------------------------------------------------------------------------
+
+
+def make_tokenizer(config: dict, texts: list[str], work: Path):
+    from transformers import T5TokenizerFast
+
+    folder = work / "tokenizer"
+    if (folder / "tokenizer.json").exists():
+        return T5TokenizerFast.from_pretrained(folder)
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(
+        vocab_size=config["vocab_size"], special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", tokenizer.token_to_id("</s>"))]
+    )
+    wrapped = T5TokenizerFast(
+        tokenizer_object=tokenizer, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0,
+        model_max_length=64,
+    )
+    wrapped.save_pretrained(folder)
+    return wrapped
+
+
+# -- 3./4. VAE and latents -------------------------------------------------------------------
+
+
+def make_vae(config: dict):
+    from diffusers import AutoencoderKL
+
+    channels = ints(config["vae_channels"])
+    return AutoencoderKL(
+        in_channels=1, out_channels=1, latent_channels=8, block_out_channels=channels,
+        down_block_types=["DownEncoderBlock2D"] * len(channels), up_block_types=["UpDecoderBlock2D"] * len(channels),
+        layers_per_block=1, norm_num_groups=16, sample_size=CLIP_FRAMES, mid_block_add_attention=False,
+    )
+
+
+def train_vae(config: dict, mels: torch.Tensor, work: Path, metrics: dict):
+    from diffusers import AutoencoderKL
+
+    folder = work / "vae"
+    if (folder / "config.json").exists():
+        return AutoencoderKL.from_pretrained(folder).to(config["device"])
+    torch.manual_seed(config["seed"])
+    vae = make_vae(config).to(config["device"])
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config["vae_lr"])
+    checkpoint_path, start = work / "vae_checkpoint.pt", 0
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, weights_only=False)
+        vae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, metrics["vae"] = state["step"], state["metrics"]
+    generator = torch.Generator().manual_seed(config["seed"] + start)
+    progress = tqdm(range(start, config["vae_steps"]), desc="vae", initial=start, total=config["vae_steps"])
+    for step in progress:
+        batch = mels[torch.randint(len(mels), (config["vae_batch_size"],), generator=generator)]
+        batch = batch.to(config["device"], torch.float32).unsqueeze(1)
+        posterior = vae.encode(batch).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator=None)).sample
+        recon_loss = F.l1_loss(reconstruction, batch)
+        loss = recon_loss + config["vae_kl_weight"] * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % 50 == 0:
+            metrics["vae"].append({"step": step, "l1": round(recon_loss.item(), 5)})
+            progress.set_postfix(l1=f"{recon_loss.item():.4f}")
+        if (step + 1) % config["checkpoint_interval"] == 0:
+            save_atomic({"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1,
+                         "metrics": metrics["vae"]}, checkpoint_path)
+    vae.eval()
+    metrics["vae_ceiling"] = vae_ceiling(vae, config)
+    tqdm.write(f"vae ceiling {metrics['vae_ceiling']}")
+    vae.save_pretrained(folder)
+    return vae
+
+
+@torch.no_grad()
+def vae_ceiling(vae, config: dict, clips: int = 32) -> dict:
+    """What the judge hears after the VAE and the vocoder alone: the best the diffusion model can reach."""
+    from pipeline.audio import wav_to_fbank
+    from pipeline.griffinlim import GriffinLimVocoder
+    from pipeline.soundworld import judge, render, sample_prompts
+
+    vocoder = GriffinLimVocoder().to(config["device"])
+    recalls, orders = [], []
+    for index, prompt in enumerate(sample_prompts("train", clips, seed=config["seed"] + 555)):
+        waveform, rate, _ = render(prompt, 50_000 + index)
+        mel = wav_to_fbank(torch.from_numpy(waveform), target_length=CLIP_FRAMES)[0].to(config["device"])
+        rebuilt = vae.decode(vae.encode(mel.unsqueeze(1)).latent_dist.mode()).sample.squeeze(1)
+        result = judge(vocoder(rebuilt)[0].cpu().numpy(), rate, prompt)
+        recalls.append(result.event_recall)
+        if result.order_correct is not None:
+            orders.append(result.order_correct)
+    return {"event_recall": round(float(np.mean(recalls)), 4), "order_accuracy": round(float(np.mean(orders)), 4)}
+
+
+@torch.no_grad()
+def encode_latents(config: dict, vae, mels: torch.Tensor, work: Path) -> tuple[torch.Tensor, float]:
+    path = work / "latents.pt"
+    if path.exists():
+        state = torch.load(path, weights_only=False)
+        return state["latents"], state["scaling_factor"]
+    chunks = []
+    for start in tqdm(range(0, len(mels), 256), desc="encode latents"):
+        batch = mels[start : start + 256].to(config["device"], torch.float32).unsqueeze(1)
+        chunks.append(vae.encode(batch).latent_dist.mode().cpu())
+    latents = torch.cat(chunks)
+    scaling_factor = float(1.0 / latents.std())
+    latents = (latents * scaling_factor).to(torch.float16)
+    save_atomic({"latents": latents, "scaling_factor": scaling_factor}, path)
+    return latents, scaling_factor
+
+
+# -- 5. diffusion --------------------------------------------------------------------------
+
+
+def make_text_encoder(config: dict, tokenizer):
+    from transformers import T5Config, T5EncoderModel
+
+    t5 = T5Config(
+        vocab_size=len(tokenizer), d_model=config["text_dim"], d_kv=config["text_dim"] // config["text_heads"],
+        d_ff=2 * config["text_dim"], num_layers=config["text_layers"], num_heads=config["text_heads"],
+        feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False, pad_token_id=0, eos_token_id=1,
+    )
+    return T5EncoderModel(t5)
+
+
+def make_unet(config: dict):
+    from diffusers import UNet2DConditionModel
+
+    channels = ints(config["unet_channels"])
+    # No attention at full resolution (the costliest place, and local there anyway);
+    # cross-attention to the text at the coarser levels and in the middle.
+    down = ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (len(channels) - 1)
+    up = ["CrossAttnUpBlock2D"] * (len(channels) - 1) + ["UpBlock2D"]
+    return UNet2DConditionModel(
+        sample_size=[CLIP_FRAMES // 4, 16], in_channels=8, out_channels=8, block_out_channels=channels,
+        down_block_types=down, up_block_types=up, layers_per_block=1, cross_attention_dim=config["text_dim"],
+        attention_head_dim=config["unet_heads"], norm_num_groups=32, use_linear_projection=True,
+    )
+
+
+def make_pipeline(tokenizer, text_encoder, unet, vae, device="cpu", scheduler_class="DPMSolverMultistepScheduler"):
+    import diffusers
+
+    from pipeline.griffinlim import GriffinLimVocoder
+    from pipeline.original import SD21_SCHEDULER_CONFIG, read_json
+    from pipeline.tango import TangoPipeline
+
+    schedule = {k: v for k, v in read_json(SD21_SCHEDULER_CONFIG).items() if not k.startswith("_")}
+    scheduler = getattr(diffusers, scheduler_class).from_config(schedule)
+    pipe = TangoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae,
+                         vocoder=GriffinLimVocoder(), scheduler=scheduler)
+    return pipe.to(device)
+
+
+def lr_at(step: int, config: dict) -> float:
+    if step < config["warmup_steps"]:
+        return config["learning_rate"] * (step + 1) / config["warmup_steps"]
+    progress = (step - config["warmup_steps"]) / max(1, config["train_steps"] - config["warmup_steps"])
+    ratio = config["min_lr_ratio"] + (1 - config["min_lr_ratio"]) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return config["learning_rate"] * ratio
+
+
+@torch.no_grad()
+def evaluate(pipe, config: dict, step: int) -> dict:
+    """Judge clips for fixed training-distribution prompts (fresh seeds), in batches."""
+    from pipeline.soundworld import judge, sample_prompt_specs
+
+    specs = sample_prompt_specs("train", config["eval_prompts"], seed=config["seed"] + 777)
+    specs = [s for s in specs if s.construction not in ("single", "count")] + [
+        s for s in specs if s.construction in ("single", "count")
+    ]
+    results = []
+    pipe.set_progress_bar_config(disable=True)
+    for start in range(0, len(specs), 16):
+        chunk = specs[start : start + 16]
+        audios = pipe(
+            [s.text for s in chunk], num_inference_steps=config["eval_inference_steps"],
+            guidance_scale=config["eval_guidance_scale"],
+            generator=[torch.Generator().manual_seed(1000 + start + i) for i in range(len(chunk))],
+        ).audios
+        results += [judge(audio, pipe.sampling_rate, spec.text) for audio, spec in zip(audios, chunk)]
+    ordered = [r.order_correct for r in results if r.order_correct is not None]
+    return {
+        "step": step,
+        "event_recall": round(float(np.mean([r.event_recall for r in results])), 4),
+        "order_accuracy": round(float(np.mean(ordered)), 4) if ordered else None,
+        "count_accuracy": round(float(np.mean([r.count_correct for r in results])), 4),
+        "mean_score": round(float(np.mean([r.score for r in results])), 4),
+    }
+
+
+def train_diffusion(config: dict, tokenizer, vae, latents: torch.Tensor, data: dict, work: Path, metrics: dict):
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import EMAModel, compute_snr
+
+    from pipeline.original import SD21_SCHEDULER_CONFIG, read_json
+
+    dev = config["device"]
+    torch.manual_seed(config["seed"])
+    text_encoder = make_text_encoder(config, tokenizer).to(dev)
+    unet = make_unet(config).to(dev)
+    modules = torch.nn.ModuleList([text_encoder, unet])
+    ema = EMAModel(modules.parameters(), decay=config["ema_decay"])
+    optimizer = torch.optim.AdamW(modules.parameters(), lr=config["learning_rate"], weight_decay=0.01)
+    noise_scheduler = DDPMScheduler.from_config(
+        {k: v for k, v in read_json(SD21_SCHEDULER_CONFIG).items() if not k.startswith("_")}
+    )
+
+    checkpoint_path, start = work / "diffusion_checkpoint.pt", 0
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, weights_only=False)
+        modules.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        start, metrics["diffusion"], metrics["eval"] = state["step"], state["metrics"], state["eval"]
+
+    texts = data["texts"]
+    simple = torch.tensor([c in ("single", "count") for c in data["constructions"]])
+    simple_index, all_index = torch.nonzero(simple).flatten(), torch.arange(len(texts))
+    generator = torch.Generator().manual_seed(config["seed"] + start)
+    progress = tqdm(range(start, config["train_steps"]), desc="diffusion", initial=start, total=config["train_steps"])
+    started = time.time()
+    for step in progress:
+        pool = simple_index if step < config["curriculum_steps"] else all_index
+        index = pool[torch.randint(len(pool), (config["batch_size"],), generator=generator)]
+        x0 = latents[index].to(dev, torch.float32)
+        prompts = ["" if torch.rand((), generator=generator) < config["uncond_prob"] else texts[i] for i in index]
+        tokens = tokenizer(prompts, padding=True, truncation=True, return_tensors="pt").to(dev)
+        noise = torch.randn(x0.shape, generator=generator).to(dev)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),), generator=generator).to(dev)
+        noisy = noise_scheduler.add_noise(x0, noise, timesteps)
+        target = noise_scheduler.get_velocity(x0, noise, timesteps)
+
+        hidden = text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+        prediction = unet(noisy, timesteps, encoder_hidden_states=hidden,
+                          encoder_attention_mask=tokens.attention_mask.bool()).sample
+        snr = compute_snr(noise_scheduler, timesteps)
+        weights = torch.clamp(snr, max=config["snr_gamma"]) / (snr + 1)  # min-SNR-γ for v-prediction
+        per_sample = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
+        loss = (weights * per_sample).mean()
+
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(modules.parameters(), config["grad_clip"])
+        optimizer.step()
+        ema.step(modules.parameters())
+
+        if step % 50 == 0:
+            metrics["diffusion"].append({"step": step, "loss": round(loss.item(), 5), "lr": lr_at(step, config)})
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+        done = step + 1
+        if done % config["eval_interval"] == 0 or done == config["train_steps"]:
+            ema.store(modules.parameters())
+            ema.copy_to(modules.parameters())
+            modules.eval()
+            result = evaluate(make_pipeline(tokenizer, text_encoder, unet, vae, dev), config, done)
+            result["minutes"] = round((time.time() - started) / 60, 2)
+            metrics["eval"].append(result)
+            tqdm.write(f"eval {result}")
+            modules.train()
+            ema.restore(modules.parameters())
+        if done % config["checkpoint_interval"] == 0 or done == config["train_steps"]:
+            save_atomic({"model": modules.state_dict(), "optimizer": optimizer.state_dict(), "ema": ema.state_dict(),
+                         "step": done, "metrics": metrics["diffusion"], "eval": metrics["eval"]}, checkpoint_path)
+    ema.copy_to(modules.parameters())
+    modules.eval()
+    return text_encoder, unet
+
+
+# -- 6. export -----------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> None:
+    config = apply_overrides(argv)
+    work, out = Path(config["work_dir"]), Path(config["out_dir"])
+    work.mkdir(parents=True, exist_ok=True)
+    metrics_path = work / "metrics.json"
+    metrics = {"config": config, "vae": [], "diffusion": [], "eval": []}
+    started = time.time()
+
+    data = make_data(config, work)
+    tokenizer = make_tokenizer(config, data["texts"], work)
+    vae = train_vae(config, data["mels"], work, metrics)
+    latents, scaling_factor = encode_latents(config, vae, data["mels"], work)
+    vae.register_to_config(scaling_factor=scaling_factor)
+    text_encoder, unet = train_diffusion(config, tokenizer, vae, latents, data, work, metrics)
+
+    pipe = make_pipeline(tokenizer, text_encoder.cpu(), unet.cpu(), vae.cpu())
+    pipe.save_pretrained(out, safe_serialization=True)
+    metrics["minutes_this_run"] = round((time.time() - started) / 60, 2)
+    for path in (metrics_path, out / "training_metrics.json"):
+        path.write_text(json.dumps(metrics, indent=1) + "\n")
+    print(f"wrote {out}; metrics in {metrics_path}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,59 @@
+"""``python -m annotate``: stats, export and push from the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from annotate import Store
+from annotate.__main__ import main
+from tests.test_annotate_support import make_tasks, vote
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    store = Store(tmp_path / "data", target_overlap=2)
+    make_tasks(store, 3, clips=3)
+    for name in ("ann", "bob"):
+        for _ in range(3):
+            vote(store, name)
+    vote(store, "cat", (3, 2, 1))
+    vote(store, "cat", skip=True)
+    return tmp_path / "data"
+
+
+def test_stats_reports_tasks_votes_and_agreement(data_dir, capsys):
+    assert main(["stats", "--data-dir", str(data_dir), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["tasks"], stats["votes"], stats["skipped"]) == (3, 8, 1)
+    assert stats["annotators"]["ann"]["votes"] == 3 and stats["annotators"]["cat"]["skipped"] == 1
+    assert main(["stats", "--data-dir", str(data_dir)]) == 0
+    table = capsys.readouterr().out
+    assert "Krippendorff's alpha (ordinal)" in table and "ann" in table
+
+
+def test_export_then_push_the_latest_export(data_dir, tmp_path, capsys, monkeypatch):
+    assert main(["export", "--data-dir", str(data_dir), "--out", str(tmp_path / "export")]) == 0
+    assert "pairs" in capsys.readouterr().out
+    assert (tmp_path / "export" / "README.md").is_file()
+
+    pushed = {}
+    monkeypatch.setattr("annotate.export.push_to_hub", lambda folder, repo, **kw: pushed.update(folder=folder, repo=repo))
+    assert main(["push", "--data-dir", str(data_dir), "--repo", "me/prefs"]) == 0
+    assert pushed == {"folder": str((tmp_path / "export").resolve()), "repo": "me/prefs"}
+
+
+def test_cli_errors_are_one_line_and_exit_2(data_dir, tmp_path, capsys, monkeypatch):
+    assert main(["push", "--data-dir", str(data_dir), "--repo", "me/prefs"]) == 2
+    assert "nothing exported yet" in capsys.readouterr().err
+
+    monkeypatch.setattr("annotate.export.get_token", lambda: None)
+    main(["export", "--data-dir", str(data_dir), "--out", str(tmp_path / "export")])
+    assert main(["push", "--data-dir", str(data_dir), "--repo", "me/prefs"]) == 2
+    assert "HF_TOKEN" in capsys.readouterr().err
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n")
+    assert main(["pool", "--data-dir", str(data_dir), "--prompts", str(empty)]) == 2
+    assert "`prompts` is empty" in capsys.readouterr().err

@@ -1,0 +1,300 @@
+"""Export: votes -> a dataset folder that `datasets` loads, atomically; pushes to the Hub without the network."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+from datasets import Audio, load_dataset
+
+from annotate import Store
+from annotate.dataset import FEATURES, EmptyDataset, write_preference_dataset
+from annotate.export import PushError, ScheduledPush, export_human_pairs, push_to_hub
+from tests.test_annotate_support import make_tasks, preference_row, tone
+
+# Clip j of make_tasks(..., clips=4): model base/dpo alternating, seed j.
+RANKS = {  # annotator -> rank by seed
+    "ann": {1: 1, 3: 2, 0: 3, 2: 3},
+    "bob": {1: 1, 3: 2, 0: 3, 2: 3},
+    "cat": {3: 1, 1: 2, 0: 3, 2: 4},
+}
+
+
+@pytest.fixture
+def voted_store(tmp_path) -> Store:
+    store = Store(tmp_path / "data")
+    make_tasks(store, 2, clips=4)
+    clips = store.candidates()
+    for name, by_seed in RANKS.items():
+        while (task := store.next_task(name)) is not None:
+            store.submit(name, task.id, {c.id: by_seed[clips[c.id].seed] for c in task.candidates})
+    vote_skip = store.next_task("dan")
+    store.submit("dan", vote_skip.id, skip=True)
+    return store
+
+
+def _load(folder: Path, cache: Path):
+    """Load as a consumer without torchcodec must: audio columns cast to undecoded bytes."""
+    dataset = load_dataset(str(folder), split="train", cache_dir=str(cache))
+    assert dataset.features == FEATURES  # the declared schema, 16 kHz audio included
+    return dataset.cast_column("chosen", Audio(decode=False)).cast_column("rejected", Audio(decode=False))
+
+
+def test_export_round_trip_through_datasets(voted_store, tmp_path):
+    result = export_human_pairs(voted_store, tmp_path / "export")
+    assert sorted(p.name for p in (tmp_path / "export" / "data").iterdir()) == ["train-00000-of-00001.parquet"]
+
+    dataset = _load(tmp_path / "export", tmp_path / "cache")
+    assert list(dataset.column_names) == list(FEATURES)
+    # Per task, all 6 pairs of its 4 clips have a strict majority (ann and bob tie seeds 0 and 2; cat decides).
+    assert len(dataset) == result.summary.rows == 12
+
+    clips = {c.sha256: c for c in voted_store.candidates().values()}
+    rows = dataset.to_list()
+    for row in rows:
+        assert row["strategy"] == "human-rank"
+        for side in ("chosen", "rejected"):
+            clip = clips[row[side]["path"].removesuffix(".wav")]
+            samples, rate = sf.read(io.BytesIO(row[side]["bytes"]), dtype="float32")
+            assert rate == 16000
+            p, j = int(clip.prompt.split()[1]), clip.seed
+            np.testing.assert_array_equal(samples, tone(110 + 13 * p + 37 * j))  # the stored samples, exactly
+            assert (row[f"{side}_model"], row[f"{side}_seed"]) == (clip.model, clip.seed)
+            assert row["prompt"] == clip.prompt
+        assert (row["num_inference_steps"], row["guidance_scale"]) == (10, 3.0)
+
+    by_seeds = {(clips[r["chosen"]["path"][:-4]].seed, clips[r["rejected"]["path"][:-4]].seed, r["prompt"]): r for r in rows}
+    strong = by_seeds[(1, 0, "prompt 0")]  # everyone ranked seed 1 above seed 0
+    assert (strong["votes_for"], strong["votes_against"], strong["annotators"]) == (3, 0, 3)
+    split = by_seeds[(1, 3, "prompt 1")]  # ann, bob: 1 > 3; cat: 3 > 1
+    assert (split["votes_for"], split["votes_against"], split["annotators"]) == (2, 1, 3)
+    tied = by_seeds[(0, 2, "prompt 0")]  # ann, bob tied 0 and 2; cat: 0 > 2
+    assert (tied["votes_for"], tied["votes_against"], tied["annotators"]) == (1, 0, 3)
+    assert (strong["chosen_model"], strong["rejected_model"]) == ("dpo", "base")
+
+
+def test_export_is_recorded_and_pair_ids_are_stable(voted_store, tmp_path):
+    first = export_human_pairs(voted_store, tmp_path / "export")
+    ids = set(_load(tmp_path / "export", tmp_path / "cache-1")["pair_id"])
+    second = export_human_pairs(voted_store, tmp_path / "export")
+    assert set(_load(tmp_path / "export", tmp_path / "cache-2")["pair_id"]) == ids and len(ids) == 12
+    assert first.summary.fingerprint == second.summary.fingerprint
+    records = voted_store.exports()
+    assert [r.id for r in records] == [first.export_id, second.export_id]
+    assert records[-1].pairs == 12 and records[-1].rankings == 6 and records[-1].strategy == "human-rank"
+    assert records[-1].alpha == pytest.approx(first.alpha) and first.alpha > 0.5
+
+
+def test_pair_id_ignores_direction():
+    row = preference_row(3)
+    flipped = replace(row, chosen_wav=row.rejected_wav, rejected_wav=row.chosen_wav)
+    assert row.pair_id == flipped.pair_id != preference_row(4).pair_id
+
+
+def test_dataset_card_declares_configs_features_and_counts(voted_store, tmp_path):
+    export_human_pairs(voted_store, tmp_path / "export")
+    card = (tmp_path / "export" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+    features = {f["name"]: f["dtype"] for f in front["dataset_info"]["features"]}
+    assert features["chosen"] == {"audio": {"sampling_rate": 16000, "decode": False}}
+    assert features["votes_for"] == "int64" and features["guidance_scale"] == "float64"
+    assert "12 pairs" in card and "Krippendorff's alpha (ordinal)" in card and "blind" in card
+
+
+def test_nothing_to_export_keeps_the_previous_export(tmp_path):
+    store = Store(tmp_path / "data")
+    make_tasks(store, 1)
+    write_preference_dataset([preference_row(0)], tmp_path / "export", how_made="earlier")
+    with pytest.raises(EmptyDataset):
+        export_human_pairs(store, tmp_path / "export")
+    assert len(_load(tmp_path / "export", tmp_path / "cache")) == 1
+    assert store.exports() == []
+
+
+def test_a_failing_row_source_keeps_the_previous_export(tmp_path):
+    write_preference_dataset([preference_row(i) for i in range(3)], tmp_path / "export", how_made="earlier")
+
+    def broken_rows():
+        yield preference_row(10)
+        raise OSError("disk went away")
+
+    with pytest.raises(OSError, match="disk went away"):
+        write_preference_dataset(broken_rows(), tmp_path / "export", how_made="broken")
+    bad = replace(preference_row(11), strategy="vibes")
+    with pytest.raises(ValueError, match="strategy"):
+        write_preference_dataset([bad], tmp_path / "export", how_made="broken")
+    wrong_rate = io.BytesIO()
+    sf.write(wrong_rate, tone(440), 8000, format="WAV")
+    with pytest.raises(ValueError, match="8000 Hz"):
+        write_preference_dataset([replace(preference_row(12), chosen_wav=wrong_rate.getvalue())],
+                                 tmp_path / "export", how_made="broken")
+    assert _load(tmp_path / "export", tmp_path / "cache")["prompt"] == ["prompt 0", "prompt 1", "prompt 2"]
+    assert not list(tmp_path.glob(".export.building"))
+
+
+def test_a_swap_cut_between_its_renames_is_undone_or_finished(tmp_path):
+    out_dir = tmp_path / "export"
+    write_preference_dataset([preference_row(0)], out_dir, how_made="v1")
+    os.replace(out_dir, tmp_path / ".export.previous")  # killed after the first rename
+
+    def failing_rows():
+        raise OSError("killed again")
+        yield  # pragma: no cover
+
+    with pytest.raises(OSError):
+        write_preference_dataset(failing_rows(), out_dir, how_made="v2")
+    assert _load(out_dir, tmp_path / "cache-1")["prompt"] == ["prompt 0"]  # the previous export is back
+
+    (tmp_path / ".export.previous").mkdir()  # killed after the second rename, before the cleanup
+    write_preference_dataset([preference_row(5), preference_row(6)], out_dir, how_made="v3")
+    assert len(_load(out_dir, tmp_path / "cache-2")) == 2
+    assert not (tmp_path / ".export.previous").exists()
+
+
+def test_shards_split_by_size_and_load_in_order(tmp_path, monkeypatch):
+    import annotate.dataset
+
+    row_bytes = len(preference_row(0).chosen_wav) * 2
+    monkeypatch.setattr(annotate.dataset, "MAX_SHARD_BYTES", 3 * row_bytes)
+    monkeypatch.setattr(annotate.dataset, "ROWS_PER_GROUP", 2)
+    summary = write_preference_dataset((preference_row(i) for i in range(7)), tmp_path / "export", how_made="sharded")
+    assert summary.shards == 3
+    assert sorted(p.name for p in (tmp_path / "export" / "data").iterdir()) == [
+        f"train-0000{i}-of-00003.parquet" for i in range(3)]
+    assert _load(tmp_path / "export", tmp_path / "cache")["prompt"] == [f"prompt {i}" for i in range(7)]
+
+
+# ---------------------------------------------------------------- the Hub, without the network
+
+TOKEN = "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123"
+
+
+class RecordingApi:
+    """Stands in for HfApi: records repos created and what each commit would upload."""
+
+    def __init__(self, fail_with: Exception | None = None):
+        self.fail_with, self.repos, self.commits = fail_with, [], []
+        self._queue = threading.Lock()  # like HfApi.run_as_future: jobs run one at a time
+
+    def create_repo(self, repo_id, **kwargs):
+        self.repos.append((repo_id, kwargs))
+        return SimpleNamespace(repo_id=repo_id)
+
+    def upload_folder(self, *, folder_path, **kwargs):
+        folder = Path(folder_path)
+        files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+        self.commits.append(kwargs | {"files": files})
+        if self.fail_with:
+            raise self.fail_with
+        return SimpleNamespace(oid=f"commit-{len(self.commits)}")
+
+    def run_as_future(self, fn, *args, **kwargs):
+        future = Future()
+        with self._queue:
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except Exception as err:
+                future.set_exception(err)
+        return future
+
+
+@pytest.fixture
+def export_dir(tmp_path) -> Path:
+    write_preference_dataset([preference_row(i) for i in range(3)], tmp_path / "export", how_made="for the Hub")
+    return tmp_path / "export"
+
+
+def test_push_creates_the_dataset_repo_and_commits_the_export_once(export_dir):
+    api = RecordingApi()
+    info = push_to_hub(export_dir, "me/tango-prefs", token=TOKEN, api=api)
+    assert info.oid == "commit-1"
+    assert api.repos == [("me/tango-prefs", {"repo_type": "dataset", "exist_ok": True, "private": None, "token": TOKEN})]
+    [commit] = api.commits
+    assert commit["repo_id"] == "me/tango-prefs" and commit["repo_type"] == "dataset" and commit["token"] == TOKEN
+    assert sorted(commit["files"]) == ["README.md", "data/train-00000-of-00001.parquet"]
+    assert commit["delete_patterns"] == ["data/*"]  # shards of an older, larger export do not linger
+    assert all(TOKEN.encode() not in data for data in commit["files"].values())
+
+
+def test_push_takes_the_token_from_the_environment(export_dir, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    api = RecordingApi()
+    push_to_hub(export_dir, "me/tango-prefs", api=api)
+    assert api.commits[0]["token"] == TOKEN
+
+
+def test_push_without_any_token_says_how_to_get_one(export_dir, monkeypatch):
+    monkeypatch.setattr("annotate.export.get_token", lambda: None)
+    with pytest.raises(PushError, match="HF_TOKEN"):
+        push_to_hub(export_dir, "me/tango-prefs", api=RecordingApi())
+
+
+def test_a_failed_push_never_leaks_the_token(export_dir, caplog):
+    api = RecordingApi(fail_with=RuntimeError(f"401 Unauthorized; headers={{'authorization': 'Bearer {TOKEN}'}}"))
+    with caplog.at_level(logging.DEBUG), pytest.raises(PushError) as raised:
+        push_to_hub(export_dir, "me/tango-prefs", token=TOKEN, api=api)
+    error = raised.value
+    assert "401 Unauthorized" in str(error)
+    assert TOKEN not in str(error) and TOKEN not in repr(error) and TOKEN not in caplog.text
+    assert error.__cause__ is None and error.__context__ is None  # the raw error is not chained
+
+
+@pytest.mark.parametrize("repo_id", ["no-owner", "a/b/c", "../x", "me/" + "x" * 200, ""])
+def test_push_refuses_bad_repo_ids_and_non_exports(export_dir, repo_id):
+    with pytest.raises(ValueError, match="repo_id"):
+        push_to_hub(export_dir, repo_id, token=TOKEN, api=RecordingApi())
+    with pytest.raises(ValueError, match="not an export"):
+        push_to_hub(export_dir / "data", "me/x", token=TOKEN, api=RecordingApi())
+
+
+def test_scheduled_push_commits_each_new_export_once(export_dir):
+    api, exports = RecordingApi(), []
+    scheduler = ScheduledPush(export_dir, "me/tango-prefs", every=60, token=TOKEN, api=api,
+                              before_push=lambda: exports.append(time.time()))
+    try:
+        deadline = time.monotonic() + 30
+        while not api.commits:  # the scheduler's first run happens at start, in its thread
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert scheduler.trigger().result() is None  # unchanged: no second commit
+        write_preference_dataset([preference_row(i) for i in range(5)], export_dir, how_made="newer")
+        assert scheduler.trigger().result().oid == "commit-2"
+    finally:
+        scheduler.stop()
+    assert len(api.commits) == 2 and len(exports) >= 3
+    assert api.commits[0]["commit_message"] == "Scheduled export of preference pairs"
+    assert api.repos[0][0] == "me/tango-prefs" and api.repos[0][1]["repo_type"] == "dataset"
+    assert not list(export_dir.parent.glob(".export.push-*"))  # snapshots cleaned up
+
+
+def test_scheduled_push_before_any_vote_waits_quietly_and_setup_errors_are_scrubbed(tmp_path):
+    store = Store(tmp_path / "data")
+    make_tasks(store, 1)
+    api = RecordingApi()
+    scheduler = ScheduledPush(tmp_path / "export", "me/tango-prefs", every=60, token=TOKEN, api=api,
+                              before_push=lambda: export_human_pairs(store, tmp_path / "export"))
+    try:
+        assert scheduler.trigger().result() is None  # nothing exported yet: no commit, no error
+    finally:
+        scheduler.stop()
+    assert api.commits == []
+
+    class Unauthorized(RecordingApi):
+        def create_repo(self, repo_id, **kwargs):
+            raise RuntimeError(f"401: invalid token {TOKEN}")
+
+    with pytest.raises(PushError) as raised:
+        ScheduledPush(tmp_path / "export", "me/tango-prefs", token=TOKEN, api=Unauthorized())
+    assert "401" in str(raised.value) and TOKEN not in str(raised.value) and raised.value.__context__ is None
