@@ -8,7 +8,7 @@ import pytest
 
 from annotate import Store
 from annotate.__main__ import main
-from tests.test_annotate_support import make_tasks, vote
+from tests.annotate_helpers import make_tasks, vote
 
 
 @pytest.fixture

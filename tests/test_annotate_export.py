@@ -21,7 +21,7 @@ from datasets import Audio, load_dataset
 from annotate import Store
 from annotate.dataset import FEATURES, EmptyDataset, write_preference_dataset
 from annotate.export import PushError, ScheduledPush, export_human_pairs, push_to_hub
-from tests.test_annotate_support import make_tasks, preference_row, tone
+from tests.annotate_helpers import make_tasks, preference_row, tone
 
 # Clip j of make_tasks(..., clips=4): model base/dpo alternating, seed j.
 RANKS = {  # annotator -> rank by seed

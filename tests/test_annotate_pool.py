@@ -12,7 +12,7 @@ from annotate.__main__ import main
 from annotate.clips import decode_wav
 from annotate.pool import PipelineGenerator, build_pool
 from tests.conftest import FIXTURE_DIR
-from tests.test_annotate_support import SineGenerator
+from tests.annotate_helpers import SineGenerator
 
 PROMPTS = ["a hiss then two knocks", "a beep after a rising chirp", "three clicks"]
 

@@ -17,7 +17,7 @@ from datasets import load_dataset
 
 from annotate import Store
 from annotate.dataset import write_preference_dataset
-from tests.test_annotate_support import make_tasks, preference_row, vote
+from tests.annotate_helpers import make_tasks, preference_row, vote
 
 ROOT = Path(__file__).resolve().parent.parent
 WRITERS = 50
@@ -144,7 +144,7 @@ EXPORT_SCRIPT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from annotate.dataset import write_preference_dataset
-    from tests.test_annotate_support import preference_row
+    from tests.annotate_helpers import preference_row
     out_dir, marker = sys.argv[1:]
 
     def slow_rows():

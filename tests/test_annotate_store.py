@@ -15,7 +15,7 @@ import soundfile as sf
 from annotate import InvalidAudio, InvalidInput, InvalidVote, Store, VoteConflict
 from annotate.clips import decode_wav
 from annotate.schema import MIGRATIONS
-from tests.test_annotate_support import SAMPLE_RATE, make_tasks, tone, vote
+from tests.annotate_helpers import SAMPLE_RATE, make_tasks, tone, vote
 
 
 @pytest.fixture
