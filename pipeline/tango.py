@@ -223,7 +223,7 @@ class TangoPipeline(DiffusionPipeline):
         if audio_length_in_s is not None:
             if isinstance(audio_length_in_s, bool) or not isinstance(audio_length_in_s, (int, float)):
                 raise TypeError(f"`audio_length_in_s` has to be a number but is {type(audio_length_in_s).__name__}")
-            shortest = self.vae_scale_factor * self._latent_multiple * self.hop_length / self.sampling_rate
+            shortest = self.vae_scale_factor * self.latent_frame_multiple * self.hop_length / self.sampling_rate
             longest = MAX_LENGTH_FACTOR * self.default_audio_length_in_s
             if not (shortest <= audio_length_in_s <= longest):
                 raise ValueError(
@@ -234,7 +234,7 @@ class TangoPipeline(DiffusionPipeline):
             raise ValueError(f"`output_type` has to be 'np', 'pt' or 'latent' but is {output_type!r}")
 
     @property
-    def _latent_multiple(self) -> int:
+    def latent_frame_multiple(self) -> int:
         """The UNet halves the latent's time axis once per down block but the last."""
         return 2 ** (len(self.unet.config.block_out_channels) - 1)
 
@@ -350,8 +350,8 @@ class TangoPipeline(DiffusionPipeline):
         samples_per_latent = self.vae_scale_factor * self.hop_length
         requested_samples = int(round(audio_length_in_s * self.sampling_rate))
         latent_frames = math.ceil(requested_samples / samples_per_latent)
-        if latent_frames % self._latent_multiple:
-            latent_frames += self._latent_multiple - latent_frames % self._latent_multiple
+        if latent_frames % self.latent_frame_multiple:
+            latent_frames += self.latent_frame_multiple - latent_frames % self.latent_frame_multiple
             logger.info(
                 f"`audio_length_in_s` {audio_length_in_s} s rounded up to "
                 f"{latent_frames * samples_per_latent / self.sampling_rate} s for the UNet; "
