@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from pipeline import load_pipeline
 from pipeline.audio import AudioError, as_mono_16k, load_audio, wav_to_fbank
 from pipeline.dpo import PREFERENCE_LOSSES, mapo_loss, reward_margin
+from pipeline.tango import with_time_position
 
 logger = logging.getLogger("train_dpo")
 CACHE_VERSION = 1  # bump when what the cache holds changes
@@ -206,7 +207,9 @@ def denoising_losses(unet, scheduler, latents, noise, timesteps, embeds, masks) 
         target = scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = noise
-    prediction = unet(noisy, timesteps, encoder_hidden_states=embeds, encoder_attention_mask=masks).sample
+    in_channels = getattr(unet, "module", unet).config.in_channels  # unwrap DistributedDataParallel
+    prediction = unet(with_time_position(noisy, in_channels), timesteps,
+                      encoder_hidden_states=embeds, encoder_attention_mask=masks).sample
     return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
 
 

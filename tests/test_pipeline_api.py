@@ -131,3 +131,25 @@ def test_save_pretrained_round_trip(fixture_pipe, tmp_path):
     # Same components come back with the same settings read from their configs.
     assert reloaded.sampling_rate == 16000 and reloaded.hop_length == 160 and reloaded.vae_scale_factor == 4
     assert reloaded.vae.config.scaling_factor == fixture_pipe.vae.config.scaling_factor
+
+
+def test_time_position_maps_only_for_unets_that_take_them(fixture_pipe):
+    from diffusers import UNet2DConditionModel
+
+    from pipeline.tango import with_time_position
+
+    latents = torch.zeros(2, 8, 16, 4)
+    assert with_time_position(latents, 8) is latents  # Tango: the latent alone
+    extended = with_time_position(latents, 11)
+    assert extended.shape == (2, 11, 16, 4)
+    ramp = extended[0, 8, :, 0]
+    assert ramp[0] == -1 and ramp[-1] == 1 and torch.all(ramp[1:] > ramp[:-1])
+    assert torch.equal(extended[0, 8:], extended[1, 8:])  # the same for every clip and mel bin
+    assert torch.equal(extended[0, 8, :, 0], extended[0, 8, :, 3])
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config({**fixture_pipe.unet.config, "in_channels": 9})
+    pipe = TangoPipeline(**{**fixture_pipe.components, "unet": unet})
+    pipe.set_progress_bar_config(disable=True)
+    audio = pipe(PROMPTS[1], num_inference_steps=1, audio_length_in_s=SHORT, generator=torch.Generator().manual_seed(0)).audios
+    assert audio.shape == (1, int(SHORT * 16000)) and np.isfinite(audio).all()
