@@ -351,6 +351,8 @@ def evaluate(pipe, config: dict, step: int) -> dict:
         "all_heard": len(complete),
         "count_accuracy": round(float(np.mean([r.count_correct for r in results])), 4),
         "mean_score": round(float(np.mean([r.score for r in results])), 4),
+        # What the judge heard for a few sequence prompts: shows *how* order goes wrong.
+        "examples": [{"prompt": r.prompt, "heard": [name for name, _ in r.detected]} for r in results[:6]],
     }
 
 
