@@ -22,6 +22,7 @@ def test_toy_run_writes_a_pipeline_and_resumes(tmp_path):
     metrics = json.loads((out / "training_metrics.json").read_text())
     assert [e["step"] for e in metrics["eval"]] == [2] and metrics["vae"]
     assert {"prompt", "heard"} <= set(metrics["eval"][0]["examples"][0])
+    assert "extra_events_per_clip" in metrics["vae_ceiling"]
 
     # Asked for more steps, the run picks up the diffusion checkpoint instead of starting over.
     train_tiny.main([*TOY, f"--work_dir={work}", f"--out_dir={out}", "--train_steps=4", "--eval_interval=2"])
