@@ -33,10 +33,7 @@ def full_size_random_tango() -> TangoPipeline:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, SpeechT5HifiGan, SpeechT5HifiGanConfig, T5Config, T5EncoderModel
 
-    from pipeline.original import HIFIGAN_16K_64_CONFIG, SD21_SCHEDULER_CONFIG, TANGO_UNET_CONFIG, read_json, vae_config_from_original
-
-    def public(config):
-        return {k: v for k, v in config.items() if not k.startswith("_")}
+    from pipeline.original import HIFIGAN_16K_64_CONFIG, SD21_SCHEDULER_CONFIG, TANGO_UNET_CONFIG, read_config, vae_config_from_original
 
     tango_vae = {  # vae_config.json of declare-lab/tango (AudioLDM-s-full)
         "embed_dim": 8, "subband": 1, "time_shuffle": 1, "scale_factor": 0.9227914214134216,
@@ -48,10 +45,10 @@ def full_size_random_tango() -> TangoPipeline:
     return TangoPipeline(
         tokenizer=AutoTokenizer.from_pretrained(ROOT / "tests/fixtures/tango-original-tiny/flan-t5-tiny"),
         text_encoder=T5EncoderModel(flan_t5_large).eval(),
-        unet=UNet2DConditionModel.from_config(public(read_json(TANGO_UNET_CONFIG))).eval(),
+        unet=UNet2DConditionModel.from_config(read_config(TANGO_UNET_CONFIG)).eval(),
         vae=AutoencoderKL.from_config(vae_config_from_original(tango_vae)).eval(),
-        vocoder=SpeechT5HifiGan(SpeechT5HifiGanConfig(**public(read_json(HIFIGAN_16K_64_CONFIG)))).eval(),
-        scheduler=DDPMScheduler.from_config(public(read_json(SD21_SCHEDULER_CONFIG))),
+        vocoder=SpeechT5HifiGan(SpeechT5HifiGanConfig(**read_config(HIFIGAN_16K_64_CONFIG))).eval(),
+        scheduler=DDPMScheduler.from_config(read_config(SD21_SCHEDULER_CONFIG)),
     )
 
 

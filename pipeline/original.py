@@ -82,6 +82,11 @@ def read_json(path: Path) -> dict:
         raise CheckpointError(f"checkpoint file {path.name!r} is not valid JSON: {err}") from None
 
 
+def read_config(path: Path) -> dict:
+    """A component config without its private ``_`` keys (class name, version, comments)."""
+    return {key: value for key, value in read_json(path).items() if not key.startswith("_")}
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """``torch.load(weights_only=True)`` with errors that name the file."""
     if not path.is_file():
@@ -174,12 +179,11 @@ def build_unet(folder: Path, main_config: dict, main_state: dict) -> UNet2DCondi
     unet_state = split_prefix(main_state, "unet.")
     config_path = folder / str(main_config.get("unet_model_config_path") or "")
     # Hub repos name a path of the GitHub checkout that they do not carry: use Tango's config kept here.
-    config = read_json(config_path if config_path.is_file() else TANGO_UNET_CONFIG)
+    config = read_config(config_path if config_path.is_file() else TANGO_UNET_CONFIG)
     cross_key = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
     if cross_key in unet_state:
         config["cross_attention_dim"] = int(unet_state[cross_key].shape[1])
     config["sample_size"] = list(TANGO_LATENT_SIZE)
-    config = {k: v for k, v in config.items() if not k.startswith("_")}
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(config)
     load_weights(unet, unet_state, "pytorch_model_main.bin (unet.*)")
@@ -234,8 +238,7 @@ def build_vocoder(folder: Path, vae_state: dict) -> SpeechT5HifiGan:
     state = split_prefix(vae_state, "vocoder.")
     if "conv_pre.weight" not in state:
         raise CheckpointError("pytorch_model_vae.bin has no vocoder.* weights (Tango keeps its HiFi-GAN there)")
-    config = read_json(HIFIGAN_16K_64_CONFIG)
-    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    config = read_config(HIFIGAN_16K_64_CONFIG)
     config["upsample_initial_channel"], config["model_in_dim"], _ = state["conv_pre.weight"].shape
     num_upsamples = len(config["upsample_rates"])
     config["upsample_kernel_sizes"] = [
@@ -282,9 +285,7 @@ def load_original(folder: str | os.PathLike) -> TangoPipeline:
     unet = build_unet(folder, main_config, main_state)
     vae = build_vae(vae_config, vae_state)
     vocoder = build_vocoder(folder, vae_state)
-    scheduler = DDPMScheduler.from_config(
-        {k: v for k, v in read_json(SD21_SCHEDULER_CONFIG).items() if not k.startswith("_")}
-    )
+    scheduler = DDPMScheduler.from_config(read_config(SD21_SCHEDULER_CONFIG))
     return TangoPipeline(
         tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae, vocoder=vocoder, scheduler=scheduler
     )

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.audio import wav_to_fbank
-from pipeline.original import SD21_SCHEDULER_CONFIG, read_json
+from pipeline.original import SD21_SCHEDULER_CONFIG, read_config
 from tests.conftest import FIXTURE_DIR
 
 MODULE_TOL = 1e-5
@@ -82,9 +82,7 @@ def test_scheduler_is_sd21_ddpm(fixture_pipe, reference):
     assert (config.prediction_type, config.beta_schedule, config.num_train_timesteps) == ("v_prediction", "scaled_linear", 1000)
     assert (config.beta_start, config.beta_end) == (0.00085, 0.012)
     # The values kept in the project are the verbatim SD-2.1 file the fixture ships.
-    ours = {k: v for k, v in read_json(SD21_SCHEDULER_CONFIG).items() if not k.startswith("_")}
-    theirs = {k: v for k, v in read_json(FIXTURE_DIR / "scheduler_config.json").items() if not k.startswith("_")}
-    assert ours == theirs
+    assert read_config(SD21_SCHEDULER_CONFIG) == read_config(FIXTURE_DIR / "scheduler_config.json")
     fixture_pipe.scheduler.set_timesteps(10)
     np.testing.assert_array_equal(fixture_pipe.scheduler.timesteps.numpy(), reference["g_timesteps"])
 

@@ -303,11 +303,10 @@ def make_pipeline(tokenizer, text_encoder, unet, vae, device="cpu", scheduler_cl
     import diffusers
 
     from pipeline.griffinlim import GriffinLimVocoder
-    from pipeline.original import SD21_SCHEDULER_CONFIG, read_json
+    from pipeline.original import SD21_SCHEDULER_CONFIG, read_config
     from pipeline.tango import TangoPipeline
 
-    schedule = {k: v for k, v in read_json(SD21_SCHEDULER_CONFIG).items() if not k.startswith("_")}
-    scheduler = getattr(diffusers, scheduler_class).from_config(schedule)
+    scheduler = getattr(diffusers, scheduler_class).from_config(read_config(SD21_SCHEDULER_CONFIG))
     pipe = TangoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae,
                          vocoder=GriffinLimVocoder(), scheduler=scheduler)
     return pipe.to(device)
@@ -362,7 +361,7 @@ def train_diffusion(config: dict, tokenizer, vae, latents: torch.Tensor, data: d
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel, compute_snr
 
-    from pipeline.original import SD21_SCHEDULER_CONFIG, read_json
+    from pipeline.original import SD21_SCHEDULER_CONFIG, read_config
     from pipeline.tango import with_time_position
 
     dev = config["device"]
@@ -372,9 +371,7 @@ def train_diffusion(config: dict, tokenizer, vae, latents: torch.Tensor, data: d
     modules = torch.nn.ModuleList([text_encoder, unet])
     ema = EMAModel(modules.parameters(), decay=config["ema_decay"])
     optimizer = torch.optim.AdamW(modules.parameters(), lr=config["learning_rate"], weight_decay=0.01)
-    noise_scheduler = DDPMScheduler.from_config(
-        {k: v for k, v in read_json(SD21_SCHEDULER_CONFIG).items() if not k.startswith("_")}
-    )
+    noise_scheduler = DDPMScheduler.from_config(read_config(SD21_SCHEDULER_CONFIG))
 
     checkpoint_path, start = work / "diffusion_checkpoint.pt", 0
     if checkpoint_path.exists():
