@@ -323,22 +323,18 @@ def lr_at(step: int, config: dict) -> float:
 @torch.no_grad()
 def evaluate(pipe, config: dict, step: int) -> dict:
     """Judge clips for fixed training-distribution prompts (fresh seeds), in batches."""
-    from pipeline.soundworld import judge, sample_prompt_specs
+    from pipeline.soundworld import sample_prompt_specs
+    from pipeline.soundworld.evaluate import evaluate_pipeline
 
     specs = sample_prompt_specs("train", config["eval_prompts"], seed=config["seed"] + 777)
     specs = [s for s in specs if s.construction not in ("single", "count")] + [
         s for s in specs if s.construction in ("single", "count")
     ]
-    results = []
     pipe.set_progress_bar_config(disable=True)
-    for start in range(0, len(specs), 16):
-        chunk = specs[start : start + 16]
-        audios = pipe(
-            [s.text for s in chunk], num_inference_steps=config["eval_inference_steps"],
-            guidance_scale=config["eval_guidance_scale"],
-            generator=[torch.Generator().manual_seed(1000 + start + i) for i in range(len(chunk))],
-        ).audios
-        results += [judge(audio, pipe.sampling_rate, spec.text) for audio, spec in zip(audios, chunk)]
+    results, _ = evaluate_pipeline(
+        pipe, [s.text for s in specs], [1000 + i for i in range(len(specs))],
+        steps=config["eval_inference_steps"], guidance=config["eval_guidance_scale"], batch_size=16, progress=False,
+    )
     ordered = [r.order_correct for r in results if r.order_correct is not None]
     # Order among clips where every prompted type was heard: chance is 0.5 for two types, and a
     # missing event (already counted by recall) does not hide whether order is being learned.
