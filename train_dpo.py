@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
-import io
 import json
 import logging
 import math
@@ -35,7 +34,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -43,7 +41,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from pipeline import load_pipeline
-from pipeline.audio import AudioError, as_mono_16k, load_audio, wav_to_fbank
+from pipeline.audio import AudioError, load_audio, wav_to_fbank
 from pipeline.dpo import PREFERENCE_LOSSES, mapo_loss, reward_margin
 from pipeline.tango import with_time_position
 
@@ -103,8 +101,7 @@ class DatasetError(ValueError):
 def decode_audio(value, base_dir: Path | None) -> np.ndarray:
     """An Audio cell ({"bytes", "path"}) or a path string -> mono 16 kHz float32."""
     if isinstance(value, dict) and value.get("bytes"):
-        data, rate = sf.read(io.BytesIO(value["bytes"]), dtype="float32", always_2d=True)
-        return as_mono_16k(data[:, 0], rate)
+        return load_audio(value["bytes"])
     path = value.get("path") if isinstance(value, dict) else value
     if not isinstance(path, str) or not path:
         raise AudioError("no audio bytes or path")
@@ -146,7 +143,7 @@ def build_cache(pipe, ds, dataset: str, args, cache_file: Path) -> dict:
             if not isinstance(prompt, str) or not prompt.strip():
                 raise DatasetError("empty prompt")
             pair = [decode_audio(row[c], base_dir) for c in ("chosen", "rejected")]
-        except (AudioError, DatasetError, sf.LibsndfileError, RuntimeError, OSError) as err:
+        except (AudioError, DatasetError) as err:
             reason = str(err).split(":")[0] if isinstance(err, DatasetError) else type(err).__name__
             bad[reason] = bad.get(reason, 0) + 1
             continue

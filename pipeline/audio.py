@@ -15,6 +15,7 @@ resampled input is equivalent but not bit-identical.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -163,17 +164,20 @@ def wav_to_fbank(
     return pad_frames(fbank, target_length), pad_frames(log_magnitudes, target_length), batch
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Read an audio file as mono float32 at ``sample_rate`` (first channel, like Tango).
+def load_audio(source: str | os.PathLike | bytes, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Read an audio file (a path, or the file's bytes) as mono float32 at ``sample_rate``
+    (first channel, like Tango).
 
     Raises ``AudioError`` naming the file when it is missing, undecodable, empty or
     not finite.
     """
+    name = "audio bytes" if isinstance(source, bytes) else repr(os.fspath(source))
     try:
-        data, file_rate = sf.read(os.fspath(path), dtype="float32", always_2d=True)
+        file = io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source)
+        data, file_rate = sf.read(file, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as err:
-        raise AudioError(f"cannot read audio file {os.fspath(path)!r}: {err}") from None
-    return as_mono_16k(data[:, 0], file_rate, sample_rate, name=os.fspath(path))
+        raise AudioError(f"cannot read audio file {name}: {err}") from None
+    return as_mono_16k(data[:, 0], file_rate, sample_rate, name=name)
 
 
 def as_mono_16k(
