@@ -128,14 +128,19 @@ def load_pairs(dataset: str, split: str):
     return ds
 
 
+def training_frames(pipe, audio_length_in_s: float) -> int:
+    """Mel frames of a training clip: the length asked for, cut down to what the UNet accepts."""
+    frames = int(round(audio_length_in_s * pipe.sampling_rate / pipe.hop_length))
+    return frames - frames % (pipe.vae_scale_factor * pipe.latent_frame_multiple)
+
+
 @torch.no_grad()
 def build_cache(pipe, ds, dataset: str, args, cache_file: Path) -> dict:
     """VAE posteriors (mean, std) of both clips and prompt embeddings, once per dataset and model."""
     if cache_file.exists():
         return torch.load(cache_file, weights_only=False)
     base_dir = Path(dataset) if Path(dataset).is_dir() else None
-    frames = int(round(args.audio_length_in_s * pipe.sampling_rate / pipe.hop_length))
-    frames -= frames % (pipe.vae_scale_factor * pipe.latent_frame_multiple)  # what the UNet accepts
+    frames = training_frames(pipe, args.audio_length_in_s)
     keep, bad, prompts, waves = [], {}, [], []
     for index, row in enumerate(tqdm(ds, desc="decode pairs")):
         prompt = row.get("prompt")
@@ -222,7 +227,7 @@ def preference_step(args, policy, reference, scheduler, batch, generator, device
     if args.loss == "mapo":
         loss, accuracy = mapo_loss(model_w, model_l, args.beta_mapo, num_train_timesteps=scheduler.config.num_train_timesteps)
         return loss, {"implicit_acc": accuracy.item(), "loss_chosen": model_w.mean().item()}
-    with torch.no_grad(), reference() as ref_unet:
+    with torch.no_grad(), reference as ref_unet:
         ref_w, ref_l = denoising_losses(ref_unet, scheduler, *inputs).chunk(2)
     extra = {"sft_weight": args.sft_weight} if args.loss == "crpo" else {}
     loss, accuracy = PREFERENCE_LOSSES[args.loss](model_w, model_l, ref_w, ref_l, args.beta_dpo, **extra)
@@ -237,9 +242,6 @@ class FrozenReference:
     def __init__(self, policy, lora: bool):
         self.policy, self.lora = policy, lora
         self.copy = None if lora else copy.deepcopy(policy).requires_grad_(False).eval()
-
-    def __call__(self):
-        return self
 
     def __enter__(self):
         if self.lora:

@@ -47,8 +47,7 @@ def main() -> None:
     pipe = load_pipeline(args.model, device=args.device, dtype=torch.float32)
     device = pipe.device
     seconds = args.seconds or pipe.default_audio_length_in_s
-    frames = int(round(seconds * pipe.sampling_rate / pipe.hop_length))
-    frames -= frames % (pipe.vae_scale_factor * pipe.latent_frame_multiple)
+    frames = train_dpo.training_frames(pipe, seconds)
     rng = np.random.default_rng(0)
     clips = [(0.3 * rng.standard_normal(frames * pipe.hop_length)).astype(np.float32) for _ in range(2 * args.batch)]
     prompts = [f"a dog barks {i} times" for i in range(args.batch)]
