@@ -206,8 +206,3 @@ def save_audio(path: str | os.PathLike, waveform: np.ndarray, sample_rate: int =
         raise AudioError(f"refusing to write {os.fspath(path)!r}: expected a finite 1-D waveform")
     sf.write(os.fspath(path), np.clip(waveform, -1.0, 1.0), sample_rate, subtype="PCM_16")
 
-
-def fbank_to_waveform(fbank: torch.Tensor, vocoder: torch.nn.Module) -> torch.Tensor:
-    """Log-mel (batch, frames, n_mels) -> waveform (batch, samples) through the pipeline's vocoder."""
-    with torch.no_grad():
-        return vocoder(fbank.to(device=vocoder.device, dtype=vocoder.dtype)).float()
