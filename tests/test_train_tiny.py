@@ -9,7 +9,8 @@ from pipeline.soundworld import train_tiny
 
 TOY = ["--num_clips=24", "--workers=1", "--vae_steps=2", "--vae_batch_size=4", "--batch_size=4", "--eval_prompts=4",
        "--eval_inference_steps=2", "--curriculum_steps=1", "--warmup_steps=1", "--checkpoint_interval=2",
-       "--unet_channels=32,32,32", "--text_dim=32", "--vocab_size=120"]
+       "--unet_channels=32,32,32", "--text_dim=32", "--vocab_size=120", "--text_steps=2", "--text_batch_size=8",
+       "--vae_crop_frames=64"]
 
 
 def test_toy_run_writes_a_pipeline_and_resumes(tmp_path):
@@ -23,6 +24,7 @@ def test_toy_run_writes_a_pipeline_and_resumes(tmp_path):
     assert [e["step"] for e in metrics["eval"]] == [2] and metrics["vae"]
     assert {"prompt", "heard"} <= set(metrics["eval"][0]["examples"][0])
     assert "extra_events_per_clip" in metrics["vae_ceiling"]
+    assert metrics["text"] and 0 <= metrics["text_slots_exact_heldout"] <= 1
 
     # Asked for more steps, the run picks up the diffusion checkpoint instead of starting over.
     train_tiny.main([*TOY, f"--work_dir={work}", f"--out_dir={out}", "--train_steps=4", "--eval_interval=2"])

@@ -13,16 +13,21 @@ Stages, each the cheapest thing that gives the model what it needs:
                 Tango's log-mel of each 3.84 s clip (384 frames x 64 mels)
   2. tokenizer  a SentencePiece-style Unigram tokenizer trained on the training prompts,
                 wrapped as a T5 tokenizer (pad 0, eos 1, unk 2) like FLAN-T5's
-  3. vae        an AutoencoderKL (mel -> 8 x 96 x 16 latent, 4x down in time and mel),
-                L1 reconstruction + a small KL term
-  4. latents    every clip encoded once (posterior mode x scaling factor = 1 / std)
-  5. diffusion  a T5 encoder and a UNet2DConditionModel trained jointly with Tango's
+  3. text       a tiny T5 encoder taught the world's language first, as FLAN-T5 knows English
+                before Tango trains: from its token states, one learned attention query per
+                temporal slot must name that slot's event type and count (so "X after Y" puts Y
+                in slot 1). Frozen afterwards, as Tango freezes FLAN-T5.
+  4. vae        an AutoencoderKL (mel -> 8 x 96 x 16 latent, 4x down in time and mel),
+                L1 reconstruction + a small KL term, on random crops: every crop has edges, so
+                the decoder learns clip edges too (full clips left clicks at 0 s and 3.84 s)
+  5. latents    every clip encoded once (posterior mode x scaling factor = 1 / std)
+  6. diffusion  a UNet2DConditionModel trained on the frozen text states with Tango's
                 objective (v-prediction on the SD-2.1 schedule, min-SNR-5 weighting,
                 10 % empty prompts for classifier-free guidance), EMA weights, a short
                 curriculum (single events and counts before sequences); every
                 ``eval_interval`` steps, clips for ``eval_prompts`` prompts are generated
                 and judged (event recall, order and count accuracy, score)
-  6. export     a TangoPipeline in diffusers format with a Griffin-Lim vocoder and a
+  7. export     a TangoPipeline in diffusers format with a Griffin-Lim vocoder and a
                 DPM-Solver++ scheduler, to ``out_dir``; metrics to ``out_dir/training_metrics.json``
 """
 
@@ -55,17 +60,21 @@ vocab_size = 192
 text_dim = 64
 text_layers = 2
 text_heads = 4
+text_steps = 1500  # slot-reading pretraining of the encoder (about a minute on CPU)
+text_batch_size = 256
+text_lr = 1e-3
 # VAE
 vae_channels = "16,32,32"
 vae_steps = 1500  # 500 left the round trip at order 0.68 by the judge; 1500 reached 0.95
-vae_batch_size = 16
+vae_batch_size = 24
+vae_crop_frames = 128  # random crops (a multiple of 4); the model is convolutional, clips are 384 frames
 vae_lr = 1e-3
 vae_kl_weight = 1e-6
 # UNet and diffusion training
 unet_channels = "32,64,128"
 unet_heads = 4
 position_channels = 1  # time-position maps appended to the UNet input (pipeline.tango.with_time_position)
-train_steps = 3500
+train_steps = 2500
 batch_size = 32
 learning_rate = 4e-4
 warmup_steps = 200
@@ -177,7 +186,107 @@ def make_tokenizer(config: dict, texts: list[str], work: Path):
     return wrapped
 
 
-# -- 3./4. VAE and latents -------------------------------------------------------------------
+# -- 3. text encoder ------------------------------------------------------------------------
+
+
+def make_text_encoder(config: dict, tokenizer):
+    from transformers import T5Config, T5EncoderModel
+
+    t5 = T5Config(
+        vocab_size=len(tokenizer), d_model=config["text_dim"], d_kv=config["text_dim"] // config["text_heads"],
+        d_ff=2 * config["text_dim"], num_layers=config["text_layers"], num_heads=config["text_heads"],
+        feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False, pad_token_id=0, eos_token_id=1,
+    )
+    return T5EncoderModel(t5)
+
+
+class SlotReader(torch.nn.Module):
+    """Reads a prompt's events back from token states: one attention query per temporal slot,
+    then the slot's event type (or none) and count. Used only to pretrain the encoder."""
+
+    def __init__(self, dim: int, heads: int, slots: int, types: int, counts: int):
+        super().__init__()
+        self.queries = torch.nn.Parameter(torch.randn(slots, dim) * dim**-0.5)
+        self.attention = torch.nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.type_head = torch.nn.Linear(dim, types + 1)
+        self.count_head = torch.nn.Linear(dim, counts + 1)
+
+    def forward(self, states: torch.Tensor, attention_mask: torch.Tensor):
+        queries = self.queries.expand(len(states), -1, -1)
+        pooled, _ = self.attention(queries, states, states, key_padding_mask=~attention_mask.bool())
+        return self.type_head(pooled), self.count_head(pooled)
+
+
+def slot_targets(texts: list[str], slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Event type index (``len(EVENT_TYPES)`` = empty slot) and count (0 = empty) per temporal slot."""
+    from pipeline.soundworld import EVENT_TYPES
+    from pipeline.soundworld.grammar import parse
+
+    types = torch.full((len(texts), slots), len(EVENT_TYPES))
+    counts = torch.zeros((len(texts), slots), dtype=torch.long)
+    for row, text in enumerate(texts):
+        for slot, (name, count) in enumerate(parse(text).events):
+            types[row, slot], counts[row, slot] = EVENT_TYPES.index(name), count
+    return types, counts
+
+
+def pretrain_text_encoder(config: dict, tokenizer, work: Path, metrics: dict):
+    from transformers import T5EncoderModel
+
+    from pipeline.soundworld import EVENT_TYPES, sample_prompts
+    from pipeline.soundworld.vocabulary import MAX_COUNT
+
+    folder = work / "text_encoder"
+    if (folder / "config.json").exists():
+        metrics.update(json.loads((folder / "slot_reading.json").read_text()))
+        return T5EncoderModel.from_pretrained(folder).to(config["device"])
+    dev, slots = config["device"], 3
+    torch.manual_seed(config["seed"])
+    encoder = make_text_encoder(config, tokenizer).to(dev)
+    reader = SlotReader(config["text_dim"], config["text_heads"], slots, len(EVENT_TYPES), MAX_COUNT).to(dev)
+    modules = torch.nn.ModuleList([encoder, reader])
+    optimizer = torch.optim.AdamW(modules.parameters(), lr=config["text_lr"])
+    # Text is cheap: far more prompts than rendered clips, from the training split only.
+    texts = sample_prompts("train", 50_000, seed=config["seed"] + 1)
+    types, counts = slot_targets(texts, slots)
+
+    def read(batch_texts):
+        tokens = tokenizer(batch_texts, padding=True, return_tensors="pt").to(dev)
+        states = encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+        return reader(states, tokens.attention_mask)
+
+    generator = torch.Generator().manual_seed(config["seed"])
+    progress = tqdm(range(config["text_steps"]), desc="text encoder")
+    for step in progress:
+        index = torch.randint(len(texts), (config["text_batch_size"],), generator=generator)
+        type_logits, count_logits = read([texts[i] for i in index])
+        loss = F.cross_entropy(type_logits.flatten(0, 1), types[index].flatten().to(dev)) + F.cross_entropy(
+            count_logits.flatten(0, 1), counts[index].flatten().to(dev)
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % 50 == 0:
+            metrics["text"].append({"step": step, "loss": round(loss.item(), 5)})
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+
+    # Held-out prompts pair event types never seen together: does reading them generalise?
+    reading = {}
+    with torch.no_grad():
+        for split in ("train", "heldout"):
+            probe = sample_prompts(split, 500, seed=config["seed"] + 2)
+            probe_types, probe_counts = slot_targets(probe, slots)
+            type_logits, count_logits = read(probe)
+            exact = (type_logits.argmax(-1).cpu() == probe_types).all(-1) & (count_logits.argmax(-1).cpu() == probe_counts).all(-1)
+            reading[f"text_slots_exact_{split}"] = round(exact.float().mean().item(), 4)
+    tqdm.write(f"text encoder reads every slot right: {reading}")
+    metrics.update(reading)
+    encoder.save_pretrained(folder)
+    (folder / "slot_reading.json").write_text(json.dumps(reading))
+    return encoder.eval()
+
+
+# -- 4./5. VAE and latents -------------------------------------------------------------------
 
 
 def make_vae(config: dict):
@@ -210,7 +319,8 @@ def train_vae(config: dict, mels: torch.Tensor, work: Path, metrics: dict):
     progress = tqdm(range(start, config["vae_steps"]), desc="vae", initial=start, total=config["vae_steps"])
     for step in progress:
         batch = mels[torch.randint(len(mels), (config["vae_batch_size"],), generator=generator)]
-        batch = batch.to(config["device"], torch.float32).unsqueeze(1)
+        offset = 4 * int(torch.randint((CLIP_FRAMES - config["vae_crop_frames"]) // 4 + 1, (), generator=generator))
+        batch = batch[:, offset : offset + config["vae_crop_frames"]].to(config["device"], torch.float32).unsqueeze(1)
         posterior = vae.encode(batch).latent_dist
         reconstruction = vae.decode(posterior.sample(generator=None)).sample
         recon_loss = F.l1_loss(reconstruction, batch)
@@ -270,18 +380,7 @@ def encode_latents(config: dict, vae, mels: torch.Tensor, work: Path) -> tuple[t
     return latents, scaling_factor
 
 
-# -- 5. diffusion --------------------------------------------------------------------------
-
-
-def make_text_encoder(config: dict, tokenizer):
-    from transformers import T5Config, T5EncoderModel
-
-    t5 = T5Config(
-        vocab_size=len(tokenizer), d_model=config["text_dim"], d_kv=config["text_dim"] // config["text_heads"],
-        d_ff=2 * config["text_dim"], num_layers=config["text_layers"], num_heads=config["text_heads"],
-        feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False, pad_token_id=0, eos_token_id=1,
-    )
-    return T5EncoderModel(t5)
+# -- 6. diffusion --------------------------------------------------------------------------
 
 
 def make_unet(config: dict):
@@ -353,7 +452,7 @@ def evaluate(pipe, config: dict, step: int) -> dict:
     }
 
 
-def train_diffusion(config: dict, tokenizer, vae, latents: torch.Tensor, data: dict, work: Path, metrics: dict):
+def train_diffusion(config: dict, tokenizer, text_encoder, vae, latents: torch.Tensor, data: dict, work: Path, metrics: dict):
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel, compute_snr
 
@@ -362,17 +461,16 @@ def train_diffusion(config: dict, tokenizer, vae, latents: torch.Tensor, data: d
 
     dev = config["device"]
     torch.manual_seed(config["seed"])
-    text_encoder = make_text_encoder(config, tokenizer).to(dev)
+    text_encoder.requires_grad_(False)
     unet = make_unet(config).to(dev)
-    modules = torch.nn.ModuleList([text_encoder, unet])
-    ema = EMAModel(modules.parameters(), decay=config["ema_decay"])
-    optimizer = torch.optim.AdamW(modules.parameters(), lr=config["learning_rate"], weight_decay=0.01)
+    ema = EMAModel(unet.parameters(), decay=config["ema_decay"])
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config["learning_rate"], weight_decay=0.01)
     noise_scheduler = DDPMScheduler.from_config(read_config(SD21_SCHEDULER_CONFIG))
 
     checkpoint_path, start = work / "diffusion_checkpoint.pt", 0
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, weights_only=False)
-        modules.load_state_dict(state["model"])
+        unet.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         ema.load_state_dict(state["ema"])
         start, metrics["diffusion"], metrics["eval"] = state["step"], state["metrics"], state["eval"]
@@ -394,7 +492,8 @@ def train_diffusion(config: dict, tokenizer, vae, latents: torch.Tensor, data: d
         noisy = noise_scheduler.add_noise(x0, noise, timesteps)
         target = noise_scheduler.get_velocity(x0, noise, timesteps)
 
-        hidden = text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+        with torch.no_grad():
+            hidden = text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
         prediction = unet(with_time_position(noisy, unet.config.in_channels), timesteps, encoder_hidden_states=hidden,
                           encoder_attention_mask=tokens.attention_mask.bool()).sample
         snr = compute_snr(noise_scheduler, timesteps)
@@ -406,33 +505,32 @@ def train_diffusion(config: dict, tokenizer, vae, latents: torch.Tensor, data: d
             group["lr"] = lr_at(step, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(modules.parameters(), config["grad_clip"])
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), config["grad_clip"])
         optimizer.step()
-        ema.step(modules.parameters())
+        ema.step(unet.parameters())
 
         if step % 50 == 0:
             metrics["diffusion"].append({"step": step, "loss": round(loss.item(), 5), "lr": lr_at(step, config)})
             progress.set_postfix(loss=f"{loss.item():.4f}")
         done = step + 1
         if done % config["eval_interval"] == 0 or done == config["train_steps"]:
-            ema.store(modules.parameters())
-            ema.copy_to(modules.parameters())
-            modules.eval()
+            ema.store(unet.parameters())
+            ema.copy_to(unet.parameters())
+            unet.eval()
             result = evaluate(make_pipeline(tokenizer, text_encoder, unet, vae, dev), config, done)
             result["minutes"] = round((time.time() - started) / 60, 2)
             metrics["eval"].append(result)
             tqdm.write(f"eval {result}")
-            modules.train()
-            ema.restore(modules.parameters())
+            unet.train()
+            ema.restore(unet.parameters())
         if done % config["checkpoint_interval"] == 0 or done == config["train_steps"]:
-            save_atomic({"model": modules.state_dict(), "optimizer": optimizer.state_dict(), "ema": ema.state_dict(),
+            save_atomic({"model": unet.state_dict(), "optimizer": optimizer.state_dict(), "ema": ema.state_dict(),
                          "step": done, "metrics": metrics["diffusion"], "eval": metrics["eval"]}, checkpoint_path)
-    ema.copy_to(modules.parameters())
-    modules.eval()
-    return text_encoder, unet
+    ema.copy_to(unet.parameters())
+    return unet.eval()
 
 
-# -- 6. export -----------------------------------------------------------------------------
+# -- 7. export -----------------------------------------------------------------------------
 
 
 def main(argv: list[str]) -> None:
@@ -440,15 +538,16 @@ def main(argv: list[str]) -> None:
     work, out = Path(config["work_dir"]), Path(config["out_dir"])
     work.mkdir(parents=True, exist_ok=True)
     metrics_path = work / "metrics.json"
-    metrics = {"config": config, "vae": [], "diffusion": [], "eval": []}
+    metrics = {"config": config, "text": [], "vae": [], "diffusion": [], "eval": []}
     started = time.time()
 
     data = make_data(config, work)
     tokenizer = make_tokenizer(config, data["texts"], work)
+    text_encoder = pretrain_text_encoder(config, tokenizer, work, metrics)
     vae = train_vae(config, data["mels"], work, metrics)
     latents, scaling_factor = encode_latents(config, vae, data["mels"], work)
     vae.register_to_config(scaling_factor=scaling_factor)
-    text_encoder, unet = train_diffusion(config, tokenizer, vae, latents, data, work, metrics)
+    unet = train_diffusion(config, tokenizer, text_encoder, vae, latents, data, work, metrics)
 
     pipe = make_pipeline(tokenizer, text_encoder.cpu(), unet.cpu(), vae.cpu())
     pipe.save_pretrained(out, safe_serialization=True)
