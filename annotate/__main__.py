@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--models", default="tiny,tiny-dpo", help="comma-separated model specs (default tiny,tiny-dpo)")
     sub.add_argument("--k", type=int, default=2, help="clips per prompt per model (default 2: a 4-clip task)")
     sub.add_argument("--seed", type=int, default=0, help="clip i of each prompt and model uses seed + i")
-    sub.add_argument("--steps", type=int, default=100, help="denoising steps (default 100)")
+    sub.add_argument("--steps", type=int, default=None, help="denoising steps (default: each model's own)")
     sub.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default 3)")
     sub.add_argument("--batch-size", type=int, default=4, help="prompts per generation call")
 

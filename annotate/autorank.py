@@ -103,15 +103,19 @@ def autorank_pairs(
     model: str,
     k: int = 4,
     seed: int = 0,
-    steps: int = 100,
+    steps: int | None = None,
     guidance: float = 3.0,
     min_margin: float = 0.25,
     batch_size: int = 8,
     report: AutorankReport | None = None,
 ) -> Iterator[PreferenceRow]:
-    """Yield best-vs-worst pairs for ``prompts``, one batched generation call per ``batch_size`` prompts."""
+    """Yield best-vs-worst pairs for ``prompts``, one batched generation call per ``batch_size`` prompts.
+
+    ``steps=None`` samples with the model's own default steps.
+    """
     if k < 2:
         raise ValueError(f"`k` must be at least 2 to make a pair, got {k}")
+    steps = generate.default_steps if steps is None else steps
     report = report if report is not None else AutorankReport()
     strategy = getattr(ranker, "strategy", "judge-rank")
     for start in tqdm(range(0, len(prompts), batch_size), desc="autorank", unit="batch"):
@@ -154,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=None, help="how many prompts (default: all in the file, 1000 sampled)")
     parser.add_argument("--k", type=int, default=4, help="candidates per prompt (default 4)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's own)")
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--ranker", choices=["judge", "clap"], default="judge")
     parser.add_argument("--clap-model", default="laion/larger_clap_general")
@@ -166,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     prompts = read_prompts(args.prompts, args.n, args.seed)
     ranker = JudgeRanker() if args.ranker == "judge" else ClapRanker.from_pretrained(args.clap_model)
     report = AutorankReport()
-    rows = autorank_pairs(prompts, PipelineGenerator(args.model), ranker, model=args.model, k=args.k, seed=args.seed,
+    generator = PipelineGenerator(args.model)
+    args.steps = args.steps or generator.default_steps
+    rows = autorank_pairs(prompts, generator, ranker, model=args.model, k=args.k, seed=args.seed,
                           steps=args.steps, guidance=args.guidance, min_margin=args.min_margin,
                           batch_size=args.batch_size, report=report)
     how_made = (f"`{args.model}` generated {args.k} candidates per prompt ({args.steps} steps, guidance "

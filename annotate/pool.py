@@ -42,6 +42,7 @@ class ClipGenerator(Protocol):
     """
 
     sampling_rate: int
+    default_steps: int  # denoising steps the model is meant to be sampled with
 
     def __call__(self, prompts: list[str], k: int, seed: int, steps: int, guidance: float) -> np.ndarray: ...
 
@@ -54,6 +55,7 @@ class PipelineGenerator:
 
         self.pipe = load_pipeline(spec)
         self.sampling_rate = self.pipe.vocoder.config.sampling_rate
+        self.default_steps = self.pipe.config.default_num_inference_steps
 
     def __call__(self, prompts: list[str], k: int, seed: int, steps: int, guidance: float) -> np.ndarray:
         import torch
@@ -81,18 +83,21 @@ def build_pool(
     *,
     k: int = 2,
     seed: int = 0,
-    steps: int = 100,
+    steps: int | None = None,
     guidance: float = 3.0,
     make_generator: Callable[[str], ClipGenerator] = PipelineGenerator,
     batch_size: int = 4,
     progress: bool = True,
 ) -> PoolReport:
-    """Generate what is missing of ``k`` clips per prompt per model and make one task per prompt."""
+    """Generate what is missing of ``k`` clips per prompt per model and make one task per prompt.
+
+    ``steps=None`` samples each model with its own default steps (which loads that model).
+    """
     prompts = list(dict.fromkeys(check_text(p, "prompt", MAX_PROMPT_CHARS) for p in prompts))
     models = list(dict.fromkeys(check_text(m, "model", MAX_SPEC_CHARS) for m in models))
     k = check_int(k, "k", minimum=1)
     seed = check_int(seed, "seed", minimum=0)
-    steps = check_int(steps, "steps", minimum=1)
+    steps = None if steps is None else check_int(steps, "steps", minimum=1)
     guidance = check_float(guidance, "guidance")
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     if not prompts:
@@ -100,8 +105,17 @@ def build_pool(
     if not 2 <= len(models) * k <= MAX_TASK_CLIPS:
         raise InvalidInput(f"a task would hold {len(models)} models x k={k} clips; it must be 2..{MAX_TASK_CLIPS}")
 
+    generators: dict[str, ClipGenerator] = {}
+
+    def generator(model: str) -> ClipGenerator:
+        if model not in generators:
+            generators[model] = make_generator(model)
+        return generators[model]
+
+    model_steps = {model: steps if steps is not None else generator(model).default_steps for model in models}
+
     def stored(prompt: str, model: str, i: int):
-        return store.find_candidate(prompt, model=model, seed=seed + i, steps=steps, guidance=guidance)
+        return store.find_candidate(prompt, model=model, seed=seed + i, steps=model_steps[model], guidance=guidance)
 
     missing = {model: [p for p in prompts if any(stored(p, model, i) is None for i in range(k))] for model in models}
     todo = sum(len(todo_prompts) for todo_prompts in missing.values()) * k
@@ -109,15 +123,15 @@ def build_pool(
         for model, todo_prompts in missing.items():
             if not todo_prompts:
                 continue
-            generate = make_generator(model)
+            generate = generator(model)
             for start in range(0, len(todo_prompts), batch_size):
                 batch = todo_prompts[start:start + batch_size]
-                waveforms = np.asarray(generate(batch, k, seed, steps, guidance))
+                waveforms = np.asarray(generate(batch, k, seed, model_steps[model], guidance))
                 if waveforms.ndim != 2 or len(waveforms) != len(batch) * k:
                     raise ValueError(f"generator for {model!r} returned shape {waveforms.shape}, wanted ({len(batch) * k}, samples)")
                 for j, prompt in enumerate(batch):
                     for i in range(k):
-                        store.add_candidate(prompt, waveforms[j * k + i], model=model, seed=seed + i, steps=steps,
+                        store.add_candidate(prompt, waveforms[j * k + i], model=model, seed=seed + i, steps=model_steps[model],
                                             guidance=guidance, sample_rate=generate.sampling_rate)
                 bar.update(len(batch) * k)
 

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.generate", description=__doc__.splitlines()[0])
     parser.add_argument("prompt", help="what the clip should contain")
     parser.add_argument("--model", default=DEFAULT_SPEC, help=f"model spec: embedded name, folder or Hub id (default {DEFAULT_SPEC})")
-    parser.add_argument("--steps", type=int, default=100, help="denoising steps (default 100)")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's own, 100 for Tango)")
     parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default 3)")
     parser.add_argument("-n", "--num-waveforms", type=int, default=1, help="clips to generate (one batch)")
     parser.add_argument("--seed", type=int, default=0, help="clip i uses seed + i, so each is reproducible alone")

@@ -82,6 +82,9 @@ class TangoPipeline(DiffusionPipeline):
             (batch, samples); its `config.sampling_rate` is the output rate.
         scheduler ([`SchedulerMixin`]):
             Noise scheduler; Tango uses [`DDPMScheduler`] with Stable Diffusion 2.1's config.
+        default_num_inference_steps (`int`, defaults to 100):
+            Steps used when a call names none: what the model's scheduler needs (Tango's DDPM 100; the tiny
+            models' DPM-Solver++ far fewer). Saved in `model_index.json`, so it travels with the weights.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae->vocoder"
@@ -95,6 +98,7 @@ class TangoPipeline(DiffusionPipeline):
         vae: AutoencoderKL,
         vocoder: torch.nn.Module,
         scheduler: SchedulerMixin,
+        default_num_inference_steps: int = 100,
     ):
         super().__init__()
         self.register_modules(
@@ -105,6 +109,7 @@ class TangoPipeline(DiffusionPipeline):
             vocoder=vocoder,
             scheduler=scheduler,
         )
+        self.register_to_config(default_num_inference_steps=default_num_inference_steps)
 
     # -- sizes read from the component configs --------------------------------------------
 
@@ -293,7 +298,7 @@ class TangoPipeline(DiffusionPipeline):
         self,
         prompt: str | list[str],
         negative_prompt: str | list[str] | None = None,
-        num_inference_steps: int = 100,
+        num_inference_steps: int | None = None,
         guidance_scale: float = 3.0,
         num_waveforms_per_prompt: int = 1,
         audio_length_in_s: float | None = None,
@@ -312,8 +317,9 @@ class TangoPipeline(DiffusionPipeline):
                 What the clip should contain. Texts longer than the tokenizer's limit are truncated (with a warning).
             negative_prompt (`str` or `list[str]`, *optional*):
                 Replaces Tango's empty-string unconditional branch of classifier-free guidance.
-            num_inference_steps (`int`, defaults to 100):
-                Denoising steps; Tango's demo uses 100 (200 for best quality).
+            num_inference_steps (`int`, *optional*):
+                Denoising steps; defaults to `config.default_num_inference_steps` (100 for Tango, as its demo;
+                200 for best quality).
             guidance_scale (`float`, defaults to 3.0):
                 Classifier-free guidance weight; guidance is used when it is above 1.
             num_waveforms_per_prompt (`int`, defaults to 1):
@@ -341,6 +347,8 @@ class TangoPipeline(DiffusionPipeline):
             `pipe.sampling_rate` (16 kHz), grouped by prompt; or a tuple `(audios,)` when `return_dict` is False.
         """
         # 1. Check inputs
+        if num_inference_steps is None:
+            num_inference_steps = self.config.default_num_inference_steps
         self.check_inputs(
             prompt,
             negative_prompt,

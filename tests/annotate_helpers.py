@@ -24,6 +24,7 @@ class SineGenerator:
     """Stands in for ``PipelineGenerator``: records its calls, returns one tone per clip."""
 
     sampling_rate = SAMPLE_RATE
+    default_steps = 7
 
     def __init__(self, model: str, seconds: float = 0.1):
         self.model, self.seconds, self.calls = model, seconds, []

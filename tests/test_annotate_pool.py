@@ -51,13 +51,13 @@ def test_pool_makes_one_task_per_prompt_with_k_clips_from_each_model(tmp_path, g
 
 def test_pool_rerun_is_idempotent_and_loads_no_model(tmp_path, generators):
     store = Store(tmp_path)
-    first = build_pool(store, PROMPTS, k=2, make_generator=factory(generators), progress=False)
+    first = build_pool(store, PROMPTS, k=2, steps=20, make_generator=factory(generators), progress=False)
     counts = store.counts()
 
     def no_model(spec):
         raise AssertionError(f"{spec} loaded although nothing was missing")
 
-    again = build_pool(store, PROMPTS, k=2, make_generator=no_model, progress=False)
+    again = build_pool(store, PROMPTS, k=2, steps=20, make_generator=no_model, progress=False)
     assert (again.generated, again.reused, again.task_ids) == (0, 12, first.task_ids)
     assert store.counts() == counts
 

@@ -21,6 +21,7 @@ class RenderGenerator:
     """Clip 0 of each prompt follows it; the others render a different prompt; a tied prompt gets k copies."""
 
     sampling_rate = 16000
+    default_steps = 7
 
     def __call__(self, prompts, k, seed, steps, guidance):
         clips = []

@@ -153,3 +153,17 @@ def test_time_position_maps_only_for_unets_that_take_them(fixture_pipe):
     pipe.set_progress_bar_config(disable=True)
     audio = pipe(PROMPTS[1], num_inference_steps=1, audio_length_in_s=SHORT, generator=torch.Generator().manual_seed(0)).audios
     assert audio.shape == (1, int(SHORT * 16000)) and np.isfinite(audio).all()
+
+
+def test_default_steps_travel_with_the_model(fixture_pipe, tmp_path):
+    """A model saved with its own default steps is sampled with them when a call names none."""
+    assert fixture_pipe.config.default_num_inference_steps == 100  # Tango's
+    quick = TangoPipeline(**fixture_pipe.components, default_num_inference_steps=2)
+    quick.save_pretrained(tmp_path)
+    reloaded = load_pipeline(str(tmp_path), device="cpu")
+    assert reloaded.config.default_num_inference_steps == 2
+    reloaded.set_progress_bar_config(disable=True)
+    steps = []
+    record = lambda pipe, step, timestep, tensors: steps.append(step) or tensors  # noqa: E731
+    reloaded(PROMPTS[0], audio_length_in_s=SHORT, callback_on_step_end=record)
+    assert steps == [0, 1]

@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prompts", default="heldout", choices=sorted(SPLIT_CONSTRUCTIONS), help="prompt split")
     parser.add_argument("--n", type=int, default=200, help="number of prompts (one clip each)")
     parser.add_argument("--seed", type=int, default=0, help="prompt sampling, clip seeds (seed + i) and bootstrap")
-    parser.add_argument("--steps", type=int, default=100, help="denoising steps")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's own)")
     parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
     parser.add_argument("--batch-size", type=int, default=8, help="clips per pipeline call")
     parser.add_argument("--out", type=Path, help="write the JSON report here")
@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
+    args.steps = args.steps or pipe.config.default_num_inference_steps
     prompts = sample_prompts(args.prompts, args.n, args.seed)
     seeds = [args.seed + i for i in range(args.n)]
     results, shuffled = evaluate_pipeline(

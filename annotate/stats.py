@@ -1,0 +1,32 @@
+"""How far annotation has come: tasks done, votes per annotator, agreement (for ``stats`` and the app)."""
+
+from __future__ import annotations
+
+from .pairs import annotator_agreement, ranking_alpha
+from .store import Store
+
+
+def dataset_stats(store: Store) -> dict:
+    """Tasks, votes, Krippendorff's alpha and per-annotator counts with leave-one-out agreement."""
+    rankings, progress = store.rankings(), store.task_progress()
+    agreement = {a.annotator: a for a in annotator_agreement(rankings)}
+    per_annotator: dict[str, dict] = {}
+    for ranking in rankings:
+        row = per_annotator.setdefault(ranking.annotator, {"votes": 0, "skipped": 0, "all_bad": 0})
+        row["votes"] += 1
+        row["skipped"] += ranking.skipped
+        row["all_bad"] += ranking.all_bad
+    for name, row in per_annotator.items():
+        found = agreement.get(name)
+        row["agreement"] = None if found is None else found.rate
+        row["compared"] = 0 if found is None else found.compared
+    return {
+        "tasks": len(progress),
+        "tasks_at_target": sum(votes >= target for _, votes, target in progress),
+        "tasks_untouched": sum(votes == 0 for _, votes, _ in progress),
+        "votes": len(rankings),
+        "skipped": sum(r.skipped for r in rankings),
+        "all_bad": sum(r.all_bad for r in rankings),
+        "krippendorff_alpha_ordinal": ranking_alpha(rankings),
+        "annotators": per_annotator,
+    }

@@ -1,0 +1,81 @@
+"""Helpers for the app tests (this module holds no tests): a small random-weight pipeline with the
+embedded tiny models' architecture, and the app served in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+# The tiny recipe's architecture at toy width: same components (T5 tokenizer and encoder,
+# UNet with a time-position input, VAE, Griffin-Lim vocoder, DPM-Solver++), a few MB.
+SMALL_KNOBS = ["--unet_channels=32,32,32", "--text_dim=32", "--vocab_size=120"]
+
+
+def build_test_pipeline(folder: Path, seed: int) -> Path:
+    """Save a random-weight tiny-architecture TangoPipeline (diffusers format) to ``folder``."""
+    import torch
+
+    from pipeline.soundworld import sample_prompts, train_tiny
+
+    config = train_tiny.apply_overrides(SMALL_KNOBS)
+    torch.manual_seed(seed)
+    tokenizer = train_tiny.make_tokenizer(config, sample_prompts("train", 300, seed=0), folder.parent / f"{folder.name}-work")
+    pipe = train_tiny.make_pipeline(tokenizer, train_tiny.make_text_encoder(config, tokenizer),
+                                    train_tiny.make_unet(config), train_tiny.make_vae(config))
+    pipe.register_to_config(default_num_inference_steps=4)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class AppProcess:
+    """``python app.py --port P ...`` in a subprocess; ``url`` once the first page answers."""
+
+    def __init__(self, *args: str, timeout_s: float = 120.0, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"app-{self.port}.log"
+        started = time.perf_counter()
+        self.process = subprocess.Popen(
+            ["nice", "-n", "10", sys.executable, "app.py", "--port", str(self.port), *args], cwd=REPO,
+            stdout=self.log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        )
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"app.py exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.perf_counter() - started > timeout_s:
+                self.stop()
+                raise TimeoutError(f"app.py did not serve within {timeout_s} s:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.25)
+        self.seconds_to_first_page = time.perf_counter() - started
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> AppProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
