@@ -1,0 +1,170 @@
+"""Blind ranking from the app: hand out tasks, log which clips were played, take votes.
+
+The store (``annotate.Store``) owns tasks, assignments and votes. This module adds what a
+web session needs on top: letters for the clips (A, B, C ... in the order shuffled for the
+annotator), a log of plays, and the rule that a clip is judged only after it was heard.
+
+The play log lives in memory, per (annotator, task): a restarted app forgets it and the
+annotator plays the clips again. ``vote`` refuses a ranking or an all-bad vote until every
+clip of the task was played (a skip needs no listening); the counts go into the store with
+the vote (``play_counts``).
+"""
+
+from __future__ import annotations
+
+import string
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from annotate import InvalidVote, Store, Task
+from annotate.store import MAX_TIME_SPENT_S
+from annotate.validation import check_int
+
+# The UI shows at most this many players; a task with more clips cannot be ranked in it.
+MAX_SHOWN_CLIPS = 8
+LABELS = string.ascii_uppercase[:MAX_SHOWN_CLIPS]
+VERDICTS = ("rank", "all_bad", "skip")
+
+GUIDELINES = """**How to rank.** Play every clip (all of them, to the end if you can), then rank them:
+1 = best. Judge how well each clip matches the prompt (every sound it names, in the order and
+number it says), then audio quality. Equal ranks are ties; use them when you cannot hear a difference.
+**All bad** when no clip is acceptable; **Skip** when you cannot judge (broken audio, unclear prompt).
+The models behind the clips are hidden and their order is shuffled for you."""
+
+SHORTCUTS = ("Keys: **a**-**h** play clip A-H · **1**-**8** rank the clip played last · **Enter** vote · "
+             "**x** all bad · **s** skip")
+
+
+@dataclass(frozen=True)
+class ShownTask:
+    """A task as the annotator sees it: prompt, lettered clips and what they have played."""
+
+    task_id: int
+    prompt: str
+    clip_ids: list[str]  # in the order shown, labelled A, B, C ...
+    audio_paths: list[str]
+    plays: dict[str, int]
+
+    @property
+    def labels(self) -> list[str]:
+        return list(LABELS[: len(self.clip_ids)])
+
+    @property
+    def all_played(self) -> bool:
+        return all(self.plays.get(clip_id, 0) > 0 for clip_id in self.clip_ids)
+
+    def as_dict(self) -> dict:
+        """JSON for the API: what a scripted annotator needs to play and rank the clips."""
+        return {
+            "task_id": self.task_id,
+            "prompt": self.prompt,
+            "clips": [{"label": label, "clip_id": clip_id, "played": self.plays.get(clip_id, 0)}
+                      for label, clip_id in zip(self.labels, self.clip_ids)],
+        }
+
+
+@dataclass(frozen=True)
+class Progress:
+    votes_by_you: int
+    tasks_done: int  # tasks that reached their target number of annotators
+    tasks: int
+
+    def as_markdown(self) -> str:
+        return (f"You have ranked **{self.votes_by_you}** task(s). Tasks at their target number of annotators: "
+                f"**{self.tasks_done} / {self.tasks}**.")
+
+
+class AnnotationSession:
+    """Tasks, plays and votes for every annotator of one app (thread-safe)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._lock = threading.Lock()
+        self._shown: dict[tuple[str, int], list[str]] = {}
+        self._plays: dict[tuple[str, int], Counter] = {}
+        self._handed_out_at: dict[tuple[str, int], float] = {}
+
+    def next_task(self, annotator: str) -> ShownTask | None:
+        """The annotator's open task (same order as before) or a new one; None when none is left."""
+        task = self.store.next_task(annotator)
+        if task is None:
+            return None
+        if len(task.candidates) > MAX_SHOWN_CLIPS:
+            raise InvalidVote(f"task {task.id} has {len(task.candidates)} clips; this app shows at most {MAX_SHOWN_CLIPS}")
+        key = (annotator, task.id)
+        with self._lock:
+            self._shown[key] = [clip.id for clip in task.candidates]
+            self._plays.setdefault(key, Counter())
+            self._handed_out_at.setdefault(key, time.monotonic())
+        return self._view(annotator, task)
+
+    def _view(self, annotator: str, task: Task) -> ShownTask:
+        with self._lock:
+            plays = dict(self._plays.get((annotator, task.id), {}))
+        return ShownTask(task.id, task.prompt, [c.id for c in task.candidates], [c.audio_path for c in task.candidates],
+                         plays)
+
+    def _shown_clips(self, annotator: str, task_id: object) -> tuple[tuple[str, int], list[str]]:
+        task_id = check_int(task_id, "task_id", minimum=1, error=InvalidVote)
+        key = (annotator, task_id)
+        shown = self._shown.get(key)
+        if shown is None:
+            raise InvalidVote(f"task {task_id} is not open for {annotator!r}: ask for the next task first")
+        return key, shown
+
+    def record_play(self, annotator: str, task_id: int, clip: str) -> dict[str, int]:
+        """Count one play of a clip (by clip id or letter); return the task's play counts."""
+        with self._lock:
+            key, shown = self._shown_clips(annotator, task_id)
+            clip_id = self._clip_id(clip, shown)
+            self._plays[key][clip_id] += 1
+            return dict(self._plays[key])
+
+    @staticmethod
+    def _clip_id(clip: object, shown: list[str]) -> str:
+        if isinstance(clip, str) and clip in shown:
+            return clip
+        if isinstance(clip, str) and clip.upper() in LABELS[: len(shown)]:
+            return shown[LABELS.index(clip.upper())]
+        raise InvalidVote(f"`clip` must be one of this task's clip ids or letters {', '.join(LABELS[:len(shown)])}, "
+                          f"got {str(clip)[:60]!r}")
+
+    def vote(self, annotator: str, task_id: int, ranking: dict[str, int] | None, verdict: str = "rank") -> int:
+        """Store a vote and return its id; refuse (``InvalidVote``, nothing written) what is not valid.
+
+        ``ranking`` maps clip ids (or letters) to dense ranks, 1 = best, ties allowed; it must be
+        empty for ``verdict`` ``all_bad`` or ``skip``. Ranking and all-bad need every clip played.
+        """
+        if verdict not in VERDICTS:
+            raise InvalidVote(f"`verdict` must be one of {', '.join(VERDICTS)}, got {str(verdict)[:40]!r}")
+        with self._lock:
+            key, shown = self._shown_clips(annotator, task_id)
+            plays = dict(self._plays[key])
+            started = self._handed_out_at[key]
+            if ranking and not isinstance(ranking, dict):
+                raise InvalidVote(f"`ranking` must map clip ids or letters to ranks, got {str(ranking)[:60]!r}")
+            by_id = {self._clip_id(clip, shown): rank for clip, rank in (ranking or {}).items()}
+            if ranking and len(by_id) != len(ranking):
+                raise InvalidVote("`ranking` names the same clip twice (once by id, once by letter)")
+        unplayed = [label for label, clip_id in zip(LABELS, shown) if not plays.get(clip_id)]
+        if verdict != "skip" and unplayed:
+            raise InvalidVote(f"play every clip before voting: not played yet: {', '.join(unplayed)}")
+        vote_id = self.store.submit(
+            annotator, key[1], by_id or None, all_bad=verdict == "all_bad", skip=verdict == "skip",
+            time_spent_s=min(time.monotonic() - started, MAX_TIME_SPENT_S), play_counts=plays,
+        )
+        with self._lock:
+            for table in (self._shown, self._plays, self._handed_out_at):
+                table.pop(key, None)
+        return vote_id
+
+    def progress(self, annotator: str) -> Progress:
+        rankings = self.store.rankings()
+        tasks = self.store.task_progress()
+        return Progress(
+            votes_by_you=sum(r.annotator == annotator for r in rankings),
+            tasks_done=sum(votes >= target for _, votes, target in tasks),
+            tasks=len(tasks),
+        )

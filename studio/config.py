@@ -1,0 +1,97 @@
+"""The app's configuration: command-line flags, each with an environment variable behind it.
+
+A flag wins over its variable, the variable over the default. On a Space, set the
+variables in the Space's settings (``TANGO_BASE_MODEL=declare-lab/tango`` ...); gradio's
+own ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` (which Spaces set) pick host and port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class StudioConfig:
+    base_model: str = "tiny"
+    dpo_model: str = "tiny-dpo"
+    data_dir: Path = Path("data")
+    hub_dataset: str | None = None
+    admins: frozenset[str] = frozenset()
+    auth_file: Path | None = None
+    device: str | None = None  # None: CUDA when present, else CPU
+    dtype: str | None = None  # None: float16 on CUDA, float32 on CPU
+    host: str = "127.0.0.1"
+    port: int = 7860
+
+    @property
+    def export_dir(self) -> Path:
+        """Where the Dataset tab's Export writes (and Push uploads from)."""
+        return self.data_dir / "export"
+
+
+# flag -> (environment variable, help)
+_FLAGS = {
+    "--base-model": ("TANGO_BASE_MODEL", "model spec of the left column (default: tiny)"),
+    "--dpo-model": ("TANGO_DPO_MODEL", "model spec of the DPO-tuned column (default: tiny-dpo)"),
+    "--data-dir": ("TANGO_DATA_DIR", "annotation store: database, clips, exports (default: ./data)"),
+    "--hub-dataset": ("TANGO_HUB_DATASET", "dataset repo the Dataset tab pushes to, owner/name"),
+    "--admins": ("TANGO_ADMINS", "comma-separated names allowed on the Dataset tab"),
+    "--auth-file": ("TANGO_AUTH_FILE", "file of 'name:password' lines: log-in required, names from it"),
+    "--device": ("TANGO_DEVICE", "torch device for both models, e.g. cuda, cuda:1, cpu (default: cuda if present)"),
+    "--dtype": ("TANGO_DTYPE", f"UNet/VAE dtype, one of {', '.join(DTYPES)} (default: float16 on CUDA)"),
+    "--host": ("GRADIO_SERVER_NAME", "interface to serve on (default: 127.0.0.1)"),
+    "--port": ("GRADIO_SERVER_PORT", "port to serve on (default: 7860)"),
+}
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python app.py", description="Tango DPO Studio: side-by-side demo, blind ranking, dataset admin.",
+        epilog="Every flag falls back to the environment variable named in its help, then to its default.",
+    )
+    defaults = StudioConfig()
+    for flag, (variable, help_text) in _FLAGS.items():
+        attribute = flag[2:].replace("-", "_")
+        default = environ.get(variable, getattr(defaults, attribute))
+        parser.add_argument(flag, default=default, help=f"{help_text} [env {variable}]",
+                            type=int if attribute == "port" else str)
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> StudioConfig:
+    """The configuration from flags and environment; bad values exit with argparse's usage error."""
+    environ = os.environ if environ is None else environ
+    parser = build_parser(environ)
+    args = parser.parse_args(argv)
+    if args.dtype not in (None, "", *DTYPES):
+        parser.error(f"--dtype must be one of {', '.join(DTYPES)}, got {args.dtype!r}")
+    try:
+        port = int(args.port)
+    except ValueError:
+        parser.error(f"--port must be a number, got {args.port!r}")
+    if not 0 <= port <= 65535:
+        parser.error(f"--port must be within 0..65535, got {port}")
+    auth_file = Path(args.auth_file) if args.auth_file else None
+    if auth_file is not None and not auth_file.is_file():
+        parser.error(f"--auth-file {str(auth_file)!r} does not exist")
+    for flag in ("base_model", "dpo_model"):
+        if not str(getattr(args, flag)).strip():
+            parser.error(f"--{flag.replace('_', '-')} is empty: name a model spec (tiny, a folder or a Hub id)")
+    return StudioConfig(
+        base_model=args.base_model,
+        dpo_model=args.dpo_model,
+        data_dir=Path(args.data_dir),
+        hub_dataset=args.hub_dataset or None,
+        admins=frozenset(name.strip() for name in str(args.admins or "").split(",") if name.strip()),
+        auth_file=auth_file,
+        device=args.device or None,
+        dtype=args.dtype or None,
+        host=args.host,
+        port=port,
+    )

@@ -1,0 +1,290 @@
+"""Side-by-side generation: the base model and its DPO-tuned version, same prompt, seeds and settings.
+
+Both models are loaded once at start with ``pipeline.load_pipeline``. A model that cannot be
+loaded (a spec naming nothing, ``tiny-dpo`` not trained yet, a broken checkpoint) does not
+stop the app: its column says why and the other column still works.
+
+Loaded pipelines are shared by every visitor (the registry caches them), so a call never
+touches one: each call builds a light view of the pipeline with a fresh scheduler of the
+chosen sampler (schedulers keep per-call state in ``set_timesteps``), sharing the weights.
+
+Seeds follow ``annotate.pool``: candidate ``i`` is drawn with its own generator seeded
+``seed + i``, so both columns start from the same noise and a clip sent to annotation is
+the clip the pool would make under the same settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import torch
+
+from annotate import Store
+from annotate.validation import MAX_PROMPT_CHARS
+from pipeline.audio import save_audio
+from pipeline.registry import EMBEDDED, load_pipeline
+from pipeline.tango import TangoPipeline
+
+from .config import StudioConfig
+from .spectrogram import save_spectrogram
+
+try:  # ZeroGPU Spaces: a GPU is attached only while a decorated function runs
+    import spaces
+except ImportError:
+    spaces = None
+
+logger = logging.getLogger(__name__)
+
+MODEL_DEFAULT = "model default"
+# label -> diffusers scheduler class (None: the model's own scheduler)
+SAMPLERS: dict[str, str | None] = {
+    MODEL_DEFAULT: None,
+    "DPM-Solver++": "DPMSolverMultistepScheduler",
+    "DDIM": "DDIMScheduler",
+    "Euler": "EulerDiscreteScheduler",
+    "DDPM (Tango's own)": "DDPMScheduler",
+}
+MAX_CANDIDATES = 4
+MAX_STEPS = 1000  # the training schedule's length
+MAX_SEED = 2**32 - 1 - MAX_CANDIDATES
+KEEP_GENERATIONS = 200  # generation folders kept on disk (older ones are deleted)
+
+# Prompts in the style of AudioCaps (what Tango was trained and evaluated on), for real models.
+AUDIOCAPS_PROMPTS = [
+    "A dog barks in the distance while rain falls",
+    "An audience cheering and clapping",
+    "Rolling thunder with lightning strikes",
+    "A man speaks, followed by a goat bleating",
+    "Water flows in a stream as birds chirp",
+    "A car engine revs, then accelerates away",
+]
+
+
+class GenerationError(ValueError):
+    """Settings that cannot be generated (empty prompt, zero steps, ...)."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    prompt: str
+    steps: int
+    guidance: float
+    seed: int
+    candidates: int
+    sampler: str = MODEL_DEFAULT
+
+    @classmethod
+    def checked(cls, prompt: object, steps: object, guidance: object, seed: object, candidates: object,
+                sampler: object = MODEL_DEFAULT) -> GenerationSettings:
+        """Validate what a form or an API call sent; raise ``GenerationError`` naming the bad field."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise GenerationError("`prompt` is empty: describe the sound to generate")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise GenerationError(f"`prompt` has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}")
+        steps = _whole(steps, "steps", 1, MAX_STEPS)
+        seed = _whole(seed, "seed", 0, MAX_SEED)
+        candidates = _whole(candidates, "candidates", 1, MAX_CANDIDATES)
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance <= 30:
+            raise GenerationError(f"`guidance` must be a number within 0..30, got {guidance!r}")
+        if sampler not in SAMPLERS:
+            raise GenerationError(f"`sampler` must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        return cls(prompt.strip(), steps, float(guidance), seed, candidates, sampler)
+
+
+def _whole(value: object, name: str, low: int, high: int) -> int:
+    """An integer within low..high; a float form value like 25.0 counts, 2.5 does not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or not low <= value <= high:
+        raise GenerationError(f"`{name}` must be a whole number within {low}..{high}, got {value!r}")
+    return int(value)
+
+
+@dataclass
+class LoadedModel:
+    """One column's model: the pipeline, or why there is none."""
+
+    role: str  # "base" or "dpo"
+    title: str
+    spec: str
+    pipe: TangoPipeline | None
+    error: str | None = None
+
+    @property
+    def default_steps(self) -> int | None:
+        return None if self.pipe is None else int(self.pipe.config.default_num_inference_steps)
+
+    @property
+    def is_sound_world(self) -> bool:
+        """An embedded sound-world model (they ship with the Griffin-Lim vocoder; real Tango has a HiFi-GAN)."""
+        if self.pipe is None:
+            return self.spec in EMBEDDED
+        return type(self.pipe.vocoder).__name__ == "GriffinLimVocoder"
+
+    def status(self) -> str:
+        if self.pipe is None:
+            return f"**{self.title}** (`{self.spec}`): not available. {self.error}"
+        return f"**{self.title}** (`{self.spec}`)"
+
+
+def load_models(config: StudioConfig, loader: Callable[..., TangoPipeline] = load_pipeline) -> list[LoadedModel]:
+    """Base and DPO-tuned model; a model that fails to load becomes a column that says why."""
+    dtype = getattr(torch, config.dtype) if config.dtype else None
+    models = []
+    for role, title, spec in (("base", "Base", config.base_model), ("dpo", "DPO-tuned", config.dpo_model)):
+        try:
+            pipe = loader(spec, device=config.device, dtype=dtype)
+        except Exception as err:  # the app must start whatever the spec: the column shows the reason
+            logger.warning("could not load the %s model %r: %s", role, spec, err)
+            models.append(LoadedModel(role, title, spec, None, f"{type(err).__name__}: {err}"))
+        else:
+            models.append(LoadedModel(role, title, spec, pipe))
+    return models
+
+
+def example_prompts(models: list[LoadedModel]) -> list[str]:
+    """Held-out sound-world prompts for the embedded models, AudioCaps-style ones for real Tango."""
+    if models[0].is_sound_world:
+        from pipeline.soundworld import sample_prompts
+
+        return sample_prompts("heldout", 6, seed=0)
+    return list(AUDIOCAPS_PROMPTS)
+
+
+def with_sampler(pipe: TangoPipeline, sampler: str) -> TangoPipeline:
+    """A view of ``pipe`` (same weights) with a fresh scheduler of the chosen kind; ``pipe`` is untouched."""
+    class_name = SAMPLERS[sampler] or type(pipe.scheduler).__name__
+    scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config)
+    view = TangoPipeline(**{**pipe.components, "scheduler": scheduler},
+                         default_num_inference_steps=pipe.config.default_num_inference_steps)
+    view.set_progress_bar_config(disable=True)
+    return view
+
+
+def sampler_model_label(model: LoadedModel, sampler: str) -> str:
+    """The model name stored with a clip: the spec, plus the scheduler when it is not the model's own."""
+    class_name = SAMPLERS[sampler]
+    if class_name is None or class_name == type(model.pipe.scheduler).__name__:
+        return model.spec
+    return f"{model.spec}+{class_name}"
+
+
+def _run_pipeline(pipe: TangoPipeline, settings: GenerationSettings, on_step: Callable[[int], None] | None) -> np.ndarray:
+    """(candidates, samples) float32 waveforms; candidate i seeded ``seed + i``."""
+    view = with_sampler(pipe, settings.sampler)
+    device = "cuda" if pipe.device.type == "cuda" else "cpu"
+    generators = [torch.Generator(device).manual_seed(settings.seed + i) for i in range(settings.candidates)]
+
+    def step_done(_pipe, step, _timestep, tensors):
+        on_step(step + 1)
+        return tensors
+
+    return view(settings.prompt, num_inference_steps=settings.steps, guidance_scale=settings.guidance,
+                num_waveforms_per_prompt=settings.candidates, generator=generators,
+                callback_on_step_end=step_done if on_step else None).audios
+
+
+run_pipeline = spaces.GPU(duration=120)(_run_pipeline) if spaces is not None else _run_pipeline
+
+
+@dataclass(frozen=True)
+class GeneratedClip:
+    audio_path: str
+    spectrogram_path: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class ColumnResult:
+    role: str
+    title: str
+    spec: str
+    model_label: str | None  # what the store records as the clip's model
+    clips: list[GeneratedClip] = field(default_factory=list)
+    seconds_per_clip: float | None = None
+    error: str | None = None
+
+    def summary(self) -> str:
+        if self.error:
+            return f"**{self.title}** (`{self.spec}`): {self.error}"
+        return f"**{self.title}** (`{self.spec}`): {self.seconds_per_clip:.2f} s per clip"
+
+
+@dataclass(frozen=True)
+class Generation:
+    settings: GenerationSettings
+    columns: list[ColumnResult]
+
+    def as_dict(self) -> dict:
+        """The API's details: settings, and per column the model, timing, seeds or the error."""
+        return {
+            "settings": vars(self.settings),
+            "columns": [{"role": c.role, "model": c.spec, "stored_as": c.model_label,
+                         "seconds_per_clip": c.seconds_per_clip, "seeds": [clip.seed for clip in c.clips],
+                         "error": c.error} for c in self.columns],
+        }
+
+
+def generate_both(models: list[LoadedModel], settings: GenerationSettings, out_dir: str | Path,
+                  progress: Callable[[float, str], None] | None = None) -> Generation:
+    """Generate ``settings.candidates`` clips with each model; write WAVs and spectrogram PNGs under ``out_dir``."""
+    folder = Path(out_dir) / uuid.uuid4().hex
+    folder.mkdir(parents=True)
+    columns = []
+    for index, model in enumerate(models):
+        if model.pipe is None:
+            columns.append(ColumnResult(model.role, model.title, model.spec, None, error=f"not available: {model.error}"))
+            continue
+
+        def on_step(step: int, index=index, model=model) -> None:
+            if progress is not None:
+                progress((index + step / settings.steps) / len(models), f"{model.title}: step {step}/{settings.steps}")
+
+        started = time.perf_counter()
+        try:
+            waveforms = run_pipeline(model.pipe, settings, on_step)
+        except (RuntimeError, ValueError) as err:  # e.g. out of memory: this column fails, the other one stands
+            logger.exception("generation with %r failed", model.spec)
+            columns.append(ColumnResult(model.role, model.title, model.spec, None,
+                                        error=f"generation failed: {type(err).__name__}: {err}"))
+            continue
+        seconds = time.perf_counter() - started
+        clips = []
+        for i, waveform in enumerate(waveforms):
+            audio_path, picture_path = folder / f"{model.role}-{i}.wav", folder / f"{model.role}-{i}.png"
+            save_audio(audio_path, waveform, model.pipe.sampling_rate)
+            save_spectrogram(waveform, model.pipe.sampling_rate, picture_path)
+            clips.append(GeneratedClip(str(audio_path), str(picture_path), settings.seed + i))
+        columns.append(ColumnResult(model.role, model.title, model.spec, sampler_model_label(model, settings.sampler),
+                                    clips, seconds / len(clips)))
+    _prune(Path(out_dir), KEEP_GENERATIONS)
+    return Generation(settings, columns)
+
+
+def _prune(out_dir: Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest generation folders."""
+    folders = sorted((p for p in out_dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in folders[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def send_to_annotation(store: Store, generation: Generation) -> int:
+    """Store every clip of a generation as a candidate and make one ranking task of them; return its id."""
+    settings = generation.settings
+    clip_ids = []
+    for column in generation.columns:
+        for clip in column.clips:
+            candidate = store.add_candidate(settings.prompt, clip.audio_path, model=column.model_label, seed=clip.seed,
+                                            steps=settings.steps, guidance=settings.guidance)
+            clip_ids.append(candidate.id)
+    clip_ids = list(dict.fromkeys(clip_ids))  # the same spec in both columns stores each clip once
+    if len(clip_ids) < 2:
+        raise GenerationError(f"a ranking task needs at least 2 distinct clips; this generation has {len(clip_ids)}: "
+                              "generate more candidates (or with both models)")
+    return store.add_task(clip_ids)
