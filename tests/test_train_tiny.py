@@ -8,7 +8,7 @@ from pipeline import TangoPipeline, load_pipeline
 from pipeline.soundworld import train_tiny
 
 TOY = ["--num_clips=24", "--workers=1", "--vae_steps=2", "--vae_batch_size=4", "--batch_size=4", "--eval_prompts=4",
-       "--eval_inference_steps=2", "--curriculum_steps=1", "--warmup_steps=1", "--checkpoint_interval=2",
+       "--sample_steps=2", "--curriculum_steps=1", "--warmup_steps=1", "--checkpoint_interval=2",
        "--unet_channels=32,32,32", "--text_dim=32", "--vocab_size=120", "--text_steps=2", "--text_batch_size=8",
        "--vae_crop_frames=64"]
 
@@ -20,6 +20,7 @@ def test_toy_run_writes_a_pipeline_and_resumes(tmp_path):
     assert isinstance(pipe, TangoPipeline) and type(pipe.vocoder).__name__ == "GriffinLimVocoder"
     assert pipe.default_audio_length_in_s == pytest.approx(3.84)
     assert pipe.unet.config.in_channels == 9  # latent + one time-position map
+    assert pipe.config.default_num_inference_steps == 2
     metrics = json.loads((out / "training_metrics.json").read_text())
     assert [e["step"] for e in metrics["eval"]] == [2] and metrics["vae"]
     assert {"prompt", "heard"} <= set(metrics["eval"][0]["examples"][0])

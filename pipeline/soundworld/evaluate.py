@@ -1,13 +1,20 @@
 """Score a text-to-audio model on sound-world prompts with the judge, with bootstrap intervals.
 
     python -m pipeline.soundworld.evaluate --model tiny --prompts heldout --n 200 --seed 0 --out heldout.json
-    python -m pipeline.soundworld.evaluate --model tiny-dpo --prompts heldout --n 200 --seed 0 --out heldout-dpo.json
+    python -m pipeline.soundworld.evaluate --model tiny-dpo --prompts heldout --n 200 --seed 0 --out heldout-dpo.json \
+        --compare heldout.json          # paired bootstrap of tiny-dpo minus tiny
+    python -m pipeline.soundworld.evaluate --model tiny --best-of 4 --out heldout-best4.json   # judge reranking
 
 Prompt i is ``sample_prompts(split, n, seed)[i]`` and its clip is generated with
 ``torch.Generator().manual_seed(seed + i)``, whatever the batch size, so two
 models evaluated with the same arguments see the same prompts and the same
 initial noise: compare them clip by clip with a paired bootstrap,
 ``compare(report_a["clips"], report_b["clips"])``.
+
+``--best-of K`` generates K clips per prompt (clip j seeded ``seed + i + j * n``, so
+clip 0 is the plain run's) and keeps the one the judge scores best: what reranking
+alone buys at K times the inference cost (the judge both picks and scores, so this
+is an upper bound on any reranker).
 
 Every clip is also judged against another prompt of the set (a fixed random
 derangement): the mean score of that *shuffled-prompt baseline* is what a model
@@ -182,6 +189,20 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def format_comparison(comparison: dict) -> str:
+    """Paired differences (this model minus the other) as a plain-text table."""
+    lines = [f"minus {comparison['model']}" + (f" (best of {comparison['best_of']})" if comparison["best_of"] > 1 else ""),
+             f"{'metric':<16}{'difference [95% CI]':>28}{'p(not better)':>15}"]
+    for name in METRICS:
+        row = comparison[name]
+        if row is None:
+            lines.append(f"{name:<16}{'-':>28}")
+            continue
+        low, high = row["interval"]
+        lines.append(f"{name:<16}{row['difference']:>+10.3f} [{low:+.3f}, {high:+.3f}]{row['p_not_better']:>15.3f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model spec for pipeline.load_pipeline (e.g. tiny, a folder)")
@@ -191,10 +212,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's own)")
     parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
     parser.add_argument("--batch-size", type=int, default=8, help="clips per pipeline call")
+    parser.add_argument("--best-of", type=int, default=1, help="clips per prompt; the judge keeps the best")
+    parser.add_argument("--compare", type=Path, help="a report of another model on the same prompts: paired differences")
     parser.add_argument("--out", type=Path, help="write the JSON report here")
     args = parser.parse_args(argv)
-    if args.n < 1 or args.batch_size < 1:
-        parser.error(f"--n and --batch-size must be positive, got {args.n} and {args.batch_size}")
+    if args.n < 1 or args.batch_size < 1 or args.best_of < 1:
+        parser.error(f"--n, --batch-size and --best-of must be positive, got {args.n}, {args.batch_size}, {args.best_of}")
+    other = json.loads(args.compare.read_text()) if args.compare else None
 
     from pipeline import load_pipeline  # torch and diffusers: only when a model is evaluated
 
@@ -203,17 +227,16 @@ def main(argv: list[str] | None = None) -> dict:
     args.steps = args.steps or pipe.config.default_num_inference_steps
     prompts = sample_prompts(args.prompts, args.n, args.seed)
     seeds = [args.seed + i for i in range(args.n)]
-    results, shuffled = evaluate_pipeline(
-        pipe,
-        prompts,
-        seeds,
-        steps=args.steps,
-        guidance=args.guidance,
-        batch_size=args.batch_size,
-        baseline_seed=args.seed,
-    )
+    rounds = [
+        evaluate_pipeline(pipe, prompts, [seed + j * args.n for seed in seeds], steps=args.steps,
+                          guidance=args.guidance, batch_size=args.batch_size, baseline_seed=args.seed)
+        for j in range(args.best_of)
+    ]
+    results = [max(candidates, key=lambda result: result.score) for candidates in zip(*(r[0] for r in rounds))]
+    shuffled = rounds[0][1]
     summary = {
         "model": args.model,
+        "best_of": args.best_of,
         "prompts": args.prompts,
         "seed": args.seed,
         "num_inference_steps": args.steps,
@@ -221,6 +244,10 @@ def main(argv: list[str] | None = None) -> dict:
         **report(results, shuffled, seeds, args.seed),
     }
     print(format_table(summary))
+    if other is not None:
+        summary["compared_to"] = {"model": other["model"], "best_of": other.get("best_of", 1),
+                                  **compare(summary["clips"], other["clips"], seed=args.seed)}
+        print(format_comparison(summary["compared_to"]))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(summary, indent=2))

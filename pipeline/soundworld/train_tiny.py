@@ -74,7 +74,7 @@ vae_kl_weight = 1e-6
 unet_channels = "32,64,128"
 unet_heads = 4
 position_channels = 1  # time-position maps appended to the UNet input (pipeline.tango.with_time_position)
-train_steps = 2500
+train_steps = 2000
 batch_size = 32
 learning_rate = 4e-4
 warmup_steps = 200
@@ -87,7 +87,7 @@ grad_clip = 1.0
 # evaluation and checkpoints
 eval_interval = 1000
 eval_prompts = 48
-eval_inference_steps = 25
+sample_steps = 10  # DPM-Solver++ steps: what evaluation uses and the shipped pipeline defaults to
 eval_guidance_scale = 3.0
 checkpoint_interval = 500
 # -----------------------------------------------------------------------------
@@ -398,7 +398,8 @@ def make_unet(config: dict):
     )
 
 
-def make_pipeline(tokenizer, text_encoder, unet, vae, device="cpu", scheduler_class="DPMSolverMultistepScheduler"):
+def make_pipeline(tokenizer, text_encoder, unet, vae, device="cpu", scheduler_class="DPMSolverMultistepScheduler",
+                  default_steps: int = 25):
     import diffusers
 
     from pipeline.griffinlim import GriffinLimVocoder
@@ -407,7 +408,8 @@ def make_pipeline(tokenizer, text_encoder, unet, vae, device="cpu", scheduler_cl
 
     scheduler = getattr(diffusers, scheduler_class).from_config(read_config(SD21_SCHEDULER_CONFIG))
     pipe = TangoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae,
-                         vocoder=GriffinLimVocoder(), scheduler=scheduler)
+                         vocoder=GriffinLimVocoder(), scheduler=scheduler,
+                         default_num_inference_steps=default_steps)
     return pipe.to(device)
 
 
@@ -432,7 +434,7 @@ def evaluate(pipe, config: dict, step: int) -> dict:
     pipe.set_progress_bar_config(disable=True)
     results, _ = evaluate_pipeline(
         pipe, [s.text for s in specs], [1000 + i for i in range(len(specs))],
-        steps=config["eval_inference_steps"], guidance=config["eval_guidance_scale"], batch_size=16, progress=False,
+        steps=config["sample_steps"], guidance=config["eval_guidance_scale"], batch_size=16, progress=False,
     )
     ordered = [r.order_correct for r in results if r.order_correct is not None]
     # Order among clips where every prompted type was heard: chance is 0.5 for two types, and a
@@ -517,7 +519,8 @@ def train_diffusion(config: dict, tokenizer, text_encoder, vae, latents: torch.T
             ema.store(unet.parameters())
             ema.copy_to(unet.parameters())
             unet.eval()
-            result = evaluate(make_pipeline(tokenizer, text_encoder, unet, vae, dev), config, done)
+            result = evaluate(make_pipeline(tokenizer, text_encoder, unet, vae, dev,
+                                             default_steps=config["sample_steps"]), config, done)
             result["minutes"] = round((time.time() - started) / 60, 2)
             metrics["eval"].append(result)
             tqdm.write(f"eval {result}")
@@ -549,7 +552,7 @@ def main(argv: list[str]) -> None:
     vae.register_to_config(scaling_factor=scaling_factor)
     unet = train_diffusion(config, tokenizer, text_encoder, vae, latents, data, work, metrics)
 
-    pipe = make_pipeline(tokenizer, text_encoder.cpu(), unet.cpu(), vae.cpu())
+    pipe = make_pipeline(tokenizer, text_encoder.cpu(), unet.cpu(), vae.cpu(), default_steps=config["sample_steps"])
     pipe.save_pretrained(out, safe_serialization=True)
     metrics["minutes_this_run"] = round((time.time() - started) / 60, 2)
     for path in (metrics_path, out / "training_metrics.json"):
