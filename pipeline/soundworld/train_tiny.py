@@ -305,6 +305,7 @@ def train_vae(config: dict, mels: torch.Tensor, work: Path, metrics: dict):
 
     folder = work / "vae"
     if (folder / "config.json").exists():
+        metrics.update(json.loads((folder / "vae_metrics.json").read_text()))
         return AutoencoderKL.from_pretrained(folder).to(config["device"])
     torch.manual_seed(config["seed"])
     vae = make_vae(config).to(config["device"])
@@ -338,6 +339,7 @@ def train_vae(config: dict, mels: torch.Tensor, work: Path, metrics: dict):
     metrics["vae_ceiling"] = vae_ceiling(vae, config)
     tqdm.write(f"vae ceiling {metrics['vae_ceiling']}")
     vae.save_pretrained(folder)
+    (folder / "vae_metrics.json").write_text(json.dumps({"vae": metrics["vae"], "vae_ceiling": metrics["vae_ceiling"]}))
     return vae
 
 
