@@ -282,7 +282,7 @@ def pretrain_text_encoder(config: dict, tokenizer, work: Path, metrics: dict):
     tqdm.write(f"text encoder reads every slot right: {reading}")
     metrics.update(reading)
     encoder.save_pretrained(folder)
-    (folder / "slot_reading.json").write_text(json.dumps(reading))
+    (folder / "slot_reading.json").write_text(json.dumps({"text": metrics["text"], **reading}))
     return encoder.eval()
 
 
