@@ -258,7 +258,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             .success(show_task, [task_state, task_json], task_outputs, api_visibility="private")
         for position, player in enumerate(clip_players):
             player.play(make_play_handler(position), [name_box, task_state],
-                        [vote_button, all_bad_button, annotate_status], api_visibility="private")
+                        [vote_button, all_bad_button, skip_button, annotate_status], api_visibility="private")
         for button, verdict in ((vote_button, "rank"), (all_bad_button, "all_bad"), (skip_button, "skip")):
             button.click(make_vote_handler(verdict), [name_box, task_state, *rank_controls], [annotate_status],
                          api_visibility="private") \
@@ -337,19 +337,23 @@ def build_app(studio: Studio) -> gr.Blocks:
     return demo
 
 
+def launch(studio: Studio, demo: gr.Blocks, **options):
+    """Queue and serve the app as configured; ``options`` go to ``launch`` (tests pass prevent_thread_lock)."""
+    demo.queue(default_concurrency_limit=ANNOTATION_CONCURRENCY)
+    return demo.launch(
+        server_name=studio.config.host,
+        server_port=studio.config.port,
+        auth=password_check(studio.users) if studio.users else None,
+        allowed_paths=[str(studio.config.data_dir.resolve()), str(studio.generated_dir)],
+        head=SHORTCUTS_JS,
+        **options,
+    )
+
+
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    config = parse_config(argv)
-    studio = Studio(config)
-    demo = build_app(studio)
-    demo.queue(default_concurrency_limit=ANNOTATION_CONCURRENCY)
-    demo.launch(
-        server_name=config.host,
-        server_port=config.port,
-        auth=password_check(studio.users) if studio.users else None,
-        allowed_paths=[str(config.data_dir.resolve()), str(studio.generated_dir)],
-        head=SHORTCUTS_JS,
-    )
+    studio = Studio(parse_config(argv))
+    launch(studio, build_app(studio))
 
 
 if __name__ == "__main__":

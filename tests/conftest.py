@@ -20,3 +20,12 @@ def fixture_pipe():
     pipe = load_pipeline(str(FIXTURE_DIR), device="cpu")
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="session")
+def app_models(tmp_path_factory):
+    """Two random-weight tiny-architecture pipelines (different seeds) for the app: (base folder, dpo folder)."""
+    from tests.app_helpers import build_test_pipeline
+
+    root = tmp_path_factory.mktemp("app-models")
+    return build_test_pipeline(root / "base", seed=0), build_test_pipeline(root / "dpo", seed=1)
