@@ -1,0 +1,88 @@
+"""The app in a real browser (Debian's chromium driven by Playwright): generate both columns, send
+them to annotation, play and rank the clips with the keyboard shortcuts, vote, and see the result."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+import app
+from studio import Studio, StudioConfig
+from tests.app_helpers import free_port
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT_COPY = Path(__file__).resolve().parent.parent / "docs" / "app_screenshot.png"
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                                               "(apt-get install chromium; .ci/run installs it)")
+
+
+@pytest.fixture(scope="module")
+def url(app_models, tmp_path_factory):
+    config = StudioConfig(base_model=str(app_models[0]), dpo_model=str(app_models[1]), device="cpu",
+                          data_dir=tmp_path_factory.mktemp("browser-data"), port=free_port())
+    studio = Studio(config)
+    demo = app.build_app(studio)
+    app.launch(studio, demo, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{config.port}/"
+    demo.close()
+
+
+@pytest.fixture
+def page():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        yield browser.new_page(viewport={"width": 1400, "height": 1700})
+        browser.close()
+
+
+def test_generate_then_rank_in_the_browser(url, page, tmp_path):
+    from playwright.sync_api import expect
+
+    page.goto(url)
+    page.locator("#annotator-name input").fill("browser-annotator")
+    page.locator("#prompt textarea").fill("two knocks then a hiss")
+    page.locator("#generate-button").click()
+
+    # Two labelled columns, two players and two spectrograms each (default 2 candidates).
+    for role, title in (("base", "Base"), ("dpo", "DPO-tuned")):
+        column = page.locator(f"#column-{role}")
+        expect(column.locator(".play-pause-button")).to_have_count(2, timeout=120_000)
+        expect(column.locator("img")).to_have_count(2)
+        expect(page.locator(f"#summary-{role}")).to_contain_text(f"{title}")
+        expect(page.locator(f"#summary-{role}")).to_contain_text("s per clip")
+    page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
+
+    page.get_by_role("button", name="Send these clips to annotation").click()
+    expect(page.get_by_text("is ready on the Annotate tab")).to_be_visible(timeout=30_000)
+
+    page.get_by_role("tab", name="Annotate").click()
+    page.locator("#next-task-button").click()
+    expect(page.locator("#task-prompt")).to_contain_text("two knocks then a hiss", timeout=30_000)
+    players = page.locator("[id^=clip-] .play-pause-button")
+    expect(players).to_have_count(4)
+    expect(page.locator("#vote-button")).to_be_disabled()
+
+    # Keyboard: a letter plays that clip, a digit ranks the clip played last (D and C tie).
+    for letter, rank in zip("abcd", "1233"):
+        page.keyboard.press(letter)
+        expect(page.locator(f"#clip-{letter} .play-pause-button")).to_have_attribute("aria-label", "Pause", timeout=10_000)
+        page.keyboard.press(rank)
+        page.locator(f"#clip-{letter} .play-pause-button").click()  # pause again
+    expect(page.locator("#annotate-status")).to_contain_text("All clips played", timeout=30_000)
+    expect(page.locator("#vote-button")).to_be_enabled()
+    page.screenshot(path=str(tmp_path / "annotate.png"), full_page=True)
+    SCREENSHOT_COPY.parent.mkdir(exist_ok=True)
+    shutil.copy(tmp_path / "annotate.png", SCREENSHOT_COPY)
+
+    page.keyboard.press("Enter")
+    expect(page.locator("#annotate-status")).to_contain_text("stored (rank)", timeout=30_000)
+    expect(page.locator("#task-prompt")).to_contain_text("No task left for you", timeout=30_000)
+    expect(page.locator("#annotate-progress")).to_contain_text("You have ranked 1 task(s)")
+
+    # The Dataset tab refuses a non-admin visibly.
+    page.get_by_role("tab", name="Dataset").click()
+    page.locator("#dataset-refresh").click()
+    expect(page.get_by_text("the Dataset tab is disabled")).to_be_visible(timeout=30_000)
