@@ -69,7 +69,7 @@ def timed(fn, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny")
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's own)")
     parser.add_argument("--batch", type=int, default=4, help="K candidates per prompt")
     parser.add_argument("--length", type=float, default=None, help="seconds (default: the model's own)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -87,6 +87,7 @@ def main() -> None:
         pipe = load_pipeline(args.model, device=args.device)
     load_seconds = time.perf_counter() - load_start
     pipe.set_progress_bar_config(disable=True)
+    args.steps = args.steps or pipe.config.default_num_inference_steps
     length = args.length or pipe.default_audio_length_in_s
     call = dict(num_inference_steps=args.steps, audio_length_in_s=length)
     generator_device = "cuda" if pipe.device.type == "cuda" else "cpu"
