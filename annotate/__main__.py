@@ -53,31 +53,9 @@ def push(args: argparse.Namespace) -> int:
 
 
 def stats(args: argparse.Namespace) -> int:
-    from .pairs import annotator_agreement, ranking_alpha
+    from .stats import dataset_stats
 
-    store = Store(args.data_dir)
-    rankings, progress = store.rankings(), store.task_progress()
-    agreement = {a.annotator: a for a in annotator_agreement(rankings)}
-    per_annotator = {}
-    for ranking in rankings:
-        row = per_annotator.setdefault(ranking.annotator, {"votes": 0, "skipped": 0, "all_bad": 0})
-        row["votes"] += 1
-        row["skipped"] += ranking.skipped
-        row["all_bad"] += ranking.all_bad
-    for name, row in per_annotator.items():
-        found = agreement.get(name)
-        row["agreement"] = None if found is None else found.rate
-        row["compared"] = 0 if found is None else found.compared
-    summary = {
-        "tasks": len(progress),
-        "tasks_at_target": sum(votes >= target for _, votes, target in progress),
-        "tasks_untouched": sum(votes == 0 for _, votes, _ in progress),
-        "votes": len(rankings),
-        "skipped": sum(r.skipped for r in rankings),
-        "all_bad": sum(r.all_bad for r in rankings),
-        "krippendorff_alpha_ordinal": ranking_alpha(rankings),
-        "annotators": per_annotator,
-    }
+    summary = dataset_stats(Store(args.data_dir))
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
