@@ -115,8 +115,10 @@ def load_pairs(dataset: str, split: str):
     """Load the dataset with audio left undecoded (datasets' decoder needs torchcodec)."""
     from datasets import Audio, load_dataset
 
+    # A local export is rewritten in place (same file names); never serve it from datasets' cache.
+    fresh = {"download_mode": "force_redownload"} if Path(dataset).is_dir() else {}
     try:
-        ds = load_dataset(dataset, split=split)
+        ds = load_dataset(dataset, split=split, **fresh)
     except Exception as err:  # datasets raises many types; say what failed
         raise DatasetError(f"cannot load dataset {dataset!r} (split {split!r}): {type(err).__name__}: {err}") from None
     missing = [c for c in ("prompt", "chosen", "rejected") if c not in ds.column_names]
@@ -376,7 +378,9 @@ def main(argv: list[str] | None = None) -> int:
             unet.save_lora_adapter(str(output_dir / "lora"))
             unet.fuse_lora()
             unet.unload_lora()
-        tuned = type(pipe)(**{**pipe.components, "unet": unet.eval()})
+        # Same components and settings (e.g. the default sampling steps) with the tuned UNet.
+        tuned = type(pipe)(**{**pipe.components, "unet": unet.eval()},
+                           default_num_inference_steps=pipe.config.default_num_inference_steps)
         tuned.save_pretrained(output_dir, safe_serialization=True)
         write_model_card(output_dir, args, {"pairs": pairs, "skipped": cache["skipped"], "steps": step, **stats})
         (output_dir / "train_metrics.json").write_text(json.dumps({"steps": step, "pairs": pairs, "skipped": cache["skipped"], **stats}, indent=1))
