@@ -19,11 +19,13 @@ def tiny():
     return pipe
 
 
-def test_tiny_is_the_default_and_ships_small_safetensors():
+@pytest.mark.parametrize("spec", ["tiny", "tiny-dpo"])
+def test_embedded_models_ship_small_safetensors_and_their_sampling_steps(spec):
     assert DEFAULT_SPEC == "tiny"
-    files = [path for path in EMBEDDED["tiny"].rglob("*") if path.is_file()]
+    files = [path for path in EMBEDDED[spec].rglob("*") if path.is_file()]
     assert sum(path.stat().st_size for path in files) <= 30 * 2**20
     assert not [path for path in files if path.suffix in (".bin", ".pt", ".ckpt")]
+    assert json.loads((EMBEDDED[spec] / "model_index.json").read_text())["default_num_inference_steps"] == 10
 
 
 def test_tiny_generates_clips_that_follow_their_prompts(tiny):
