@@ -116,7 +116,8 @@ def load_pairs(dataset: str, split: str):
     from datasets import Audio, load_dataset
 
     # A local export is rewritten in place (same file names); never serve it from datasets' cache.
-    fresh = {"download_mode": "force_redownload"} if Path(dataset).is_dir() else {}
+    # (The rows are checked below, not against split sizes a card may still state from before.)
+    fresh = {"download_mode": "force_redownload", "verification_mode": "no_checks"} if Path(dataset).is_dir() else {}
     try:
         ds = load_dataset(dataset, split=split, **fresh)
     except Exception as err:  # datasets raises many types; say what failed

@@ -64,7 +64,7 @@ def stats(args: argparse.Namespace) -> int:
     print(f"votes: {summary['votes']} ({summary['skipped']} skipped, {summary['all_bad']} all bad)")
     print(f"Krippendorff's alpha (ordinal): {'n/a' if alpha is None else f'{alpha:.3f}'}")
     print(f"{'annotator':<24} {'votes':>6} {'skips':>6} {'all bad':>8}  agreement with the others' majority")
-    for name, row in sorted(per_annotator.items()):
+    for name, row in sorted(summary["annotators"].items()):
         rate = "n/a" if row["agreement"] is None else f"{row['agreement']:.2f} over {row['compared']} pairs"
         print(f"{name:<24} {row['votes']:>6} {row['skipped']:>6} {row['all_bad']:>8}  {rate}")
     return 0

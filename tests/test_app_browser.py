@@ -66,6 +66,7 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
     expect(page.locator("#vote-button")).to_be_disabled()
 
     # Keyboard: a letter plays that clip, a digit ranks the clip played last (D and C tie).
+    page.locator("body").click(position={"x": 5, "y": 5})  # keys go to the page, not the Next-task button
     for letter, rank in zip("abcd", "1233"):
         page.keyboard.press(letter)
         expect(page.locator(f"#clip-{letter} .play-pause-button")).to_have_attribute("aria-label", "Pause", timeout=10_000)
