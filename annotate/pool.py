@@ -58,10 +58,7 @@ class PipelineGenerator:
         self.default_steps = self.pipe.config.default_num_inference_steps
 
     def __call__(self, prompts: list[str], k: int, seed: int, steps: int, guidance: float) -> np.ndarray:
-        import torch
-
-        device = "cuda" if self.pipe.device.type == "cuda" else "cpu"
-        generators = [torch.Generator(device).manual_seed(seed + i) for _ in prompts for i in range(k)]
+        generators = self.pipe.clip_generators([seed + i for _ in prompts for i in range(k)])
         return self.pipe(
             prompts, num_inference_steps=steps, guidance_scale=guidance, num_waveforms_per_prompt=k, generator=generators
         ).audios

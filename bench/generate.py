@@ -90,18 +90,17 @@ def main() -> None:
     args.steps = args.steps or pipe.config.default_num_inference_steps
     length = args.length or pipe.default_audio_length_in_s
     call = dict(num_inference_steps=args.steps, audio_length_in_s=length)
-    generator_device = "cuda" if pipe.device.type == "cuda" else "cpu"
     pipe(PROMPT, **{**call, "num_inference_steps": 1})  # warm-up: first-call allocations
 
-    single = timed(lambda: pipe(PROMPT, **call, generator=torch.Generator(generator_device).manual_seed(0)), args.repeats)
+    single = timed(lambda: pipe(PROMPT, **call, generator=pipe.clip_generators([0])), args.repeats)
     separate = timed(
-        lambda: [pipe(PROMPT, **call, generator=torch.Generator(generator_device).manual_seed(i)) for i in range(args.batch)],
+        lambda: [pipe(PROMPT, **call, generator=pipe.clip_generators([i])) for i in range(args.batch)],
         args.repeats,
     )
     batched = timed(
         lambda: pipe(
             PROMPT, **call, num_waveforms_per_prompt=args.batch,
-            generator=[torch.Generator(generator_device).manual_seed(i) for i in range(args.batch)],
+            generator=pipe.clip_generators(range(args.batch)),
         ),
         args.repeats,
     )

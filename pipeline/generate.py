@@ -10,8 +10,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from .audio import save_audio
 from .original import CheckpointError
 from .registry import DEFAULT_SPEC, SpecError, load_pipeline
@@ -32,8 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         pipe = load_pipeline(args.model, device=args.device)
-        generator_device = "cuda" if pipe.device.type == "cuda" else "cpu"
-        generators = [torch.Generator(generator_device).manual_seed(args.seed + i) for i in range(max(args.num_waveforms, 1))]
+        generators = pipe.clip_generators(range(args.seed, args.seed + max(args.num_waveforms, 1)))
         audios = pipe(
             args.prompt,
             num_inference_steps=args.steps,

@@ -263,6 +263,12 @@ class TangoPipeline(DiffusionPipeline):
         """The UNet halves the latent's time axis once per down block but the last."""
         return 2 ** (len(self.unet.config.block_out_channels) - 1)
 
+    def clip_generators(self, seeds) -> list[torch.Generator]:
+        """One generator per clip, seeded ``seeds[i]``, on the device type the pipeline runs on:
+        pass as ``generator=`` and each clip is reproducible on its own, whatever its batch."""
+        device = "cuda" if self.device.type == "cuda" else "cpu"
+        return [torch.Generator(device).manual_seed(int(seed)) for seed in seeds]
+
     def prepare_latents(
         self, batch_size: int, latent_frames: int, dtype, device, generator, latents=None
     ) -> torch.Tensor:

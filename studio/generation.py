@@ -178,8 +178,7 @@ def sampler_model_label(model: LoadedModel, sampler: str) -> str:
 def _run_pipeline(pipe: TangoPipeline, settings: GenerationSettings, on_step: Callable[[int], None] | None) -> np.ndarray:
     """(candidates, samples) float32 waveforms; candidate i seeded ``seed + i``."""
     view = with_sampler(pipe, settings.sampler)
-    device = "cuda" if pipe.device.type == "cuda" else "cpu"
-    generators = [torch.Generator(device).manual_seed(settings.seed + i) for i in range(settings.candidates)]
+    generators = pipe.clip_generators(range(settings.seed, settings.seed + settings.candidates))
 
     def step_done(_pipe, step, _timestep, tensors):
         on_step(step + 1)
