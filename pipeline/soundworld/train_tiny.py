@@ -217,15 +217,15 @@ class SlotReader(torch.nn.Module):
         return self.type_head(pooled), self.count_head(pooled)
 
 
-def slot_targets(texts: list[str], slots: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Event type index (``len(EVENT_TYPES)`` = empty slot) and count (0 = empty) per temporal slot."""
+def slot_targets(specs: list, slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Event type index (``len(EVENT_TYPES)`` = empty slot) and count (0 = empty) per temporal slot,
+    from the grammar's ``ParsedPrompt``s (their events are in temporal order)."""
     from pipeline.soundworld import EVENT_TYPES
-    from pipeline.soundworld.grammar import parse
 
-    types = torch.full((len(texts), slots), len(EVENT_TYPES))
-    counts = torch.zeros((len(texts), slots), dtype=torch.long)
-    for row, text in enumerate(texts):
-        for slot, (name, count) in enumerate(parse(text).events):
+    types = torch.full((len(specs), slots), len(EVENT_TYPES))
+    counts = torch.zeros((len(specs), slots), dtype=torch.long)
+    for row, spec in enumerate(specs):
+        for slot, (name, count) in enumerate(spec.events):
             types[row, slot], counts[row, slot] = EVENT_TYPES.index(name), count
     return types, counts
 
@@ -233,7 +233,7 @@ def slot_targets(texts: list[str], slots: int) -> tuple[torch.Tensor, torch.Tens
 def pretrain_text_encoder(config: dict, tokenizer, work: Path, metrics: dict):
     from transformers import T5EncoderModel
 
-    from pipeline.soundworld import EVENT_TYPES, sample_prompts
+    from pipeline.soundworld import EVENT_TYPES, sample_prompt_specs
     from pipeline.soundworld.vocabulary import MAX_COUNT
 
     folder = work / "text_encoder"
@@ -247,8 +247,9 @@ def pretrain_text_encoder(config: dict, tokenizer, work: Path, metrics: dict):
     modules = torch.nn.ModuleList([encoder, reader])
     optimizer = torch.optim.AdamW(modules.parameters(), lr=config["text_lr"])
     # Text is cheap: far more prompts than rendered clips, from the training split only.
-    texts = sample_prompts("train", 50_000, seed=config["seed"] + 1)
-    types, counts = slot_targets(texts, slots)
+    specs = sample_prompt_specs("train", 50_000, seed=config["seed"] + 1)
+    texts = [spec.text for spec in specs]
+    types, counts = slot_targets(specs, slots)
 
     def read(batch_texts):
         tokens = tokenizer(batch_texts, padding=True, return_tensors="pt").to(dev)
@@ -274,9 +275,9 @@ def pretrain_text_encoder(config: dict, tokenizer, work: Path, metrics: dict):
     reading = {}
     with torch.no_grad():
         for split in ("train", "heldout"):
-            probe = sample_prompts(split, 500, seed=config["seed"] + 2)
+            probe = sample_prompt_specs(split, 500, seed=config["seed"] + 2)
             probe_types, probe_counts = slot_targets(probe, slots)
-            type_logits, count_logits = read(probe)
+            type_logits, count_logits = read([spec.text for spec in probe])
             exact = (type_logits.argmax(-1).cpu() == probe_types).all(-1) & (count_logits.argmax(-1).cpu() == probe_counts).all(-1)
             reading[f"text_slots_exact_{split}"] = round(exact.float().mean().item(), 4)
     tqdm.write(f"text encoder reads every slot right: {reading}")
