@@ -42,7 +42,7 @@ class JudgeRanker:
     strategy = "judge-rank"
 
     def __call__(self, waveforms: np.ndarray, sample_rate: int, prompt: str) -> list[float]:
-        from pipeline.soundworld import judge
+        from soundworld import judge
 
         return [float(judge(waveform, sample_rate, prompt).score) for waveform in waveforms]
 
@@ -143,7 +143,7 @@ def autorank_pairs(
 def read_prompts(source: str, n: int | None, seed: int) -> list[str]:
     """A prompts file (one per line, # comments), or a sound-world split name ("train", "heldout")."""
     if source in ("train", "heldout"):
-        from pipeline.soundworld import sample_prompts
+        from soundworld import sample_prompts
 
         return sample_prompts(source, n or 1000, seed)
     lines = [line.strip() for line in Path(source).read_text(encoding="utf-8").splitlines()]

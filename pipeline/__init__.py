@@ -1,25 +1,12 @@
-"""Text to audio with Tango: the pipeline, its loaders, the mel front end and the preference losses.
+"""Text to audio with Tango: the pipeline, its loaders and the mel front end.
 
-Names are imported on first use, so ``pipeline.soundworld`` (numpy and scipy only)
-loads without pulling in torch, diffusers and transformers.
+Tango and only Tango: nothing here imports the sound world, the annotation
+tools or the app (they sit above this package).
 """
 
-from importlib import import_module
+from .audio import load_audio, save_audio, wav_to_fbank
+from .griffinlim import GriffinLimVocoder
+from .registry import load_pipeline
+from .tango import TangoPipeline
 
-_EXPORTS = {
-    "TangoPipeline": "pipeline.tango",
-    "GriffinLimVocoder": "pipeline.griffinlim",
-    "load_pipeline": "pipeline.registry",
-    "load_audio": "pipeline.audio",
-    "save_audio": "pipeline.audio",
-    "wav_to_fbank": "pipeline.audio",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
-    value = getattr(import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__all__ = ["GriffinLimVocoder", "TangoPipeline", "load_audio", "load_pipeline", "save_audio", "wav_to_fbank"]

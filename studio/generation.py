@@ -151,7 +151,7 @@ def load_models(config: StudioConfig, loader: Callable[..., TangoPipeline] = loa
 def example_prompts(models: list[LoadedModel]) -> list[str]:
     """Held-out sound-world prompts for the embedded models, AudioCaps-style ones for real Tango."""
     if models[0].is_sound_world:
-        from pipeline.soundworld import sample_prompts
+        from soundworld import sample_prompts
 
         return sample_prompts("heldout", 6, seed=0)
     return list(AUDIOCAPS_PROMPTS)

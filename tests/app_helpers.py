@@ -22,7 +22,7 @@ def build_test_pipeline(folder: Path, seed: int) -> Path:
     """Save a random-weight tiny-architecture TangoPipeline (diffusers format) to ``folder``."""
     import torch
 
-    from pipeline.soundworld import sample_prompts, train_tiny
+    from soundworld import sample_prompts, train_tiny
 
     config = train_tiny.apply_overrides(SMALL_KNOBS)
     torch.manual_seed(seed)

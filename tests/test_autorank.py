@@ -10,7 +10,7 @@ import torch
 import annotate.autorank as autorank
 from annotate.autorank import AutorankReport, ClapRanker, JudgeRanker, autorank_pairs
 from annotate.dataset import write_preference_dataset
-from pipeline.soundworld import render
+from soundworld import render
 from tests.conftest import FIXTURE_DIR
 
 GOOD_PROMPTS = ["a rising chirp then two knocks", "a siren followed by a hiss"]

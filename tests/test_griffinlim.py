@@ -6,7 +6,7 @@ import torch
 
 from pipeline.audio import log_mel
 from pipeline.griffinlim import GriffinLimVocoder
-from pipeline.soundworld import judge, render, sample_prompts
+from soundworld import judge, render, sample_prompts
 
 
 @pytest.fixture(scope="module")

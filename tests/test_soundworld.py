@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.signal import istft, resample_poly, stft
 
-from pipeline.soundworld import (
+from soundworld import (
     CLIP_SECONDS,
     CONSTRUCTIONS,
     EVENT_TYPES,
@@ -27,10 +27,10 @@ from pipeline.soundworld import (
     sample_prompt_specs,
     sample_prompts,
 )
-from pipeline.soundworld import evaluate
-from pipeline.soundworld.grammar import MAX_INSTANCES, SPLIT_CONSTRUCTIONS, compose, pair_set
-from pipeline.soundworld.renderer import EDGE_SECONDS, MIN_GAP_SECONDS, PEAK_RANGE, SAMPLE_RATE
-from pipeline.soundworld.vocabulary import EVENTS_BY_NAME, MAX_COUNT
+from soundworld import evaluate
+from soundworld.grammar import MAX_INSTANCES, SPLIT_CONSTRUCTIONS, compose, pair_set
+from soundworld.renderer import EDGE_SECONDS, MIN_GAP_SECONDS, PEAK_RANGE, SAMPLE_RATE
+from soundworld.vocabulary import EVENTS_BY_NAME, MAX_COUNT
 
 QUALITY_SEED = 10_000
 

@@ -9,7 +9,7 @@ import torch
 
 from pipeline import TangoPipeline, load_pipeline
 from pipeline.registry import DEFAULT_SPEC, EMBEDDED
-from pipeline.soundworld import evaluate, judge, sample_prompts
+from soundworld import evaluate, judge, sample_prompts
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from pipeline import TangoPipeline, load_pipeline
-from pipeline.soundworld import train_tiny
+from soundworld import train_tiny
 
 TOY = ["--num_clips=24", "--workers=1", "--vae_steps=2", "--vae_batch_size=4", "--batch_size=4", "--eval_prompts=4",
        "--sample_steps=2", "--curriculum_steps=1", "--warmup_steps=1", "--checkpoint_interval=2",

@@ -1,8 +1,8 @@
 """Train the embedded tiny Tango (spec ``tiny``) on the sound world, from scratch.
 
-    python -m pipeline.soundworld.train_tiny                          # CPU: 2 cores, under 2 hours
-    python -m pipeline.soundworld.train_tiny --device=cuda            # the same recipe on a GPU
-    python -m pipeline.soundworld.train_tiny --train_steps=200 --out_dir=/tmp/tiny   # a smoke run
+    python -m soundworld.train_tiny                          # CPU: 2 cores, under 2 hours
+    python -m soundworld.train_tiny --device=cuda            # the same recipe on a GPU
+    python -m soundworld.train_tiny --train_steps=200 --out_dir=/tmp/tiny   # a smoke run
 
 Every knob is a module-level default below; override any with ``--name=value``
 (unknown names are refused). Killed runs resume: each stage caches its result in
@@ -127,7 +127,7 @@ def ints(text: str) -> tuple[int, ...]:
 
 def _render_mel(job: tuple[str, int]) -> np.ndarray:
     from pipeline.audio import wav_to_fbank
-    from pipeline.soundworld import render
+    from soundworld import render
 
     prompt, clip_seed = job
     waveform, _, _ = render(prompt, clip_seed)
@@ -139,7 +139,7 @@ def make_data(config: dict, work: Path) -> dict:
     path = work / "data.pt"
     if path.exists():
         return torch.load(path, weights_only=False)
-    from pipeline.soundworld import sample_prompt_specs
+    from soundworld import sample_prompt_specs
 
     specs = sample_prompt_specs("train", config["num_clips"], seed=config["seed"])
     jobs = [(spec.text, config["seed"] * 1_000_003 + index) for index, spec in enumerate(specs)]
@@ -220,7 +220,7 @@ class SlotReader(torch.nn.Module):
 def slot_targets(specs: list, slots: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Event type index (``len(EVENT_TYPES)`` = empty slot) and count (0 = empty) per temporal slot,
     from the grammar's ``ParsedPrompt``s (their events are in temporal order)."""
-    from pipeline.soundworld import EVENT_TYPES
+    from soundworld import EVENT_TYPES
 
     types = torch.full((len(specs), slots), len(EVENT_TYPES))
     counts = torch.zeros((len(specs), slots), dtype=torch.long)
@@ -233,8 +233,8 @@ def slot_targets(specs: list, slots: int) -> tuple[torch.Tensor, torch.Tensor]:
 def pretrain_text_encoder(config: dict, tokenizer, work: Path, metrics: dict):
     from transformers import T5EncoderModel
 
-    from pipeline.soundworld import EVENT_TYPES, sample_prompt_specs
-    from pipeline.soundworld.vocabulary import MAX_COUNT
+    from soundworld import EVENT_TYPES, sample_prompt_specs
+    from soundworld.vocabulary import MAX_COUNT
 
     folder = work / "text_encoder"
     if (folder / "config.json").exists():
@@ -349,7 +349,7 @@ def vae_ceiling(vae, config: dict, clips: int = 32) -> dict:
     """What the judge hears after the VAE and the vocoder alone: the best the diffusion model can reach."""
     from pipeline.audio import wav_to_fbank
     from pipeline.griffinlim import GriffinLimVocoder
-    from pipeline.soundworld import judge, render, sample_prompts
+    from soundworld import judge, render, sample_prompts
 
     vocoder = GriffinLimVocoder().to(config["device"])
     recalls, orders, extras = [], [], []
@@ -427,8 +427,8 @@ def lr_at(step: int, config: dict) -> float:
 @torch.no_grad()
 def evaluate(pipe, config: dict, step: int) -> dict:
     """Judge clips for fixed training-distribution prompts (fresh seeds), in batches."""
-    from pipeline.soundworld import sample_prompt_specs
-    from pipeline.soundworld.evaluate import evaluate_pipeline
+    from soundworld import sample_prompt_specs
+    from soundworld.evaluate import evaluate_pipeline
 
     specs = sample_prompt_specs("train", config["eval_prompts"], seed=config["seed"] + 777)
     specs = [s for s in specs if s.construction not in ("single", "count")] + [

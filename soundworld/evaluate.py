@@ -1,9 +1,9 @@
 """Score a text-to-audio model on sound-world prompts with the judge, with bootstrap intervals.
 
-    python -m pipeline.soundworld.evaluate --model tiny --prompts heldout --n 200 --seed 0 --out heldout.json
-    python -m pipeline.soundworld.evaluate --model tiny-dpo --prompts heldout --n 200 --seed 0 --out heldout-dpo.json \
+    python -m soundworld.evaluate --model tiny --prompts heldout --n 200 --seed 0 --out heldout.json
+    python -m soundworld.evaluate --model tiny-dpo --prompts heldout --n 200 --seed 0 --out heldout-dpo.json \
         --compare heldout.json          # paired bootstrap of tiny-dpo minus tiny
-    python -m pipeline.soundworld.evaluate --model tiny --best-of 4 --out heldout-best4.json   # judge reranking
+    python -m soundworld.evaluate --model tiny --best-of 4 --out heldout-best4.json   # judge reranking
 
 Prompt i is ``sample_prompts(split, n, seed)[i]`` and its clip is generated with
 ``torch.Generator().manual_seed(seed + i)``, whatever the batch size, so two

@@ -4,7 +4,7 @@ No model weights can be downloaded here, so the project trains tiny
 Tango-architecture models on this world; the judge then plays CLAP's part
 (ranking candidates, measuring whether clips follow their prompts).
 
-    >>> from pipeline.soundworld import render, judge, sample_prompts
+    >>> from soundworld import render, judge, sample_prompts
     >>> prompt = sample_prompts("heldout", 1, seed=0)[0]
     >>> waveform, sample_rate, events = render(prompt, seed=0)
     >>> judge(waveform, sample_rate, prompt).score
