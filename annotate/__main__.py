@@ -1,7 +1,9 @@
 """Annotation backend from the command line.
 
     python -m annotate pool   --data-dir data --prompts prompts.txt --models tiny,tiny-dpo --k 2 --seed 0
+    python -m annotate gold   --data-dir data --prompts prompts.txt                  # sound-world prompts only
     python -m annotate stats  --data-dir data
+    python -m annotate verdict --data-dir data --source human
     python -m annotate export --data-dir data --out exports/human-pairs
     python -m annotate push   --data-dir data --repo me/tango-preferences      # token: HF_TOKEN or `hf auth login`
 """
@@ -17,12 +19,15 @@ from .store import Store
 from .validation import InvalidInput
 
 
+def _read_prompts(path: str) -> list[str]:
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
 def pool(args: argparse.Namespace) -> int:
     from .pool import build_pool
 
-    lines = Path(args.prompts).read_text(encoding="utf-8").splitlines()
-    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    report = build_pool(Store(args.data_dir), prompts, args.models.split(","), k=args.k, seed=args.seed,
+    report = build_pool(Store(args.data_dir), _read_prompts(args.prompts), args.models.split(","), k=args.k, seed=args.seed,
                         steps=args.steps, guidance=args.guidance, batch_size=args.batch_size)
     print(f"{len(report.task_ids)} tasks ready; {report.generated} clips generated, {report.reused} already stored")
     return 0
@@ -31,10 +36,28 @@ def pool(args: argparse.Namespace) -> int:
 def export(args: argparse.Namespace) -> int:
     from .export import export_human_pairs
 
-    result = export_human_pairs(Store(args.data_dir), args.out, min_margin=args.min_margin)
+    result = export_human_pairs(Store(args.data_dir), args.out, min_margin=args.min_margin,
+                                min_gold_accuracy=args.min_gold_accuracy)
     alpha = "n/a" if result.alpha is None else f"{result.alpha:.3f}"
     print(f"export {result.export_id}: {result.summary.rows} pairs in {result.summary.shards} shard(s) -> {args.out} "
-          f"(Krippendorff's alpha {alpha})")
+          f"(Krippendorff's alpha {alpha}; {result.left_out_votes} vote(s) left out)")
+    return 0
+
+
+def gold(args: argparse.Namespace) -> int:
+    from .gold import add_gold_tasks
+
+    task_ids = add_gold_tasks(Store(args.data_dir), _read_prompts(args.prompts), distractors=args.distractors,
+                              seed=args.seed)
+    print(f"{len(task_ids)} gold tasks ready")
+    return 0
+
+
+def verdict(args: argparse.Namespace) -> int:
+    from .verdict import compute_verdict, verdict_markdown
+
+    result = compute_verdict(Store(args.data_dir), args.source, min_gold_accuracy=args.min_gold_accuracy)
+    print(json.dumps(result.rows, indent=2) if args.json else verdict_markdown([result]))
     return 0
 
 
@@ -63,10 +86,11 @@ def stats(args: argparse.Namespace) -> int:
     print(f"tasks: {summary['tasks']} ({summary['tasks_at_target']} at target overlap, {summary['tasks_untouched']} untouched)")
     print(f"votes: {summary['votes']} ({summary['skipped']} skipped, {summary['all_bad']} all bad)")
     print(f"Krippendorff's alpha (ordinal): {'n/a' if alpha is None else f'{alpha:.3f}'}")
-    print(f"{'annotator':<24} {'votes':>6} {'skips':>6} {'all bad':>8}  agreement with the others' majority")
+    print(f"{'annotator':<24} {'votes':>6} {'skips':>6} {'all bad':>8} {'gold':>10}  agreement with the others' majority")
     for name, row in sorted(summary["annotators"].items()):
         rate = "n/a" if row["agreement"] is None else f"{row['agreement']:.2f} over {row['compared']} pairs"
-        print(f"{name:<24} {row['votes']:>6} {row['skipped']:>6} {row['all_bad']:>8}  {rate}")
+        gold = "n/a" if row["gold_accuracy"] is None else f"{row['gold_accuracy']:.2f}/{row['gold_answered']}"
+        print(f"{name:<24} {row['votes']:>6} {row['skipped']:>6} {row['all_bad']:>8} {gold:>10}  {rate}")
     return 0
 
 
@@ -92,6 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("export", export, "write the human-rank pairs as a dataset folder (atomically)")
     sub.add_argument("--out", required=True, help="dataset folder to (re)write")
     sub.add_argument("--min-margin", type=int, default=1, help="keep pairs whose majority leads by this many votes")
+    sub.add_argument("--min-gold-accuracy", type=float, default=None,
+                     help="leave out annotators whose gold-task accuracy is below this (0..1)")
+
+    sub = command("gold", gold, "add gold tasks: a render of each sound-world prompt against renders of others")
+    sub.add_argument("--prompts", required=True, help="text file of sound-world prompts, one per line")
+    sub.add_argument("--distractors", type=int, default=2, help="renders of other prompts per gold task (default 2)")
+    sub.add_argument("--seed", type=int, default=0)
+
+    sub = command("verdict", verdict, "win rates and Bradley-Terry scores per model, with 95%% intervals")
+    sub.add_argument("--source", choices=["human", "auto"], default="human", help="human rankings or the auto ranker")
+    sub.add_argument("--min-gold-accuracy", type=float, default=None, help="as for export")
+    sub.add_argument("--json", action="store_true", help="print the rows as JSON")
 
     sub = command("push", push, "upload an export to a Hugging Face dataset repo")
     sub.add_argument("--repo", required=True, help="dataset repo id, owner/name")

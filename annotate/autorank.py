@@ -29,9 +29,10 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .clips import encode_wav
+from .clips import decode_wav, encode_wav
 from .dataset import EmptyDataset, PreferenceRow, write_preference_dataset
 from .pool import ClipGenerator, PipelineGenerator
+from .store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,28 @@ def autorank_pairs(
                 rejected_seed=seed + worst, num_inference_steps=steps, guidance_scale=guidance,
                 votes_for=1, votes_against=0, annotators=1,
             )
+
+
+def score_unscored(store: Store, ranker: Callable[[np.ndarray, int, str], list[float]]) -> int:
+    """Give every stored clip without an ``auto_score`` the ranker's score; return how many were scored.
+
+    What ``Store(informative_first=True)`` orders tasks by, and what the automatic verdict
+    ranks with. A clip whose prompt the ranker cannot read (a judge given a prompt outside
+    the sound world) stays unscored.
+    """
+    scored = 0
+    for clip in store.candidates().values():
+        if clip.auto_score is not None:
+            continue
+        samples, rate = decode_wav(Path(clip.audio_path).read_bytes())
+        try:
+            [score] = ranker(samples[None, :], rate, clip.prompt)
+        except ValueError as err:  # soundworld.PromptError and friends
+            logger.info("clip %s left unscored: %s", clip.id, err)
+            continue
+        store.set_auto_score(clip.id, score)
+        scored += 1
+    return scored
 
 
 def read_prompts(source: str, n: int | None, seed: int) -> list[str]:

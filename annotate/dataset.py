@@ -152,11 +152,13 @@ def write_preference_dataset(
     *,
     how_made: str,
     stats: Mapping[str, object] | None = None,
+    sections: Mapping[str, str] | None = None,
 ) -> DatasetSummary:
     """Write ``rows`` as a dataset folder at ``out_dir``, replacing any previous one atomically.
 
-    ``rows`` is consumed once, as a stream (audio never all in memory). ``how_made`` and
-    ``stats`` (e.g. agreement) go into the dataset card. Raises ``EmptyDataset`` when there
+    ``rows`` is consumed once, as a stream (audio never all in memory). ``how_made``,
+    ``stats`` (e.g. agreement) and ``sections`` (title -> Markdown, e.g. the verdict) go into
+    the dataset card. Raises ``EmptyDataset`` when there
     are no rows, ``ValueError`` for an invalid row; either way ``out_dir`` is untouched.
     """
     out_dir = Path(out_dir).resolve()
@@ -168,7 +170,7 @@ def write_preference_dataset(
         (building / "data").mkdir(parents=True)
         try:
             summary = _write_shards(rows, building / "data")
-            card = dataset_card(summary, how_made=how_made, stats=stats or {})
+            card = dataset_card(summary, how_made=how_made, stats=stats or {}, sections=sections or {})
             with open(building / "README.md", "w", encoding="utf-8") as file:
                 file.write(card)
                 file.flush()
@@ -279,7 +281,8 @@ def _finish_interrupted_swap(out_dir: Path) -> None:
         os.replace(previous, out_dir)  # killed between the renames: the previous export returns
 
 
-def dataset_card(summary: DatasetSummary, *, how_made: str, stats: Mapping[str, object]) -> str:
+def dataset_card(summary: DatasetSummary, *, how_made: str, stats: Mapping[str, object],
+                 sections: Mapping[str, str] | None = None) -> str:
     """README.md: YAML front matter the Hub and ``load_dataset`` read, then a human description."""
     front_matter = {
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
@@ -291,6 +294,7 @@ def dataset_card(summary: DatasetSummary, *, how_made: str, stats: Mapping[str, 
     }
     strategy_lines = "\n".join(f"| {name} | {count} |" for name, count in sorted(summary.strategies.items()))
     stat_lines = "\n".join(f"- {name}: {_format_stat(value)}" for name, value in stats.items())
+    extra = "".join(f"## {title}\n\n{text}\n\n" for title, text in (sections or {}).items())
     return f"""---
 {yaml.safe_dump(front_matter, sort_keys=False).rstrip()}
 ---
@@ -316,7 +320,7 @@ behind each clip, the generation settings, and the votes behind the pair.
 
 {stat_lines}
 
-## Loading
+{extra}## Loading
 
 ```python
 import io, soundfile as sf

@@ -1,18 +1,24 @@
 """Human rankings -> a preference dataset on disk, and from disk to the Hugging Face Hub.
 
-- ``export_human_pairs``: majority pairs of all usable rankings (strategy ``human-rank``)
-  through the shared dataset writer; the export is recorded in the store.
+- ``export_human_pairs``: majority pairs of the usable rankings of model tasks (strategy
+  ``human-rank``) through the shared dataset writer, without the votes of annotators below
+  the owner's gold-accuracy threshold; the card carries the verdict (win rates and
+  Bradley-Terry scores, human and automatic) and says how many votes were left out. The
+  export is recorded in the store.
 - ``push_to_hub``: one folder, one dataset-repo upload (created if missing). The token
   comes from the argument, ``HF_TOKEN`` or the logged-in user, and never reaches a log
   line, an exception message or the data: errors are re-raised as ``PushError`` with any
   token scrubbed and without the original exception chained to them.
 - ``ScheduledPush``: a ``huggingface_hub.CommitScheduler`` for a Space, which pushes the
-  export folder every few minutes (optionally re-exporting first), so votes reach the Hub
+  export folder every few minutes (optionally re-exporting first) and, given the store, a
+  backup of the store itself under ``backup/`` (database and clips), so votes reach the Hub
   even when nobody clicks "export" and the Space's disk is wiped on restart.
+- ``restore_from_hub``: on start, a data folder without a store gets the last backup back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -25,8 +31,11 @@ from typing import Callable
 from huggingface_hub import CommitScheduler, HfApi, get_token
 
 from .dataset import DatasetSummary, EmptyDataset, PreferenceRow, export_lock, write_preference_dataset
-from .pairs import PairVotes, aggregate_pairs, ranking_alpha, usable
-from .store import Candidate, Store
+from .files import fsync_dir
+from .gold import MIN_GOLD_ANSWERS, trusted_rankings
+from .pairs import PairVotes, aggregate_pairs, ranking_alpha
+from .store import DB_NAME, Candidate, Store
+from .verdict import compute_verdict, model_votes, ranker_agreement, verdict_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +47,15 @@ annotator could also skip a task or mark every clip as bad. Each ranking implies
 annotators who ranked both clips (`votes_for` / `votes_against`, ties counted in
 `annotators` only) and kept when the majority is strict by at least {min_margin} vote(s).
 Skips and all-bad votes yield no pairs. Agreement is Krippendorff's alpha (ordinal) over
-the ranks given to each (task, clip)."""
+the ranks given to each (task, clip). Gold tasks (a render of the prompt against renders of
+other prompts, answer known) measure the annotators and yield no pairs{gold_rule}."""
+
+VERDICT_INTRO = """Which model the rankings prefer: per model, the win rate over head-to-head clip pairs
+(two clips of different models in one ranking; ties count half) and the Bradley-Terry score
+on the Elo scale, with 95 % bootstrap intervals over votes; from the human rankings and,
+separately, from the automatic ranker's scores."""
+
+BACKUP_DIR = "backup"  # where a ScheduledPush puts the store's backup in the dataset repo
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 _TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{8,}")
@@ -50,15 +67,24 @@ class ExportResult:
     out_dir: Path
     summary: DatasetSummary
     alpha: float | None
+    left_out_votes: int = 0  # votes of annotators below the gold-accuracy threshold
+    left_out_annotators: tuple[str, ...] = ()
 
 
-def export_human_pairs(store: Store, out_dir: str | os.PathLike, *, min_margin: int = 1) -> ExportResult:
-    """Write every majority pair of the stored rankings to ``out_dir`` and record the export."""
-    rankings = store.rankings()
-    pairs = aggregate_pairs(rankings, min_margin=min_margin)
+def export_human_pairs(store: Store, out_dir: str | os.PathLike, *, min_margin: int = 1,
+                       min_gold_accuracy: float | None = None) -> ExportResult:
+    """Write every majority pair of the stored rankings to ``out_dir`` and record the export.
+
+    With ``min_gold_accuracy``, annotators whose gold-task accuracy is below it (after
+    ``MIN_GOLD_ANSWERS`` gold answers) are left out, and the card says how many votes that was.
+    """
+    everything, gold = store.rankings(), store.gold_answers()
+    kept, trust = trusted_rankings(everything, gold, min_gold_accuracy)
+    rankings = [r for r in kept if r.task_id not in gold]
+    used = model_votes(kept, gold)
+    pairs = aggregate_pairs(used, min_margin=min_margin)
     clips = store.candidates({clip_id for pair in pairs for clip_id in (pair.chosen, pair.rejected)})
-    alpha = ranking_alpha(rankings)
-    used = [r for r in rankings if usable(r)]
+    alpha = ranking_alpha(used)
     stats = {
         "rankings used": len(used),
         "skipped": sum(r.skipped for r in rankings),
@@ -67,14 +93,23 @@ def export_human_pairs(store: Store, out_dir: str | os.PathLike, *, min_margin: 
         "tasks ranked": len({r.task_id for r in used}),
         "Krippendorff's alpha (ordinal)": alpha,
     }
+    if min_gold_accuracy is not None:
+        stats["votes left out (annotators below the gold accuracy threshold)"] = trust.left_out_votes
+        stats["annotators left out"] = ", ".join(trust.left_out_annotators) or "none"
+    verdicts = [compute_verdict(store, source, min_gold_accuracy=min_gold_accuracy) for source in ("human", "auto")]
+    rule = "" if min_gold_accuracy is None else (
+        f"; annotators whose gold accuracy fell below {min_gold_accuracy:.0%} (after at least {MIN_GOLD_ANSWERS} gold "
+        f"answers) were left out, {trust.left_out_votes} vote(s) in all")
     summary = write_preference_dataset(
         (_row(pair, clips) for pair in pairs), out_dir,
-        how_made=HUMAN_RANK_HOW_MADE.format(min_margin=min_margin), stats=stats,
+        how_made=HUMAN_RANK_HOW_MADE.format(min_margin=min_margin, gold_rule=rule), stats=stats,
+        sections={"Verdict": VERDICT_INTRO + "\n\n" + verdict_markdown(
+            verdicts, ranker_agreement(kept, store.candidates(), gold))},
     )
     export_id = store.record_export(Path(out_dir).absolute(), strategy="human-rank", pairs=summary.rows,
                                     rankings=len(used), alpha=alpha, fingerprint=summary.fingerprint)
     logger.info("export %d: %d pairs from %d rankings -> %s", export_id, summary.rows, len(used), out_dir)
-    return ExportResult(export_id, Path(out_dir), summary, alpha)
+    return ExportResult(export_id, Path(out_dir), summary, alpha, trust.left_out_votes, trust.left_out_annotators)
 
 
 def _row(pair: PairVotes, clips: dict[str, Candidate]) -> PreferenceRow:
@@ -121,10 +156,18 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = Non
     _check_repo_id(repo_id)
     token = _resolve_token(token)
     api = api or HfApi()
-    what = f"pushing {folder.name} to {repo_id}"
-    _scrubbed(token, what, api.create_repo, repo_id, repo_type="dataset", exist_ok=True, private=private, token=token)
-    info = _scrubbed(token, what, api.upload_folder, repo_id=repo_id, repo_type="dataset", folder_path=folder,
-                     token=token, commit_message=commit_message or "Export preference pairs", delete_patterns=["data/*"])
+    _scrubbed(token, f"pushing {folder.name} to {repo_id}", api.create_repo, repo_id, repo_type="dataset",
+              exist_ok=True, private=private, token=token)
+    return _upload(folder, repo_id, token, api, commit_message or "Export preference pairs")
+
+
+def _upload(folder: Path, repo_id: str, token: str, api: HfApi, commit_message: str):
+    """One commit of ``folder``; remote files under the top-level folders it holds (data/, backup/) that
+    it lacks are deleted."""
+    replaced = [f"{child.name}/*" for child in sorted(folder.iterdir()) if child.is_dir()]
+    info = _scrubbed(token, f"pushing {folder.name} to {repo_id}", api.upload_folder, repo_id=repo_id,
+                     repo_type="dataset", folder_path=folder, token=token, commit_message=commit_message,
+                     delete_patterns=replaced)
     logger.info("pushed %s to the dataset repo %s", folder, repo_id)
     return info
 
@@ -162,21 +205,25 @@ def scrub(text: str, token: str | None) -> str:
 
 
 class ScheduledPush(CommitScheduler):
-    """Push an export folder to a dataset repo every ``every`` minutes, in a background thread.
+    """Push an export folder (and a backup of the store) to a dataset repo every ``every`` minutes.
 
     CommitScheduler uploads changed files one by one and assumes append-only files; an
     export replaces its whole folder, so ``push_to_hub`` is overridden (as its docs invite):
     optionally re-export (``before_push``, e.g. ``lambda: export_human_pairs(store, folder)``;
-    "nothing to export yet" is not an error), then, if the folder changed since the last
-    push, snapshot it with hard links under the export lock (a concurrent export cannot
-    swap files mid-upload) and upload the snapshot with ``push_to_hub`` above.
+    "nothing to export yet" is not an error), then stage what to upload beside the folder:
+    the export, hard-linked under the export lock (a concurrent export cannot swap files
+    mid-upload), and with ``store`` a snapshot of the store under ``backup/``. If the staged
+    content changed since the last push, upload it in one commit. A vote acknowledged before
+    a push began is in that push's backup.
     """
 
     def __init__(self, folder: str | os.PathLike, repo_id: str, *, every: float = 5, token: str | None = None,
-                 api: HfApi | None = None, before_push: Callable[[], object] | None = None):
+                 api: HfApi | None = None, before_push: Callable[[], object] | None = None,
+                 store: Store | None = None):
         _check_repo_id(repo_id)
         token = _resolve_token(token)
         self.before_push = before_push
+        self.store = store
         self.pushed_fingerprint: str | None = None
         # CommitScheduler creates the repo and starts its thread here (its first push runs at once).
         _scrubbed(token, f"scheduling pushes to {repo_id}", super().__init__, repo_id=repo_id, folder_path=folder,
@@ -188,23 +235,75 @@ class ScheduledPush(CommitScheduler):
                 self.before_push()
             except EmptyDataset:
                 logger.info("scheduled push: nothing to export yet")
-        # The snapshot sits beside the folder: hard links cannot cross file systems.
+        # Staged beside the folder: hard links cannot cross file systems.
         with tempfile.TemporaryDirectory(dir=self.folder_path.parent, prefix=f".{self.folder_path.name}.push-") as scratch:
-            snapshot = Path(scratch) / self.folder_path.name
+            staged = Path(scratch) / self.folder_path.name
+            staged.mkdir()
             with export_lock(self.folder_path):
-                fingerprint = _folder_fingerprint(self.folder_path)
-                if fingerprint is None or fingerprint == self.pushed_fingerprint:
-                    return None
-                shutil.copytree(self.folder_path, snapshot, copy_function=os.link)
-            info = push_to_hub(snapshot, self.repo_id, token=self.token, api=self.api,
-                               commit_message="Scheduled export of preference pairs")
+                if _folder_fingerprint(self.folder_path) is not None:
+                    shutil.copytree(self.folder_path, staged, copy_function=os.link, dirs_exist_ok=True)
+            if self.store is not None:
+                self.store.snapshot(staged / BACKUP_DIR)
+            fingerprint = _folder_fingerprint(staged)
+            if fingerprint is None or fingerprint == self.pushed_fingerprint:
+                return None
+            _scrubbed(self.token, f"pushing to {self.repo_id}", self.api.create_repo, self.repo_id,
+                      repo_type="dataset", exist_ok=True, token=self.token)
+            info = _upload(staged, self.repo_id, self.token, self.api, "Scheduled export of preference pairs")
         self.pushed_fingerprint = fingerprint
         return info
 
 
 def _folder_fingerprint(folder: Path) -> str | None:
-    """What identifies an export folder's content cheaply (names, sizes, mtimes); None if it is no export."""
-    if not (folder / "README.md").is_file():
+    """What identifies a staged folder's content cheaply; None if it holds no file.
+
+    Names, sizes and mtimes, except for the database, which a snapshot rewrites every time:
+    its bytes are hashed.
+    """
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    if not files:
         return None
-    return "|".join(f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-                     for p in sorted(folder.rglob("*")) if p.is_file())
+    return "|".join(
+        f"{p.relative_to(folder)}:{hashlib.sha256(p.read_bytes()).hexdigest() if p.name == DB_NAME else p.stat().st_size}"
+        f":{'' if p.name == DB_NAME else p.stat().st_mtime_ns}"
+        for p in files
+    )
+
+
+def restore_from_hub(data_dir: str | os.PathLike, repo_id: str, token: str | None = None,
+                     api: HfApi | None = None) -> int | None:
+    """Bring back the last backup a ``ScheduledPush`` made, into a data folder that holds no store.
+
+    Returns the number of votes restored, or None when nothing was done: the folder already
+    has a store, or the repo (or its backup) does not exist yet (a first start). Any other
+    failure (network, authentication) raises ``PushError``: starting empty then would let the
+    next scheduled push replace the backup with an empty store.
+
+    The backup is downloaded beside ``data_dir`` and moved in clips first, database last, so
+    an interrupted restore leaves no store and is simply done again at the next start.
+    """
+    data_dir = Path(data_dir)
+    if (data_dir / DB_NAME).exists():
+        return None
+    _check_repo_id(repo_id)
+    token = _resolve_token(token)
+    api = api or HfApi(token=token)
+    what = f"restoring the store from {repo_id}"
+    if not _scrubbed(token, what, api.file_exists, repo_id, f"{BACKUP_DIR}/{DB_NAME}", repo_type="dataset", token=token):
+        logger.info("no store backup in %s yet: starting with an empty store", repo_id)
+        return None
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=data_dir.parent, prefix=f".{data_dir.name}.restore-") as scratch:
+        _scrubbed(token, what, api.snapshot_download, repo_id, repo_type="dataset", allow_patterns=[f"{BACKUP_DIR}/*"],
+                  local_dir=scratch, token=token)
+        backup = Path(scratch) / BACKUP_DIR
+        if (backup / "audio").is_dir():
+            for clip in (backup / "audio").rglob("*.wav"):
+                target = data_dir / "audio" / clip.relative_to(backup / "audio")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(clip, target)
+        os.replace(backup / DB_NAME, data_dir / DB_NAME)
+        fsync_dir(data_dir)
+    votes = len(Store(data_dir).rankings())
+    logger.info("restored the store from %s: %d votes", repo_id, votes)
+    return votes

@@ -106,4 +106,16 @@ MIGRATIONS: list[tuple[str, ...]] = [
         *_insert_only("rankings"),
         *_insert_only("ranking_entries"),
     ),
+    (
+        # Gold tasks: tasks whose correct ranking is known (a ground-truth render against clips
+        # of other prompts). `answer` is a JSON object: public clip id -> dense rank, 1 = best.
+        """CREATE TABLE gold_tasks (
+            task_id INTEGER PRIMARY KEY REFERENCES tasks(id),
+            answer TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        *_insert_only("gold_tasks"),
+        # An optional free-text comment with each vote (NULL: none given).
+        "ALTER TABLE rankings ADD COLUMN comment TEXT",
+    ),
 ]

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from .gold import gold_accuracy
 from .pairs import annotator_agreement, ranking_alpha
 from .store import Store
 
 
 def dataset_stats(store: Store) -> dict:
-    """Tasks, votes, Krippendorff's alpha and per-annotator counts with leave-one-out agreement."""
-    rankings, progress = store.rankings(), store.task_progress()
-    agreement = {a.annotator: a for a in annotator_agreement(rankings)}
+    """Tasks, votes, Krippendorff's alpha and per-annotator counts, leave-one-out agreement and gold accuracy.
+
+    Task counts are of model tasks (gold tasks are not work towards the target).
+    """
+    rankings, progress, answers = store.rankings(), store.task_progress(), store.gold_answers()
+    agreement = {a.annotator: a for a in annotator_agreement(r for r in rankings if r.task_id not in answers)}
+    gold = gold_accuracy(rankings, answers)
     per_annotator: dict[str, dict] = {}
     for ranking in rankings:
         row = per_annotator.setdefault(ranking.annotator, {"votes": 0, "skipped": 0, "all_bad": 0})
@@ -20,6 +25,8 @@ def dataset_stats(store: Store) -> dict:
         found = agreement.get(name)
         row["agreement"] = None if found is None else found.rate
         row["compared"] = 0 if found is None else found.compared
+        row["gold_answered"] = gold[name].answered if name in gold else 0
+        row["gold_accuracy"] = gold[name].accuracy if name in gold else None
     return {
         "tasks": len(progress),
         "tasks_at_target": sum(votes >= target for _, votes, target in progress),
@@ -27,6 +34,8 @@ def dataset_stats(store: Store) -> dict:
         "votes": len(rankings),
         "skipped": sum(r.skipped for r in rankings),
         "all_bad": sum(r.all_bad for r in rankings),
-        "krippendorff_alpha_ordinal": ranking_alpha(rankings),
+        "krippendorff_alpha_ordinal": ranking_alpha(r for r in rankings if r.task_id not in answers),
+        "target_overlap": max((target for _, _, target in progress), default=store.target_overlap),
+        "gold_tasks": len(answers),
         "annotators": per_annotator,
     }

@@ -32,6 +32,13 @@ seen, preferring tasks still short of ``target_overlap`` annotators (counting vo
 fresh open assignments; skips do not count), then - with ``informative_first`` - tasks
 whose clips' automatic scores are closest, then the task closest to its target (so
 tasks finish and agreement can be measured early), then the oldest.
+
+Gold tasks (``add_gold_task``) have a known correct ranking and measure annotators, not
+models. They are mixed in: while fewer than ``gold_share`` of the tasks an annotator was
+given are gold, their next new task is a gold one they have not seen (if any is left).
+Gold tasks never count as "tasks at target" and never reach the verdict or the export.
+
+Each vote may carry a free-text ``comment`` (kept with the vote, never compared).
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from typing import Iterator
 import numpy as np
 
 from .clips import SAMPLE_RATE, clip_path, load_clip, write_clip
+from .files import link_or_copy
 from .schema import MIGRATIONS
 from .validation import (
     MAX_PROMPT_CHARS,
@@ -64,6 +72,7 @@ from .validation import (
     check_float,
     check_int,
     check_name,
+    check_comment,
     check_play_counts,
     check_ranking,
     check_text,
@@ -126,6 +135,7 @@ class Ranking:
     play_counts: dict[str, int | None]
     time_spent_s: float | None
     created_at: float
+    comment: str | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +159,7 @@ class Store:
         data_dir: folder holding the database and the clips (created if missing).
         target_overlap: annotators wanted per task (new tasks get it), for agreement.
         informative_first: hand out tasks whose clips' automatic scores are closest first.
+        gold_share: the share of each annotator's tasks that are gold tasks, while any are left.
         assignment_ttl_s: an open assignment older than this stops counting towards its
             task's overlap (its owner left), so the task goes to someone else too.
         busy_timeout_s: how long a write waits for the lock before giving up.
@@ -160,6 +171,7 @@ class Store:
         *,
         target_overlap: int = 3,
         informative_first: bool = False,
+        gold_share: float = 0.2,
         assignment_ttl_s: float = 1800.0,
         busy_timeout_s: float = 30.0,
     ):
@@ -168,6 +180,9 @@ class Store:
         self.db_path = self.data_dir / DB_NAME
         self.target_overlap = check_int(target_overlap, "target_overlap", minimum=1)
         self.informative_first = bool(informative_first)
+        self.gold_share = check_float(gold_share, "gold_share")
+        if not 0 <= self.gold_share <= 1:
+            raise InvalidInput(f"`gold_share` must be within 0..1, got {self.gold_share}")
         self.assignment_ttl_s = float(assignment_ttl_s)
         self.busy_timeout_s = float(busy_timeout_s)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -338,7 +353,23 @@ class Store:
 
     def add_task(self, candidate_ids: Iterable[str], *, target_overlap: int | None = None) -> int:
         """Make (or find) the task that ranks these clips of one prompt; return its id."""
-        ids = list(candidate_ids)
+        return self._add_task(list(candidate_ids), target_overlap)
+
+    def add_gold_task(self, answer: Mapping[str, int]) -> int:
+        """Make a gold task over the clips of ``answer`` (clip id -> correct dense rank); return its id.
+
+        The clips must form no task yet: a task is gold from its creation or never, so votes
+        already cast on it cannot be reinterpreted.
+        """
+        if not isinstance(answer, Mapping):
+            raise InvalidInput(f"`answer` must map clip ids to ranks, got {preview(answer)}")
+        ids = list(answer)
+        ranks = check_ranking(list(answer.items()), ids)
+        if len(set(ranks.values())) < 2:
+            raise InvalidInput(f"a gold `answer` must prefer some clip to another, got {preview(dict(answer))}")
+        return self._add_task(ids, None, gold=ranks)
+
+    def _add_task(self, ids: list, target_overlap: int | None, gold: dict[str, int] | None = None) -> int:
         if not all(isinstance(clip_id, str) for clip_id in ids):
             raise InvalidInput(f"`candidate_ids` must be clip id strings, got {preview(ids)}")
         if not 2 <= len(ids) <= MAX_TASK_CLIPS:
@@ -360,6 +391,16 @@ class Store:
                 )
             internal_ids = sorted(row[0] for row in rows)
             key = ",".join(map(str, internal_ids))
+            if gold is not None:
+                existing = db.execute(
+                    "SELECT t.id, g.answer FROM tasks t LEFT JOIN gold_tasks g ON g.task_id = t.id WHERE t.candidate_key = ?",
+                    (key,),
+                ).fetchone()
+                if existing is not None and existing[1] is not None and json.loads(existing[1]) == gold:
+                    return existing[0]  # the same gold task again
+                if existing is not None:
+                    raise InvalidInput("these clips already form a task with another answer or none; "
+                                       "a gold task needs clips of its own")
             db.execute(
                 """INSERT INTO tasks (prompt_id, candidate_key, target_overlap, created_at) VALUES (?, ?, ?, ?)
                    ON CONFLICT (candidate_key) DO NOTHING""",
@@ -370,7 +411,25 @@ class Store:
                 "INSERT OR IGNORE INTO task_candidates (task_id, candidate_id) VALUES (?, ?)",
                 [(task_id, candidate_id) for candidate_id in internal_ids],
             )
+            if gold is not None:
+                db.execute("INSERT INTO gold_tasks (task_id, answer, created_at) VALUES (?, ?, ?)",
+                           (task_id, json.dumps(gold, sort_keys=True), time.time()))
             return task_id
+
+    def gold_answers(self) -> dict[int, dict[str, int]]:
+        """Gold task id -> its correct ranking (clip id -> rank)."""
+        rows = self._connection().execute("SELECT task_id, answer FROM gold_tasks").fetchall()
+        return {task_id: json.loads(answer) for task_id, answer in rows}
+
+    def task_clips(self) -> dict[int, list[str]]:
+        """Task id -> its clip ids, for every task (gold ones included)."""
+        tasks: dict[int, list[str]] = {}
+        for task_id, clip_id in self._connection().execute(
+            "SELECT tc.task_id, c.public_id FROM task_candidates tc JOIN candidates c ON c.id = tc.candidate_id "
+            "ORDER BY tc.task_id, c.id"
+        ):
+            tasks.setdefault(task_id, []).append(clip_id)
+        return tasks
 
     # ------------------------------------------------------------------ annotators
 
@@ -398,10 +457,20 @@ class Store:
             if task is not None:
                 return task
             annotator_id = self._annotator_id(db, name, create=True)
-            row = db.execute(
-                _NEXT_TASK_SQL[self.informative_first],
-                {"annotator": annotator_id, "fresh_after": time.time() - self.assignment_ttl_s},
+            given, gold_given = db.execute(
+                """SELECT COUNT(*), COUNT(g.task_id) FROM assignments a LEFT JOIN gold_tasks g ON g.task_id = a.task_id
+                   WHERE a.annotator_id = ?""",
+                (annotator_id,),
             ).fetchone()
+            wants_gold = gold_given < self.gold_share * (given + 1)
+            row = None
+            for gold in (wants_gold, not wants_gold):  # the kind due next, else the other
+                row = db.execute(
+                    _NEXT_TASK_SQL[self.informative_first],
+                    {"annotator": annotator_id, "fresh_after": time.time() - self.assignment_ttl_s, "gold": gold},
+                ).fetchone()
+                if row is not None:
+                    break
             if row is None:
                 return None
             task_id = row[0]
@@ -447,13 +516,14 @@ class Store:
         skip: bool = False,
         time_spent_s: float | None = None,
         play_counts: Mapping[str, int] | None = None,
+        comment: str | None = None,
     ) -> int:
         """Store one vote and return its id; raise ``InvalidVote`` (and write nothing) if it is invalid.
 
         ``ranking`` maps every clip id shown to a dense rank (1 = best, equal = tie); with
         ``skip`` or ``all_bad`` it must be empty. Resubmitting the same vote (same ranks and
-        flags; time and play counts are telemetry and not compared) returns the stored
-        vote's id; a different one raises ``VoteConflict``.
+        flags; time, play counts and the comment are not compared) returns the stored
+        vote's id; a different one raises ``VoteConflict``. ``comment`` is optional free text.
         """
         name = check_name(annotator)
         task_id = check_int(task_id, "task_id", error=InvalidVote)
@@ -470,6 +540,7 @@ class Store:
             time_spent_s = check_float(time_spent_s, "time_spent_s", error=InvalidVote)
             if not 0 <= time_spent_s <= MAX_TIME_SPENT_S:
                 raise InvalidVote(f"`time_spent_s` must be within 0..{MAX_TIME_SPENT_S:.0f}, got {time_spent_s}")
+        comment = check_comment(comment)
 
         with self._write(durable=True) as db:
             annotator_id = self._annotator_id(db, name)
@@ -494,8 +565,9 @@ class Store:
                 raise VoteConflict(f"annotator {preview(name)} already voted differently on task {task_id} (vote {stored.id})")
 
             ranking_id = db.execute(
-                "INSERT INTO rankings (assignment_id, all_bad, skipped, time_spent_s, created_at) VALUES (?, ?, ?, ?, ?)",
-                (assignment_id, int(all_bad), int(skip), time_spent_s, time.time()),
+                """INSERT INTO rankings (assignment_id, all_bad, skipped, time_spent_s, created_at, comment)
+                   VALUES (?, ?, ?, ?, ?, ?)""",
+                (assignment_id, int(all_bad), int(skip), time_spent_s, time.time(), comment),
             ).lastrowid
             internal_id = {
                 public_id: internal
@@ -544,8 +616,10 @@ class Store:
             return {table: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in _TABLES}
 
     def task_progress(self) -> list[tuple[int, int, int]]:
-        """(task id, non-skip votes, target overlap) for every task."""
-        return self._connection().execute("SELECT id, votes, target_overlap FROM tasks ORDER BY id").fetchall()
+        """(task id, non-skip votes, target overlap) for every task but the gold ones."""
+        return self._connection().execute(
+            "SELECT id, votes, target_overlap FROM tasks WHERE id NOT IN (SELECT task_id FROM gold_tasks) ORDER BY id"
+        ).fetchall()
 
     def record_export(self, out_dir: str, *, strategy: str, pairs: int, rankings: int,
                       alpha: float | None, fingerprint: str) -> int:
@@ -564,13 +638,32 @@ class Store:
         ).fetchall()
         return [ExportRecord(*row) for row in rows]
 
+    def snapshot(self, dest_dir: str | os.PathLike) -> Path:
+        """Copy the whole store into ``dest_dir`` (a new folder), consistent as of one instant.
+
+        The database goes through SQLite's online backup (a transaction-consistent copy
+        while others keep writing); then the clips, hard-linked where possible (they are
+        immutable and named by content). A clip is written before its row, so every clip
+        the copied database names is present. Opening ``dest_dir`` as a ``Store`` gives it back.
+        """
+        dest_dir = Path(dest_dir)
+        dest_dir.mkdir(parents=True)
+        target = sqlite3.connect(dest_dir / DB_NAME)
+        try:
+            self._connection().backup(target)
+        finally:
+            target.close()
+        for clip in self.audio_dir.rglob("*.wav"):
+            link_or_copy(clip, dest_dir / "audio" / clip.relative_to(self.audio_dir))
+        return dest_dir
+
     def integrity_check(self) -> str:
         """SQLite's own consistency check: ``"ok"`` for a sound database."""
         return self._connection().execute("PRAGMA integrity_check").fetchone()[0]
 
 
 _TABLES = ("prompts", "candidates", "tasks", "task_candidates", "annotators",
-           "assignments", "open_assignments", "rankings", "ranking_entries", "exports")
+           "assignments", "open_assignments", "rankings", "ranking_entries", "exports", "gold_tasks")
 
 _CANDIDATE_SQL = """SELECT c.public_id, p.text, c.model, c.seed, c.steps, c.guidance, c.sha256,
                            c.duration_s, c.sample_rate, c.auto_score
@@ -580,13 +673,15 @@ _TASK_CLIPS_SQL = """SELECT c.public_id, c.sha256 FROM task_candidates tc JOIN c
                      WHERE tc.task_id = ? ORDER BY c.id"""
 
 # Tasks this annotator has not seen, best first. A task's load counts its votes (not skips)
-# and its open assignments younger than the TTL. Keyed by `informative_first`.
+# and its open assignments younger than the TTL; `:gold` picks gold or model tasks. Keyed by
+# `informative_first`.
 _NEXT_TASK_SQL = {
     informative: f"""
     SELECT t.id, t.votes + (SELECT COUNT(*) FROM open_assignments o
                             WHERE o.task_id = t.id AND o.assigned_at > :fresh_after) AS load
     FROM tasks t
     WHERE NOT EXISTS (SELECT 1 FROM assignments mine WHERE mine.task_id = t.id AND mine.annotator_id = :annotator)
+      AND (t.id IN (SELECT task_id FROM gold_tasks)) = :gold
     ORDER BY load >= t.target_overlap,
              {'''(SELECT CASE WHEN COUNT(c.auto_score) = COUNT(*) THEN MAX(c.auto_score) - MIN(c.auto_score) END
                FROM task_candidates tc JOIN candidates c ON c.id = tc.candidate_id WHERE tc.task_id = t.id) ASC NULLS LAST,'''
@@ -608,7 +703,8 @@ def _load_rankings(db: sqlite3.Connection, ranking_id: int | None = None) -> lis
     ):
         entries.setdefault(rid, []).append((clip_id, rank, plays))
     rows = db.execute(
-        f"""SELECT r.id, a.task_id, n.name, r.all_bad, r.skipped, a.shown_order, r.time_spent_s, r.created_at
+        f"""SELECT r.id, a.task_id, n.name, r.all_bad, r.skipped, a.shown_order, r.time_spent_s, r.created_at,
+                   r.comment
             FROM rankings r JOIN assignments a ON a.id = r.assignment_id JOIN annotators n ON n.id = a.annotator_id
             {where} ORDER BY r.id""",
         {"id": ranking_id},
@@ -619,7 +715,7 @@ def _load_rankings(db: sqlite3.Connection, ranking_id: int | None = None) -> lis
             ranks={clip_id: rank for clip_id, rank, _ in entries[rid]},
             all_bad=bool(all_bad), skipped=bool(skipped), shown_order=json.loads(shown),
             play_counts={clip_id: plays for clip_id, _, plays in entries[rid]},
-            time_spent_s=spent, created_at=created,
+            time_spent_s=spent, created_at=created, comment=comment,
         )
-        for rid, task_id, name, all_bad, skipped, shown, spent, created in rows
+        for rid, task_id, name, all_bad, skipped, shown, spent, created, comment in rows
     ]

@@ -17,6 +17,7 @@ MAX_PROMPT_CHARS = 1000
 MAX_SPEC_CHARS = 300
 MAX_INT = 2**63 - 1  # SQLite's INTEGER
 MAX_PLAY_COUNT = 10_000
+MAX_COMMENT_CHARS = 2000
 
 # Unicode categories never allowed in names or prompts: control (C0/C1, incl. newline and
 # tab), format (zero-width and bidi overrides that make two names look alike), line and
@@ -65,6 +66,19 @@ def check_text(value: object, argument: str, max_chars: int, error: type[Invalid
     if bad is not None:
         raise error(f"`{argument}` contains the control/invisible character U+{ord(bad):04X}: {preview(value)}")
     return value
+
+
+def check_comment(comment: object) -> str | None:
+    """A vote's optional comment: None or blank gives None; otherwise text with line breaks allowed."""
+    if comment is None or (isinstance(comment, str) and not comment.strip()):
+        return None
+    if not isinstance(comment, str):
+        raise InvalidVote(f"`comment` must be a string, got {type(comment).__name__}")
+    if len(comment) > MAX_COMMENT_CHARS:
+        raise InvalidVote(f"`comment` is {len(comment)} characters long; the limit is {MAX_COMMENT_CHARS}")
+    lines = [check_text(line.strip(), "comment", MAX_COMMENT_CHARS, InvalidVote) if line.strip() else ""
+             for line in comment.strip().splitlines()]
+    return "\n".join(lines)
 
 
 def check_name(name: object) -> str:

@@ -51,11 +51,14 @@ def make_tasks(store: Store, tasks: int, clips: int = 2, models=("base", "dpo"))
 
 
 def vote(store: Store, annotator: str, ranks_by_position=None, **flags) -> int:
-    """Ask for a task and rank its clips as shown (or by ``ranks_by_position``); return the vote id."""
+    """Ask for a task and rank its clips as shown (or by ``ranks_by_position``); return the vote id.
+
+    ``flags`` go to ``submit`` (``skip``/``all_bad`` replace the ranking; ``comment``)."""
     task = store.next_task(annotator)
     assert task is not None, f"no task left for {annotator}"
     ranks = ranks_by_position or range(1, len(task.candidates) + 1)
-    ranking = None if flags else {clip.id: rank for clip, rank in zip(task.candidates, ranks)}
+    verdict_only = flags.get("skip") or flags.get("all_bad")
+    ranking = None if verdict_only else {clip.id: rank for clip, rank in zip(task.candidates, ranks)}
     return store.submit(annotator, task.id, ranking, **flags)
 
 

@@ -57,3 +57,23 @@ def test_cli_errors_are_one_line_and_exit_2(data_dir, tmp_path, capsys, monkeypa
     empty.write_text("# nothing\n")
     assert main(["pool", "--data-dir", str(data_dir), "--prompts", str(empty)]) == 2
     assert "`prompts` is empty" in capsys.readouterr().err
+
+
+def test_gold_tasks_and_the_verdict_from_the_command_line(data_dir, tmp_path, capsys):
+    prompts = tmp_path / "gold.txt"
+    prompts.write_text("# gold\ntwo knocks\na hiss then a click\n")
+    assert main(["gold", "--data-dir", str(data_dir), "--prompts", str(prompts)]) == 0
+    assert "2 gold tasks ready" in capsys.readouterr().out
+    assert len(Store(data_dir).gold_answers()) == 2
+
+    assert main(["verdict", "--data-dir", str(data_dir), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {row["model"] for row in rows} == {"base", "dpo"}
+    assert all(set(row) == {"model", "win_rate", "win_rate_interval", "bt_score", "bt_interval", "comparisons"}
+               for row in rows)
+    assert main(["verdict", "--data-dir", str(data_dir), "--source", "auto"]) == 0
+    assert "no comparisons between models yet" in capsys.readouterr().out
+
+    prompts.write_text("a dog barks\n")
+    assert main(["gold", "--data-dir", str(data_dir), "--prompts", str(prompts)]) == 2
+    assert "unknown word 'dog'" in capsys.readouterr().err

@@ -7,10 +7,8 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +20,7 @@ from annotate import Store
 from annotate.dataset import FEATURES, EmptyDataset, write_preference_dataset
 from annotate.export import PushError, ScheduledPush, export_human_pairs, push_to_hub
 from tests.annotate_helpers import make_tasks, preference_row, tone
+from tests.local_hub import LocalHub
 
 # Clip j of make_tasks(..., clips=4): model base/dpo alternating, seed j.
 RANKS = {  # annotator -> rank by seed
@@ -181,43 +180,14 @@ def test_shards_split_by_size_and_load_in_order(tmp_path, monkeypatch):
 TOKEN = "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123"
 
 
-class RecordingApi:
-    """Stands in for HfApi: records repos created and what each commit would upload."""
-
-    def __init__(self, fail_with: Exception | None = None):
-        self.fail_with, self.repos, self.commits = fail_with, [], []
-        self._queue = threading.Lock()  # like HfApi.run_as_future: jobs run one at a time
-
-    def create_repo(self, repo_id, **kwargs):
-        self.repos.append((repo_id, kwargs))
-        return SimpleNamespace(repo_id=repo_id)
-
-    def upload_folder(self, *, folder_path, **kwargs):
-        folder = Path(folder_path)
-        files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-        self.commits.append(kwargs | {"files": files})
-        if self.fail_with:
-            raise self.fail_with
-        return SimpleNamespace(oid=f"commit-{len(self.commits)}")
-
-    def run_as_future(self, fn, *args, **kwargs):
-        future = Future()
-        with self._queue:
-            try:
-                future.set_result(fn(*args, **kwargs))
-            except Exception as err:
-                future.set_exception(err)
-        return future
-
-
 @pytest.fixture
 def export_dir(tmp_path) -> Path:
     write_preference_dataset([preference_row(i) for i in range(3)], tmp_path / "export", how_made="for the Hub")
     return tmp_path / "export"
 
 
-def test_push_creates_the_dataset_repo_and_commits_the_export_once(export_dir):
-    api = RecordingApi()
+def test_push_creates_the_dataset_repo_and_commits_the_export_once(export_dir, tmp_path):
+    api = LocalHub(tmp_path / "hub")
     info = push_to_hub(export_dir, "me/tango-prefs", token=TOKEN, api=api)
     assert info.oid == "commit-1"
     assert api.repos == [("me/tango-prefs", {"repo_type": "dataset", "exist_ok": True, "private": None, "token": TOKEN})]
@@ -228,21 +198,21 @@ def test_push_creates_the_dataset_repo_and_commits_the_export_once(export_dir):
     assert all(TOKEN.encode() not in data for data in commit["files"].values())
 
 
-def test_push_takes_the_token_from_the_environment(export_dir, monkeypatch):
+def test_push_takes_the_token_from_the_environment(export_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    api = RecordingApi()
+    api = LocalHub(tmp_path / "hub")
     push_to_hub(export_dir, "me/tango-prefs", api=api)
     assert api.commits[0]["token"] == TOKEN
 
 
-def test_push_without_any_token_says_how_to_get_one(export_dir, monkeypatch):
+def test_push_without_any_token_says_how_to_get_one(export_dir, tmp_path, monkeypatch):
     monkeypatch.setattr("annotate.export.get_token", lambda: None)
     with pytest.raises(PushError, match="HF_TOKEN"):
-        push_to_hub(export_dir, "me/tango-prefs", api=RecordingApi())
+        push_to_hub(export_dir, "me/tango-prefs", api=LocalHub(tmp_path / "hub"))
 
 
 def test_a_failed_push_never_leaks_the_token(export_dir, caplog):
-    api = RecordingApi(fail_with=RuntimeError(f"401 Unauthorized; headers={{'authorization': 'Bearer {TOKEN}'}}"))
+    api = LocalHub(export_dir.parent / "hub", fail_with=RuntimeError(f"401 Unauthorized; headers={{'authorization': 'Bearer {TOKEN}'}}"))
     with caplog.at_level(logging.DEBUG), pytest.raises(PushError) as raised:
         push_to_hub(export_dir, "me/tango-prefs", token=TOKEN, api=api)
     error = raised.value
@@ -252,15 +222,15 @@ def test_a_failed_push_never_leaks_the_token(export_dir, caplog):
 
 
 @pytest.mark.parametrize("repo_id", ["no-owner", "a/b/c", "../x", "me/" + "x" * 200, ""])
-def test_push_refuses_bad_repo_ids_and_non_exports(export_dir, repo_id):
+def test_push_refuses_bad_repo_ids_and_non_exports(export_dir, tmp_path, repo_id):
     with pytest.raises(ValueError, match="repo_id"):
-        push_to_hub(export_dir, repo_id, token=TOKEN, api=RecordingApi())
+        push_to_hub(export_dir, repo_id, token=TOKEN, api=LocalHub(tmp_path / "hub"))
     with pytest.raises(ValueError, match="not an export"):
-        push_to_hub(export_dir / "data", "me/x", token=TOKEN, api=RecordingApi())
+        push_to_hub(export_dir / "data", "me/x", token=TOKEN, api=LocalHub(tmp_path / "hub"))
 
 
-def test_scheduled_push_commits_each_new_export_once(export_dir):
-    api, exports = RecordingApi(), []
+def test_scheduled_push_commits_each_new_export_once(export_dir, tmp_path):
+    api, exports = LocalHub(tmp_path / "hub"), []
     scheduler = ScheduledPush(export_dir, "me/tango-prefs", every=60, token=TOKEN, api=api,
                               before_push=lambda: exports.append(time.time()))
     try:
@@ -282,7 +252,7 @@ def test_scheduled_push_commits_each_new_export_once(export_dir):
 def test_scheduled_push_before_any_vote_waits_quietly_and_setup_errors_are_scrubbed(tmp_path):
     store = Store(tmp_path / "data")
     make_tasks(store, 1)
-    api = RecordingApi()
+    api = LocalHub(tmp_path / "hub")
     scheduler = ScheduledPush(tmp_path / "export", "me/tango-prefs", every=60, token=TOKEN, api=api,
                               before_push=lambda: export_human_pairs(store, tmp_path / "export"))
     try:
@@ -291,10 +261,10 @@ def test_scheduled_push_before_any_vote_waits_quietly_and_setup_errors_are_scrub
         scheduler.stop()
     assert api.commits == []
 
-    class Unauthorized(RecordingApi):
+    class Unauthorized(LocalHub):
         def create_repo(self, repo_id, **kwargs):
             raise RuntimeError(f"401: invalid token {TOKEN}")
 
     with pytest.raises(PushError) as raised:
-        ScheduledPush(tmp_path / "export", "me/tango-prefs", token=TOKEN, api=Unauthorized())
+        ScheduledPush(tmp_path / "export", "me/tango-prefs", token=TOKEN, api=Unauthorized(tmp_path / "hub"))
     assert "401" in str(raised.value) and TOKEN not in str(raised.value) and raised.value.__context__ is None

@@ -1,0 +1,113 @@
+"""Gold tasks: rankings whose right answer is known, to tell careful annotators from random clickers.
+
+For a sound-world prompt the renderer gives the truth: a gold task ranks a render of the
+prompt (the correct first place) against renders of other prompts that share none of its
+event types (correctly below it, tied among themselves). The store mixes gold tasks into
+each annotator's queue (``Store(gold_share=...)``); they never reach the verdict or the
+export.
+
+A gold vote is *correct* when every strict preference of the answer is matched strictly
+(the truth above each distractor; how the distractors are ordered among themselves does
+not matter). An all-bad vote on a gold task is wrong (the truth was acceptable); a skip
+is no answer. An owner-set ``min_accuracy`` leaves out every vote of an annotator whose
+gold accuracy is below it, once they answered at least ``min_answers`` gold tasks.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from .pairs import ordered_pairs
+from .store import Ranking, Store
+
+GOLD_TRUTH_MODEL = "gold: render of this prompt"
+GOLD_STEPS, GOLD_GUIDANCE = 1, 0.0  # renders have no denoising settings; one fixed value keeps them one task
+MIN_GOLD_ANSWERS = 3
+DISTRACTOR_POOL = 400  # sampled prompts to draw distractors from
+
+
+def distractor_model(other_prompt: str) -> str:
+    """The model name a distractor is stored under: says which prompt it renders."""
+    return f"gold: render of {other_prompt!r}"
+
+
+@dataclass(frozen=True)
+class GoldScore:
+    annotator: str
+    answered: int
+    correct: int
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.answered if self.answered else None
+
+
+@dataclass(frozen=True)
+class TrustReport:
+    """Who was left out of the votes used, and why."""
+
+    min_accuracy: float | None
+    scores: dict[str, GoldScore]
+    left_out_annotators: tuple[str, ...]
+    left_out_votes: int
+
+
+def is_correct(ranking: Ranking, answer: Mapping[str, int]) -> bool:
+    """Does this gold vote keep every strict preference of ``answer``?"""
+    if ranking.all_bad or ranking.skipped:
+        return False
+    return all(ranking.ranks[better] < ranking.ranks[worse] for better, worse in ordered_pairs(answer))
+
+
+def gold_accuracy(rankings: Iterable[Ranking], answers: Mapping[int, Mapping[str, int]]) -> dict[str, GoldScore]:
+    """Per annotator who answered a gold task (skips are no answer): answered, correct."""
+    answered: dict[str, list[bool]] = {}
+    for ranking in rankings:
+        if ranking.task_id in answers and not ranking.skipped:
+            answered.setdefault(ranking.annotator, []).append(is_correct(ranking, answers[ranking.task_id]))
+    return {name: GoldScore(name, len(marks), sum(marks)) for name, marks in sorted(answered.items())}
+
+
+def trusted_rankings(rankings: Sequence[Ranking], answers: Mapping[int, Mapping[str, int]],
+                     min_accuracy: float | None, min_answers: int = MIN_GOLD_ANSWERS) -> tuple[list[Ranking], TrustReport]:
+    """The rankings without those of annotators whose gold accuracy is below ``min_accuracy``.
+
+    Annotators with fewer than ``min_answers`` gold answers are kept (too little evidence);
+    ``min_accuracy=None`` keeps everyone.
+    """
+    scores = gold_accuracy(rankings, answers)
+    flagged = tuple(sorted(
+        name for name, score in scores.items()
+        if min_accuracy is not None and score.answered >= min_answers and score.accuracy < min_accuracy
+    ))
+    kept = [r for r in rankings if r.annotator not in flagged]
+    return kept, TrustReport(min_accuracy, scores, flagged, len(rankings) - len(kept))
+
+
+def add_gold_tasks(store: Store, prompts: Sequence[str], *, distractors: int = 2, seed: int = 0) -> list[int]:
+    """One gold task per sound-world prompt: its render first, ``distractors`` renders of other prompts tied below.
+
+    Distractor prompts are drawn (reproducibly, from ``seed`` and the prompt) among sampled
+    sound-world prompts with no event type in common with the prompt. Idempotent.
+    Raises ``soundworld.PromptError`` for a prompt outside the sound world.
+    """
+    from soundworld import parse, render, sample_prompt_specs
+
+    if distractors < 1:
+        raise ValueError(f"`distractors` must be >= 1, got {distractors}")
+    pool = sample_prompt_specs("train", DISTRACTOR_POOL, seed)
+    task_ids = []
+    for prompt in prompts:
+        types = set(parse(prompt).types)
+        unrelated = sorted({spec.text for spec in pool if not types & set(spec.types)})
+        others = random.Random(f"{seed}\x00{prompt}").sample(unrelated, distractors)
+        answer = {}
+        for i, (source, model) in enumerate([(prompt, GOLD_TRUTH_MODEL)] + [(o, distractor_model(o)) for o in others]):
+            waveform, rate, _ = render(source, seed + i)
+            clip = store.add_candidate(prompt, waveform, sample_rate=rate, model=model, seed=seed + i,
+                                       steps=GOLD_STEPS, guidance=GOLD_GUIDANCE)
+            answer[clip.id] = 1 if i == 0 else 2
+        task_ids.append(store.add_gold_task(answer))
+    return task_ids

@@ -1,0 +1,130 @@
+"""Data that survives: scheduled backups of the store to a dataset repo, and restoring them on start."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from annotate import Store
+from annotate.export import PushError, ScheduledPush, export_human_pairs, restore_from_hub
+from tests.annotate_helpers import make_tasks, vote
+from tests.local_hub import LocalHub
+
+TOKEN = "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123"
+REPO = "me/tango-prefs"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _votes(store: Store) -> list[tuple]:
+    return [(r.id, r.task_id, r.annotator, r.ranks, r.skipped, r.comment) for r in store.rankings()]
+
+
+def test_scheduled_push_backs_up_the_store_beside_the_export(tmp_path):
+    store = Store(tmp_path / "data")
+    make_tasks(store, 3)
+    hub = LocalHub(tmp_path / "hub")
+    export = tmp_path / "data" / "export"
+    scheduler = ScheduledPush(export, REPO, every=60, token=TOKEN, api=hub, store=store,
+                              before_push=lambda: export_human_pairs(store, export))
+    try:
+        deadline = time.monotonic() + 30
+        while not hub.commits:  # the first push runs at start: no vote yet, but the clips are worth keeping
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        repo = hub.repo(REPO)
+        assert (repo / "backup" / "annotate.sqlite").is_file() and not (repo / "data").exists()
+        assert len(list((repo / "backup" / "audio").rglob("*.wav"))) == 6
+        assert hub.commits[0]["delete_patterns"] == ["backup/*"]  # no export yet: remote data/ is left alone
+        assert scheduler.trigger().result() is None  # nothing changed: no commit
+        vote(store, "ann")
+        assert scheduler.trigger().result() is not None
+    finally:
+        scheduler.stop()
+    assert sorted(hub.commits[-1]["delete_patterns"]) == ["backup/*", "data/*"]
+    assert (repo / "README.md").is_file() and list((repo / "data").glob("train-*.parquet"))
+    restored = tmp_path / "restored"
+    assert restore_from_hub(restored, REPO, token=TOKEN, api=hub) == 1
+    assert _votes(Store(restored)) == _votes(store)
+    assert Store(restored).integrity_check() == "ok"
+    assert {c.sha256 for c in Store(restored).candidates().values()} == {c.sha256 for c in store.candidates().values()}
+    assert all(Path(c.audio_path).is_file() for c in Store(restored).candidates().values())
+
+
+APP = """
+import sys, time
+sys.path.insert(0, {root!r})
+from annotate import Store
+from annotate.export import ScheduledPush
+from tests.annotate_helpers import make_tasks, vote
+from tests.local_hub import LocalHub
+
+store = Store({data!r})
+make_tasks(store, 12)
+scheduler = ScheduledPush({data!r} + "/export", "me/tango-prefs", every=60, token={token!r},
+                          api=LocalHub({hub!r}), store=store)
+for i in range(8):
+    vote(store, f"annotator-{{i % 3}}", comment=f"vote {{i}}")
+    print("acknowledged", flush=True)
+scheduler.trigger().result()
+print("pushed", flush=True)
+for i in range(3):
+    vote(store, "late-annotator")
+print("late votes", flush=True)
+time.sleep(600)
+"""
+
+
+def test_kill_delete_restart_loses_no_vote_acknowledged_before_the_last_push(tmp_path):
+    """Bar: kill the app, delete its data folder, restart with the same Hub dataset: every vote acknowledged
+    before the last push is back."""
+    data, hub = str(tmp_path / "data"), str(tmp_path / "hub")
+    script = APP.format(root=str(ROOT), data=data, hub=hub, token=TOKEN)
+    app = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while "late votes" not in lines:
+            line = app.stdout.readline()
+            assert line, f"the app died early: {lines}"
+            lines.append(line.strip())
+        before_kill = _votes(Store(data))
+        os.kill(app.pid, signal.SIGKILL)
+        app.wait(timeout=30)
+    finally:
+        if app.poll() is None:
+            app.kill()
+    assert lines.count("acknowledged") == 8 and len(before_kill) == 11
+
+    shutil.rmtree(data)
+    assert restore_from_hub(data, REPO, token=TOKEN, api=LocalHub(hub)) == 8
+    restored = Store(data)
+    assert _votes(restored) == before_kill[:8]  # every vote acknowledged before the push, comments included
+    assert restored.integrity_check() == "ok"
+    # The restored store keeps working: the late annotator gets their tasks again.
+    assert vote(restored, "late-annotator") > 8
+
+
+def test_restore_only_fills_an_empty_data_folder_and_never_guesses_on_errors(tmp_path):
+    hub = LocalHub(tmp_path / "hub")
+    assert restore_from_hub(tmp_path / "fresh", REPO, token=TOKEN, api=hub) is None  # no repo yet: a first start
+
+    store = Store(tmp_path / "data")
+    make_tasks(store, 1)
+    vote(store, "ann")
+    scheduler = ScheduledPush(tmp_path / "data" / "export", REPO, every=60, token=TOKEN, api=hub, store=store)
+    scheduler.trigger().result()
+    scheduler.stop()
+    assert restore_from_hub(tmp_path / "data", REPO, token=TOKEN, api=hub) is None  # a store is there: untouched
+
+    offline = LocalHub(tmp_path / "hub", fail_with=ConnectionError(f"Name or service not known ({TOKEN})"))
+    with pytest.raises(PushError, match="Name or service") as raised:
+        restore_from_hub(tmp_path / "empty", REPO, token=TOKEN, api=offline)
+    assert TOKEN not in str(raised.value)
+    assert not (tmp_path / "empty" / "annotate.sqlite").exists()  # the app must not start empty and overwrite

@@ -1,0 +1,140 @@
+"""Gold tasks, annotator trust, comments and informative-first scoring."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from annotate import InvalidInput, InvalidVote, Store
+from annotate.autorank import score_unscored
+from annotate.export import export_human_pairs
+from annotate.gold import GOLD_TRUTH_MODEL, add_gold_tasks, gold_accuracy
+from annotate.stats import dataset_stats
+from soundworld import judge, parse
+from tests.annotate_helpers import make_tasks
+from tests.test_annotate_verdict import BASE, DPO, dpo_first, make_pool
+
+GOLD_PROMPTS = ["two knocks", "a hiss then a click", "a rising chirp", "three beeps", "a low hum",
+                "a siren followed by a click", "a buzz", "a knock after a beep"]
+
+
+def test_gold_tasks_rank_a_render_of_the_prompt_above_renders_of_unrelated_prompts(tmp_path):
+    store = Store(tmp_path / "data")
+    [task_id] = add_gold_tasks(store, ["two knocks"], distractors=2)
+    answer = store.gold_answers()[task_id]
+    clips = store.candidates(answer)
+    truth = [clips[i] for i, rank in answer.items() if rank == 1]
+    others = [clips[i] for i, rank in answer.items() if rank == 2]
+    assert [c.model for c in truth] == [GOLD_TRUTH_MODEL] and len(others) == 2
+    assert all(c.prompt == "two knocks" for c in clips.values())
+    samples = lambda clip: __import__("soundfile").read(clip.audio_path, dtype="float32")[0]
+    assert judge(samples(truth[0]), 16000, "two knocks").score == 1.0  # the render is the truth
+    for other in others:  # the distractors render prompts without a knock
+        source = other.model.split("render of ")[1].strip("'")
+        assert "knock" not in parse(source).types
+        assert judge(samples(other), 16000, "two knocks").score < 1.0
+    assert add_gold_tasks(store, ["two knocks"], distractors=2) == [task_id]  # idempotent
+    assert store.task_progress() == []  # gold tasks are no work towards the target
+
+
+def test_gold_tasks_are_mixed_into_each_annotators_queue(tmp_path):
+    store = Store(tmp_path / "data", gold_share=0.25)
+    make_tasks(store, 12)
+    gold = set(add_gold_tasks(store, GOLD_PROMPTS))
+    given = []
+    while (task := store.next_task("ann")) is not None:
+        given.append(task.id in gold)
+        store.submit("ann", task.id, skip=True)
+    assert given[:8].count(True) == 2  # a quarter of the first tasks, interleaved
+    assert given[:4].count(True) == 1 and given.count(True) == len(gold)  # and every gold task once in the end
+
+
+def test_a_random_gold_answerer_is_flagged_and_left_out_and_a_careful_one_kept(tmp_path):
+    """Bar: the random clicker's votes leave the export (and the card says how many); the careful one's stay."""
+    store = Store(tmp_path / "data", gold_share=0.4)
+    make_pool(store, [f"prompt {i}" for i in range(12)])
+    add_gold_tasks(store, GOLD_PROMPTS)
+    gold = store.gold_answers()
+    models = {clip_id: clip.model for clip_id, clip in store.candidates().items()}
+    rng = random.Random(3)
+    for name in ["careful", "also-careful", "clicker"]:
+        while (task := store.next_task(name)) is not None:
+            ids = [c.id for c in task.candidates]
+            if name == "clicker":  # random everywhere, and on model tasks it prefers the base model
+                ranks = (rng.sample(range(1, len(ids) + 1), len(ids)) if task.id in gold
+                         else dpo_first(ids, [DPO if models[i] == BASE else BASE for i in ids]))
+            else:
+                ranks = [gold[task.id][i] for i in ids] if task.id in gold else dpo_first(ids, [models[i] for i in ids])
+            store.submit(name, task.id, dict(zip(ids, ranks)))
+
+    scores = gold_accuracy(store.rankings(), gold)
+    assert scores["careful"].accuracy == scores["also-careful"].accuracy == 1.0
+    assert scores["clicker"].answered == len(GOLD_PROMPTS) and scores["clicker"].accuracy < 0.5
+
+    result = export_human_pairs(store, tmp_path / "export", min_gold_accuracy=0.8)
+    clicker_votes = sum(r.annotator == "clicker" for r in store.rankings())
+    assert result.left_out_annotators == ("clicker",) and result.left_out_votes == clicker_votes == 20
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "votes left out (annotators below the gold accuracy threshold): 20" in card
+    assert "annotators left out: clicker" in card
+    assert "rankings used: 24" in card  # 12 model tasks x the 2 careful annotators; gold tasks yield no pairs
+    # Without the clicker, the DPO model wins every comparison; gold clips never enter the verdict.
+    verdict = card.split("## Verdict")[1]
+    assert f"| {DPO} | 1.000 |" in verdict and "gold:" not in verdict
+
+    everyone = export_human_pairs(store, tmp_path / "everyone")
+    assert everyone.left_out_votes == 0 and everyone.alpha < 0.1 < result.alpha == 1.0  # the clicker broke agreement
+    stats = dataset_stats(store)
+    assert stats["annotators"]["clicker"]["gold_accuracy"] == scores["clicker"].accuracy
+    assert stats["annotators"]["careful"]["gold_answered"] == len(GOLD_PROMPTS)
+
+
+def test_gold_answers_are_checked(tmp_path):
+    store = Store(tmp_path / "data")
+    make_tasks(store, 1)
+    a, b = store.candidates()
+    with pytest.raises(InvalidInput, match="already form a task"):
+        store.add_gold_task({a: 1, b: 2})
+    with pytest.raises(InvalidInput, match="prefer"):
+        store.add_gold_task({a: 1, b: 1})
+    with pytest.raises(InvalidInput, match="dense"):
+        store.add_gold_task({a: 1, b: 3})
+
+
+def test_a_vote_may_carry_a_comment(tmp_path):
+    store = Store(tmp_path / "data")
+    make_tasks(store, 2)
+    task = store.next_task("ann")
+    ids = [c.id for c in task.candidates]
+    store.submit("ann", task.id, {ids[0]: 1, ids[1]: 2}, comment="  B clips at the end\nA is clean ")
+    with pytest.raises(InvalidVote, match="comment"):
+        store.submit("ann", store.next_task("ann").id, skip=True, comment="x" * 5000)
+    with pytest.raises(InvalidVote, match="control"):
+        store.submit("ann", store.next_task("ann").id, skip=True, comment="bell\x07")
+    store.submit("ann", store.next_task("ann").id, skip=True, comment="   ")
+    first, second = store.rankings()
+    assert first.comment == "B clips at the end\nA is clean" and second.comment is None
+
+
+def test_informative_first_hands_out_the_tasks_the_ranker_is_least_sure_about(tmp_path):
+    store = Store(tmp_path / "data", informative_first=True)
+    make_tasks(store, 3)  # clip j of task p is a tone of 110 + 13 p + 37 j Hz
+    clips = store.candidates()
+
+    def ranker(waveforms, rate, prompt):  # higher pitch scores higher; task 2's clips are the closest in score
+        p = int(prompt.split()[1])
+        if p == 1:
+            raise ValueError("cannot read this prompt")
+        return [(10.0 if p == 0 else 0.01) * float(np.abs(np.diff(w)).mean()) for w in waveforms]
+
+    assert score_unscored(store, ranker) == 4  # prompt 1's clips stay unscored
+    assert score_unscored(store, ranker) == 0  # scored once
+    scored = store.candidates()
+    assert [scored[i].auto_score is None for i in clips] == [c.prompt == "prompt 1" for c in clips.values()]
+    order = []
+    while (task := store.next_task("ann")) is not None:
+        order.append(task.prompt)
+        store.submit("ann", task.id, skip=True)
+    assert order == ["prompt 2", "prompt 0", "prompt 1"]  # smallest score margin first, unscored last
