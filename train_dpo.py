@@ -43,7 +43,6 @@ from tqdm.auto import tqdm
 from pipeline import load_pipeline
 from pipeline.audio import AudioError, load_audio, wav_to_fbank
 from pipeline.dpo import PREFERENCE_LOSSES, mapo_loss, reward_margin
-from pipeline.tango import with_time_position
 
 logger = logging.getLogger("train_dpo")
 CACHE_VERSION = 1  # bump when what the cache holds changes
@@ -212,9 +211,7 @@ def denoising_losses(unet, scheduler, latents, noise, timesteps, embeds, masks) 
         target = scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = noise
-    in_channels = getattr(unet, "module", unet).config.in_channels  # unwrap DistributedDataParallel
-    prediction = unet(with_time_position(noisy, in_channels), timesteps,
-                      encoder_hidden_states=embeds, encoder_attention_mask=masks).sample
+    prediction = unet(noisy, timesteps, encoder_hidden_states=embeds, encoder_attention_mask=masks).sample
     return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
 
 

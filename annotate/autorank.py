@@ -164,10 +164,10 @@ def score_unscored(store: Store, ranker: Callable[[np.ndarray, int, str], list[f
 
 
 def read_prompts(source: str, n: int | None, seed: int) -> list[str]:
-    """A prompts file (one per line, # comments), or a sound-world split name ("train", "heldout")."""
-    if source in ("train", "heldout"):
-        from soundworld import sample_prompts
+    """A prompts file (one per line, # comments), or a sound-world split name ("train", "test", "heldout")."""
+    from soundworld.grammar import SPLIT_CONSTRUCTIONS, sample_prompts
 
+    if source in SPLIT_CONSTRUCTIONS:
         return sample_prompts(source, n or 1000, seed)
     lines = [line.strip() for line in Path(source).read_text(encoding="utf-8").splitlines()]
     prompts = [line for line in lines if line and not line.startswith("#")]
@@ -177,7 +177,7 @@ def read_prompts(source: str, n: int | None, seed: int) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m annotate.autorank", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="model spec that generates the candidates")
-    parser.add_argument("--prompts", required=True, help="a prompts file, or 'train' / 'heldout' (sound world)")
+    parser.add_argument("--prompts", required=True, help="a prompts file, or 'train' / 'test' / 'heldout' (sound world)")
     parser.add_argument("--n", type=int, default=None, help="how many prompts (default: all in the file, 1000 sampled)")
     parser.add_argument("--k", type=int, default=4, help="candidates per prompt (default 4)")
     parser.add_argument("--seed", type=int, default=0)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from diffusers.utils import logging
 
-from . import griffinlim  # noqa: F401  diffusers loads a component class only from a module already imported
+from . import griffinlim, time_position_unet  # noqa: F401  diffusers loads a component class only from a module already imported
 from .original import MAIN_CONFIG, download_original, is_original_format, load_original
 from .tango import TangoPipeline
 

@@ -38,26 +38,6 @@ EXAMPLE_DOC_STRING = """
         ```
 """
 
-def with_time_position(latents: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """Append ``in_channels - latents.shape[1]`` maps of where each frame sits in the clip.
-
-    Real Tango's UNet takes the latent alone (8 in, 8 latent channels: nothing is added).
-    A UNet built with extra input channels gets a ramp from -1 to 1 along time, then
-    sin/cos pairs of rising frequency: a convolutional UNet otherwise knows absolute time
-    only near the clip's edges, and "X then Y" needs early vs late everywhere.
-    """
-    extra = in_channels - latents.shape[1]
-    if extra <= 0:
-        return latents
-    batch, _, frames, bins = latents.shape
-    ramp = torch.linspace(-1.0, 1.0, frames, device=latents.device, dtype=latents.dtype)
-    maps = [ramp]
-    for k in range(1, extra):
-        maps.append(torch.sin(math.pi * ((k + 1) // 2) * ramp + (math.pi / 2 if k % 2 == 0 else 0.0)))
-    position = torch.stack(maps)[None, :, :, None].expand(batch, extra, frames, bins)
-    return torch.cat([latents, position], dim=1)
-
-
 # Clips longer than this multiple of the training length are refused: the UNet would
 # run, but the model was never trained for it and memory grows with the length.
 MAX_LENGTH_FACTOR = 3
@@ -411,7 +391,6 @@ class TangoPipeline(DiffusionPipeline):
             for i, t in enumerate(timesteps):
                 latent_model_input = torch.cat([latents] * 2) if do_classifier_free_guidance else latents
                 latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
-                latent_model_input = with_time_position(latent_model_input, self.unet.config.in_channels)
                 noise_pred = self.unet(
                     latent_model_input.to(self.unet.dtype),
                     t,

@@ -28,11 +28,18 @@ prompts containing at least one of them. A held-out prompt string can therefore
 never be produced by the training sampler, while every event type on its own
 (and with most partners) is seen in training: held-out prompts test new
 *combinations*, not new words.
+
+Test split. As Tango is evaluated on AudioCaps test captions it never trained on,
+``test`` prompts come from the training grammar but are never rendered for
+training: a prompt string belongs to ``test`` when its CRC-32 is divisible by
+``TEST_MODULUS`` (about one string in ten), and the training sampler skips such
+strings. The three splits are fixed by these rules, not by a seed.
 """
 
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -41,7 +48,8 @@ import numpy as np
 from .vocabulary import COUNTABLE_TYPES, EVENT_TYPES, EVENT_VOCABULARY, EVENTS_BY_NAME, MAX_COUNT
 
 CONSTRUCTIONS = ("single", "count", "then", "followed_by", "before", "after", "three_event")
-SPLIT_CONSTRUCTIONS = {"train": CONSTRUCTIONS, "heldout": CONSTRUCTIONS[2:]}
+SPLIT_CONSTRUCTIONS = {"train": CONSTRUCTIONS, "test": CONSTRUCTIONS, "heldout": CONSTRUCTIONS[2:]}
+TEST_MODULUS = 10
 HELDOUT_PAIRS: frozenset[frozenset[str]] = frozenset(
     frozenset(pair)
     for pair in [
@@ -264,6 +272,11 @@ def is_heldout(types) -> bool:
     return bool(pair_set(types) & HELDOUT_PAIRS)
 
 
+def in_test_split(text: str) -> bool:
+    """Whether a training-grammar prompt string is kept out of training for the ``test`` split."""
+    return zlib.crc32(text.encode()) % TEST_MODULUS == 0
+
+
 def sample_prompt_specs(split: str, n: int, seed: int) -> list[ParsedPrompt]:
     """``n`` prompts of a split with what each asks for; deterministic for (split, n, seed).
 
@@ -277,11 +290,20 @@ def sample_prompt_specs(split: str, n: int, seed: int) -> list[ParsedPrompt]:
     rng = np.random.default_rng(seed)
     constructions = SPLIT_CONSTRUCTIONS[split]
     kinds = [constructions[i % len(constructions)] for i in rng.permutation(n)]
-    return [_sample_prompt(kind, split, rng) for kind in kinds]
+    return [_sample_in_split(kind, split, rng) for kind in kinds]
+
+
+def _sample_in_split(construction: str, split: str, rng: np.random.Generator) -> ParsedPrompt:
+    if split == "heldout":
+        return _sample_prompt(construction, split, rng)
+    while True:  # train and test share the grammar and split its strings
+        spec = _sample_prompt(construction, "train", rng)
+        if in_test_split(spec.text) == (split == "test"):
+            return spec
 
 
 def sample_prompts(split: str, n: int, seed: int) -> list[str]:
-    """``n`` prompt strings of a split ("train" or "heldout"); deterministic for (split, n, seed)."""
+    """``n`` prompt strings of a split ("train", "test" or "heldout"); deterministic for (split, n, seed)."""
     return [spec.text for spec in sample_prompt_specs(split, n, seed)]
 
 

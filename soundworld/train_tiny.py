@@ -21,14 +21,18 @@ Stages, each the cheapest thing that gives the model what it needs:
                 L1 reconstruction + a small KL term, on random crops: every crop has edges, so
                 the decoder learns clip edges too (full clips left clicks at 0 s and 3.84 s)
   5. latents    every clip encoded once (posterior mode x scaling factor = 1 / std)
-  6. diffusion  a UNet2DConditionModel trained on the frozen text states with Tango's
+  6. diffusion  a TimePositionUNet (a UNet2DConditionModel that adds time-position maps at its
+                input and at every attention block, so a stretch of time knows which part of
+                the prompt it draws) trained on the frozen text states with Tango's
                 objective (v-prediction on the SD-2.1 schedule, min-SNR-5 weighting,
                 10 % empty prompts for classifier-free guidance), EMA weights, a short
-                curriculum (single events and counts before sequences); every
-                ``eval_interval`` steps, clips for ``eval_prompts`` prompts are generated
-                and judged (event recall, order and count accuracy, score)
+                curriculum (single events and counts before sequences), bf16 autocast; for
+                ``train_steps`` or ``max_minutes``, whichever ends first (the cosine schedule
+                follows it); every ``eval_interval`` steps, clips for ``eval_prompts`` prompts
+                of the val/test/heldout splits are generated and judged
   7. export     a TangoPipeline in diffusers format with a Griffin-Lim vocoder and a
-                DPM-Solver++ scheduler, to ``out_dir``; metrics to ``out_dir/training_metrics.json``
+                DPM-Solver++ scheduler, to ``out_dir``; metrics to ``out_dir/training_metrics.json``,
+                drawn in ``out_dir/training_curves.png``
 """
 
 from __future__ import annotations
@@ -73,9 +77,12 @@ vae_kl_weight = 1e-6
 # UNet and diffusion training
 unet_channels = "32,64,128"
 unet_heads = 4
-position_channels = 1  # time-position maps appended to the UNet input (pipeline.tango.with_time_position)
+unet_attention_levels = "0,1,2"  # levels with self- and cross-attention (0 = full resolution: where events are drawn)
+position_channels = 8  # time-position maps: input channels and, projected, at every attention (pipeline.time_position_unet)
 train_steps = 2000
+max_minutes = 0.0  # a wall-clock budget for the diffusion stage (0 = none): the schedule ends at whichever comes first
 batch_size = 32
+amp_dtype = "bfloat16"  # autocast for the UNet's training step ("" = fp32); this CPU has AVX512-BF16
 learning_rate = 4e-4
 warmup_steps = 200
 min_lr_ratio = 0.1  # cosine decay to this fraction of learning_rate
@@ -86,7 +93,7 @@ ema_decay = 0.999
 grad_clip = 1.0
 # evaluation and checkpoints
 eval_interval = 1000
-eval_prompts = 48
+eval_prompts = 48  # per split: validation (training-split prompts, fresh seeds; selects runs), test, heldout
 sample_steps = 10  # DPM-Solver++ steps: what evaluation uses and the shipped pipeline defaults to
 eval_guidance_scale = 3.0
 checkpoint_interval = 500
@@ -387,17 +394,17 @@ def encode_latents(config: dict, vae, mels: torch.Tensor, work: Path) -> tuple[t
 
 
 def make_unet(config: dict):
-    from diffusers import UNet2DConditionModel
+    from pipeline.time_position_unet import TimePositionUNet
 
     channels = ints(config["unet_channels"])
-    # No attention at full resolution (the costliest place, and local there anyway);
-    # cross-attention to the text at the coarser levels and in the middle.
-    down = ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (len(channels) - 1)
-    up = ["CrossAttnUpBlock2D"] * (len(channels) - 1) + ["UpBlock2D"]
-    return UNet2DConditionModel(
-        sample_size=[CLIP_FRAMES // 4, 16], in_channels=8 + config["position_channels"], out_channels=8, block_out_channels=channels,
-        down_block_types=down, up_block_types=up, layers_per_block=1, cross_attention_dim=config["text_dim"],
-        attention_head_dim=config["unet_heads"], norm_num_groups=32, use_linear_projection=True,
+    attention = set(ints(config["unet_attention_levels"])) if config["unet_attention_levels"] else set()
+    down = ["CrossAttnDownBlock2D" if level in attention else "DownBlock2D" for level in range(len(channels))]
+    up = ["CrossAttnUpBlock2D" if level in attention else "UpBlock2D" for level in reversed(range(len(channels)))]
+    return TimePositionUNet(
+        sample_size=[CLIP_FRAMES // 4, 16], in_channels=8 + config["position_channels"], out_channels=8,
+        block_out_channels=channels, down_block_types=down, up_block_types=up, layers_per_block=1,
+        cross_attention_dim=config["text_dim"], attention_head_dim=config["unet_heads"], norm_num_groups=32,
+        use_linear_projection=True,
     )
 
 
@@ -416,45 +423,48 @@ def make_pipeline(tokenizer, text_encoder, unet, vae, device="cpu", scheduler_cl
     return pipe.to(device)
 
 
-def lr_at(step: int, config: dict) -> float:
+def schedule_progress(step: int, seconds: float, config: dict) -> float:
+    """How far the diffusion stage is, 0 to 1: by steps, or by the wall-clock budget if that runs out first."""
+    by_steps = step / max(1, config["train_steps"])
+    by_time = seconds / (60 * config["max_minutes"]) if config["max_minutes"] > 0 else 0.0
+    return min(1.0, max(by_steps, by_time))
+
+
+def lr_at(step: int, progress: float, config: dict) -> float:
+    """Linear warmup over ``warmup_steps``, then cosine decay to ``min_lr_ratio`` as progress reaches 1."""
     if step < config["warmup_steps"]:
         return config["learning_rate"] * (step + 1) / config["warmup_steps"]
-    progress = (step - config["warmup_steps"]) / max(1, config["train_steps"] - config["warmup_steps"])
-    ratio = config["min_lr_ratio"] + (1 - config["min_lr_ratio"]) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    ratio = config["min_lr_ratio"] + (1 - config["min_lr_ratio"]) * 0.5 * (1 + math.cos(math.pi * progress))
     return config["learning_rate"] * ratio
+
+
+EVAL_SPLITS = {"val": "train", "test": "test", "heldout": "heldout"}
 
 
 @torch.no_grad()
 def evaluate(pipe, config: dict, step: int) -> dict:
-    """Judge clips for fixed training-distribution prompts (fresh seeds), in batches."""
-    from soundworld import sample_prompt_specs
-    from soundworld.evaluate import evaluate_pipeline
+    """Judge clips for fixed prompts of each split (fresh seeds), in batches.
 
-    specs = sample_prompt_specs("train", config["eval_prompts"], seed=config["seed"] + 777)
-    specs = [s for s in specs if s.construction not in ("single", "count")] + [
-        s for s in specs if s.construction in ("single", "count")
-    ]
+    ``val`` (training-split prompts) is what runs are compared and selected on; ``test`` (training grammar,
+    never rendered for training) and ``heldout`` (new combinations of event types) are only reported.
+    """
+    from soundworld import sample_prompt_specs
+    from soundworld.evaluate import evaluate_pipeline, summarize
+
     pipe.set_progress_bar_config(disable=True)
-    results, _ = evaluate_pipeline(
-        pipe, [s.text for s in specs], [1000 + i for i in range(len(specs))],
-        steps=config["sample_steps"], guidance=config["eval_guidance_scale"], batch_size=16, progress=False,
-    )
-    ordered = [r.order_correct for r in results if r.order_correct is not None]
-    # Order among clips where every prompted type was heard: chance is 0.5 for two types, and a
-    # missing event (already counted by recall) does not hide whether order is being learned.
-    complete = [r.order_correct for r in results if r.order_correct is not None
-                and {name for name, _ in r.expected} <= {name for name, _ in r.detected}]
-    return {
-        "step": step,
-        "event_recall": round(float(np.mean([r.event_recall for r in results])), 4),
-        "order_accuracy": round(float(np.mean(ordered)), 4) if ordered else None,
-        "order_accuracy_all_heard": round(float(np.mean(complete)), 4) if complete else None,
-        "all_heard": len(complete),
-        "count_accuracy": round(float(np.mean([r.count_correct for r in results])), 4),
-        "mean_score": round(float(np.mean([r.score for r in results])), 4),
-        # What the judge heard for a few sequence prompts: shows *how* order goes wrong.
-        "examples": [{"prompt": r.prompt, "heard": [name for name, _ in r.detected]} for r in results[:6]],
-    }
+    result = {"step": step}
+    for name, split in EVAL_SPLITS.items():
+        specs = sample_prompt_specs(split, config["eval_prompts"], seed=config["seed"] + 777)
+        judged, _ = evaluate_pipeline(
+            pipe, [s.text for s in specs], [1000 + i for i in range(len(specs))],
+            steps=config["sample_steps"], guidance=config["eval_guidance_scale"], batch_size=16, progress=False,
+        )
+        summary = summarize(judged)
+        result[name] = {key: summary[key] for key in
+                        ("event_recall", "extra_events_per_clip", "count_accuracy", "order_accuracy", "mean_score")}
+        if name == "val":  # what the judge heard for a few prompts: shows *how* a model goes wrong
+            result["examples"] = [{"prompt": r.prompt, "heard": [n for n, _ in r.detected]} for r in judged[:6]]
+    return result
 
 
 def train_diffusion(config: dict, tokenizer, text_encoder, vae, latents: torch.Tensor, data: dict, work: Path, metrics: dict):
@@ -462,9 +472,9 @@ def train_diffusion(config: dict, tokenizer, text_encoder, vae, latents: torch.T
     from diffusers.training_utils import EMAModel, compute_snr
 
     from pipeline.original import SD21_SCHEDULER_CONFIG, read_config
-    from pipeline.tango import with_time_position
 
     dev = config["device"]
+    amp = getattr(torch, config["amp_dtype"]) if config["amp_dtype"] else None
     torch.manual_seed(config["seed"])
     text_encoder.requires_grad_(False)
     unet = make_unet(config).to(dev)
@@ -472,24 +482,27 @@ def train_diffusion(config: dict, tokenizer, text_encoder, vae, latents: torch.T
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config["learning_rate"], weight_decay=0.01)
     noise_scheduler = DDPMScheduler.from_config(read_config(SD21_SCHEDULER_CONFIG))
 
-    checkpoint_path, start = work / "diffusion_checkpoint.pt", 0
+    checkpoint_path, start, seconds = work / "diffusion_checkpoint.pt", 0, 0.0
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, weights_only=False)
         unet.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         ema.load_state_dict(state["ema"])
         start, metrics["diffusion"], metrics["eval"] = state["step"], state["metrics"], state["eval"]
+        seconds = state.get("seconds", 0.0)
+    latents = latents.to(dev)  # a few hundred MB at most: no copy per step
 
     texts = data["texts"]
     simple = torch.tensor([c in ("single", "count") for c in data["constructions"]])
     simple_index, all_index = torch.nonzero(simple).flatten(), torch.arange(len(texts))
     generator = torch.Generator().manual_seed(config["seed"] + start)
     progress = tqdm(range(start, config["train_steps"]), desc="diffusion", initial=start, total=config["train_steps"])
-    started = time.time()
+    resumed_at = time.time() - seconds  # training seconds survive a resume; evaluation time does not count
     for step in progress:
+        done_fraction = schedule_progress(step, time.time() - resumed_at, config)
         pool = simple_index if step < config["curriculum_steps"] else all_index
         index = pool[torch.randint(len(pool), (config["batch_size"],), generator=generator)]
-        x0 = latents[index].to(dev, torch.float32)
+        x0 = latents[index.to(dev)].float()
         prompts = ["" if torch.rand((), generator=generator) < config["uncond_prob"] else texts[i] for i in index]
         tokens = tokenizer(prompts, padding=True, truncation=True, return_tensors="pt").to(dev)
         noise = torch.randn(x0.shape, generator=generator).to(dev)
@@ -499,15 +512,17 @@ def train_diffusion(config: dict, tokenizer, text_encoder, vae, latents: torch.T
 
         with torch.no_grad():
             hidden = text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
-        prediction = unet(with_time_position(noisy, unet.config.in_channels), timesteps, encoder_hidden_states=hidden,
-                          encoder_attention_mask=tokens.attention_mask.bool()).sample
+        with torch.autocast(torch.device(dev).type, dtype=amp, enabled=amp is not None):
+            prediction = unet(noisy, timesteps, encoder_hidden_states=hidden,
+                              encoder_attention_mask=tokens.attention_mask.bool()).sample
         snr = compute_snr(noise_scheduler, timesteps)
         weights = torch.clamp(snr, max=config["snr_gamma"]) / (snr + 1)  # min-SNR-γ for v-prediction
-        per_sample = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
+        per_sample = F.mse_loss(prediction.float(), target, reduction="none").mean(dim=(1, 2, 3))
         loss = (weights * per_sample).mean()
 
+        lr = lr_at(step, done_fraction, config)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config)
+            group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), config["grad_clip"])
@@ -515,23 +530,30 @@ def train_diffusion(config: dict, tokenizer, text_encoder, vae, latents: torch.T
         ema.step(unet.parameters())
 
         if step % 50 == 0:
-            metrics["diffusion"].append({"step": step, "loss": round(loss.item(), 5), "lr": lr_at(step, config)})
+            metrics["diffusion"].append({"step": step, "loss": round(loss.item(), 5), "lr": lr,
+                                         "minutes": round((time.time() - resumed_at) / 60, 2)})
             progress.set_postfix(loss=f"{loss.item():.4f}")
         done = step + 1
-        if done % config["eval_interval"] == 0 or done == config["train_steps"]:
+        last = done == config["train_steps"] or schedule_progress(done, time.time() - resumed_at, config) >= 1.0
+        if done % config["eval_interval"] == 0 or last:
+            paused = time.time()
             ema.store(unet.parameters())
             ema.copy_to(unet.parameters())
             unet.eval()
             result = evaluate(make_pipeline(tokenizer, text_encoder, unet, vae, dev,
                                              default_steps=config["sample_steps"]), config, done)
-            result["minutes"] = round((time.time() - started) / 60, 2)
+            result["minutes"] = round((paused - resumed_at) / 60, 2)
             metrics["eval"].append(result)
-            tqdm.write(f"eval {result}")
+            tqdm.write(f"eval {json.dumps(result)}")
             unet.train()
             ema.restore(unet.parameters())
-        if done % config["checkpoint_interval"] == 0 or done == config["train_steps"]:
+            resumed_at += time.time() - paused
+        if done % config["checkpoint_interval"] == 0 or last:
             save_atomic({"model": unet.state_dict(), "optimizer": optimizer.state_dict(), "ema": ema.state_dict(),
-                         "step": done, "metrics": metrics["diffusion"], "eval": metrics["eval"]}, checkpoint_path)
+                         "step": done, "seconds": time.time() - resumed_at, "metrics": metrics["diffusion"],
+                         "eval": metrics["eval"]}, checkpoint_path)
+        if last:
+            break
     ema.copy_to(unet.parameters())
     return unet.eval()
 
@@ -560,7 +582,32 @@ def main(argv: list[str]) -> None:
     metrics["minutes_this_run"] = round((time.time() - started) / 60, 2)
     for path in (metrics_path, out / "training_metrics.json"):
         path.write_text(json.dumps(metrics, indent=1) + "\n")
-    print(f"wrote {out}; metrics in {metrics_path}")
+    plot_training_curves(metrics, out / "training_curves.png")
+    print(f"wrote {out}; metrics in {metrics_path}, curves in {out / 'training_curves.png'}")
+
+
+def plot_training_curves(metrics: dict, path: Path) -> None:
+    """The diffusion loss and, per evaluation split, what the judge heard as training went on."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = ["event_recall", "extra_events_per_clip", "count_accuracy", "order_accuracy", "mean_score"]
+    figure, axes = plt.subplots(1, len(panels) + 1, figsize=(4 * (len(panels) + 1), 3.2))
+    axes[0].plot([m["step"] for m in metrics["diffusion"]], [m["loss"] for m in metrics["diffusion"]], lw=0.8)
+    axes[0].set(title="diffusion loss", xlabel="step", yscale="log")
+    for axis, name in zip(axes[1:], panels):
+        for split in EVAL_SPLITS:
+            points = [(e["step"], e[split][name]) for e in metrics["eval"] if e.get(split, {}).get(name) is not None]
+            if points:
+                axis.plot(*zip(*points), marker="o", label=split)
+        axis.set(title=name.replace("_", " "), xlabel="step")
+        axis.grid(alpha=0.3)
+    axes[1].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
 
 
 if __name__ == "__main__":

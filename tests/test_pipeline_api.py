@@ -1,5 +1,6 @@
 """TangoPipeline's public behaviour: batching, seeds, lengths, round trips, bad input."""
 
+import json
 import logging
 
 import numpy as np
@@ -133,26 +134,60 @@ def test_save_pretrained_round_trip(fixture_pipe, tmp_path):
     assert reloaded.vae.config.scaling_factor == fixture_pipe.vae.config.scaling_factor
 
 
-def test_time_position_maps_only_for_unets_that_take_them(fixture_pipe):
+def test_time_position_maps():
+    from pipeline.time_position_unet import time_position_maps
+
+    maps = time_position_maps(16, 3)
+    assert maps.shape == (3, 16)
+    ramp = maps[0]
+    assert ramp[0] == -1 and ramp[-1] == 1 and torch.all(ramp[1:] > ramp[:-1])
+    torch.testing.assert_close(maps[1], torch.sin(torch.pi * ramp))  # then sin/cos pairs of rising frequency
+    torch.testing.assert_close(maps[2], torch.cos(torch.pi * ramp))
+
+
+def test_time_position_unet_is_a_plain_unet_to_its_callers(fixture_pipe, tmp_path):
+    """Weights of a UNet2DConditionModel fed latent + position maps by its caller (the old design) give the
+    same output inside TimePositionUNet, called with the latent alone; save/load round-trips it and the pipeline
+    records its class."""
     from diffusers import UNet2DConditionModel
 
-    from pipeline.tango import with_time_position
+    from pipeline.time_position_unet import TimePositionUNet, time_position_maps
 
-    latents = torch.zeros(2, 8, 16, 4)
-    assert with_time_position(latents, 8) is latents  # Tango: the latent alone
-    extended = with_time_position(latents, 11)
-    assert extended.shape == (2, 11, 16, 4)
-    ramp = extended[0, 8, :, 0]
-    assert ramp[0] == -1 and ramp[-1] == 1 and torch.all(ramp[1:] > ramp[:-1])
-    assert torch.equal(extended[0, 8:], extended[1, 8:])  # the same for every clip and mel bin
-    assert torch.equal(extended[0, 8, :, 0], extended[0, 8, :, 3])
-
+    config = {**fixture_pipe.unet.config, "in_channels": 11}
     torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config({**fixture_pipe.unet.config, "in_channels": 9})
+    plain = UNet2DConditionModel.from_config(config)
+    unet = TimePositionUNet.from_config(config)
+    missing, unexpected = unet.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(name.startswith("time_position_projections.") for name in missing)
+
+    latents, t = torch.randn(2, 8, 16, 4), torch.tensor([10, 500])
+    states, mask = torch.randn(2, 5, config["cross_attention_dim"]), torch.ones(2, 5, dtype=torch.bool)
+    maps = time_position_maps(16, 3)[None, :, :, None].expand(2, -1, -1, 4)
+    with torch.no_grad():
+        before = plain(torch.cat([latents, maps], 1), t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+        after = unet(latents, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+    torch.testing.assert_close(after, before)
+
+    # The attention-level projections are real parameters: trained ones change the output and survive save/load.
+    with torch.no_grad():
+        for projection in unet.time_position_projections:
+            projection.weight.normal_(std=0.1)
+    unet.save_pretrained(tmp_path / "unet")
+    reloaded = TimePositionUNet.from_pretrained(tmp_path / "unet")
+    with torch.no_grad():
+        moved = unet(latents, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+        again = reloaded(latents, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+    assert not torch.allclose(moved, before)
+    torch.testing.assert_close(again, moved)
+
     pipe = TangoPipeline(**{**fixture_pipe.components, "unet": unet})
     pipe.set_progress_bar_config(disable=True)
     audio = pipe(PROMPTS[1], num_inference_steps=1, audio_length_in_s=SHORT, generator=torch.Generator().manual_seed(0)).audios
     assert audio.shape == (1, int(SHORT * 16000)) and np.isfinite(audio).all()
+    pipe.save_pretrained(tmp_path / "pipe")
+    index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+    assert index["unet"] == ["pipeline.time_position_unet", "TimePositionUNet"]
+    assert isinstance(load_pipeline(str(tmp_path / "pipe")).unet, TimePositionUNet)
 
 
 def test_default_steps_travel_with_the_model(fixture_pipe, tmp_path):

@@ -19,11 +19,14 @@ def test_toy_run_writes_a_pipeline_and_resumes(tmp_path):
     pipe = load_pipeline(str(out), device="cpu")
     assert isinstance(pipe, TangoPipeline) and type(pipe.vocoder).__name__ == "GriffinLimVocoder"
     assert pipe.default_audio_length_in_s == pytest.approx(3.84)
-    assert pipe.unet.config.in_channels == 9  # latent + one time-position map
+    assert type(pipe.unet).__name__ == "TimePositionUNet"  # the model adds its own time-position maps
+    assert pipe.unet.config.in_channels == 8 + train_tiny.position_channels
     assert pipe.config.default_num_inference_steps == 2
     metrics = json.loads((out / "training_metrics.json").read_text())
     assert [e["step"] for e in metrics["eval"]] == [2] and metrics["vae"]
     assert {"prompt", "heard"} <= set(metrics["eval"][0]["examples"][0])
+    assert {"event_recall", "extra_events_per_clip", "order_accuracy"} <= set(metrics["eval"][0]["test"])
+    assert (out / "training_curves.png").stat().st_size > 0
     assert "extra_events_per_clip" in metrics["vae_ceiling"]
     assert metrics["text"] and 0 <= metrics["text_slots_exact_heldout"] <= 1
 
