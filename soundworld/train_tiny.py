@@ -132,30 +132,31 @@ def ints(text: str) -> tuple[int, ...]:
 # -- 1. data -------------------------------------------------------------------------------
 
 
-def _render_mel(job: tuple[str, int]) -> np.ndarray:
-    from pipeline.audio import wav_to_fbank
+def _render_waveforms(jobs: list[tuple[str, int]]) -> np.ndarray:
     from soundworld import render
 
-    prompt, clip_seed = job
-    waveform, _, _ = render(prompt, clip_seed)
-    fbank, _, _ = wav_to_fbank(torch.from_numpy(waveform), target_length=CLIP_FRAMES)
-    return fbank[0].numpy().astype(np.float16)
+    return np.stack([render(prompt, clip_seed)[0] for prompt, clip_seed in jobs])
 
 
 def make_data(config: dict, work: Path) -> dict:
+    """Render the training clips in worker processes; their log-mels are computed on ``device`` in batches."""
     path = work / "data.pt"
     if path.exists():
         return torch.load(path, weights_only=False)
+    from pipeline.audio import wav_to_fbank
     from soundworld import sample_prompt_specs
 
     specs = sample_prompt_specs("train", config["num_clips"], seed=config["seed"])
     jobs = [(spec.text, config["seed"] * 1_000_003 + index) for index, spec in enumerate(specs)]
-    torch.set_num_threads(1)  # one thread per rendering process
-    with ProcessPoolExecutor(max_workers=config["workers"]) as pool:
-        mels = list(tqdm(pool.map(_render_mel, jobs, chunksize=64), total=len(jobs), desc="render clips"))
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    chunks = [jobs[start : start + 256] for start in range(0, len(jobs), 256)]
+    mels = []
+    with ProcessPoolExecutor(max_workers=config["workers"]) as pool, tqdm(total=len(jobs), desc="render clips") as bar:
+        for waveforms in pool.map(_render_waveforms, chunks):
+            fbank = wav_to_fbank(torch.from_numpy(waveforms).to(config["device"]), target_length=CLIP_FRAMES)[0]
+            mels.append(fbank.to("cpu", torch.float16))
+            bar.update(len(waveforms))
     data = {
-        "mels": torch.from_numpy(np.stack(mels)),
+        "mels": torch.cat(mels),
         "texts": [spec.text for spec in specs],
         "constructions": [spec.construction for spec in specs],
     }
@@ -561,6 +562,17 @@ def train_diffusion(config: dict, tokenizer, text_encoder, vae, latents: torch.T
 # -- 7. export -----------------------------------------------------------------------------
 
 
+def prepare(config: dict, work: Path, metrics: dict):
+    """Stages 1-5, each cached in ``work``: what the diffusion stage trains on."""
+    data = make_data(config, work)
+    tokenizer = make_tokenizer(config, data["texts"], work)
+    text_encoder = pretrain_text_encoder(config, tokenizer, work, metrics)
+    vae = train_vae(config, data["mels"], work, metrics)
+    latents, scaling_factor = encode_latents(config, vae, data["mels"], work)
+    vae.register_to_config(scaling_factor=scaling_factor)
+    return data, tokenizer, text_encoder, vae, latents
+
+
 def main(argv: list[str]) -> None:
     config = apply_overrides(argv)
     work, out = Path(config["work_dir"]), Path(config["out_dir"])
@@ -569,12 +581,7 @@ def main(argv: list[str]) -> None:
     metrics = {"config": config, "text": [], "vae": [], "diffusion": [], "eval": []}
     started = time.time()
 
-    data = make_data(config, work)
-    tokenizer = make_tokenizer(config, data["texts"], work)
-    text_encoder = pretrain_text_encoder(config, tokenizer, work, metrics)
-    vae = train_vae(config, data["mels"], work, metrics)
-    latents, scaling_factor = encode_latents(config, vae, data["mels"], work)
-    vae.register_to_config(scaling_factor=scaling_factor)
+    data, tokenizer, text_encoder, vae, latents = prepare(config, work, metrics)
     unet = train_diffusion(config, tokenizer, text_encoder, vae, latents, data, work, metrics)
 
     pipe = make_pipeline(tokenizer, text_encoder.cpu(), unet.cpu(), vae.cpu(), default_steps=config["sample_steps"])
