@@ -25,9 +25,10 @@ def _read_prompts(path: str) -> list[str]:
 
 
 def pool(args: argparse.Namespace) -> int:
-    from .pool import build_pool
+    from .pool import DEFAULT_MODELS, build_pool
 
-    report = build_pool(Store(args.data_dir), _read_prompts(args.prompts), args.models.split(","), k=args.k, seed=args.seed,
+    models = args.models.split(",") if args.models else DEFAULT_MODELS
+    report = build_pool(Store(args.data_dir), _read_prompts(args.prompts), models, k=args.k, seed=args.seed,
                         steps=args.steps, guidance=args.guidance, batch_size=args.batch_size)
     print(f"{len(report.task_ids)} tasks ready; {report.generated} clips generated, {report.reused} already stored")
     return 0
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("pool", pool, "generate k clips per prompt per model and make one ranking task per prompt")
     sub.add_argument("--prompts", required=True, help="text file, one prompt per line (# comments, blanks ignored)")
-    sub.add_argument("--models", default="tiny,tiny-dpo", help="comma-separated model specs (default tiny,tiny-dpo)")
+    sub.add_argument("--models", default=None, help="comma-separated model specs (default: the embedded tiny,tiny-dpo)")
     sub.add_argument("--k", type=int, default=2, help="clips per prompt per model (default 2: a 4-clip task)")
     sub.add_argument("--seed", type=int, default=0, help="clip i of each prompt and model uses seed + i")
     sub.add_argument("--steps", type=int, default=None, help="denoising steps (default: each model's own)")

@@ -13,7 +13,7 @@ training signal. Rankers:
 * ``clap`` (strategy ``clap-rank``): cosine similarity of CLAP text and audio embeddings
   (``laion/larger_clap_general`` by default; any transformers CLAP checkpoint).
 
-Clip ``i`` of every prompt is generated with seed ``seed + i`` (as the candidate pools do),
+Clip ``i`` of every prompt is generated with seed ``seed + i`` (``pipeline.clip_seeds``, as the pools do),
 K clips per prompt in one batched call. Pairs go through the shared dataset writer.
 """
 
@@ -28,6 +28,9 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from pipeline.registry import DEFAULT_SPEC
+from pipeline.tango import clip_seeds
 
 from .clips import decode_wav, encode_wav
 from .dataset import EmptyDataset, PreferenceRow, write_preference_dataset
@@ -119,6 +122,7 @@ def autorank_pairs(
     steps = generate.default_steps if steps is None else steps
     report = report if report is not None else AutorankReport()
     strategy = getattr(ranker, "strategy", "judge-rank")
+    seeds = clip_seeds(seed, k)
     for start in tqdm(range(0, len(prompts), batch_size), desc="autorank", unit="batch"):
         batch = list(prompts[start : start + batch_size])
         waveforms = np.asarray(generate(batch, k, seed, steps, guidance))
@@ -135,8 +139,8 @@ def autorank_pairs(
             report.pairs += 1
             yield PreferenceRow(
                 prompt=prompt, chosen_wav=encode_wav(clips[best]), rejected_wav=encode_wav(clips[worst]),
-                strategy=strategy, chosen_model=model, rejected_model=model, chosen_seed=seed + best,
-                rejected_seed=seed + worst, num_inference_steps=steps, guidance_scale=guidance,
+                strategy=strategy, chosen_model=model, rejected_model=model, chosen_seed=seeds[best],
+                rejected_seed=seeds[worst], num_inference_steps=steps, guidance_scale=guidance,
                 votes_for=1, votes_against=0, annotators=1,
             )
 
@@ -176,7 +180,7 @@ def read_prompts(source: str, n: int | None, seed: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m annotate.autorank", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny", help="model spec that generates the candidates")
+    parser.add_argument("--model", default=DEFAULT_SPEC, help=f"model spec that generates the candidates (default {DEFAULT_SPEC})")
     parser.add_argument("--prompts", required=True, help="a prompts file, or 'train' / 'test' / 'heldout' (sound world)")
     parser.add_argument("--n", type=int, default=None, help="how many prompts (default: all in the file, 1000 sampled)")
     parser.add_argument("--k", type=int, default=4, help="candidates per prompt (default 4)")

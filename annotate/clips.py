@@ -29,10 +29,11 @@ import numpy as np
 import soundfile as sf
 from scipy.io import wavfile
 
+from soundworld.vocabulary import SAMPLE_RATE  # Tango's rate, defined once (torch-free) with the sound world
+
 from .files import write_atomic
 from .validation import InvalidAudio, preview
 
-SAMPLE_RATE = 16000
 MAX_CLIP_S = 60.0
 
 

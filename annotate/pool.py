@@ -1,7 +1,7 @@
 """Candidate pools: ``k`` clips per prompt from each model, stored as one blind ranking task per prompt.
 
 Seeds: clip ``i`` of every (prompt, model) is drawn with its own generator seeded
-``seed + i`` (the pipeline's convention), so each clip is reproducible alone from its
+``seed + i`` (``pipeline.clip_seeds``, on the pipeline's device), so each clip is reproducible alone from its
 stored settings, and clip ``i`` of every model starts from the same initial noise: the
 models are compared on paired noise, so a preference reflects the model, not the luck of
 the draw.
@@ -15,7 +15,7 @@ generated again, and a task over the same clips is the same task, so an interrup
 repeated run only fills what is missing.
 
 The generator is injected (``make_generator(spec)`` returns a ``ClipGenerator``); the
-default loads the real pipeline, lazily: ``annotate`` touches ``pipeline`` only here.
+default loads the real pipeline: ``annotate`` generates with ``pipeline`` only here.
 """
 
 from __future__ import annotations
@@ -27,12 +27,15 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from pipeline.registry import DEFAULT_DPO_SPEC, DEFAULT_SPEC, load_pipeline
+from pipeline.tango import clip_seeds
+
 from .store import MAX_TASK_CLIPS, Store
 from .validation import MAX_PROMPT_CHARS, MAX_SPEC_CHARS, InvalidInput, check_float, check_int, check_text
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODELS = ("tiny", "tiny-dpo")
+DEFAULT_MODELS = (DEFAULT_SPEC, DEFAULT_DPO_SPEC)
 
 
 class ClipGenerator(Protocol):
@@ -51,14 +54,12 @@ class PipelineGenerator:
     """The real thing: ``pipeline.load_pipeline(spec)`` with one torch generator per clip."""
 
     def __init__(self, spec: str):
-        from pipeline import load_pipeline  # lazy: annotate/ must import without pipeline/'s weight
-
         self.pipe = load_pipeline(spec)
         self.sampling_rate = self.pipe.vocoder.config.sampling_rate
         self.default_steps = self.pipe.config.default_num_inference_steps
 
     def __call__(self, prompts: list[str], k: int, seed: int, steps: int, guidance: float) -> np.ndarray:
-        generators = self.pipe.clip_generators([seed + i for _ in prompts for i in range(k)])
+        generators = self.pipe.clip_generators([s for _ in prompts for s in clip_seeds(seed, k)])
         return self.pipe(
             prompts, num_inference_steps=steps, guidance_scale=guidance, num_waveforms_per_prompt=k, generator=generators
         ).audios
@@ -111,8 +112,10 @@ def build_pool(
 
     model_steps = {model: steps if steps is not None else generator(model).default_steps for model in models}
 
+    seeds = clip_seeds(seed, k)
+
     def stored(prompt: str, model: str, i: int):
-        return store.find_candidate(prompt, model=model, seed=seed + i, steps=model_steps[model], guidance=guidance)
+        return store.find_candidate(prompt, model=model, seed=seeds[i], steps=model_steps[model], guidance=guidance)
 
     missing = {model: [p for p in prompts if any(stored(p, model, i) is None for i in range(k))] for model in models}
     todo = sum(len(todo_prompts) for todo_prompts in missing.values()) * k
@@ -128,7 +131,7 @@ def build_pool(
                     raise ValueError(f"generator for {model!r} returned shape {waveforms.shape}, wanted ({len(batch) * k}, samples)")
                 for j, prompt in enumerate(batch):
                     for i in range(k):
-                        store.add_candidate(prompt, waveforms[j * k + i], model=model, seed=seed + i, steps=model_steps[model],
+                        store.add_candidate(prompt, waveforms[j * k + i], model=model, seed=seeds[i], steps=model_steps[model],
                                             guidance=guidance, sample_rate=generate.sampling_rate)
                 bar.update(len(batch) * k)
 

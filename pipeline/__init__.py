@@ -7,6 +7,6 @@ tools or the app (they sit above this package).
 from .audio import load_audio, save_audio, wav_to_fbank
 from .griffinlim import GriffinLimVocoder
 from .registry import load_pipeline
-from .tango import TangoPipeline
+from .tango import TangoPipeline, clip_seeds
 
-__all__ = ["GriffinLimVocoder", "TangoPipeline", "load_audio", "load_pipeline", "save_audio", "wav_to_fbank"]
+__all__ = ["GriffinLimVocoder", "TangoPipeline", "load_audio", "load_pipeline", "clip_seeds", "save_audio", "wav_to_fbank"]

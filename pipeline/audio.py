@@ -29,9 +29,6 @@ import torch.nn.functional as F
 from scipy.signal import get_window, resample_poly
 from transformers.audio_utils import mel_filter_bank
 
-SAMPLE_RATE = 16000
-
-
 class AudioError(ValueError):
     """An audio file or array that cannot be used (unreadable, empty, not finite)."""
 
@@ -44,13 +41,9 @@ class MelConfig:
     hop_length: int = 160
     win_length: int = 1024
     n_mel_channels: int = 64
-    sampling_rate: int = SAMPLE_RATE
+    sampling_rate: int = 16000  # Tango's audio rate; soundworld and annotate render and store at it too
     mel_fmin: float = 0.0
     mel_fmax: float = 8000.0
-
-    def frames_for(self, audio_length_in_s: float) -> int:
-        """Mel frames Tango uses for a clip: ``int(duration * 102.4)`` for 16 kHz / hop 160."""
-        return int(round(audio_length_in_s * self.sampling_rate / self.hop_length))
 
 
 TANGO_MEL = MelConfig()
@@ -164,7 +157,7 @@ def wav_to_fbank(
     return pad_frames(fbank, target_length), pad_frames(log_magnitudes, target_length), batch
 
 
-def load_audio(source: str | os.PathLike | bytes, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def load_audio(source: str | os.PathLike | bytes, sample_rate: int = TANGO_MEL.sampling_rate) -> np.ndarray:
     """Read an audio file (a path, or the file's bytes) as mono float32 at ``sample_rate``
     (first channel, like Tango).
 
@@ -181,7 +174,7 @@ def load_audio(source: str | os.PathLike | bytes, sample_rate: int = SAMPLE_RATE
 
 
 def as_mono_16k(
-    waveform: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE, name: str = "waveform"
+    waveform: np.ndarray, sample_rate: int, target_rate: int = TANGO_MEL.sampling_rate, name: str = "waveform"
 ) -> np.ndarray:
     """Validate a 1-D waveform and resample it to ``target_rate`` (polyphase filter)."""
     waveform = np.asarray(waveform, dtype=np.float32)
@@ -199,7 +192,7 @@ def as_mono_16k(
     return waveform
 
 
-def save_audio(path: str | os.PathLike, waveform: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+def save_audio(path: str | os.PathLike, waveform: np.ndarray, sample_rate: int = TANGO_MEL.sampling_rate) -> None:
     """Write a float waveform as 16-bit PCM WAV (or the format the suffix names)."""
     waveform = np.asarray(waveform, dtype=np.float32)
     if waveform.ndim != 1 or not np.isfinite(waveform).all():

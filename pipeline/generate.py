@@ -13,6 +13,7 @@ from pathlib import Path
 from .audio import save_audio
 from .original import CheckpointError
 from .registry import DEFAULT_SPEC, SpecError, load_pipeline
+from .tango import clip_seeds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         pipe = load_pipeline(args.model, device=args.device)
-        generators = pipe.clip_generators(range(args.seed, args.seed + max(args.num_waveforms, 1)))
+        generators = pipe.clip_generators(clip_seeds(args.seed, max(args.num_waveforms, 1)))
         audios = pipe(
             args.prompt,
             num_inference_steps=args.steps,

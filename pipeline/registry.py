@@ -34,7 +34,8 @@ logger = logging.get_logger(__name__)
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 EMBEDDED = {"tiny": ASSETS_DIR / "tango-tiny", "tiny-dpo": ASSETS_DIR / "tango-tiny-dpo"}
-DEFAULT_SPEC = "tiny"
+DEFAULT_SPEC = "tiny"  # the base model wherever none is named
+DEFAULT_DPO_SPEC = "tiny-dpo"  # its DPO-tuned version (the app's right column, the default pool)
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 DIFFUSERS_PATTERNS = ["model_index.json", "*/*.json", "*/*.safetensors", "*/*.model", "*/*.txt"]

@@ -43,6 +43,15 @@ EXAMPLE_DOC_STRING = """
 MAX_LENGTH_FACTOR = 3
 
 
+def clip_seeds(seed: int, count: int) -> list[int]:
+    """The seeds of ``count`` clips drawn under one ``seed``: clip ``i`` is seeded ``seed + i``.
+
+    The one convention of the app, the candidate pools, the generate CLI and the evaluation,
+    so a clip is reproducible from (seed, i) whoever made it; draw them with ``clip_generators``.
+    """
+    return [int(seed) + i for i in range(count)]
+
+
 class TangoPipeline(DiffusionPipeline):
     r"""
     Pipeline for text-to-audio generation with Tango and Tango 2.
@@ -244,8 +253,8 @@ class TangoPipeline(DiffusionPipeline):
         return 2 ** (len(self.unet.config.block_out_channels) - 1)
 
     def clip_generators(self, seeds) -> list[torch.Generator]:
-        """One generator per clip, seeded ``seeds[i]``, on the device type the pipeline runs on:
-        pass as ``generator=`` and each clip is reproducible on its own, whatever its batch."""
+        """One generator per clip, seeded ``seeds[i]`` (see ``clip_seeds``), on the device type the pipeline
+        runs on: pass as ``generator=`` and each clip is reproducible on its own, whatever its batch or caller."""
         device = "cuda" if self.device.type == "cuda" else "cpu"
         return [torch.Generator(device).manual_seed(int(seed)) for seed in seeds]
 

@@ -5,10 +5,11 @@
         --compare heldout.json          # paired bootstrap of tiny-dpo minus tiny
     python -m soundworld.evaluate --model tiny --best-of 4 --out heldout-best4.json   # judge reranking
 
-Prompt i is ``sample_prompts(split, n, seed)[i]`` and its clip is generated with
-``torch.Generator().manual_seed(seed + i)``, whatever the batch size, so two
-models evaluated with the same arguments see the same prompts and the same
-initial noise: compare them clip by clip with a paired bootstrap,
+Prompt i is ``sample_prompts(split, n, seed)[i]`` and its clip is seeded ``seed + i``
+(``pipeline.clip_seeds``) and drawn with the pipeline's ``clip_generators``, on the
+pipeline's device, whatever the batch size: the very clip the app and the pools make
+for that prompt and seed. Two models evaluated with the same arguments see the same
+prompts and the same initial noise: compare them clip by clip with a paired bootstrap,
 ``compare(report_a["clips"], report_b["clips"])``.
 
 ``--best-of K`` generates K clips per prompt (clip j seeded ``seed + i + j * n``, so
@@ -130,11 +131,10 @@ def evaluate_pipeline(
     """Generate one clip per (prompt, seed) in batches and judge it.
 
     ``pipe`` is a text-to-audio pipeline called as ``pipe(prompts, num_inference_steps=...,
-    guidance_scale=..., generator=[one torch.Generator per clip]).audios`` -> (batch, samples).
+    guidance_scale=..., generator=pipe.clip_generators(seeds)).audios`` -> (batch, samples).
     Returns (results, shuffled): each clip judged against its own prompt, and
     against its ``shuffled_partners(len(prompts), baseline_seed)`` prompt.
     """
-    import torch
     from tqdm.auto import tqdm
 
     partners = shuffled_partners(len(prompts), baseline_seed)
@@ -143,8 +143,8 @@ def evaluate_pipeline(
     with tqdm(total=len(prompts), unit="clip", disable=not progress) as bar:
         for start in range(0, len(prompts), batch_size):
             batch = slice(start, start + batch_size)
-            generators = [torch.Generator().manual_seed(seed) for seed in seeds[batch]]
-            output = pipe(prompts[batch], num_inference_steps=steps, guidance_scale=guidance, generator=generators)
+            output = pipe(prompts[batch], num_inference_steps=steps, guidance_scale=guidance,
+                          generator=pipe.clip_generators(seeds[batch]))
             audios = output.audios
             for offset, audio in enumerate(np.asarray(audios, dtype=np.float32)):
                 index = start + offset
@@ -220,15 +220,16 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--n, --batch-size and --best-of must be positive, got {args.n}, {args.batch_size}, {args.best_of}")
     other = json.loads(args.compare.read_text()) if args.compare else None
 
-    from pipeline import load_pipeline  # torch and diffusers: only when a model is evaluated
+    import pipeline  # torch and diffusers: only when a model is evaluated
 
-    pipe = load_pipeline(args.model)
+    pipe = pipeline.load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     args.steps = args.steps or pipe.config.default_num_inference_steps
     prompts = sample_prompts(args.prompts, args.n, args.seed)
-    seeds = [args.seed + i for i in range(args.n)]
+    all_seeds = pipeline.clip_seeds(args.seed, args.n * args.best_of)  # round j: seed + i + j * n
+    seeds = all_seeds[:args.n]
     rounds = [
-        evaluate_pipeline(pipe, prompts, [seed + j * args.n for seed in seeds], steps=args.steps,
+        evaluate_pipeline(pipe, prompts, all_seeds[j * args.n:(j + 1) * args.n], steps=args.steps,
                           guidance=args.guidance, batch_size=args.batch_size, baseline_seed=args.seed)
         for j in range(args.best_of)
     ]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SAMPLE_RATE = 16000  # of every clip in the sound world, as of Tango's audio
+SAMPLE_RATE = 16000  # Tango's audio rate: every sound-world clip, and every clip the annotation store keeps
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,6 @@ class EventType:
     @property
     def countable(self) -> bool:
         return bool(self.plurals)
-
-    @property
-    def canonical(self) -> str:
-        return self.phrases[0]
 
 
 EVENT_VOCABULARY: tuple[EventType, ...] = (

@@ -13,13 +13,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.registry import DEFAULT_DPO_SPEC, DEFAULT_SPEC
+
 DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
 class StudioConfig:
-    base_model: str = "tiny"
-    dpo_model: str = "tiny-dpo"
+    base_model: str = DEFAULT_SPEC
+    dpo_model: str = DEFAULT_DPO_SPEC
     data_dir: Path = Path("data")
     hub_dataset: str | None = None
     admins: frozenset[str] = frozenset()
@@ -37,8 +39,8 @@ class StudioConfig:
 
 # flag -> (environment variable, help)
 _FLAGS = {
-    "--base-model": ("TANGO_BASE_MODEL", "model spec of the left column (default: tiny)"),
-    "--dpo-model": ("TANGO_DPO_MODEL", "model spec of the DPO-tuned column (default: tiny-dpo)"),
+    "--base-model": ("TANGO_BASE_MODEL", f"model spec of the left column (default: {DEFAULT_SPEC})"),
+    "--dpo-model": ("TANGO_DPO_MODEL", f"model spec of the DPO-tuned column (default: {DEFAULT_DPO_SPEC})"),
     "--data-dir": ("TANGO_DATA_DIR", "annotation store: database, clips, exports (default: ./data)"),
     "--hub-dataset": ("TANGO_HUB_DATASET", "dataset repo the Dataset tab pushes to, owner/name"),
     "--admins": ("TANGO_ADMINS", "comma-separated names allowed on the Dataset tab"),

@@ -8,8 +8,8 @@ Loaded pipelines are shared by every visitor (the registry caches them), so a ca
 touches one: each call builds a light view of the pipeline with a fresh scheduler of the
 chosen sampler (schedulers keep per-call state in ``set_timesteps``), sharing the weights.
 
-Seeds follow ``annotate.pool``: candidate ``i`` is drawn with its own generator seeded
-``seed + i``, so both columns start from the same noise and a clip sent to annotation is
+Seeds follow ``pipeline.clip_seeds`` (candidate ``i`` is drawn with its own generator seeded
+``seed + i``, on the pipeline's device, as in ``annotate.pool``), so both columns start from the same noise and a clip sent to annotation is
 the clip the pool would make under the same settings.
 """
 
@@ -31,7 +31,7 @@ from annotate import Store
 from annotate.validation import MAX_PROMPT_CHARS
 from pipeline.audio import save_audio
 from pipeline.registry import EMBEDDED, load_pipeline
-from pipeline.tango import TangoPipeline
+from pipeline.tango import TangoPipeline, clip_seeds
 
 from .config import StudioConfig
 from .spectrogram import save_spectrogram
@@ -80,6 +80,11 @@ class GenerationSettings:
     seed: int
     candidates: int
     sampler: str = MODEL_DEFAULT
+
+    @property
+    def seeds(self) -> list[int]:
+        """One per candidate, by the pipeline's convention (``clip_seeds``)."""
+        return clip_seeds(self.seed, self.candidates)
 
     @classmethod
     def checked(cls, prompt: object, steps: object, guidance: object, seed: object, candidates: object,
@@ -176,9 +181,9 @@ def sampler_model_label(model: LoadedModel, sampler: str) -> str:
 
 
 def _run_pipeline(pipe: TangoPipeline, settings: GenerationSettings, on_step: Callable[[int], None] | None) -> np.ndarray:
-    """(candidates, samples) float32 waveforms; candidate i seeded ``seed + i``."""
+    """(candidates, samples) float32 waveforms; candidate i seeded ``settings.seeds[i]``."""
     view = with_sampler(pipe, settings.sampler)
-    generators = pipe.clip_generators(range(settings.seed, settings.seed + settings.candidates))
+    generators = pipe.clip_generators(settings.seeds)
 
     def step_done(_pipe, step, _timestep, tensors):
         on_step(step + 1)
@@ -259,7 +264,7 @@ def generate_both(models: list[LoadedModel], settings: GenerationSettings, out_d
             audio_path, picture_path = folder / f"{model.role}-{i}.wav", folder / f"{model.role}-{i}.png"
             save_audio(audio_path, waveform, model.pipe.sampling_rate)
             save_spectrogram(waveform, model.pipe.sampling_rate, picture_path)
-            clips.append(GeneratedClip(str(audio_path), str(picture_path), settings.seed + i))
+            clips.append(GeneratedClip(str(audio_path), str(picture_path), settings.seeds[i]))
         columns.append(ColumnResult(model.role, model.title, model.spec, sampler_model_label(model, settings.sampler),
                                     clips, seconds / len(clips)))
     _prune(Path(out_dir), KEEP_GENERATIONS)

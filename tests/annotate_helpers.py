@@ -11,8 +11,7 @@ import zlib
 import numpy as np
 
 from annotate import Store
-
-SAMPLE_RATE = 16000
+from annotate.clips import SAMPLE_RATE
 
 
 def tone(frequency: float, seconds: float = 0.1, rate: int = SAMPLE_RATE) -> np.ndarray:

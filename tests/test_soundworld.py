@@ -417,12 +417,18 @@ class _GroundTruthPipeline:
     """Stands in for a text-to-audio pipeline: 'generates' the renderer's clip for each (prompt, seed)."""
 
     vocoder = SimpleNamespace(config=SimpleNamespace(sampling_rate=SAMPLE_RATE))
+    device = SimpleNamespace(type="cpu")
 
     def __init__(self):
         self.calls = []
 
     def set_progress_bar_config(self, **kwargs):
         pass
+
+    def clip_generators(self, seeds):
+        from pipeline import TangoPipeline
+
+        return TangoPipeline.clip_generators(self, seeds)  # the real pipeline's, on this one's device
 
     def __call__(self, prompts, num_inference_steps, guidance_scale, generator):
         self.calls.append((len(prompts), num_inference_steps, guidance_scale))
