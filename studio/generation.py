@@ -8,9 +8,10 @@ Loaded pipelines are shared by every visitor (the registry caches them), so a ca
 touches one: each call builds a light view of the pipeline with a fresh scheduler of the
 chosen sampler (schedulers keep per-call state in ``set_timesteps``), sharing the weights.
 
-Seeds follow ``pipeline.clip_seeds`` (candidate ``i`` is drawn with its own generator seeded
-``seed + i``, on the pipeline's device, as in ``annotate.pool``), so both columns start from the same noise and a clip sent to annotation is
-the clip the pool would make under the same settings.
+Seeds follow ``pipeline.clip_seeds``: candidate ``i`` is drawn with its own generator seeded
+``seed + i``, on the pipeline's device, as in ``annotate.pool`` and the evaluation, so both
+columns start from the same noise and a clip sent to annotation is the clip the pool would
+make under the same settings.
 """
 
 from __future__ import annotations
