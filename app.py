@@ -14,6 +14,7 @@ declared in ``build_app`` and its three ``*_tab`` helpers, which also wire the e
 import functools
 import inspect
 import logging
+import sqlite3
 import sys
 
 import gradio as gr
@@ -63,14 +64,21 @@ SHORTCUTS_JS = """
 """
 
 
+STORE_TROUBLE = "The annotation store could not answer just now (nothing was changed): try again in a few seconds."
+
+
 def visible_errors(handler):
     """Bad input and refused actions (ValueError: InvalidVote, GenerationError, IdentityError, ...;
-    OSError: a failed push) reach the user as a gr.Error message instead of a server error."""
+    OSError: a failed push) reach the user as a gr.Error message instead of a server error; a
+    database error (locked, I/O) becomes a "try again" message, its trace goes to the log."""
 
     @functools.wraps(handler)
     def wrapped(*args, **kwargs):
         try:
             return handler(*args, **kwargs)
+        except sqlite3.Error as err:
+            logger.exception("store error in %s", handler.__name__)
+            raise gr.Error(STORE_TROUBLE) from err
         except (ValueError, OSError) as err:
             raise gr.Error(str(err)) from err
 
@@ -230,8 +238,8 @@ def show_dataset(studio: Studio, admin: str, request: gr.Request, profile: gr.OA
             gr.update(visible=pair is not None, value=pair and (
                 f"**{pair.prompt}**: `{pair.chosen_model}` preferred over `{pair.rejected_model}` "
                 f"({pair.votes_for} vs {pair.votes_against} votes)")),
-            gr.update(visible=pair is not None, value=pair and pair.chosen_audio),
-            gr.update(visible=pair is not None, value=pair and pair.rejected_audio),
+            gr.update(visible=pair is not None, value=pair and studio.clip_server.serve(pair.chosen_audio)),
+            gr.update(visible=pair is not None, value=pair and studio.clip_server.serve(pair.rejected_audio)),
         ]
     return overview.as_markdown(), overview.annotator_rows(), *previews
 
@@ -398,7 +406,8 @@ def launch(studio: Studio, demo: gr.Blocks, **options):
         server_name=studio.config.host,
         server_port=studio.config.port,
         auth=password_check(studio.users) if studio.users else None,
-        allowed_paths=[str(studio.config.data_dir.resolve()), str(studio.generated_dir)],
+        # Nothing is served but what handlers return (see studio.serving); never the data folder.
+        blocked_paths=[str(studio.config.data_dir.resolve())],
         head=SHORTCUTS_JS,
         **options,
     )

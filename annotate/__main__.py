@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--prompts", required=True, help="text file, one prompt per line (# comments, blanks ignored)")
     sub.add_argument("--models", default=None, help="comma-separated model specs (default: the embedded tiny,tiny-dpo)")
     sub.add_argument("--k", type=int, default=2, help="clips per prompt per model (default 2: a 4-clip task)")
-    sub.add_argument("--seed", type=int, default=0, help="clip i of each prompt and model uses seed + i")
+    sub.add_argument("--seed", type=int, default=None,
+                     help="clip i of each prompt and model uses seed + i (default: drawn at random and stored)")
     sub.add_argument("--steps", type=int, default=None, help="denoising steps (default: each model's own)")
     sub.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default 3)")
     sub.add_argument("--batch-size", type=int, default=4, help="prompts per generation call")

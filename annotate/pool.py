@@ -21,6 +21,7 @@ default loads the real pipeline: ``annotate`` generates with ``pipeline`` only h
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
@@ -36,6 +37,7 @@ from .validation import MAX_PROMPT_CHARS, MAX_SPEC_CHARS, InvalidInput, check_fl
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODELS = (DEFAULT_SPEC, DEFAULT_DPO_SPEC)
+MAX_POOL_SEED = 2**31 - 1 - MAX_TASK_CLIPS  # a random base seed is drawn in 0..this
 
 
 class ClipGenerator(Protocol):
@@ -65,6 +67,20 @@ class PipelineGenerator:
         ).audios
 
 
+def pool_seeds(store: Store, prompts: list[str], models: list[str], model_steps: dict[str, int], guidance: float,
+               seed: int | None) -> dict[str, int]:
+    """Each prompt's base seed (its clip ``i`` is seeded ``base + i``): ``seed`` when given; else the one
+    already stored for the prompt under these models and settings, or one random draw shared by the rest."""
+    if seed is not None:
+        return dict.fromkeys(prompts, seed)
+    stored: dict[str, int] = {}
+    for clip in store.candidates().values():
+        if clip.model in model_steps and clip.steps == model_steps[clip.model] and clip.guidance == guidance:
+            stored[clip.prompt] = min(clip.seed, stored.get(clip.prompt, clip.seed))
+    fresh = secrets.randbelow(MAX_POOL_SEED + 1)
+    return {prompt: stored.get(prompt, fresh) for prompt in prompts}
+
+
 @dataclass(frozen=True)
 class PoolReport:
     """What a pool run did."""
@@ -80,7 +96,7 @@ def build_pool(
     models: Sequence[str] = DEFAULT_MODELS,
     *,
     k: int = 2,
-    seed: int = 0,
+    seed: int | None = None,
     steps: int | None = None,
     guidance: float = 3.0,
     make_generator: Callable[[str], ClipGenerator] = PipelineGenerator,
@@ -90,11 +106,13 @@ def build_pool(
     """Generate what is missing of ``k`` clips per prompt per model and make one task per prompt.
 
     ``steps=None`` samples each model with its own default steps (which loads that model).
+    ``seed=None`` draws the base seed at random (a prompt already pooled under these settings keeps
+    its stored one), so nobody can regenerate a pool clip from guessed seeds 0, 1, ...
     """
     prompts = list(dict.fromkeys(check_text(p, "prompt", MAX_PROMPT_CHARS) for p in prompts))
     models = list(dict.fromkeys(check_text(m, "model", MAX_SPEC_CHARS) for m in models))
     k = check_int(k, "k", minimum=1)
-    seed = check_int(seed, "seed", minimum=0)
+    seed = None if seed is None else check_int(seed, "seed", minimum=0)
     steps = None if steps is None else check_int(steps, "steps", minimum=1)
     guidance = check_float(guidance, "guidance")
     batch_size = check_int(batch_size, "batch_size", minimum=1)
@@ -112,10 +130,11 @@ def build_pool(
 
     model_steps = {model: steps if steps is not None else generator(model).default_steps for model in models}
 
-    seeds = clip_seeds(seed, k)
+    base_seed = pool_seeds(store, prompts, models, model_steps, guidance, seed)
 
     def stored(prompt: str, model: str, i: int):
-        return store.find_candidate(prompt, model=model, seed=seeds[i], steps=model_steps[model], guidance=guidance)
+        return store.find_candidate(prompt, model=model, seed=clip_seeds(base_seed[prompt], k)[i],
+                                    steps=model_steps[model], guidance=guidance)
 
     missing = {model: [p for p in prompts if any(stored(p, model, i) is None for i in range(k))] for model in models}
     todo = sum(len(todo_prompts) for todo_prompts in missing.values()) * k
@@ -124,14 +143,17 @@ def build_pool(
             if not todo_prompts:
                 continue
             generate = generator(model)
-            for start in range(0, len(todo_prompts), batch_size):
-                batch = todo_prompts[start:start + batch_size]
-                waveforms = np.asarray(generate(batch, k, seed, model_steps[model], guidance))
+            batches = [(base, group[start:start + batch_size])  # one call per base seed and batch
+                       for base in dict.fromkeys(base_seed[p] for p in todo_prompts)
+                       for group in [[p for p in todo_prompts if base_seed[p] == base]]
+                       for start in range(0, len(group), batch_size)]
+            for base, batch in batches:
+                waveforms = np.asarray(generate(batch, k, base, model_steps[model], guidance))
                 if waveforms.ndim != 2 or len(waveforms) != len(batch) * k:
                     raise ValueError(f"generator for {model!r} returned shape {waveforms.shape}, wanted ({len(batch) * k}, samples)")
                 for j, prompt in enumerate(batch):
                     for i in range(k):
-                        store.add_candidate(prompt, waveforms[j * k + i], model=model, seed=seeds[i], steps=model_steps[model],
+                        store.add_candidate(prompt, waveforms[j * k + i], model=model, seed=base + i, steps=model_steps[model],
                                             guidance=guidance, sample_rate=generate.sampling_rate)
                 bar.update(len(batch) * k)
 

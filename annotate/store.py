@@ -17,8 +17,9 @@ Guarantees:
 - every input is checked before the transaction writes; a refused call raises an
   ``InvalidInput`` (a ``ValueError``) and leaves the database and the audio folder as
   they were;
-- blind ranking: annotators only ever see a random public clip id and an audio path
-  named by the clip's content hash, in an order shuffled for them; the model, seed
+- blind ranking: annotators only ever see a random public clip id (the app serves the
+  audio under a random name), in an order shuffled for them from a secret random source
+  and stored with the assignment (a reload shows the same order); the model, seed
   and settings behind a clip stay in the store until they have voted (``reveal``).
 
 Ranking semantics: ``ranking`` maps each clip id shown to a rank, 1 = best. Ranks are
@@ -47,7 +48,6 @@ import fcntl
 import json
 import logging
 import os
-import random
 import secrets
 import sqlite3
 import threading
@@ -83,7 +83,7 @@ from .validation import (
 logger = logging.getLogger(__name__)
 
 DB_NAME = "annotate.sqlite"
-MAX_TASK_CLIPS = 16
+MAX_TASK_CLIPS = 8  # what one screen can rank (the app shows A..H); larger tasks are never assigned
 MAX_TIME_SPENT_S = 24 * 3600.0
 
 
@@ -467,7 +467,8 @@ class Store:
             for gold in (wants_gold, not wants_gold):  # the kind due next, else the other
                 row = db.execute(
                     _NEXT_TASK_SQL[self.informative_first],
-                    {"annotator": annotator_id, "fresh_after": time.time() - self.assignment_ttl_s, "gold": gold},
+                    {"annotator": annotator_id, "fresh_after": time.time() - self.assignment_ttl_s, "gold": gold,
+                     "max_clips": MAX_TASK_CLIPS},
                 ).fetchone()
                 if row is not None:
                     break
@@ -475,7 +476,8 @@ class Store:
                 return None
             task_id = row[0]
             clip_ids = [r[0] for r in db.execute(_TASK_CLIPS_SQL, (task_id,))]
-            random.Random(f"{name}\x00{task_id}").shuffle(clip_ids)
+            # A secret source: nobody can predict the order from the public inputs (name, task id).
+            secrets.SystemRandom().shuffle(clip_ids)
             now = time.time()
             assignment_id = db.execute(
                 "INSERT INTO assignments (task_id, annotator_id, shown_order, assigned_at) VALUES (?, ?, ?, ?)",
@@ -682,6 +684,7 @@ _NEXT_TASK_SQL = {
     FROM tasks t
     WHERE NOT EXISTS (SELECT 1 FROM assignments mine WHERE mine.task_id = t.id AND mine.annotator_id = :annotator)
       AND (t.id IN (SELECT task_id FROM gold_tasks)) = :gold
+      AND (SELECT COUNT(*) FROM task_candidates n WHERE n.task_id = t.id) <= :max_clips
     ORDER BY load >= t.target_overlap,
              {'''(SELECT CASE WHEN COUNT(c.auto_score) = COUNT(*) THEN MAX(c.auto_score) - MIN(c.auto_score) END
                FROM task_candidates tc JOIN candidates c ON c.id = tc.candidate_id WHERE tc.task_id = t.id) ASC NULLS LAST,'''

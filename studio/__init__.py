@@ -17,6 +17,7 @@ from .annotation import AnnotationSession
 from .config import StudioConfig, parse_config
 from .generation import Generation, GenerationSettings, LoadedModel, generate_both, load_models
 from .identity import read_auth_file, resolve_name
+from .serving import ClipServer
 
 
 class Studio:
@@ -31,8 +32,10 @@ class Studio:
         self.users = read_auth_file(config.auth_file) if config.auth_file else None
         self.models = load_models(config) if models is None else models
         self.store = Store(config.data_dir)
-        self.annotation = AnnotationSession(self.store)
         self.generated_dir = Path(tempfile.mkdtemp(prefix="tango-studio-"))
+        # Clips leave the data folder only as copies with random names (see studio.serving).
+        self.clip_server = ClipServer(self.generated_dir / "served")
+        self.annotation = AnnotationSession(self.store, self.clip_server.serve)
         if self.users is not None:
             self.identity_mode = "password"
         elif os.environ.get("SPACE_ID"):

@@ -12,18 +12,24 @@ the vote (``play_counts``).
 
 from __future__ import annotations
 
+import logging
 import string
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
 
+from collections.abc import Callable
+from pathlib import Path
+
 from annotate import InvalidVote, Store, Task
-from annotate.store import MAX_TIME_SPENT_S
+from annotate.store import MAX_TASK_CLIPS, MAX_TIME_SPENT_S
 from annotate.validation import check_int
 
-# The UI shows at most this many players; a task with more clips cannot be ranked in it.
-MAX_SHOWN_CLIPS = 8
+logger = logging.getLogger(__name__)
+
+# One player per clip: the store never makes (nor assigns) a task with more.
+MAX_SHOWN_CLIPS = MAX_TASK_CLIPS
 LABELS = string.ascii_uppercase[:MAX_SHOWN_CLIPS]
 VERDICTS = ("rank", "all_bad", "skip")
 
@@ -79,32 +85,41 @@ class Progress:
 class AnnotationSession:
     """Tasks, plays and votes for every annotator of one app (thread-safe)."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, serve: Callable[[str], str] = str):
+        """``serve`` turns a clip's stored path into the path handed to the browser (``ClipServer.serve``:
+        a copy under a random name, outside the data folder)."""
         self.store = store
+        self.serve = serve
         self._lock = threading.Lock()
         self._shown: dict[tuple[str, int], list[str]] = {}
+        self._served: dict[tuple[str, int], list[str]] = {}
         self._plays: dict[tuple[str, int], Counter] = {}
         self._handed_out_at: dict[tuple[str, int], float] = {}
 
     def next_task(self, annotator: str) -> ShownTask | None:
         """The annotator's open task (same order as before) or a new one; None when none is left."""
         task = self.store.next_task(annotator)
+        while task is not None and len(task.candidates) > MAX_SHOWN_CLIPS:
+            # Assigned by an older version that allowed larger tasks: skip it for them, never show it.
+            logger.warning("skipping task %d for %r: %d clips, this app shows at most %d",
+                           task.id, annotator, len(task.candidates), MAX_SHOWN_CLIPS)
+            self.store.submit(annotator, task.id, skip=True)
+            task = self.store.next_task(annotator)
         if task is None:
             return None
-        if len(task.candidates) > MAX_SHOWN_CLIPS:
-            raise InvalidVote(f"task {task.id} has {len(task.candidates)} clips; this app shows at most {MAX_SHOWN_CLIPS}")
         key = (annotator, task.id)
         with self._lock:
             self._shown[key] = [clip.id for clip in task.candidates]
             self._plays.setdefault(key, Counter())
             self._handed_out_at.setdefault(key, time.monotonic())
-        return self._view(annotator, task)
-
-    def _view(self, annotator: str, task: Task) -> ShownTask:
+            served = self._served.get(key)
+        if served is None or not all(Path(path).exists() for path in served):
+            served = [self.serve(clip.audio_path) for clip in task.candidates]
+            with self._lock:
+                self._served[key] = served
         with self._lock:
-            plays = dict(self._plays.get((annotator, task.id), {}))
-        return ShownTask(task.id, task.prompt, [c.id for c in task.candidates], [c.audio_path for c in task.candidates],
-                         plays)
+            plays = dict(self._plays[key])
+        return ShownTask(task.id, task.prompt, [c.id for c in task.candidates], served, plays)
 
     def _shown_clips(self, annotator: str, task_id: object) -> tuple[tuple[str, int], list[str]]:
         task_id = check_int(task_id, "task_id", minimum=1, error=InvalidVote)
@@ -139,6 +154,12 @@ class AnnotationSession:
         """
         if verdict not in VERDICTS:
             raise InvalidVote(f"`verdict` must be one of {', '.join(VERDICTS)}, got {str(verdict)[:40]!r}")
+        if verdict == "skip" and not ranking:
+            task_id = check_int(task_id, "task_id", minimum=1, error=InvalidVote)
+            with self._lock:
+                known = (annotator, task_id) in self._shown
+            if not known:  # e.g. after an app restart: a skip needs no plays, the store knows the assignment
+                return self.store.submit(annotator, task_id, skip=True)
         with self._lock:
             key, shown = self._shown_clips(annotator, task_id)
             plays = dict(self._plays[key])
@@ -156,7 +177,7 @@ class AnnotationSession:
             time_spent_s=min(time.monotonic() - started, MAX_TIME_SPENT_S), play_counts=plays,
         )
         with self._lock:
-            for table in (self._shown, self._plays, self._handed_out_at):
+            for table in (self._shown, self._served, self._plays, self._handed_out_at):
                 table.pop(key, None)
         return vote_id
 
