@@ -1,23 +1,35 @@
 """Fine-tune a Tango pipeline with Diffusion-DPO (Tango 2's recipe) on a preference dataset.
 
-    accelerate launch train_dpo.py --pretrained_model declare-lab/tango --dataset declare-lab/audio-alpaca \\
-        --output_dir tango-dpo --learning_rate 9.6e-7 --train_batch_size 4 --gradient_accumulation_steps 4 \\
-        --beta_dpo 2000 --num_train_epochs 8 --mixed_precision fp16
     python train_dpo.py --pretrained_model tiny --dataset ./export --output_dir tiny-dpo --max_train_steps 300
+    accelerate launch train_dpo.py ...                                     # several GPUs
+    ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 train_dpo.py ...   # several CPU processes (gloo)
     python app.py --dpo-model tiny-dpo        # the app loads the result (any spec works)
+
+Tango 2's official recipe (README: "Training"): base declare-lab/tango-full-ft-audiocaps,
+--learning_rate 9.6e-7 --train_batch_size 4 (x 2 GPUs) --gradient_accumulation_steps 4
+--num_train_epochs 5 --sft_first_epochs 1 --lr_scheduler linear --lr_warmup_steps 200
+--beta_dpo 2000 --mixed_precision fp16.
+
+The losses live in ``losses.py`` beside this file: ``denoising_loss`` (per-sample v/ε MSE) and
+``preference_loss`` (``--loss`` dpo, crpo, hinge, ipo, mapo, sft: one call, loss + metrics).
 
 The dataset is any Hugging Face dataset (Hub id or local folder) with ``prompt``, ``chosen``
 and ``rejected`` columns (audio: an Audio feature with bytes or a path, or a path string),
 like declare-lab/audio-alpaca or what ``python -m annotate export`` writes. Rows that cannot
-be used (undecodable audio, empty prompt) are counted and reported; other sample rates are
-resampled to 16 kHz. VAE posteriors and text embeddings are computed once and cached on
-disk, keyed by the dataset's fingerprint and the model, so each step only runs the UNet.
+be used (undecodable, non-finite or absurdly loud audio, audio whose bytes do not match the
+content hash its file name states, empty prompt) are counted and reported; other sample rates
+are resampled to 16 kHz. VAE posteriors and text embeddings are computed once and cached on
+disk (safetensors), keyed by the dataset's content and the model, so each step runs only UNets.
 
-Each step noises the chosen and rejected latents with the same noise and timestep and
-runs them through the UNet as one batch; the reference model (a frozen copy, or the same
-UNet with its LoRA adapters disabled) runs under no_grad. ``--loss`` picks the preference
-loss (pipeline/dpo.py). The output is a diffusers-format pipeline that ``load_pipeline``
-loads, with a model card; ``--resume_from_checkpoint latest`` continues a killed run.
+Each step noises the chosen and rejected latents with the same noise and timestep and runs
+them through the policy as one batch; the frozen reference (the loaded pipeline's own UNet:
+the device holds two UNets) runs the same batch under no_grad and the same autocast. Every
+process draws its own noise. Checkpoints are written under a temporary name and renamed when
+complete, with the resolved configuration inside; ``--resume_from_checkpoint latest``
+continues a killed run from the last complete one and refuses a changed configuration.
+The output is a diffusers-format pipeline that ``load_pipeline`` loads, with a model card,
+``train_metrics.json``, ``train_config.json`` and ``training_curve.png``; with validation, the
+best pipeline so far is kept in ``OUTPUT_DIR/best``.
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -37,54 +50,76 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from losses import LOSS_NAMES, PreferenceLossConfig, denoising_loss, preference_loss
 from pipeline import load_pipeline
 from pipeline.audio import AudioError, load_audio, wav_to_fbank
-from pipeline.dpo import PREFERENCE_LOSSES, mapo_loss, reward_margin
 
 logger = logging.getLogger("train_dpo")
-CACHE_VERSION = 1  # bump when what the cache holds changes
+CACHE_VERSION = 2  # bump when what the cache holds changes
+MAX_AMPLITUDE = 2.0  # decoded audio beyond this is corrupt, not loud
+# Settings a resumed run may change; any other difference from the checkpoint's configuration is refused.
+RESUMABLE_CHANGES = {"max_train_steps", "num_train_epochs", "checkpointing_steps", "checkpoints_total_limit",
+                     "resume_from_checkpoint", "report_to", "push_to_hub", "hub_model_id", "output_dir", "cache_dir"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    # model and data
-    parser.add_argument("--pretrained_model", default="tiny", help="model spec: embedded name, folder or Hub id")
-    parser.add_argument("--dataset", required=True, help="Hub dataset id or local folder (prompt/chosen/rejected)")
-    parser.add_argument("--dataset_split", default="train")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--cache_dir", default=None, help="latent/embedding cache (default OUTPUT_DIR/cache)")
-    parser.add_argument("--audio_length_in_s", type=float, default=None, help="clip length trained on (default: the model's)")
-    # loss
-    parser.add_argument("--loss", default="dpo", choices=sorted(PREFERENCE_LOSSES) + ["mapo"])
-    parser.add_argument("--beta_dpo", type=float, default=2000.0, help="β of the DPO-family losses (Tango 2: 2000)")
-    parser.add_argument("--sft_weight", type=float, default=1.0, help="weight of the chosen clip's loss in CRPO")
-    parser.add_argument("--beta_mapo", type=float, default=0.1, help="margin weight of MaPO")
-    # optimisation
-    parser.add_argument("--learning_rate", type=float, default=1e-6)
-    parser.add_argument("--lr_warmup_steps", type=int, default=0)
-    parser.add_argument("--train_batch_size", type=int, default=4, help="pairs per device per step")
-    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    parser.add_argument("--max_train_steps", type=int, default=None, help="optimizer steps; overrides epochs")
-    parser.add_argument("--num_train_epochs", type=int, default=1)
-    parser.add_argument("--max_grad_norm", type=float, default=1.0)
-    parser.add_argument("--adam_weight_decay", type=float, default=1e-2)
-    parser.add_argument("--lora_rank", type=int, default=0, help="0 trains the full UNet; >0 LoRA on its attention")
-    parser.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
-    parser.add_argument("--gradient_checkpointing", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
-    # checkpoints, logging, Hub
-    parser.add_argument("--checkpointing_steps", type=int, default=500)
-    parser.add_argument("--checkpoints_total_limit", type=int, default=2)
-    parser.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
-    parser.add_argument("--report_to", default="none", help="tensorboard, wandb, ... or none")
-    parser.add_argument("--push_to_hub", action="store_true")
-    parser.add_argument("--hub_model_id", default=None)
+    group = parser.add_argument_group("model and data")
+    group.add_argument("--pretrained_model", default="tiny", help="model spec: embedded name, folder or Hub id")
+    group.add_argument("--dataset", required=True, help="Hub dataset id or local folder (prompt/chosen/rejected)")
+    group.add_argument("--dataset_split", default="train", help="split trained on")
+    group.add_argument("--validation_split", default=None, help="split validated on (instead of --validation_fraction)")
+    group.add_argument("--validation_fraction", type=float, default=0.0,
+                       help="share of the training pairs held back for validation each epoch (0: none)")
+    group.add_argument("--output_dir", required=True, help="where the tuned pipeline, checkpoints and metrics go")
+    group.add_argument("--cache_dir", default=None, help="latent/embedding cache (default OUTPUT_DIR/cache)")
+    group.add_argument("--audio_length_in_s", type=float, default=None, help="clip length trained on (default: the model's)")
+    group = parser.add_argument_group("loss (losses.py)")
+    group.add_argument("--loss", default="dpo", choices=LOSS_NAMES, help="preference loss (sft: chosen clips only)")
+    group.add_argument("--beta_dpo", type=float, default=2000.0, help="β of the DPO-family losses (Tango 2: 2000)")
+    group.add_argument("--sft_weight", type=float, default=1.0, help="weight of the chosen clip's loss in CRPO")
+    group.add_argument("--beta_mapo", type=float, default=0.1, help="margin weight of MaPO")
+    group.add_argument("--sft_first_epochs", type=int, default=0,
+                       help="epochs of plain fine-tuning on the chosen clips before --loss (Tango 2: 1)")
+    group = parser.add_argument_group("optimisation")
+    group.add_argument("--learning_rate", type=float, default=1e-6, help="peak learning rate of AdamW")
+    group.add_argument("--lr_scheduler", default="constant_with_warmup",
+                       choices=["constant", "constant_with_warmup", "linear", "cosine"],
+                       help="learning-rate schedule (diffusers.optimization.get_scheduler)")
+    group.add_argument("--lr_warmup_steps", type=int, default=0, help="optimizer steps of linear warmup")
+    group.add_argument("--train_batch_size", type=int, default=4, help="pairs per process per step")
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
+    group.add_argument("--max_train_steps", type=int, default=None, help="optimizer steps; overrides epochs")
+    group.add_argument("--num_train_epochs", type=int, default=1, help="passes over the training pairs")
+    group.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm")
+    group.add_argument("--adam_weight_decay", type=float, default=1e-2, help="AdamW weight decay")
+    group.add_argument("--lora_rank", type=int, default=0, help="0 trains the full UNet; >0 LoRA on its attention")
+    group.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"],
+                       help="autocast for policy and reference alike (weights stay fp32)")
+    group.add_argument("--gradient_checkpointing", action="store_true", help="trade compute for activation memory")
+    group.add_argument("--seed", type=int, default=0, help="shuffling, noise (offset per process) and validation noise")
+    group = parser.add_argument_group("validation (each epoch)")
+    group.add_argument("--judge_prompts", type=int, default=0,
+                       help="sound-world models: clips for this many fixed training-split prompts are judged each "
+                            "epoch and the best pipeline kept by mean judge score (0: off)")
+    group.add_argument("--judge_seed", type=int, default=1234, help="seed of the judged prompts and their clips")
+    group.add_argument("--judge_steps", type=int, default=None, help="denoising steps of judged clips (default: the model's)")
+    group = parser.add_argument_group("checkpoints, logging, Hub")
+    group.add_argument("--checkpointing_steps", type=int, default=500, help="save a resumable state every N steps")
+    group.add_argument("--checkpoints_total_limit", type=int, default=2, help="checkpoints kept (oldest removed)")
+    group.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
+    group.add_argument("--report_to", default="none", help="tensorboard, wandb, ... or none")
+    group.add_argument("--push_to_hub", action="store_true", help="upload the output to --hub_model_id")
+    group.add_argument("--hub_model_id", default=None, help="owner/name of the model repo to push to")
     args = parser.parse_args(argv)
     if args.max_train_steps is not None and args.max_train_steps < 1:
         parser.error("--max_train_steps must be >= 1")
+    if not 0.0 <= args.validation_fraction < 1.0:
+        parser.error(f"--validation_fraction must be in [0, 1), got {args.validation_fraction}")
+    if args.validation_split and args.validation_fraction:
+        parser.error("give --validation_split or --validation_fraction, not both")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id (owner/name)")
     return args
@@ -97,17 +132,33 @@ class DatasetError(ValueError):
     """A preference dataset that cannot be trained on."""
 
 
+class ConfigMismatch(ValueError):
+    """A resumed run whose settings differ from its checkpoint's."""
+
+
 def decode_audio(value, base_dir: Path | None) -> np.ndarray:
-    """An Audio cell ({"bytes", "path"}) or a path string -> mono 16 kHz float32."""
+    """An Audio cell ({"bytes", "path"}) or a path string -> mono 16 kHz float32, checked.
+
+    Raises ``AudioError`` for undecodable or non-finite audio and ``DatasetError`` for audio
+    that decodes but cannot be right: bytes whose sha256 differs from the hash the cell's file
+    name states (as ``annotate export`` names clips), or samples beyond ``MAX_AMPLITUDE``.
+    """
     if isinstance(value, dict) and value.get("bytes"):
-        return load_audio(value["bytes"])
-    path = value.get("path") if isinstance(value, dict) else value
-    if not isinstance(path, str) or not path:
-        raise AudioError("no audio bytes or path")
-    path = Path(path)
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
-    return load_audio(path)
+        named = re.fullmatch(r"([0-9a-f]{64})\.\w+", Path(value.get("path") or "").name)
+        if named and hashlib.sha256(value["bytes"]).hexdigest() != named.group(1):
+            raise DatasetError("content hash mismatch: the bytes are not the clip the row names")
+        waveform = load_audio(value["bytes"])
+    else:
+        path = value.get("path") if isinstance(value, dict) else value
+        if not isinstance(path, str) or not path:
+            raise AudioError("no audio bytes or path")
+        path = Path(path)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        waveform = load_audio(path)
+    if np.abs(waveform).max(initial=0.0) > MAX_AMPLITUDE:
+        raise DatasetError(f"audio amplitude above {MAX_AMPLITUDE} (corrupt samples)")
+    return waveform
 
 
 def load_pairs(dataset: str, split: str):
@@ -130,19 +181,51 @@ def load_pairs(dataset: str, split: str):
     return ds
 
 
+def dataset_content_hash(ds) -> str:
+    """sha256 of the prompt/chosen/rejected columns' Arrow buffers: changes exactly when the data does."""
+    digest = hashlib.sha256()
+    for batch in ds.select_columns(["prompt", "chosen", "rejected"]).data.to_batches():
+        for column in batch.columns:
+            for buffer in column.buffers():
+                if buffer is not None:
+                    digest.update(memoryview(buffer))
+    return digest.hexdigest()
+
+
 def training_frames(pipe, audio_length_in_s: float) -> int:
     """Mel frames of a training clip: the length asked for, cut down to what the UNet accepts."""
     frames = int(round(audio_length_in_s * pipe.sampling_rate / pipe.hop_length))
     return frames - frames % (pipe.vae_scale_factor * pipe.latent_frame_multiple)
 
 
+def cache_key(ds, pretrained_model: str, pipe, audio_length_in_s: float) -> str:
+    configs = {n: getattr(pipe, n).config for n in ("unet", "vae", "text_encoder")}
+    model = json.dumps({n: c.to_dict() if hasattr(c, "to_dict") else dict(c) for n, c in configs.items()},
+                       sort_keys=True, default=str)
+    key = f"{CACHE_VERSION}|{dataset_content_hash(ds)}|{pretrained_model}|{model}|{audio_length_in_s}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 @torch.no_grad()
-def build_cache(pipe, ds, dataset: str, args, cache_file: Path) -> dict:
-    """VAE posteriors (mean, std) of both clips and prompt embeddings, once per dataset and model."""
+def build_cache(pipe, ds, dataset: str, audio_length_in_s: float, cache_file: Path) -> dict:
+    """VAE posteriors (mean, std) of both clips and prompt embeddings, once per dataset and model.
+
+    Stored as safetensors (tensors only: a planted cache file cannot run code). Prompt
+    embeddings are kept without padding, concatenated, with each prompt's token offset.
+    """
+    from safetensors.torch import load_file, save_file
+
     if cache_file.exists():
-        return torch.load(cache_file, weights_only=False)
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(cache_file), framework="pt") as handle:
+                meta = json.loads(handle.metadata()["meta"])
+            return {**load_file(str(cache_file)), **meta}
+        except Exception as err:  # truncated, planted or foreign: rebuilt, never executed
+            logger.warning(f"ignoring unreadable cache {cache_file} ({type(err).__name__}: {err}); rebuilding it")
     base_dir = Path(dataset) if Path(dataset).is_dir() else None
-    frames = training_frames(pipe, args.audio_length_in_s)
+    frames = training_frames(pipe, audio_length_in_s)
     keep, bad, prompts, waves = [], {}, [], []
     for index, row in enumerate(tqdm(ds, desc="decode pairs")):
         prompt = row.get("prompt")
@@ -151,7 +234,7 @@ def build_cache(pipe, ds, dataset: str, args, cache_file: Path) -> dict:
                 raise DatasetError("empty prompt")
             pair = [decode_audio(row[c], base_dir) for c in ("chosen", "rejected")]
         except (AudioError, DatasetError) as err:
-            reason = str(err).split(":")[0] if isinstance(err, DatasetError) else type(err).__name__
+            reason = str(err).split(":")[0].split(" (")[0] if isinstance(err, DatasetError) else type(err).__name__
             bad[reason] = bad.get(reason, 0) + 1
             continue
         keep.append(index)
@@ -159,7 +242,7 @@ def build_cache(pipe, ds, dataset: str, args, cache_file: Path) -> dict:
         waves.append(pair)
     if not keep:
         raise DatasetError(f"no usable pairs in {dataset!r}: {len(ds)} rows, skipped {bad}")
-    means, stds, embeds, masks = [], [], [], []
+    means, stds, embeds, lengths = [], [], [], []
     for start in tqdm(range(0, len(keep), 8), desc="encode latents and text"):
         clips = [clip for pair in waves[start : start + 8] for clip in pair]
         fbank, _, _ = wav_to_fbank(clips, target_length=frames)
@@ -167,110 +250,219 @@ def build_cache(pipe, ds, dataset: str, args, cache_file: Path) -> dict:
         means.append(posterior.mean.float().cpu())
         stds.append(posterior.std.float().cpu())
         hidden, mask = pipe.encode_prompt(prompts[start : start + 8], pipe.device, 1, do_classifier_free_guidance=False)
-        embeds += list(hidden.float().cpu())
-        masks += list(mask.cpu())
-    cache = {
-        "mean": torch.cat(means).unflatten(0, (-1, 2)),  # (pairs, 2 = chosen/rejected, C, T, F)
-        "std": torch.cat(stds).unflatten(0, (-1, 2)),
-        "embeds": embeds,
-        "masks": masks,
-        "rows": keep,
-        "skipped": bad,
-        "scaling_factor": pipe.vae.config.scaling_factor,
+        for states, valid in zip(hidden.float().cpu(), mask.bool().cpu()):
+            embeds.append(states[valid])
+            lengths.append(int(valid.sum()))
+    tensors = {
+        "mean": torch.cat(means).unflatten(0, (-1, 2)).contiguous(),  # (pairs, 2 = chosen/rejected, C, T, F)
+        "std": torch.cat(stds).unflatten(0, (-1, 2)).contiguous(),
+        "embeds": torch.cat(embeds),  # (all prompts' tokens, D)
+        "embed_offsets": torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.long),
     }
+    meta = {"rows": keep, "skipped": bad, "scaling_factor": pipe.vae.config.scaling_factor}
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(".tmp")
-    torch.save(cache, tmp)
+    tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
+    save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})
     os.replace(tmp, cache_file)
-    return cache
-
-
-def cache_key(ds, args, pipe) -> str:
-    model = json.dumps({n: dict(getattr(pipe, n).config) for n in ("unet", "vae")}, sort_keys=True, default=str)
-    key = f"{CACHE_VERSION}|{ds._fingerprint}|{args.pretrained_model}|{model}|{args.audio_length_in_s}"
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+    return {**tensors, **meta}
 
 
 def collate(indices: list[int], cache: dict, generator: torch.Generator):
     """A batch of pairs: latents sampled from the cached posteriors, embeddings padded to the longest."""
     mean, std = cache["mean"][indices], cache["std"][indices]
     latents = (mean + std * torch.randn(mean.shape, generator=generator)) * cache["scaling_factor"]
-    length = max(cache["embeds"][i].shape[0] for i in indices)
-    embeds = torch.stack([F.pad(cache["embeds"][i], (0, 0, 0, length - cache["embeds"][i].shape[0])) for i in indices])
-    masks = torch.stack([F.pad(cache["masks"][i], (0, length - cache["masks"][i].shape[0])) for i in indices])
+    offsets = cache["embed_offsets"]
+    states = [cache["embeds"][offsets[i] : offsets[i + 1]] for i in indices]
+    length = max(s.shape[0] for s in states)
+    embeds = torch.stack([F.pad(s, (0, 0, 0, length - s.shape[0])) for s in states])
+    masks = torch.stack([torch.arange(length) < s.shape[0] for s in states])
     return latents[:, 0], latents[:, 1], embeds, masks
+
+
+def split_validation(pairs: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, validation) pair indices: a seeded ``fraction`` held back, at least one pair each way."""
+    if fraction <= 0:
+        return list(range(pairs)), []
+    held = min(pairs - 1, max(1, round(fraction * pairs)))
+    if held < 1:
+        raise DatasetError(f"--validation_fraction {fraction} leaves no training pairs of {pairs}")
+    order = np.random.default_rng(seed).permutation(pairs).tolist()
+    return sorted(order[held:]), sorted(order[:held])
 
 
 # -- training --------------------------------------------------------------------------------
 
 
-def denoising_losses(unet, scheduler, latents, noise, timesteps, embeds, masks) -> torch.Tensor:
-    """Per-sample MSE of the UNet's prediction (v or ε, as the scheduler is configured). Shape: `(batch,)`."""
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    if scheduler.config.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = noise
-    prediction = unet(noisy, timesteps, encoder_hidden_states=embeds, encoder_attention_mask=masks).sample
-    return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+def process_generator(seed: int, process_index: int, step: int) -> torch.Generator:
+    """Noise, timesteps and posterior samples: distinct per process (nanoGPT's seed_offset) and per resumed step."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, process_index, step]).generate_state(1)[0]))
 
 
-def preference_step(args, policy, reference, scheduler, batch, generator, device):
-    """Loss and metrics for one batch: chosen and rejected share noise and timestep."""
+def preference_step(loss_config, policy, reference, scheduler, batch, generator, device, autocast, with_reference=True):
+    """Loss, detached metrics and the noise drawn, for one batch: chosen and rejected share noise and timestep.
+
+    ``autocast`` is a context factory (``accelerator.autocast``): policy and reference run
+    under the same one, so that with identical weights the margin is exactly 0. The reference
+    runs when ``with_reference`` (for its metrics) or when the loss needs it.
+    """
     latents_w, latents_l, embeds, masks = (x.to(device) for x in batch)
     noise = torch.randn(latents_w.shape, generator=generator).to(device)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents_w),), generator=generator).to(device)
     both = lambda x: torch.cat([x, x])  # noqa: E731
-    latents = torch.cat([latents_w, latents_l])
-    inputs = (latents.to(policy.dtype), both(noise).to(policy.dtype), both(timesteps), both(embeds).to(policy.dtype), both(masks.bool()))
-    model_w, model_l = denoising_losses(policy, scheduler, *inputs).chunk(2)
-    if args.loss == "mapo":
-        loss, accuracy = mapo_loss(model_w, model_l, args.beta_mapo, num_train_timesteps=scheduler.config.num_train_timesteps)
-        return loss, {"implicit_acc": accuracy.item(), "loss_chosen": model_w.mean().item()}
-    with torch.no_grad(), reference as ref_unet:
-        ref_w, ref_l = denoising_losses(ref_unet, scheduler, *inputs).chunk(2)
-    extra = {"sft_weight": args.sft_weight} if args.loss == "crpo" else {}
-    loss, accuracy = PREFERENCE_LOSSES[args.loss](model_w, model_l, ref_w, ref_l, args.beta_dpo, **extra)
-    margin = reward_margin(model_w, model_l, ref_w, ref_l, args.beta_dpo).detach()
-    return loss, {"implicit_acc": accuracy.item(), "reward_margin": margin.mean().item(),
-                  "loss_chosen": model_w.mean().item()}
+    inputs = (torch.cat([latents_w, latents_l]), both(noise), both(timesteps), both(embeds), both(masks.bool()))
+    with autocast():
+        policy_w, policy_l = denoising_loss(policy, scheduler, *inputs).chunk(2)
+    ref_w = ref_l = None
+    if with_reference or loss_config.needs_reference:
+        with torch.no_grad(), autocast():
+            ref_w, ref_l = denoising_loss(reference, scheduler, *inputs).chunk(2)
+    loss, metrics = preference_loss(loss_config, policy_w, policy_l, ref_w, ref_l)
+    return loss, metrics, noise
 
 
-class FrozenReference:
-    """The reference model as a context manager: a frozen copy, or the policy with LoRA switched off."""
-
-    def __init__(self, policy, lora: bool):
-        self.policy, self.lora = policy, lora
-        self.copy = None if lora else copy.deepcopy(policy).requires_grad_(False).eval()
-
-    def __enter__(self):
-        if self.lora:
-            self.policy.disable_adapters()
-            return self.policy
-        return self.copy
-
-    def __exit__(self, *exc):
-        if self.lora:
-            self.policy.enable_adapters()
-
-
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return checkpoints[-1] if checkpoints else None
+@torch.no_grad()
+def validate(accelerator, policy, reference, scheduler, cache, indices, loss_config, batch_size, seed) -> dict:
+    """DPO loss, implicit accuracy and reward margin on held-back pairs, with fixed noise; gathered."""
+    dpo = PreferenceLossConfig("dpo", beta_dpo=loss_config.beta_dpo)
+    mine = indices[accelerator.process_index :: accelerator.num_processes]
+    generator = process_generator(seed, 10_000 + accelerator.process_index, 0)  # the same noise every epoch
+    policy.eval()
+    totals = torch.zeros(4, device=accelerator.device)  # pairs, loss, acc, margin (sums)
+    for start in range(0, len(mine), batch_size):
+        chunk = mine[start : start + batch_size]
+        loss, metrics, _ = preference_step(dpo, policy, reference, scheduler, collate(chunk, cache, generator),
+                                           generator, accelerator.device, accelerator.autocast)
+        totals += torch.tensor([len(chunk), loss.item() * len(chunk), metrics["implicit_acc"].item() * len(chunk),
+                                metrics["reward_margin"].item() * len(chunk)], device=accelerator.device)
+    policy.train()
+    totals = accelerator.reduce(totals, "sum")
+    n = max(totals[0].item(), 1)
+    return {"val_loss": totals[1].item() / n, "val_implicit_acc": totals[2].item() / n,
+            "val_reward_margin": totals[3].item() / n}
 
 
-def write_model_card(output_dir: Path, args, stats: dict) -> None:
+def judge_clips(accelerator, pipe, prompts: int, seed: int, steps: int) -> tuple[dict, list]:
+    """Sound-world models: mean judge score etc. of one clip per fixed prompt, prompts split over processes."""
+    from accelerate.utils import gather_object
+
+    from soundworld import sample_prompts
+    from soundworld.evaluate import evaluate_pipeline, summarize
+
+    texts = sample_prompts("train", prompts, seed)
+    seeds = [seed + i for i in range(prompts)]
+    pipe.set_progress_bar_config(disable=True)
+    with accelerator.split_between_processes(list(zip(texts, seeds))) as mine:
+        results, _ = evaluate_pipeline(pipe, [t for t, _ in mine], [s for _, s in mine],
+                                       steps=steps, guidance=3.0,
+                                       batch_size=8, progress=False) if mine else ([], [])
+    results = gather_object(results)
+    summary = summarize(results)
+    return {f"judge_{name}": summary[name] for name in ("mean_score", "event_recall", "order_accuracy",
+                                                         "count_accuracy")}, results
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from."""
+
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """``checkpoint-N`` folders that were completed (renamed into place with their config), oldest first."""
+    found = [p for p in output_dir.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
+             and (p / "train_config.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, config: dict, history: dict, limit: int) -> None:
+    """Every rank writes its part into a temporary folder; the main process renames it into place when complete."""
+    final = output_dir / f"checkpoint-{step}"
+    partial = output_dir / f".partial-checkpoint-{step}"
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (partial / "history.json").write_text(json.dumps(history))
+        (partial / "train_config.json").write_text(json.dumps(config, indent=1))  # written last: the mark of completion
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        for old in complete_checkpoints(output_dir)[:-limit] if limit > 0 else []:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def check_resumable(saved: dict, config: dict) -> None:
+    changed = {k: (saved.get(k), config.get(k)) for k in set(saved) | set(config)
+               if k not in RESUMABLE_CHANGES and saved.get(k) != config.get(k)}
+    if changed:
+        details = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
+        raise ConfigMismatch(f"the checkpoint was trained with other settings ({details}); resume with the same "
+                             "settings or start a new --output_dir")
+
+
+def tuned_pipeline(pipe, unet):
+    """The base pipeline's components and settings (e.g. the default sampling steps) with another UNet."""
+    return type(pipe)(**{**pipe.components, "unet": unet},
+                      default_num_inference_steps=pipe.config.default_num_inference_steps)
+
+
+def merged_unet(unet, lora: bool):
+    """The UNet as a plain diffusers model: LoRA adapters fused into the weights (in place)."""
+    if lora:
+        unet.fuse_lora()
+        unet.unload_lora()
+    return unet.eval()
+
+
+def save_pipeline_atomically(pipe, folder: Path) -> None:
+    partial = folder.with_name(f".partial-{folder.name}")
+    shutil.rmtree(partial, ignore_errors=True)
+    pipe.save_pretrained(partial, safe_serialization=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(partial, folder)
+
+
+def plot_curves(history: dict, path: Path) -> None:
+    """Training loss and implicit accuracy per step, validation points per epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("loss", "val_loss", "loss"), ("implicit_acc", "val_implicit_acc", "implicit accuracy")]
+    if any("judge_mean_score" in v for v in history["validation"]):
+        panels.append((None, "judge_mean_score", "judge score (validation prompts)"))
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.2))
+    for axis, (train_key, val_key, title) in zip(np.atleast_1d(axes), panels):
+        if train_key:
+            axis.plot([r["step"] for r in history["train"]], [r[train_key] for r in history["train"]], lw=1,
+                      label="train")
+        points = [(r["step"], r[val_key]) for r in history["validation"] if r.get(val_key) is not None]
+        if points:
+            axis.plot(*zip(*points), "o-", label="validation")
+        axis.set_title(title)
+        axis.set_xlabel("optimizer step")
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_model_card(output_dir: Path, config: dict, stats: dict) -> None:
     lines = [
         "---", "library_name: diffusers", "tags:", "- text-to-audio", "- tango", "- dpo", "---", "",
         f"# {output_dir.name}", "",
-        f"Tango fine-tuned with `{args.loss}` (pipeline/dpo.py) by Tango DPO Studio's `train_dpo.py`.", "",
+        f"Tango fine-tuned with `{config['loss']}` (losses.py) by Tango DPO Studio's `train_dpo.py`.", "",
         "| | |", "| --- | --- |",
-        f"| base model | `{args.pretrained_model}` |",
-        f"| dataset | `{args.dataset}` ({stats['pairs']} usable pairs, skipped {stats['skipped']}) |",
-        f"| loss | `{args.loss}`, beta_dpo {args.beta_dpo}, beta_mapo {args.beta_mapo} |",
-        f"| steps | {stats['steps']} x {args.train_batch_size} pairs x {args.gradient_accumulation_steps} accumulation |",
-        f"| learning rate | {args.learning_rate} |",
-        f"| LoRA rank | {args.lora_rank or 'full UNet'} |",
+        f"| base model | `{config['pretrained_model']}` |",
+        f"| dataset | `{config['dataset']}` ({stats['pairs']} usable pairs, skipped {stats['skipped']}) |",
+        f"| loss | `{config['loss']}`, beta_dpo {config['beta_dpo']}, beta_mapo {config['beta_mapo']}, "
+        f"{config['sft_first_epochs']} SFT epoch(s) first |",
+        f"| steps | {stats['steps']} x {config['train_batch_size']} pairs x {config['num_processes']} processes x "
+        f"{config['gradient_accumulation_steps']} accumulation |",
+        f"| learning rate | {config['learning_rate']} ({config['lr_scheduler']}, {config['lr_warmup_steps']} warmup) |",
+        f"| LoRA rank | {config['lora_rank'] or 'full UNet'} |",
         f"| final implicit accuracy | {stats.get('implicit_acc', float('nan')):.3f} |", "",
         "```python", "from pipeline import load_pipeline", f"pipe = load_pipeline({str(output_dir)!r})", "```", "",
     ]
@@ -287,11 +479,11 @@ def main(argv: list[str] | None = None) -> int:
         project_dir=str(output_dir),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
-    set_seed(args.seed)
 
-    # Model: the registry shares loaded pipelines, so the policy is a copy of its UNet.
+    # Model: the loaded pipeline's UNet is the frozen reference (the registry shares pipelines:
+    # it is never changed); the policy is a copy. Two UNets on the device.
     pipe = load_pipeline(args.pretrained_model, device=accelerator.device, dtype=torch.float32)
-    args.audio_length_in_s = args.audio_length_in_s or pipe.default_audio_length_in_s
+    reference = pipe.unet.eval()
     policy = copy.deepcopy(pipe.unet).train()
     if args.lora_rank > 0:
         from peft import LoraConfig
@@ -301,87 +493,171 @@ def main(argv: list[str] | None = None) -> int:
                                       target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
     if args.gradient_checkpointing:
         policy.enable_gradient_checkpointing()
-    reference = FrozenReference(policy, lora=args.lora_rank > 0)
     from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
 
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    audio_length_in_s = args.audio_length_in_s or pipe.default_audio_length_in_s
+    # The resolved configuration: saved in every checkpoint, checked on resume.
+    config = {**vars(args), "audio_length_in_s": audio_length_in_s, "num_processes": accelerator.num_processes}
+    loss_config = PreferenceLossConfig(args.loss, beta_dpo=args.beta_dpo, sft_weight=args.sft_weight,
+                                       beta_mapo=args.beta_mapo,
+                                       num_train_timesteps=noise_scheduler.config.num_train_timesteps)
+    sft_config = PreferenceLossConfig("sft", beta_dpo=args.beta_dpo)
 
-    # Data, encoded once.
-    ds = load_pairs(args.dataset, args.dataset_split)
+    # Data, encoded once (by the main process; the others read its cache).
     cache_dir = Path(args.cache_dir) if args.cache_dir else output_dir / "cache"
-    with accelerator.main_process_first():
-        cache = build_cache(pipe, ds, args.dataset, args, cache_dir / f"pairs-{cache_key(ds, args, pipe)}.pt")
+    caches = {}
+    for name, split in [("train", args.dataset_split), ("validation", args.validation_split)]:
+        if split is None:
+            continue
+        ds = load_pairs(args.dataset, split)
+        key = cache_key(ds, args.pretrained_model, pipe, audio_length_in_s)
+        with accelerator.main_process_first():
+            caches[name] = build_cache(pipe, ds, args.dataset, audio_length_in_s, cache_dir / f"pairs-{key}.safetensors")
+        logger.info(f"{name}: {len(caches[name]['rows'])} usable pairs of {len(ds)}; "
+                    f"skipped: {caches[name]['skipped'] or 'none'}")
+    cache = caches["train"]
     pairs = len(cache["rows"])
-    logger.info(f"{pairs} usable pairs of {len(ds)}; skipped: {cache['skipped'] or 'none'}")
-    loader = torch.utils.data.DataLoader(list(range(pairs)), batch_size=args.train_batch_size, shuffle=True,
+    train_indices, val_indices = split_validation(pairs, args.validation_fraction, args.seed)
+    val_cache = caches.get("validation", cache)
+    if "validation" in caches:
+        val_indices = list(range(len(val_cache["rows"])))
+
+    loader = torch.utils.data.DataLoader(train_indices, batch_size=args.train_batch_size, shuffle=True,
                                          generator=torch.Generator().manual_seed(args.seed), collate_fn=list)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
+    policy, optimizer, loader = accelerator.prepare(policy, optimizer, loader)
+    # Step arithmetic on the sharded loader: each process sees 1/N of the batches.
     steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
     max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     epochs = math.ceil(max_steps / steps_per_epoch)
-
-    trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, args.lr_warmup_steps)))
-    policy, optimizer, loader, lr_scheduler = accelerator.prepare(policy, optimizer, loader, lr_scheduler)
+    # The prepared scheduler steps once per process per optimizer step, hence the factor.
+    lr_scheduler = accelerator.prepare(get_scheduler(
+        args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=max_steps * accelerator.num_processes))
     if args.report_to != "none":
-        accelerator.init_trackers("tango-dpo", config={k: v for k, v in vars(args).items() if v is not None})
+        accelerator.init_trackers("tango-dpo", config={k: v for k, v in config.items()
+                                                       if isinstance(v, (int, float, str, bool))})
 
     step, first_epoch, skip_batches = 0, 0, 0
+    history = {"train": [], "validation": []}
     if args.resume_from_checkpoint:
-        path = latest_checkpoint(output_dir) if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
-        if path is None:
-            logger.info("no checkpoint to resume from: starting fresh")
+        if args.resume_from_checkpoint == "latest":
+            found = complete_checkpoints(output_dir)
+            path = found[-1] if found else None
         else:
+            path = Path(args.resume_from_checkpoint)
+            if not (path / "train_config.json").is_file():
+                raise CheckpointError(f"{path} is not a complete checkpoint of train_dpo.py (no train_config.json)")
+        if path is None:
+            logger.info("no complete checkpoint to resume from: starting fresh")
+        else:
+            check_resumable(json.loads((path / "train_config.json").read_text()), config)
             accelerator.load_state(str(path))
+            history = json.loads((path / "history.json").read_text())
             step = int(path.name.split("-")[1])
             first_epoch, skip_batches = divmod(step * args.gradient_accumulation_steps, len(loader))
             logger.info(f"resumed from {path} at step {step}")
 
-    generator = torch.Generator().manual_seed(args.seed + step)
+    def run_validation(epoch: int) -> None:
+        record = {"step": step, "epoch": epoch}
+        if val_indices:
+            record.update(validate(accelerator, policy, reference, noise_scheduler, val_cache, val_indices,
+                                   loss_config, args.train_batch_size, args.seed))
+        if args.judge_prompts:
+            candidate = tuned_pipeline(pipe, accelerator.unwrap_model(policy).eval())
+            judge_steps = args.judge_steps or pipe.config.default_num_inference_steps
+            scores, results = judge_clips(accelerator, candidate, args.judge_prompts, args.judge_seed, judge_steps)
+            record.update(scores)
+            policy.train()
+            tracker = accelerator.get_tracker("tensorboard", unwrap=True) if "tensorboard" in args.report_to else None
+            if tracker is not None and accelerator.is_main_process:
+                audio = candidate(results[0].prompt, num_inference_steps=judge_steps,
+                                  generator=torch.Generator().manual_seed(args.judge_seed)).audios[0]
+                tracker.add_audio("validation/clip_0", torch.as_tensor(audio), step, sample_rate=pipe.sampling_rate)
+        if len(record) == 2:
+            return
+        score = record.get("judge_mean_score", -record.get("val_loss", 0.0))
+        best = max((r["score"] for r in history["validation"]), default=-math.inf)
+        record["score"] = score
+        history["validation"].append(record)
+        accelerator.log({k: v for k, v in record.items() if k not in ("step", "epoch")}, step=step)
+        logger.info(f"validation after epoch {epoch}: {record}")
+        if score > best:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                unet = merged_unet(copy.deepcopy(accelerator.unwrap_model(policy)), args.lora_rank > 0)
+                save_pipeline_atomically(tuned_pipeline(pipe, unet), output_dir / "best")
+                (output_dir / "best" / "validation.json").write_text(json.dumps(record, indent=1))
+
     progress = tqdm(total=max_steps, initial=step, desc="dpo", disable=not accelerator.is_local_main_process)
-    stats = {}
+    stats, first_noise = {}, None
     for epoch in range(first_epoch, epochs):
+        if step >= max_steps:  # resumed from the last checkpoint of a finished run
+            break
+        step_config = sft_config if epoch < args.sft_first_epochs else loss_config
         epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if epoch == first_epoch else loader
+        generator = process_generator(args.seed, accelerator.process_index, step)
+        window = []
         for indices in epoch_loader:
             with accelerator.accumulate(policy):
                 batch = collate(indices, cache, generator)
-                loss, stats = preference_step(args, policy, reference, noise_scheduler, batch, generator, accelerator.device)
+                loss, metrics, noise = preference_step(step_config, policy, reference, noise_scheduler, batch,
+                                                       generator, accelerator.device, accelerator.autocast,
+                                                       with_reference=loss_config.needs_reference)
+                first_noise = noise.flatten()[:4].sum().item() if first_noise is None else first_noise
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+            window.append({"loss": loss.detach(), **metrics})
             if not accelerator.sync_gradients:
                 continue
+            # Metrics of the whole global batch: mean over the accumulation window and the processes.
+            names = sorted(window[0])
+            values = torch.stack([torch.stack([w[n].float() for w in window]).mean() for n in names])
+            values = accelerator.reduce(values.to(accelerator.device), "mean")
+            window = []
             step += 1
-            stats.update(loss=loss.item(), lr=lr_scheduler.get_last_lr()[0])
+            stats = {**dict(zip(names, values.tolist())), "lr": lr_scheduler.get_last_lr()[0]}
+            history["train"].append({"step": step, "epoch": epoch, **stats})
             progress.update(1)
             progress.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['implicit_acc']:.2f}")
             accelerator.log(stats, step=step)
-            if step % args.checkpointing_steps == 0 and accelerator.is_main_process:
-                accelerator.save_state(str(output_dir / f"checkpoint-{step}"))
-                for old in sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[: -args.checkpoints_total_limit]:
-                    shutil.rmtree(old)
+            if step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, output_dir, step, config, history, args.checkpoints_total_limit)
             if step >= max_steps:
                 break
+        skip_batches = 0
+        run_validation(epoch)
         if step >= max_steps:
             break
     progress.close()
 
+    from accelerate.utils import gather_object
+
+    noise_per_process = gather_object([first_noise])
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         unet = accelerator.unwrap_model(policy)
         if args.lora_rank > 0:
             unet.save_lora_adapter(str(output_dir / "lora"))
-            unet.fuse_lora()
-            unet.unload_lora()
-        # Same components and settings (e.g. the default sampling steps) with the tuned UNet.
-        tuned = type(pipe)(**{**pipe.components, "unet": unet.eval()},
-                           default_num_inference_steps=pipe.config.default_num_inference_steps)
-        tuned.save_pretrained(output_dir, safe_serialization=True)
-        write_model_card(output_dir, args, {"pairs": pairs, "skipped": cache["skipped"], "steps": step, **stats})
-        (output_dir / "train_metrics.json").write_text(json.dumps({"steps": step, "pairs": pairs, "skipped": cache["skipped"], **stats}, indent=1))
+        tuned_pipeline(pipe, merged_unet(unet, args.lora_rank > 0)).save_pretrained(output_dir, safe_serialization=True)
+        summary = {"steps": step, "pairs": pairs, "train_pairs": len(train_indices), "validation_pairs": len(val_indices),
+                   "skipped": cache["skipped"], "processes": accelerator.num_processes, **stats,
+                   "first_noise_per_process": noise_per_process, "validation": history["validation"],
+                   "best": max(history["validation"], key=lambda r: r["score"], default=None)}
+        write_model_card(output_dir, config, summary)
+        (output_dir / "train_config.json").write_text(json.dumps(config, indent=1))
+        if history["train"]:
+            plot_curves(history, output_dir / "training_curve.png")
+        tmp = output_dir / "train_metrics.json.tmp"
+        tmp.write_text(json.dumps({**summary, "history": history["train"]}, indent=1))
+        os.replace(tmp, output_dir / "train_metrics.json")  # last: the run's mark of completion
         logger.info(f"wrote {output_dir}")
         if args.push_to_hub:
             from huggingface_hub import HfApi
@@ -389,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
             api = HfApi()
             api.create_repo(args.hub_model_id, exist_ok=True)
             api.upload_folder(repo_id=args.hub_model_id, folder_path=output_dir,
-                              ignore_patterns=["checkpoint-*", "cache/*", "lora/*"])
+                              ignore_patterns=["checkpoint-*", ".partial-*", "cache/*", "lora/*", "best/*"])
     accelerator.end_training()
     return 0
 
@@ -397,6 +673,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except DatasetError as err:
+    except (DatasetError, ConfigMismatch, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

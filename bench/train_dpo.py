@@ -11,6 +11,7 @@ Same model, same batch, same pairs; prints pairs/s for both, the speedup, and pe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import re
@@ -25,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import train_dpo  # noqa: E402
+from losses import PreferenceLossConfig, denoising_loss  # noqa: E402
 from pipeline import load_pipeline  # noqa: E402
 from pipeline.audio import wav_to_fbank  # noqa: E402
 
@@ -52,9 +54,8 @@ def main() -> None:
     clips = [(0.3 * rng.standard_normal(frames * pipe.hop_length)).astype(np.float32) for _ in range(2 * args.batch)]
     prompts = [f"a dog barks {i} times" for i in range(args.batch)]
     policy = copy.deepcopy(pipe.unet).train()
-    reference = train_dpo.FrozenReference(policy, lora=False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6)
-    train_args = argparse.Namespace(loss="dpo", beta_dpo=2000.0, sft_weight=1.0, beta_mapo=0.1)
+    loss_config = PreferenceLossConfig("dpo", beta_dpo=2000.0)
     generator = torch.Generator().manual_seed(0)
 
     @torch.no_grad()
@@ -69,12 +70,13 @@ def main() -> None:
 
     def step(batch, dpo=True):
         if dpo:
-            loss, _ = train_dpo.preference_step(train_args, policy, reference, pipe.scheduler, batch, generator, device)
+            loss, _, _ = train_dpo.preference_step(loss_config, policy, pipe.unet, pipe.scheduler, batch, generator, device,
+                                                   contextlib.nullcontext)
         else:  # plain fine-tuning on the chosen clips: one UNet pass, no reference
             latents_w, _, embeds, masks = (x.to(device) for x in batch)
             noise = torch.randn(latents_w.shape, generator=generator).to(device)
             t = torch.randint(0, 1000, (len(latents_w),), generator=generator).to(device)
-            loss = train_dpo.denoising_losses(policy, pipe.scheduler, latents_w, noise, t, embeds, masks.bool()).mean()
+            loss = denoising_loss(policy, pipe.scheduler, latents_w, noise, t, embeds, masks.bool()).mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -3,6 +3,12 @@ Audio-Alpaca's schema, and refuses unusable datasets clearly."""
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -48,6 +54,9 @@ def pairs_dir(tmp_path_factory):
 
 
 def run(tmp_path, dataset, *extra):
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # each run is its own training, as in a fresh process (mixed precision may differ)
     out = tmp_path / "out"
     code = train_dpo.main([*FAST, "--dataset", str(dataset), "--output_dir", str(out), *extra])
     assert code == 0
@@ -125,3 +134,105 @@ def test_unusable_datasets_fail_clearly(tmp_path):
         train_dpo.main([*FAST, "--dataset", str(empty), "--output_dir", str(tmp_path / "o2")])
     with pytest.raises(train_dpo.DatasetError, match="cannot load dataset"):
         train_dpo.main([*FAST, "--dataset", str(tmp_path / "nothing-here"), "--output_dir", str(tmp_path / "o3")])
+
+
+def test_mixed_precision_reference_matches_the_policy_at_the_first_step(tmp_path, pairs_dir):
+    """Policy and reference under the same autocast: identical weights give margin 0 and loss log 2."""
+    _, metrics = run(tmp_path, pairs_dir, "--max_train_steps", "1", "--train_batch_size", "6",
+                     "--learning_rate", "0", "--mixed_precision", "bf16")
+    assert abs(metrics["loss"] - np.log(2)) < 1e-3
+    assert abs(metrics["reward_margin"]) < 1e-3
+
+
+def test_resume_refuses_changed_settings(tmp_path, pairs_dir):
+    run(tmp_path, pairs_dir, "--max_train_steps", "1", "--train_batch_size", "3", "--checkpointing_steps", "1")
+    with pytest.raises(train_dpo.ConfigMismatch, match="learning_rate"):
+        run(tmp_path, pairs_dir, "--max_train_steps", "2", "--train_batch_size", "3", "--checkpointing_steps", "1",
+            "--learning_rate", "1e-3", "--resume_from_checkpoint", "latest")
+
+
+def test_kill_9_during_a_checkpoint_write_resumes_from_the_last_complete_one(tmp_path, pairs_dir, caplog):
+    out = tmp_path / "out"
+    command = [sys.executable, str(Path(train_dpo.__file__)), *FAST, "--dataset", str(pairs_dir), "--output_dir",
+               str(out), "--max_train_steps", "6", "--train_batch_size", "3", "--checkpointing_steps", "1",
+               "--checkpoints_total_limit", "3"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    try:
+        while not (out / ".partial-checkpoint-3").exists():  # the third checkpoint is being written
+            assert process.poll() is None and time.monotonic() < deadline, "training ended before the kill"
+            time.sleep(0.001)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    (out / "checkpoint-9").mkdir()  # what a kill left behind before checkpoints were renamed into place
+    complete = train_dpo.complete_checkpoints(out)
+    assert complete and complete[-1].name in ("checkpoint-2", "checkpoint-3")
+    caplog.set_level("INFO", logger="train_dpo")
+    _, metrics = run(tmp_path, pairs_dir, "--max_train_steps", "6", "--train_batch_size", "3",
+                     "--checkpointing_steps", "1", "--checkpoints_total_limit", "3", "--resume_from_checkpoint", "latest")
+    assert f"resumed from {complete[-1]}" in caplog.text
+    assert metrics["steps"] == 6 and [r["step"] for r in metrics["history"]] == [1, 2, 3, 4, 5, 6]
+    assert not list(out.glob(".partial-*"))
+
+
+def test_a_planted_cache_file_is_not_executed(tmp_path, pairs_dir):
+    out, _ = run(tmp_path, pairs_dir, "--max_train_steps", "1", "--train_batch_size", "3")
+    (cache_file,) = (out / "cache").glob("pairs-*.safetensors")
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    import torch
+
+    torch.save({"mean": Payload()}, cache_file)  # a pickle where the cache belongs
+    _, metrics = run(tmp_path, pairs_dir, "--max_train_steps", "1", "--train_batch_size", "3")
+    assert not marker.exists() and metrics["pairs"] == 6  # ignored and rebuilt
+
+
+def test_corrupt_audio_and_wrong_content_hashes_are_skipped(tmp_path):
+    import hashlib
+
+    loud = bytearray(wav_bytes(tone(400)))
+    loud[len(loud) // 2 : len(loud) // 2 + 400] = b"\x4d" * 400  # float32 samples of about 2e8
+    nan = bytearray(wav_bytes(tone(400)))
+    nan[len(nan) // 2 : len(nan) // 2 + 400] = b"\xff\xff\xff\x7f" * 100
+    good = wav_bytes(tone(500))
+    named = lambda data, name=None: {"bytes": bytes(data), "path": f"{name or hashlib.sha256(data).hexdigest()}.wav"}  # noqa: E731
+    rows = {
+        "prompt": ["fine", "loud", "nan", "swapped bytes"],
+        "chosen": [named(good), named(loud), named(nan), named(good, hashlib.sha256(b"another clip").hexdigest())],
+        "rejected": [audio_cell(noise(1))] * 4,
+        "strategy": ["judge-rank"] * 4,
+    }
+    folder = write_table(tmp_path / "corrupt", rows)
+    _, metrics = run(tmp_path, folder, "--max_train_steps", "1", "--train_batch_size", "1")
+    assert metrics["pairs"] == 1
+    assert metrics["skipped"] == {"audio amplitude above 2.0": 1, "AudioError": 1,  # NaN samples
+                                  "content hash mismatch": 1}
+
+
+def test_validation_sft_first_and_a_schedule(tmp_path, pairs_dir):
+    out, metrics = run(tmp_path, pairs_dir, "--num_train_epochs", "3", "--sft_first_epochs", "1",
+                       "--train_batch_size", "2", "--validation_fraction", "0.34", "--learning_rate", "1e-3",
+                       "--lr_scheduler", "linear", "--lr_warmup_steps", "1", "--beta_dpo", "5000",
+                       "--judge_prompts", "2", "--judge_steps", "2", "--report_to", "tensorboard")
+    assert metrics["train_pairs"] == 4 and metrics["validation_pairs"] == 2
+    assert metrics["steps"] == 6 and [r["epoch"] for r in metrics["validation"]] == [0, 1, 2]
+    assert all(0 <= r["val_implicit_acc"] <= 1 and np.isfinite(r["val_loss"]) for r in metrics["validation"])
+    lrs = [r["lr"] for r in metrics["history"]]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(0.0)  # warmed up, then linear decay to 0
+    sft_steps = [r for r in metrics["history"] if r["epoch"] == 0]
+    assert all(r["loss"] == pytest.approx(r["loss_chosen"]) for r in sft_steps)  # SFT: the chosen clip's loss
+    assert all(0 <= r["judge_mean_score"] <= 1 for r in metrics["validation"])  # the judge heard each epoch's clips
+    best = metrics["best"]
+    assert best["judge_mean_score"] == max(r["judge_mean_score"] for r in metrics["validation"])
+    assert json.loads((out / "best" / "validation.json").read_text())["step"] == best["step"]
+    assert list(out.rglob("events.out.tfevents.*"))  # --report_to tensorboard
+    assert isinstance(load_pipeline(str(out / "best"), device="cpu"), TangoPipeline)
+    assert (out / "training_curve.png").stat().st_size > 1000
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["audio_length_in_s"] == 0.64 and saved["num_processes"] == 1
