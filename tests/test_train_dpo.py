@@ -236,3 +236,23 @@ def test_validation_sft_first_and_a_schedule(tmp_path, pairs_dir):
     assert (out / "training_curve.png").stat().st_size > 1000
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["audio_length_in_s"] == 0.64 and saved["num_processes"] == 1
+
+
+def test_two_cpu_processes_train_like_one_with_the_same_global_batch(tmp_path, pairs_dir):
+    """torchrun --nproc_per_node 2 (gloo on CPU): the same optimizer steps as one process with twice the
+    per-process batch, different noise on each rank, one output that loads."""
+    single, one = run(tmp_path / "single", pairs_dir, "--num_train_epochs", "2", "--train_batch_size", "4")
+    out = tmp_path / "two"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+               str(Path(train_dpo.__file__)), *FAST, "--dataset", str(pairs_dir), "--output_dir", str(out),
+               "--num_train_epochs", "2", "--train_batch_size", "2"]
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    two = json.loads((out / "train_metrics.json").read_text())
+    assert one["processes"] == 1 and two["processes"] == 2
+    assert two["steps"] == one["steps"] == 4  # 6 pairs, global batch 4: 2 steps per epoch either way
+    first_noise = two["first_noise_per_process"]
+    assert len(first_noise) == 2 and first_noise[0] != first_noise[1]
+    assert isinstance(load_pipeline(str(out), device="cpu"), TangoPipeline)
+    assert not list(out.glob("checkpoint-*")) and (out / "train_config.json").is_file()
