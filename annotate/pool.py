@@ -55,8 +55,8 @@ class ClipGenerator(Protocol):
 class PipelineGenerator:
     """The real thing: ``pipeline.load_pipeline(spec)`` with one torch generator per clip."""
 
-    def __init__(self, spec: str):
-        self.pipe = load_pipeline(spec)
+    def __init__(self, spec: str, device=None):
+        self.pipe = load_pipeline(spec, device=device)
         self.sampling_rate = self.pipe.vocoder.config.sampling_rate
         self.default_steps = self.pipe.config.default_num_inference_steps
 
