@@ -11,14 +11,14 @@ def test_rounds_start_from_the_previous_model_and_resume_where_they_stopped(tmp_
 
     AcceleratorState._reset_state()  # a fresh process's state, whatever earlier tests trained with
     out = tmp_path / "rounds"
-    argv = ["--model", "tiny", "--rounds", "2", "--prompts", "4", "--k", "2", "--min-margin", "0", "--steps", "3",
-            "--eval-n", "4", "--batch-size", "4", "--out", str(out),
-            "--train-args", "--max_train_steps 2 --train_batch_size 2 --judge_prompts 2 --judge_steps 3 "
+    argv = ["--model", "tiny", "--rounds", "2", "--prompts", "3", "--k", "2", "--min-margin", "0", "--steps", "3",
+            "--eval-n", "2", "--batch-size", "4", "--out", str(out),
+            "--train-args", "--max_train_steps 2 --train_batch_size 2 --judge_prompts 1 --judge_steps 3 "
                             "--learning_rate 1e-4"]
     assert rounds.main(argv) == 0
     table = json.loads((out / "rounds.json").read_text())
     assert [row["round"] for row in table] == [0, 1, 2] and table[0]["model"] == "tiny"
-    assert all(row["pairs"] == 4 and row["train_steps"] == 2 for row in table[1:])
+    assert all(row["pairs"] == 3 and row["train_steps"] == 2 for row in table[1:])
     assert all(0 <= row["mean_score"] <= 1 for row in table)
     # Round 2's candidates come from round 1's tuned model (the pipeline its validation kept).
     assert table[1]["model"] == str(out / "round-1" / "model" / "best")
