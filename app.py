@@ -106,14 +106,41 @@ def who(studio: Studio, typed: str | None, request: gr.Request | None, profile: 
     return studio.who(typed, getattr(request, "username", None), profile.username if profile else None)
 
 
+def visitor(request: gr.Request | None) -> str:
+    """Who the per-visitor generation limit counts: the logged-in name, else the client's address."""
+    if request is None:
+        return "local"
+    if getattr(request, "username", None):
+        return f"user:{request.username}"
+    forwarded = (request.headers.get("x-forwarded-for") or "").split(",")[0].strip()  # behind a Space's proxy
+    return f"address:{forwarded or getattr(request.client, 'host', 'unknown')}"
+
+
+class RawNumber(gr.Number):
+    """A number field whose value reaches the handler as sent, so the handler checks it and names the field
+    (gr.Number would round 2.5 to 2 silently, and answer "abc" with an error that says nothing)."""
+
+    def preprocess(self, payload):
+        return payload
+
+
+class RawSlider(gr.Slider):
+    """A slider whose value reaches the handler as sent (see ``RawNumber``)."""
+
+    def preprocess(self, payload):
+        return payload
+
+
 # ---------------------------------------------------------------------------------------------- Demo handlers
 
 @visible_errors
 def generate(studio: Studio, prompt: str, steps: float, guidance: float, seed: float, candidates: float,
-             sampler: str = MODEL_DEFAULT, progress=gr.Progress()):
+             sampler: str = MODEL_DEFAULT, request: gr.Request = None, progress=gr.Progress()):
     """Both models on the same prompt, seeds and settings: (base WAVs, DPO WAVs or None, details, Generation)."""
-    settings = GenerationSettings.checked(prompt, steps, guidance, seed, candidates, sampler)
-    generation = studio.generate(settings, progress=lambda fraction, desc: progress(fraction, desc=desc))
+    settings = GenerationSettings.checked(prompt, steps, guidance, seed, candidates, sampler,
+                                          max_steps=studio.config.max_steps, max_candidates=studio.config.max_candidates)
+    with studio.gate.admit(visitor(request)):
+        generation = studio.generate(settings, progress=lambda fraction, desc: progress(fraction, desc=desc))
     files = [[clip.audio_path for clip in column.clips] or None for column in generation.columns]
     return files[0], files[1], generation.as_dict(), generation
 
@@ -298,10 +325,12 @@ def demo_tab(studio: Studio) -> None:
     prompt = gr.Textbox(label="Prompt", placeholder="Describe a sound", max_lines=2, elem_id="prompt")
     gr.Examples(example_prompts(models), inputs=[prompt], label="Examples")
     with gr.Row():
-        steps = gr.Number(value=default_steps, precision=0, label="Steps")
-        guidance = gr.Slider(0, 15, value=3.0, step=0.5, label="Guidance")
-        seed = gr.Number(value=0, precision=0, label="Seed")
-        candidates = gr.Slider(1, MAX_CANDIDATES, value=2, step=1, label="Candidates per model")
+        steps = RawNumber(value=min(default_steps, studio.config.max_steps), precision=0,
+                          label=f"Steps (at most {studio.config.max_steps})")
+        guidance = RawSlider(0, 15, value=3.0, step=0.5, label="Guidance")
+        seed = RawNumber(value=0, precision=0, label="Seed")
+        candidates = RawSlider(1, studio.config.max_candidates, value=min(2, studio.config.max_candidates), step=1,
+                               label="Candidates per model")
         sampler = gr.Dropdown(list(SAMPLERS), value=MODEL_DEFAULT, label="Sampler")
     generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
     column_summaries, players, pictures = [], [], []
@@ -326,7 +355,9 @@ def demo_tab(studio: Studio) -> None:
     generate_button.click(
         bind(generate, studio), [prompt, steps, guidance, seed, candidates, sampler],
         [base_files, dpo_files, details, generation_state],
-        api_name="generate", concurrency_limit=1, concurrency_id=f"generate-{device}",
+        # The gate (studio.limits) runs one generation at a time and refuses what would queue too long;
+        # gradio lets the queued ones in so that the gate can answer them at once.
+        api_name="generate", concurrency_limit=studio.config.generate_queue + 1, concurrency_id=f"generate-{device}",
     ).success(show_generation, [generation_state],
               [*column_summaries, *players, *pictures, send_button, send_status], api_visibility="private")
     send_button.click(bind(send, studio), [generation_state], [send_status], api_visibility="private")

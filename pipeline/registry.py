@@ -37,6 +37,18 @@ EMBEDDED = {"tiny": ASSETS_DIR / "tango-tiny", "tiny-dpo": ASSETS_DIR / "tango-t
 DEFAULT_SPEC = "tiny"  # the base model wherever none is named
 DEFAULT_DPO_SPEC = "tiny-dpo"  # its DPO-tuned version (the app's right column, the default pool)
 
+def check_components(folder: Path) -> None:
+    """Raise ``SpecError`` naming the first component ``model_index.json`` lists whose folder is missing
+    (diffusers would otherwise complain about some other file)."""
+    import json
+
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    for name, value in index.items():
+        if isinstance(value, list) and not name.startswith("_") and value[0] is not None and not (folder / name).is_dir():
+            raise SpecError(f"the model folder {folder.name!r} lacks its `{name}` component (a `{name}/` folder "
+                            f"holding the {value[1]}): copy it from the model it came from")
+
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 DIFFUSERS_PATTERNS = ["model_index.json", "*/*.json", "*/*.safetensors", "*/*.model", "*/*.txt"]
 
@@ -65,6 +77,7 @@ def converted_cache_dir() -> Path:
 
 def _load_folder(folder: Path) -> TangoPipeline:
     if (folder / "model_index.json").is_file():
+        check_components(folder)
         return TangoPipeline.from_pretrained(folder)
     if is_original_format(folder):
         return load_original(folder)

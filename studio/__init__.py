@@ -17,6 +17,7 @@ from .annotation import AnnotationSession
 from .config import StudioConfig, parse_config
 from .generation import Generation, GenerationSettings, LoadedModel, generate_both, load_models
 from .identity import read_auth_file, resolve_name
+from .limits import GenerationGate
 from .serving import ClipServer
 
 
@@ -36,6 +37,7 @@ class Studio:
         # Clips leave the data folder only as copies with random names (see studio.serving).
         self.clip_server = ClipServer(self.generated_dir / "served")
         self.annotation = AnnotationSession(self.store, self.clip_server.serve)
+        self.gate = GenerationGate(config.generate_queue, config.generate_per_minute)
         if self.users is not None:
             self.identity_mode = "password"
         elif os.environ.get("SPACE_ID"):

@@ -30,6 +30,11 @@ class StudioConfig:
     dtype: str | None = None  # None: float16 on CUDA, float32 on CPU
     host: str = "127.0.0.1"
     port: int = 7860
+    # What one visitor may ask of the device (see studio.limits).
+    max_steps: int = 200
+    max_candidates: int = 4
+    generate_per_minute: int = 6
+    generate_queue: int = 4
 
     @property
     def export_dir(self) -> Path:
@@ -49,7 +54,14 @@ _FLAGS = {
     "--dtype": ("TANGO_DTYPE", f"UNet/VAE dtype, one of {', '.join(DTYPES)} (default: float16 on CUDA)"),
     "--host": ("GRADIO_SERVER_NAME", "interface to serve on (default: 127.0.0.1)"),
     "--port": ("GRADIO_SERVER_PORT", "port to serve on (default: 7860)"),
+    "--max-steps": ("TANGO_MAX_STEPS", "most denoising steps one request may ask for (default: 200)"),
+    "--max-candidates": ("TANGO_MAX_CANDIDATES", "most candidates per model one request may ask for, 1..4 (default: 4)"),
+    "--generate-per-minute": ("TANGO_GENERATE_PER_MINUTE", "generations one visitor may start per minute (default: 6)"),
+    "--generate-queue": ("TANGO_GENERATE_QUEUE", "generations that may wait behind the running one; more are "
+                                                 "answered 'busy, try again in N s' (default: 4)"),
 }
+_INT_FLAGS = {"port": (0, 65535), "max_steps": (1, 1000), "max_candidates": (1, 4), "generate_per_minute": (1, 10**6),
+              "generate_queue": (0, 1000)}
 
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -62,7 +74,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         attribute = flag[2:].replace("-", "_")
         default = environ.get(variable, getattr(defaults, attribute))
         parser.add_argument(flag, default=default, help=f"{help_text} [env {variable}]",
-                            type=int if attribute == "port" else str)
+                            type=str)
     return parser
 
 
@@ -73,12 +85,15 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
     args = parser.parse_args(argv)
     if args.dtype not in (None, "", *DTYPES):
         parser.error(f"--dtype must be one of {', '.join(DTYPES)}, got {args.dtype!r}")
-    try:
-        port = int(args.port)
-    except ValueError:
-        parser.error(f"--port must be a number, got {args.port!r}")
-    if not 0 <= port <= 65535:
-        parser.error(f"--port must be within 0..65535, got {port}")
+    numbers = {}
+    for attribute, (low, high) in _INT_FLAGS.items():
+        flag, value = "--" + attribute.replace("_", "-"), getattr(args, attribute)
+        try:
+            numbers[attribute] = int(value)
+        except ValueError:
+            parser.error(f"{flag} must be a whole number, got {value!r}")
+        if not low <= numbers[attribute] <= high:
+            parser.error(f"{flag} must be within {low}..{high}, got {numbers[attribute]}")
     auth_file = Path(args.auth_file) if args.auth_file else None
     if auth_file is not None and not auth_file.is_file():
         parser.error(f"--auth-file {str(auth_file)!r} does not exist")
@@ -95,5 +110,5 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         device=args.device or None,
         dtype=args.dtype or None,
         host=args.host,
-        port=port,
+        **numbers,
     )

@@ -17,6 +17,7 @@ make under the same settings.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 import uuid
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from annotate import Store
-from annotate.validation import MAX_PROMPT_CHARS
+from annotate.validation import MAX_PROMPT_CHARS, InvalidInput, check_text
 from pipeline.audio import save_audio
 from pipeline.registry import EMBEDDED, load_pipeline
 from pipeline.tango import TangoPipeline, clip_seeds
@@ -89,26 +90,32 @@ class GenerationSettings:
 
     @classmethod
     def checked(cls, prompt: object, steps: object, guidance: object, seed: object, candidates: object,
-                sampler: object = MODEL_DEFAULT) -> GenerationSettings:
+                sampler: object = MODEL_DEFAULT, *, max_steps: int = MAX_STEPS,
+                max_candidates: int = MAX_CANDIDATES) -> GenerationSettings:
         """Validate what a form or an API call sent; raise ``GenerationError`` naming the bad field."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise GenerationError("`prompt` is empty: describe the sound to generate")
         if len(prompt) > MAX_PROMPT_CHARS:
             raise GenerationError(f"`prompt` has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}")
-        steps = _whole(steps, "steps", 1, MAX_STEPS)
+        try:  # the store's rule for prompts: no control, bidi or invisible characters
+            check_text(prompt.strip(), "prompt", MAX_PROMPT_CHARS)
+        except InvalidInput as err:
+            raise GenerationError(str(err)) from None
+        steps = _whole(steps, "steps", 1, min(max_steps, MAX_STEPS))
         seed = _whole(seed, "seed", 0, MAX_SEED)
-        candidates = _whole(candidates, "candidates", 1, MAX_CANDIDATES)
+        candidates = _whole(candidates, "candidates", 1, min(max_candidates, MAX_CANDIDATES))
         if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance <= 30:
-            raise GenerationError(f"`guidance` must be a number within 0..30, got {guidance!r}")
-        if sampler not in SAMPLERS:
-            raise GenerationError(f"`sampler` must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+            raise GenerationError(f"`guidance` must be a number within 0..30, got {str(guidance)[:40]!r}")
+        if not isinstance(sampler, str) or sampler not in SAMPLERS:
+            raise GenerationError(f"`sampler` must be one of {', '.join(SAMPLERS)}, got {str(sampler)[:40]!r}")
         return cls(prompt.strip(), steps, float(guidance), seed, candidates, sampler)
 
 
 def _whole(value: object, name: str, low: int, high: int) -> int:
     """An integer within low..high; a float form value like 25.0 counts, 2.5 does not."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or not low <= value <= high:
-        raise GenerationError(f"`{name}` must be a whole number within {low}..{high}, got {value!r}")
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value != int(value) or not low <= value <= high):
+        raise GenerationError(f"`{name}` must be a whole number within {low}..{high}, got {str(value)[:40]!r}")
     return int(value)
 
 
@@ -171,6 +178,17 @@ def with_sampler(pipe: TangoPipeline, sampler: str) -> TangoPipeline:
                          default_num_inference_steps=pipe.config.default_num_inference_steps)
     view.set_progress_bar_config(disable=True)
     return view
+
+
+def check_steps(pipe: TangoPipeline, settings: GenerationSettings) -> None:
+    """Refuse (``GenerationError``) a step count the chosen sampler cannot take with this model: one
+    whose timesteps repeat (DPM-Solver++ at ~1000 steps), which would end in NaN audio."""
+    scheduler = with_sampler(pipe, settings.sampler).scheduler
+    scheduler.set_timesteps(settings.steps)
+    timesteps = scheduler.timesteps
+    if len(torch.unique(timesteps)) != len(timesteps):
+        raise GenerationError(f"`steps` {settings.steps} is too many for the {settings.sampler!r} sampler with this "
+                              "model (its timesteps repeat): use fewer steps or another sampler")
 
 
 def sampler_model_label(model: LoadedModel, sampler: str) -> str:
@@ -239,6 +257,9 @@ class Generation:
 def generate_both(models: list[LoadedModel], settings: GenerationSettings, out_dir: str | Path,
                   progress: Callable[[float, str], None] | None = None) -> Generation:
     """Generate ``settings.candidates`` clips with each model; write WAVs and spectrogram PNGs under ``out_dir``."""
+    for model in models:
+        if model.pipe is not None:
+            check_steps(model.pipe, settings)
     folder = Path(out_dir) / uuid.uuid4().hex
     folder.mkdir(parents=True)
     columns = []
@@ -255,9 +276,15 @@ def generate_both(models: list[LoadedModel], settings: GenerationSettings, out_d
         try:
             waveforms = run_pipeline(model.pipe, settings, on_step)
         except (RuntimeError, ValueError) as err:  # e.g. out of memory: this column fails, the other one stands
-            logger.exception("generation with %r failed", model.spec)
+            logger.exception("generation with %r failed", model.spec)  # the trace (and any paths) stay in the log
             columns.append(ColumnResult(model.role, model.title, model.spec, None,
-                                        error=f"generation failed: {type(err).__name__}: {err}"))
+                                        error=f"generation failed ({type(err).__name__}); the server log has the details"))
+            continue
+        if not np.isfinite(waveforms).all():  # nothing that is not audio reaches a file
+            logger.error("%r produced non-finite audio for %s", model.spec, settings)
+            columns.append(ColumnResult(model.role, model.title, model.spec, None,
+                                        error="the model produced non-finite audio (NaN) with these settings: "
+                                              "try fewer steps or another sampler"))
             continue
         seconds = time.perf_counter() - started
         clips = []

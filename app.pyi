@@ -1,0 +1,465 @@
+"""Tango DPO Studio: hear the base model and its DPO-tuned version side by side, rank clips blind,
+export the rankings as a preference dataset.
+
+    python app.py                                    # tiny / tiny-dpo, store in ./data, http://127.0.0.1:7860
+    python app.py --dpo-model runs/my-dpo --admins me --auth-file users.txt --port 7861
+    python app.py --base-model declare-lab/tango --dpo-model declare-lab/tango2 --hub-dataset me/prefs
+
+Every flag has an environment variable (``python app.py --help``). Handlers are plain module
+functions taking the ``Studio`` first (bound with ``bind``), so a test calls them without a
+server; they only translate between widgets and ``studio`` (which holds the logic). The UI is
+declared in ``build_app`` and its three ``*_tab`` helpers, which also wire the events.
+"""
+
+import functools
+import inspect
+import logging
+import sqlite3
+import sys
+
+import gradio as gr
+
+from studio import Studio, parse_config
+from studio.admin import (ANNOTATOR_COLUMNS, PREVIEW_PAIRS, dataset_overview, describe_export, export_dataset,
+                          hub_url, push_dataset, require_admin)
+from studio.annotation import GUIDELINES, LABELS, MAX_SHOWN_CLIPS, SHORTCUTS, ShownTask
+from studio.generation import (MAX_CANDIDATES, MODEL_DEFAULT, SAMPLERS, Generation, GenerationSettings,
+                               example_prompts, send_to_annotation)
+from studio.identity import password_check
+
+logger = logging.getLogger("app")
+
+ANNOTATION_CONCURRENCY = 16  # events at once per annotation endpoint; generation runs one at a time per device
+
+# Keyboard shortcuts on the Annotate tab (inactive while typing in a text field).
+SHORTCUTS_JS = """
+<script>
+(() => {
+  let current = "a";
+  const visible = (el) => el && el.offsetParent !== null;
+  document.addEventListener("keydown", (event) => {
+    const target = event.target;
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    if (target && (target.tagName === "TEXTAREA" || (target.tagName === "INPUT" && target.type !== "radio"))) return;
+    if (!visible(document.querySelector("#vote-button"))) return;
+    const key = event.key.toLowerCase();
+    if (key.length === 1 && key >= "a" && key <= "h" && visible(document.querySelector(`#clip-${key}`))) {
+      current = key;
+      const play = document.querySelector(`#clip-${key} button[aria-label="Play"], #clip-${key} .play-pause-button`);
+      if (play) play.click();
+      event.preventDefault();
+    } else if (key >= "1" && key <= "8") {
+      const option = document.querySelector(`#rank-${current} input[value="${key}"]`);
+      if (option) { option.click(); event.preventDefault(); }
+    } else if (key === "enter") {
+      document.querySelector("#vote-button")?.click(); event.preventDefault();
+    } else if (key === "x") {
+      document.querySelector("#all-bad-button")?.click(); event.preventDefault();
+    } else if (key === "s") {
+      document.querySelector("#skip-button")?.click(); event.preventDefault();
+    }
+  });
+})();
+</script>
+"""
+
+
+STORE_TROUBLE = "The annotation store could not answer just now (nothing was changed): try again in a few seconds."
+
+
+def visible_errors(handler):
+    """Bad input and refused actions (ValueError: InvalidVote, GenerationError, IdentityError, ...;
+    OSError: a failed push) reach the user as a gr.Error message instead of a server error; a
+    database error (locked, I/O) becomes a "try again" message, its trace goes to the log."""
+
+    @functools.wraps(handler)
+    def wrapped(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except sqlite3.Error as err:
+            logger.exception("store error in %s", handler.__name__)
+            raise gr.Error(STORE_TROUBLE) from err
+        except (ValueError, OSError) as err:
+            raise gr.Error(str(err)) from err
+
+    return wrapped
+
+
+def bind(handler, *state):
+    """``handler`` with its leading state arguments (the Studio, ...) filled in, as gradio must see a handler:
+    a function whose signature, type hints (API schema, gr.Request, gr.Progress) and docstring are the rest.
+    (A bare functools.partial hides the type hints from gradio.)"""
+    signature = inspect.signature(handler)
+    filled = list(signature.parameters)[:len(state)]
+
+    def bound(*args, **kwargs):
+        return handler(*state, *args, **kwargs)
+
+    bound.__signature__ = signature.replace(parameters=list(signature.parameters.values())[len(state):])
+    bound.__annotations__ = {k: v for k, v in handler.__annotations__.items() if k not in filled}
+    bound.__name__ = bound.__qualname__ = handler.__name__
+    bound.__doc__ = handler.__doc__
+    return bound
+
+
+def who(studio: Studio, typed: str | None, request: gr.Request | None, profile: gr.OAuthProfile | None) -> str:
+    return studio.who(typed, getattr(request, "username", None), profile.username if profile else None)
+
+
+def visitor(request: gr.Request | None) -> str:
+    """Who the per-visitor generation limit counts: the logged-in name, else the client's address."""
+    if request is None:
+        return "local"
+    if getattr(request, "username", None):
+        return f"user:{request.username}"
+    forwarded = (request.headers.get("x-forwarded-for") or "").split(",")[0].strip()  # behind a Space's proxy
+    return f"address:{forwarded or getattr(request.client, 'host', 'unknown')}"
+
+from gradio.events import Dependency
+
+class RawNumber(gr.Number):
+    """A number field whose value reaches the handler as sent, so the handler checks it and names the field
+    (gr.Number would round 2.5 to 2 silently, and answer "abc" with an error that says nothing)."""
+
+    def preprocess(self, payload):
+        return payload
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+class RawSlider(gr.Slider):
+    """A slider whose value reaches the handler as sent (see ``RawNumber``)."""
+
+    def preprocess(self, payload):
+        return payload
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+# ---------------------------------------------------------------------------------------------- Demo handlers
+
+@visible_errors
+def generate(studio: Studio, prompt: str, steps: float, guidance: float, seed: float, candidates: float,
+             sampler: str = MODEL_DEFAULT, request: gr.Request = None, progress=gr.Progress()):
+    """Both models on the same prompt, seeds and settings: (base WAVs, DPO WAVs or None, details, Generation)."""
+    settings = GenerationSettings.checked(prompt, steps, guidance, seed, candidates, sampler,
+                                          max_steps=studio.config.max_steps, max_candidates=studio.config.max_candidates)
+    with studio.gate.admit(visitor(request)):
+        generation = studio.generate(settings, progress=lambda fraction, desc: progress(fraction, desc=desc))
+    files = [[clip.audio_path for clip in column.clips] or None for column in generation.columns]
+    return files[0], files[1], generation.as_dict(), generation
+
+
+def show_generation(generation: Generation):
+    """Column summaries, players and spectrograms for a generation; enables "send to annotation"."""
+    summaries = [column.summary() for column in generation.columns]
+    audio_updates, picture_updates = [], []
+    for column in generation.columns:
+        for i in range(MAX_CANDIDATES):
+            clip = column.clips[i] if i < len(column.clips) else None
+            audio_updates.append(gr.update(value=clip and clip.audio_path, visible=clip is not None))
+            picture_updates.append(gr.update(value=clip and clip.spectrogram_path, visible=clip is not None))
+    return *summaries, *audio_updates, *picture_updates, gr.update(interactive=True), ""
+
+
+@visible_errors
+def send(studio: Studio, generation: Generation | None) -> str:
+    if generation is None:
+        raise ValueError("generate clips first")
+    task_id = send_to_annotation(studio.store, generation)
+    return f"Task {task_id} is ready on the Annotate tab."
+
+
+# ---------------------------------------------------------------------------------------------- Annotate handlers
+
+@visible_errors
+def next_task(studio: Studio, annotator: str, request: gr.Request, profile: gr.OAuthProfile | None):
+    """The annotator's open task or a new one: (task JSON, its WAVs in the order shown, ShownTask)."""
+    name = who(studio, annotator, request, profile)
+    task = studio.annotation.next_task(name)
+    progress_text = studio.annotation.progress(name).as_markdown()
+    if task is None:
+        return {"task_id": None, "message": "no task left for you", "progress": progress_text}, None, None
+    return {**task.as_dict(), "progress": progress_text}, task.audio_paths, task
+
+
+def vote_buttons(all_played: bool):
+    """Vote and All bad need every clip played; Skip always works."""
+    return gr.update(interactive=all_played), gr.update(interactive=all_played), gr.update(interactive=True)
+
+
+def show_task(task: ShownTask | None, task_info: dict):
+    """Progress, prompt, one player and rank control per clip, and the vote buttons."""
+    if task is None:
+        hidden = [gr.update(value=None, visible=False)] * MAX_SHOWN_CLIPS
+        return (task_info["progress"], "**No task left for you.** Thank you!", *hidden, *hidden,
+                *[gr.update(interactive=False)] * 3, "")
+    count = len(task.clip_ids)
+    audio = [gr.update(value=task.audio_paths[i] if i < count else None, visible=i < count)
+             for i in range(MAX_SHOWN_CLIPS)]
+    ranks = [gr.update(choices=[str(r) for r in range(1, count + 1)], value=None, visible=i < count)
+             for i in range(MAX_SHOWN_CLIPS)]
+    return (task_info["progress"], f"**Prompt:** {task.prompt}", *audio, *ranks,
+            *vote_buttons(task.all_played), "Play every clip, then rank them.")
+
+
+@visible_errors
+def play_clip(studio: Studio, position: int, annotator: str, task: ShownTask | None, request: gr.Request,
+              profile: gr.OAuthProfile | None):
+    """The player at ``position`` started: count the play; unlock voting once every clip was played."""
+    if task is None or position >= len(task.clip_ids):
+        return *vote_buttons(False), gr.update()
+    plays = studio.annotation.record_play(who(studio, annotator, request, profile), task.task_id,
+                                          task.clip_ids[position])
+    unplayed = [label for label, clip_id in zip(LABELS, task.clip_ids) if not plays.get(clip_id)]
+    message = f"Still to play: {', '.join(unplayed)}" if unplayed else "All clips played: rank them and vote."
+    return *vote_buttons(not unplayed), message
+
+
+@visible_errors
+def vote_from_form(studio: Studio, verdict: str, annotator: str, task: ShownTask | None, request: gr.Request,
+                   profile: gr.OAuthProfile | None, *ranks):
+    """Vote, All bad or Skip pressed: the ranks chosen in the form (one per shown clip) become the vote."""
+    if task is None:
+        raise ValueError("no task loaded: press Next task")
+    name = who(studio, annotator, request, profile)
+    ranking = None
+    if verdict == "rank":
+        missing = [label for label, rank in zip(task.labels, ranks) if not rank]
+        if missing:
+            raise ValueError(f"give every clip a rank; missing: {', '.join(missing)}")
+        ranking = {clip_id: int(rank) for clip_id, rank in zip(task.clip_ids, ranks)}
+    vote_id = studio.annotation.vote(name, task.task_id, ranking, verdict)
+    return f"Vote {vote_id} stored ({verdict.replace('_', ' ')})."
+
+
+@visible_errors
+def played(studio: Studio, annotator: str, task_id: int, clip: str, request: gr.Request,
+           profile: gr.OAuthProfile | None) -> dict:
+    """Count one play of a clip (its clip_id or letter) of your open task; returns the task's play counts."""
+    return studio.annotation.record_play(who(studio, annotator, request, profile), task_id, clip)
+
+
+@visible_errors
+def vote(studio: Studio, annotator: str, task_id: int, ranking: dict | None = None, verdict: str = "rank",
+         request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
+    """Vote on your open task: ranking maps clip ids (or letters) to ranks, 1 = best, ties allowed;
+    verdict 'rank', 'all_bad' or 'skip' (the last two with no ranking). Every clip must have been played."""
+    name = who(studio, annotator, request, profile)
+    vote_id = studio.annotation.vote(name, task_id, ranking, verdict)
+    return {"vote_id": vote_id, "progress": studio.annotation.progress(name).as_markdown()}
+
+
+# ---------------------------------------------------------------------------------------------- Dataset handlers
+
+def admin_name(studio: Studio, typed: str | None, request: gr.Request | None, profile: gr.OAuthProfile | None) -> str:
+    name = who(studio, typed, request, profile)
+    require_admin(name, studio.config)
+    return name
+
+
+@visible_errors
+def show_dataset(studio: Studio, admin: str, request: gr.Request, profile: gr.OAuthProfile | None):
+    """Counts and agreement as markdown, the per-annotator table, and the strongest pairs with audio."""
+    admin_name(studio, admin, request, profile)
+    overview = dataset_overview(studio.store)
+    previews = []
+    for i in range(PREVIEW_PAIRS):
+        pair = overview.preview[i] if i < len(overview.preview) else None
+        previews += [
+            gr.update(visible=pair is not None, value=pair and (
+                f"**{pair.prompt}**: `{pair.chosen_model}` preferred over `{pair.rejected_model}` "
+                f"({pair.votes_for} vs {pair.votes_against} votes)")),
+            gr.update(visible=pair is not None, value=pair and studio.clip_server.serve(pair.chosen_audio)),
+            gr.update(visible=pair is not None, value=pair and studio.clip_server.serve(pair.rejected_audio)),
+        ]
+    return overview.as_markdown(), overview.annotator_rows(), *previews
+
+
+@visible_errors
+def export(studio: Studio, admin: str = "", request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
+    """Admins only: write the human-rank pairs to <data dir>/export; returns what was written."""
+    admin_name(studio, admin, request, profile)
+    result = export_dataset(studio.store, studio.config)
+    return {"export_id": result.export_id, "pairs": result.summary.rows, "folder": str(result.out_dir),
+            "alpha": result.alpha, "message": describe_export(result)}
+
+
+@visible_errors
+def push(studio: Studio, admin: str = "", request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
+    """Admins only: upload the latest export to the configured Hub dataset repo."""
+    admin_name(studio, admin, request, profile)
+    url = push_dataset(studio.store, studio.config)
+    return {"url": url, "message": f"Pushed the latest export to [{url}]({url})."}
+
+
+def export_message(studio: Studio, admin: str, request: gr.Request, profile: gr.OAuthProfile | None) -> str:
+    return export(studio, admin, request, profile)["message"]
+
+
+def push_message(studio: Studio, admin: str, request: gr.Request, profile: gr.OAuthProfile | None) -> str:
+    return push(studio, admin, request, profile)["message"]
+
+
+# ---------------------------------------------------------------------------------------------- layout and wiring
+
+def build_app(studio: Studio) -> gr.Blocks:
+    """The whole UI: Demo, Annotate and Dataset tabs, their events and the named API endpoints."""
+    with gr.Blocks(title="Tango DPO Studio", delete_cache=(3600, 3600)) as demo:
+        gr.Markdown("# Tango DPO Studio\nBase model vs its Diffusion-DPO-tuned version, blind ranking of clips, "
+                    "and the preference dataset they make.")
+        with gr.Row():
+            if studio.identity_mode == "oauth":
+                gr.LoginButton()
+            name_box = gr.Textbox(label="Your name (annotator)", placeholder="e.g. alice", max_lines=1,
+                                  visible=studio.identity_mode == "name", elem_id="annotator-name")
+        with gr.Tab("Demo", id="demo"):
+            demo_tab(studio)
+        with gr.Tab("Annotate", id="annotate"):
+            annotate_tab(studio, name_box)
+        with gr.Tab("Dataset", id="dataset"):
+            dataset_tab(studio, name_box)
+    return demo
+
+
+def demo_tab(studio: Studio) -> None:
+    """Prompt and settings, one column per model (players and spectrograms), send to annotation; /generate."""
+    models = studio.models
+    default_steps = next((m.default_steps for m in models if m.pipe is not None), 100)
+    device = next((str(m.pipe.device) for m in models if m.pipe is not None), "none")
+    prompt = gr.Textbox(label="Prompt", placeholder="Describe a sound", max_lines=2, elem_id="prompt")
+    gr.Examples(example_prompts(models), inputs=[prompt], label="Examples")
+    with gr.Row():
+        steps = RawNumber(value=min(default_steps, studio.config.max_steps), precision=0,
+                          label=f"Steps (at most {studio.config.max_steps})")
+        guidance = RawSlider(0, 15, value=3.0, step=0.5, label="Guidance")
+        seed = RawNumber(value=0, precision=0, label="Seed")
+        candidates = RawSlider(1, studio.config.max_candidates, value=min(2, studio.config.max_candidates), step=1,
+                               label="Candidates per model")
+        sampler = gr.Dropdown(list(SAMPLERS), value=MODEL_DEFAULT, label="Sampler")
+    generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
+    column_summaries, players, pictures = [], [], []
+    with gr.Row():
+        for model in models:
+            with gr.Column(elem_id=f"column-{model.role}"):
+                column_summaries.append(gr.Markdown(model.status(), elem_id=f"summary-{model.role}"))
+                for i in range(MAX_CANDIDATES):
+                    players.append(gr.Audio(label=f"{model.title} #{i + 1}", type="filepath",
+                                            interactive=False, visible=False))
+                    pictures.append(gr.Image(label="log-mel", type="filepath", interactive=False,
+                                             visible=False, height=180))
+    with gr.Row():
+        send_button = gr.Button("Send these clips to annotation", interactive=False)
+        send_status = gr.Markdown()
+    # What /generate returns to API clients; the players above show the same clips.
+    base_files = gr.File(file_count="multiple", visible=False, label="base clips")
+    dpo_files = gr.File(file_count="multiple", visible=False, label="dpo clips")
+    details = gr.JSON(visible=False, label="details")
+    generation_state = gr.State()
+
+    generate_button.click(
+        bind(generate, studio), [prompt, steps, guidance, seed, candidates, sampler],
+        [base_files, dpo_files, details, generation_state],
+        # The gate (studio.limits) runs one generation at a time and refuses what would queue too long;
+        # gradio lets the queued ones in so that the gate can answer them at once.
+        api_name="generate", concurrency_limit=studio.config.generate_queue + 1, concurrency_id=f"generate-{device}",
+    ).success(show_generation, [generation_state],
+              [*column_summaries, *players, *pictures, send_button, send_status], api_visibility="private")
+    send_button.click(bind(send, studio), [generation_state], [send_status], api_visibility="private")
+
+
+def annotate_tab(studio: Studio, name_box: gr.Textbox) -> None:
+    """Guidelines, the blind task (players A, B, ... and their ranks), vote buttons; /next_task, /played, /vote."""
+    gr.Markdown(GUIDELINES)
+    gr.Markdown(SHORTCUTS)
+    progress_md = gr.Markdown(elem_id="annotate-progress")
+    next_button = gr.Button("Next task", elem_id="next-task-button")
+    task_prompt = gr.Markdown(elem_id="task-prompt")
+    clip_players, rank_controls = [], []
+    for label in LABELS:
+        with gr.Row():
+            clip_players.append(gr.Audio(label=f"Clip {label}", type="filepath", interactive=False,
+                                         visible=False, elem_id=f"clip-{label.lower()}", scale=3))
+            rank_controls.append(gr.Radio([], label=f"Rank of {label} (1 = best)", visible=False,
+                                          elem_id=f"rank-{label.lower()}", scale=2))
+    with gr.Row():
+        vote_button = gr.Button("Vote", variant="primary", interactive=False, elem_id="vote-button")
+        all_bad_button = gr.Button("All bad", interactive=False, elem_id="all-bad-button")
+        skip_button = gr.Button("Skip", interactive=False, elem_id="skip-button")
+    annotate_status = gr.Markdown(elem_id="annotate-status")
+    task_json = gr.JSON(visible=False, label="task")
+    task_files = gr.File(file_count="multiple", visible=False, label="task clips")
+    task_state = gr.State()
+
+    task_outputs = [progress_md, task_prompt, *clip_players, *rank_controls, vote_button, all_bad_button,
+                    skip_button, annotate_status]
+    next_button.click(bind(next_task, studio), [name_box], [task_json, task_files, task_state], api_name="next_task") \
+        .success(show_task, [task_state, task_json], task_outputs, api_visibility="private")
+    for position, player in enumerate(clip_players):
+        player.play(bind(play_clip, studio, position), [name_box, task_state],
+                    [vote_button, all_bad_button, skip_button, annotate_status], api_visibility="private")
+    for button, verdict in ((vote_button, "rank"), (all_bad_button, "all_bad"), (skip_button, "skip")):
+        button.click(bind(vote_from_form, studio, verdict), [name_box, task_state, *rank_controls], [annotate_status],
+                     api_visibility="private") \
+            .success(bind(next_task, studio), [name_box], [task_json, task_files, task_state], api_visibility="private") \
+            .success(show_task, [task_state, task_json], task_outputs[:-1], api_visibility="private")
+    gr.api(bind(played, studio), api_name="played", concurrency_limit=ANNOTATION_CONCURRENCY)
+    gr.api(bind(vote, studio), api_name="vote", concurrency_limit=ANNOTATION_CONCURRENCY)
+
+
+def dataset_tab(studio: Studio, name_box: gr.Textbox) -> None:
+    """Admins only: overview, annotator table, strongest pairs, Export and Push; /export, /push."""
+    gr.Markdown("For admins (" + ("by log-in name" if studio.identity_mode != "name" else "by the name above")
+                + "). " + (f"Hub dataset: [{studio.config.hub_dataset}]({hub_url(studio.config.hub_dataset)})"
+                           if studio.config.hub_dataset else "No Hub dataset configured (--hub-dataset)."))
+    refresh_button = gr.Button("Show dataset", elem_id="dataset-refresh")
+    overview_md = gr.Markdown()
+    annotators_table = gr.Dataframe(headers=ANNOTATOR_COLUMNS, interactive=False, label="Annotators")
+    pair_rows = []
+    for _ in range(PREVIEW_PAIRS):
+        with gr.Row():
+            pair_rows.append((gr.Markdown(visible=False),
+                              gr.Audio(label="chosen", type="filepath", interactive=False, visible=False),
+                              gr.Audio(label="rejected", type="filepath", interactive=False, visible=False)))
+    with gr.Row():
+        export_button = gr.Button("Export", elem_id="export-button")
+        push_button = gr.Button("Push to the Hub", elem_id="push-button")
+    admin_outcome = gr.Markdown(elem_id="admin-outcome")
+
+    refresh_button.click(bind(show_dataset, studio), [name_box],
+                         [overview_md, annotators_table, *[c for row in pair_rows for c in row]],
+                         api_visibility="private")
+    export_button.click(bind(export_message, studio), [name_box], [admin_outcome], api_visibility="private")
+    push_button.click(bind(push_message, studio), [name_box], [admin_outcome], api_visibility="private")
+    gr.api(bind(export, studio), api_name="export")
+    gr.api(bind(push, studio), api_name="push")
+
+
+def launch(studio: Studio, demo: gr.Blocks, **options):
+    """Queue and serve the app as configured; ``options`` go to ``launch`` (tests pass prevent_thread_lock)."""
+    demo.queue(default_concurrency_limit=ANNOTATION_CONCURRENCY)
+    return demo.launch(
+        server_name=studio.config.host,
+        server_port=studio.config.port,
+        auth=password_check(studio.users) if studio.users else None,
+        # Nothing is served but what handlers return (see studio.serving); never the data folder.
+        blocked_paths=[str(studio.config.data_dir.resolve())],
+        head=SHORTCUTS_JS,
+        **options,
+    )
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    studio = Studio(parse_config(argv))
+    launch(studio, build_app(studio))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,61 @@
+"""Limits that keep one visitor from holding the device: a per-visitor rate limit on generation
+and a bounded queue that answers "busy, try again in N s" at once instead of waiting forever.
+
+Generation runs one request at a time per app (one device). A request that would find more
+than ``queue_size`` requests ahead of it is refused immediately, with an estimate of the wait
+from the recent generation times; a visitor (logged-in name, else their address) may start
+at most ``per_minute`` generations in any 60 s. The annotation endpoints never pass through
+here, so votes stay fast while the queue is full.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import math
+import threading
+import time
+
+
+class Busy(ValueError):
+    """Refused now, fine later: the message says when to try again."""
+
+
+class GenerationGate:
+    """``with gate.admit(visitor):`` around one generation (thread-safe)."""
+
+    def __init__(self, queue_size: int, per_minute: int, clock=time.monotonic):
+        self.queue_size, self.per_minute, self.clock = queue_size, per_minute, clock
+        self._lock = threading.Lock()
+        self._device = threading.Lock()
+        self._waiting = 0  # admitted requests not finished yet (running or queued)
+        self._starts: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self._recent_s: collections.deque = collections.deque([10.0], maxlen=5)
+
+    def _typical_s(self) -> float:
+        return sum(self._recent_s) / len(self._recent_s)
+
+    @contextlib.contextmanager
+    def admit(self, visitor: str):
+        now = self.clock()
+        with self._lock:
+            starts = self._starts[visitor]
+            while starts and now - starts[0] >= 60:
+                starts.popleft()
+            if len(starts) >= self.per_minute:
+                wait = math.ceil(60 - (now - starts[0]))
+                raise Busy(f"you can start {self.per_minute} generations per minute: try again in {wait} s")
+            if self._waiting > self.queue_size:
+                wait = math.ceil(self._waiting * self._typical_s())
+                raise Busy(f"busy: {self._waiting} generations are running or queued, try again in {wait} s")
+            starts.append(now)
+            self._waiting += 1
+        try:
+            with self._device:
+                started = self.clock()
+                yield
+                with self._lock:
+                    self._recent_s.append(self.clock() - started)
+        finally:
+            with self._lock:
+                self._waiting -= 1
