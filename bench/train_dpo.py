@@ -2,6 +2,7 @@
 (tango2-train.py's way), and the peak memory of a DPO step vs a plain fine-tuning step.
 
     python bench/train_dpo.py --model tests/fixtures/tango-original-tiny --seconds 10.24 --batch 2
+    python bench/train_dpo.py --model full-size-random --steps 2 --batch 1      # Tango's real sizes, random weights
     python bench/train_dpo.py --model declare-lab/tango --device cuda --batch 4
 
 Same model, same batch, same pairs; prints pairs/s for both, the speedup, and peak memory
@@ -39,14 +40,20 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--model", default="tiny", help="model spec, or full-size-random (Tango's architecture)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--seconds", type=float, default=None, help="clip length (default: the model's)")
     parser.add_argument("--batch", type=int, default=2, help="pairs per step")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--sgd", action="store_true", help="SGD instead of AdamW: no optimizer state (full size on a small CPU)")
     args = parser.parse_args()
 
-    pipe = load_pipeline(args.model, device=args.device, dtype=torch.float32)
+    if args.model == "full-size-random":
+        from generate import full_size_random_tango  # bench/generate.py
+
+        pipe = full_size_random_tango().to(args.device or "cpu")
+    else:
+        pipe = load_pipeline(args.model, device=args.device, dtype=torch.float32)
     device = pipe.device
     seconds = args.seconds or pipe.default_audio_length_in_s
     frames = train_dpo.training_frames(pipe, seconds)
@@ -54,7 +61,7 @@ def main() -> None:
     clips = [(0.3 * rng.standard_normal(frames * pipe.hop_length)).astype(np.float32) for _ in range(2 * args.batch)]
     prompts = [f"a dog barks {i} times" for i in range(args.batch)]
     policy = copy.deepcopy(pipe.unet).train()
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6)
+    optimizer = (torch.optim.SGD if args.sgd else torch.optim.AdamW)(policy.parameters(), lr=1e-6)
     loss_config = PreferenceLossConfig("dpo", beta_dpo=2000.0)
     generator = torch.Generator().manual_seed(0)
 
@@ -108,6 +115,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "clip_seconds": frames * pipe.hop_length / pipe.sampling_rate,
         "pairs_per_step": args.batch,
+        "optimizer": "SGD" if args.sgd else "AdamW",
         "pairs_per_s_cached": round(args.batch / cached, 3),
         "pairs_per_s_reencoding": round(args.batch / reencoded, 3),
         "speedup": round(reencoded / cached, 2),
