@@ -314,7 +314,6 @@ def demo_tab(studio: Studio) -> None:
     """Prompt and settings, one column per model (players and spectrograms), send to annotation; /generate."""
     models = studio.models
     default_steps = next((m.default_steps for m in models if m.pipe is not None), 100)
-    device = next((str(m.pipe.device) for m in models if m.pipe is not None), "none")
     prompt = gr.Textbox(label="Prompt", placeholder="Describe a sound", max_lines=2, elem_id="prompt")
     gr.Examples(example_prompts(models), inputs=[prompt], label="Examples")
     with gr.Row():
@@ -348,9 +347,9 @@ def demo_tab(studio: Studio) -> None:
     generate_button.click(
         bind(generate, studio), [prompt, steps, guidance, seed, candidates, sampler],
         [base_files, dpo_files, details, generation_state],
-        # The gate (studio.limits) runs one generation at a time and refuses what would queue too long;
-        # gradio lets the queued ones in so that the gate can answer them at once.
-        api_name="generate", concurrency_limit=studio.config.generate_queue + 1, concurrency_id=f"generate-{device}",
+        # The gate (studio.limits) runs one generation at a time and refuses what would queue too long; gradio
+        # queues nothing here, so that a request over the limit reaches the gate and is answered at once.
+        api_name="generate", concurrency_limit=None,
     ).success(show_generation, [generation_state],
               [*column_summaries, *players, *pictures, send_button, send_status], api_visibility="private")
     send_button.click(bind(send, studio), [generation_state], [send_status], api_visibility="private")
