@@ -16,6 +16,7 @@ you did not load yourself (copy its components instead).
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import shutil
@@ -130,6 +131,12 @@ def resolve_spec(spec: str) -> tuple[str, Path | None]:
     path = Path(spec).expanduser()
     if path.is_dir():
         return "folder", path.resolve()
+    if path.is_absolute() or spec.startswith((".", "~")) or path.parent.is_dir() and str(path.parent) != ".":
+        # Meant as a local folder (a path, or owner/name whose "owner" is a folder here): never a Hub download.
+        siblings = [child.name for child in path.parent.iterdir() if child.is_dir()] if path.parent.is_dir() else []
+        close = difflib.get_close_matches(path.name, siblings, n=1)
+        hint = f"; did you mean {str(path.parent / close[0])!r}?" if close else ""
+        raise SpecError(f"model spec {spec!r} names a local folder that does not exist{hint}")
     if HUB_ID.match(spec) and not path.exists():
         return "hub", None
     raise SpecError(

@@ -125,6 +125,12 @@ class TangoPipeline(DiffusionPipeline):
         return latent_frames * self.vae_scale_factor * self.hop_length / self.sampling_rate
 
     @property
+    def audio_length_range_in_s(self) -> tuple[float, float]:
+        """(shortest, longest) `audio_length_in_s` this model accepts: one latent frame block .. 3x its training length."""
+        shortest = self.vae_scale_factor * self.latent_frame_multiple * self.hop_length / self.sampling_rate
+        return shortest, MAX_LENGTH_FACTOR * self.default_audio_length_in_s
+
+    @property
     def latent_mel_bins(self) -> int:
         return int(self.vocoder.config.model_in_dim) // self.vae_scale_factor
 
@@ -237,8 +243,7 @@ class TangoPipeline(DiffusionPipeline):
         if audio_length_in_s is not None:
             if isinstance(audio_length_in_s, bool) or not isinstance(audio_length_in_s, (int, float)):
                 raise TypeError(f"`audio_length_in_s` has to be a number but is {type(audio_length_in_s).__name__}")
-            shortest = self.vae_scale_factor * self.latent_frame_multiple * self.hop_length / self.sampling_rate
-            longest = MAX_LENGTH_FACTOR * self.default_audio_length_in_s
+            shortest, longest = self.audio_length_range_in_s
             if not (shortest <= audio_length_in_s <= longest):
                 raise ValueError(
                     f"`audio_length_in_s` has to be between {shortest:g} and {longest:g} seconds for this model "

@@ -1,4 +1,4 @@
-"""The Dataset tab: who may use it, what the dataset looks like, export and push."""
+"""The Dataset tab (who may use it, what the dataset looks like, export and push) and the public results."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from annotate import Store
 from annotate.export import ExportResult, export_human_pairs, push_to_hub
 from annotate.pairs import aggregate_pairs
 from annotate.stats import dataset_stats
+from annotate.verdict import Verdict, compute_verdict, ranker_agreement, verdict_markdown
 
 from .config import StudioConfig
 from .identity import IdentityError
@@ -39,44 +40,76 @@ class DatasetOverview:
     stats: dict
     pairs: int
     preview: list[PairPreview]
+    verdicts: list[Verdict]
+    agreement: dict  # the automatic ranker vs the human majority
+    min_gold_accuracy: float | None = None
 
     def as_markdown(self) -> str:
         s = self.stats
         alpha = s["krippendorff_alpha_ordinal"]
         return "\n".join([
-            f"- **tasks**: {s['tasks']} ({s['tasks_at_target']} at target overlap, {s['tasks_untouched']} untouched)",
+            f"- **tasks**: {s['tasks']} ({s['tasks_at_target']} ranked by {s['target_overlap']} annotators, the target; "
+            f"{s['tasks_untouched']} untouched); {s['gold_tasks']} gold task(s)",
             f"- **votes**: {s['votes']} ({s['skipped']} skipped, {s['all_bad']} all bad)",
             f"- **preference pairs** (majority, margin >= 1): {self.pairs}",
             f"- **agreement** (Krippendorff's alpha, ordinal): {'n/a' if alpha is None else f'{alpha:.3f}'}",
+            f"- **gold accuracy threshold**: " + ("none (every annotator counts)" if self.min_gold_accuracy is None
+                                                 else f"{self.min_gold_accuracy:.0%}"),
+            "",
+            verdict_markdown(self.verdicts, self.agreement),
         ])
 
     def annotator_rows(self) -> list[list]:
-        """[name, votes, skipped, all bad, agreement with the others' majority, pairs compared]."""
+        """[name, votes, skipped, all bad, agreement with the others' majority, pairs compared, gold accuracy,
+        gold answered]."""
         return [[name, row["votes"], row["skipped"], row["all_bad"],
-                 None if row["agreement"] is None else round(row["agreement"], 3), row["compared"]]
+                 None if row["agreement"] is None else round(row["agreement"], 3), row["compared"],
+                 None if row["gold_accuracy"] is None else round(row["gold_accuracy"], 3), row["gold_answered"]]
                 for name, row in sorted(self.stats["annotators"].items())]
 
 
-ANNOTATOR_COLUMNS = ["annotator", "votes", "skipped", "all bad", "agreement", "pairs compared"]
+ANNOTATOR_COLUMNS = ["annotator", "votes", "skipped", "all bad", "agreement", "pairs compared", "gold accuracy",
+                     "gold answered"]
 
 
-def dataset_overview(store: Store, preview: int = PREVIEW_PAIRS) -> DatasetOverview:
-    """Counts, agreement, per-annotator rows and the strongest pairs with their audio."""
-    pairs = aggregate_pairs(store.rankings())
+def dataset_overview(store: Store, config: StudioConfig, preview: int = PREVIEW_PAIRS) -> DatasetOverview:
+    """Counts, agreement, the verdicts, per-annotator rows (gold accuracy too) and the strongest pairs."""
+    rankings, gold = store.rankings(), store.gold_answers()
+    pairs = aggregate_pairs(r for r in rankings if r.task_id not in gold)
     shown = pairs[:preview]
-    clips = store.candidates({clip_id for pair in shown for clip_id in (pair.chosen, pair.rejected)})
+    clips = store.candidates()
     return DatasetOverview(
         stats=dataset_stats(store),
         pairs=len(pairs),
         preview=[PairPreview(clips[p.chosen].prompt, clips[p.chosen].audio_path, clips[p.rejected].audio_path,
                              clips[p.chosen].model, clips[p.rejected].model, p.votes_for, p.votes_against)
                  for p in shown],
+        verdicts=[compute_verdict(store, source, min_gold_accuracy=config.min_gold_accuracy)
+                  for source in ("human", "auto")],
+        agreement=ranker_agreement(rankings, clips, gold),
+        min_gold_accuracy=config.min_gold_accuracy,
     )
+
+
+def leaderboard(store: Store, config: StudioConfig) -> list[dict]:
+    """``/leaderboard``: per model (strongest first) ``model``, ``win_rate``, ``win_rate_interval``, ``bt_score``,
+    ``bt_interval``, ``comparisons``, from the human rankings (gold-accuracy threshold applied)."""
+    return compute_verdict(store, "human", min_gold_accuracy=config.min_gold_accuracy).rows
+
+
+def results_markdown(store: Store, config: StudioConfig) -> str:
+    """The public Results view: the verdicts with the models named (the Annotate tab never names them)."""
+    verdicts = [compute_verdict(store, source, min_gold_accuracy=config.min_gold_accuracy)
+                for source in ("human", "auto")]
+    agreement = ranker_agreement(store.rankings(), store.candidates(), store.gold_answers())
+    return ("Which model do the blind rankings prefer? Win rate over head-to-head clip pairs (two clips of "
+            "different models in one ranking; ties count half) and Bradley-Terry score (Elo scale, 1000 = "
+            "average), with 95 % bootstrap intervals.\n\n" + verdict_markdown(verdicts, agreement))
 
 
 def export_dataset(store: Store, config: StudioConfig) -> ExportResult:
     """``python -m annotate export`` into ``<data dir>/export`` (raises ``EmptyDataset`` with no pairs yet)."""
-    return export_human_pairs(store, config.export_dir)
+    return export_human_pairs(store, config.export_dir, min_gold_accuracy=config.min_gold_accuracy)
 
 
 def describe_export(result: ExportResult) -> str:

@@ -73,13 +73,18 @@ class ShownTask:
 
 @dataclass(frozen=True)
 class Progress:
-    votes_by_you: int
+    ranked_by_you: int  # your votes that were not skips
+    skipped_by_you: int
     tasks_done: int  # tasks that reached their target number of annotators
+    tasks_started: int  # tasks with at least one (non-skip) vote
     tasks: int
+    target: int  # annotators wanted per task
 
     def as_markdown(self) -> str:
-        return (f"You have ranked **{self.votes_by_you}** task(s). Tasks at their target number of annotators: "
-                f"**{self.tasks_done} / {self.tasks}**.")
+        skipped = f" (and skipped {self.skipped_by_you})" if self.skipped_by_you else ""
+        return (f"You have ranked **{self.ranked_by_you}** task(s){skipped}. Of {self.tasks} tasks, "
+                f"**{self.tasks_started}** have at least one ranking and **{self.tasks_done}** have the "
+                f"{self.target} rankings each task is meant to get.")
 
 
 class AnnotationSession:
@@ -146,11 +151,13 @@ class AnnotationSession:
         raise InvalidVote(f"`clip` must be one of this task's clip ids or letters {', '.join(LABELS[:len(shown)])}, "
                           f"got {str(clip)[:60]!r}")
 
-    def vote(self, annotator: str, task_id: int, ranking: dict[str, int] | None, verdict: str = "rank") -> int:
+    def vote(self, annotator: str, task_id: int, ranking: dict[str, int] | None, verdict: str = "rank",
+             comment: str | None = None) -> int:
         """Store a vote and return its id; refuse (``InvalidVote``, nothing written) what is not valid.
 
         ``ranking`` maps clip ids (or letters) to dense ranks, 1 = best, ties allowed; it must be
         empty for ``verdict`` ``all_bad`` or ``skip``. Ranking and all-bad need every clip played.
+        ``comment`` is optional free text kept with the vote.
         """
         if verdict not in VERDICTS:
             raise InvalidVote(f"`verdict` must be one of {', '.join(VERDICTS)}, got {str(verdict)[:40]!r}")
@@ -174,7 +181,7 @@ class AnnotationSession:
             raise InvalidVote(f"play every clip before voting: not played yet: {', '.join(unplayed)}")
         vote_id = self.store.submit(
             annotator, key[1], by_id or None, all_bad=verdict == "all_bad", skip=verdict == "skip",
-            time_spent_s=min(time.monotonic() - started, MAX_TIME_SPENT_S), play_counts=plays,
+            time_spent_s=min(time.monotonic() - started, MAX_TIME_SPENT_S), play_counts=plays, comment=comment,
         )
         with self._lock:
             for table in (self._shown, self._served, self._plays, self._handed_out_at):
@@ -182,10 +189,19 @@ class AnnotationSession:
         return vote_id
 
     def progress(self, annotator: str) -> Progress:
-        rankings = self.store.rankings()
+        """Your votes, and how far the (model) tasks are from their target number of annotators."""
+        yours = [r for r in self.store.rankings() if r.annotator == annotator]
         tasks = self.store.task_progress()
         return Progress(
-            votes_by_you=sum(r.annotator == annotator for r in rankings),
+            ranked_by_you=sum(not r.skipped for r in yours),
+            skipped_by_you=sum(r.skipped for r in yours),
             tasks_done=sum(votes >= target for _, votes, target in tasks),
+            tasks_started=sum(votes > 0 for _, votes, _ in tasks),
             tasks=len(tasks),
+            target=max((target for _, _, target in tasks), default=self.store.target_overlap),
         )
+
+    def reveal(self, annotator: str, task: ShownTask) -> dict[str, str]:
+        """Letter -> model behind the clip, for a task this annotator has voted on (never before)."""
+        models = self.store.reveal(annotator, task.task_id)
+        return {label: models[clip_id] for label, clip_id in zip(task.labels, task.clip_ids)}

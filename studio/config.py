@@ -35,6 +35,10 @@ class StudioConfig:
     max_candidates: int = 4
     generate_per_minute: int = 6
     generate_queue: int = 4
+    push_every: float | None = None  # minutes between background export + backup pushes; None: no pushes
+    min_gold_accuracy: float | None = None  # annotators below it on gold tasks are left out of export and verdict
+    reveal_models: bool = False  # show the annotator the models behind the clips after each vote
+    informative_first: bool = False  # hand out the tasks the automatic ranker is least sure about first
 
     @property
     def export_dir(self) -> Path:
@@ -59,9 +63,18 @@ _FLAGS = {
     "--generate-per-minute": ("TANGO_GENERATE_PER_MINUTE", "generations one visitor may start per minute (default: 6)"),
     "--generate-queue": ("TANGO_GENERATE_QUEUE", "generations that may wait behind the running one; more are "
                                                  "answered 'busy, try again in N s' (default: 4)"),
+    "--push-every": ("TANGO_PUSH_EVERY", "minutes between background exports + store backups pushed to --hub-dataset; "
+                     "an empty --data-dir then restores the last backup at start (default: off)"),
+    "--min-gold-accuracy": ("TANGO_MIN_GOLD_ACCURACY", "leave out annotators whose gold-task accuracy is below this "
+                            "(0..1) from the export and the verdict (default: keep everyone)"),
+    "--reveal-models": ("TANGO_REVEAL_MODELS", "show annotators which model made each clip after they vote"),
+    "--informative-first": ("TANGO_INFORMATIVE_FIRST", "hand out first the tasks whose clips the automatic ranker "
+                            "scores closest"),
 }
 _INT_FLAGS = {"port": (0, 65535), "max_steps": (1, 1000), "max_candidates": (1, 4), "generate_per_minute": (1, 10**6),
               "generate_queue": (0, 1000)}
+_SWITCHES = {"reveal_models", "informative_first"}  # on/off flags: `--reveal-models` alone, or the variable = 1/true
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -73,9 +86,31 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     for flag, (variable, help_text) in _FLAGS.items():
         attribute = flag[2:].replace("-", "_")
         default = environ.get(variable, getattr(defaults, attribute))
-        parser.add_argument(flag, default=default, help=f"{help_text} [env {variable}]",
-                            type=str)
+        if attribute in _SWITCHES:
+            parser.add_argument(flag, default=str(default), nargs="?", const="1", help=f"{help_text} [env {variable}]")
+        else:
+            parser.add_argument(flag, default=default, help=f"{help_text} [env {variable}]",
+                                type=str)
     return parser
+
+
+def _number(parser: argparse.ArgumentParser, value: object, flag: str, low: float, high: float) -> float | None:
+    """A number within low..high from a flag or variable; None when not given."""
+    if value in (None, ""):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        parser.error(f"{flag} must be a number, got {value!r}")
+    if not low <= number <= high:
+        parser.error(f"{flag} must be within {low:g}..{high:g}, got {value!r}")
+    return number
+
+
+def _switch(parser: argparse.ArgumentParser, value: str, flag: str) -> bool:
+    if value.strip().lower() not in _TRUE + _FALSE:
+        parser.error(f"{flag} must be one of {'/'.join(_TRUE[:2])} or {'/'.join(_FALSE[1:3])}, got {value!r}")
+    return value.strip().lower() in _TRUE
 
 
 def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> StudioConfig:
@@ -100,6 +135,9 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
     for flag in ("base_model", "dpo_model"):
         if not str(getattr(args, flag)).strip():
             parser.error(f"--{flag.replace('_', '-')} is empty: name a model spec (tiny, a folder or a Hub id)")
+    push_every = _number(parser, args.push_every, "--push-every", 0.1, 24 * 60)
+    if push_every is not None and not args.hub_dataset:
+        parser.error("--push-every needs --hub-dataset owner/name (or TANGO_HUB_DATASET): where to push")
     return StudioConfig(
         base_model=args.base_model,
         dpo_model=args.dpo_model,
@@ -111,4 +149,8 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         dtype=args.dtype or None,
         host=args.host,
         **numbers,
+        push_every=push_every,
+        min_gold_accuracy=_number(parser, args.min_gold_accuracy, "--min-gold-accuracy", 0, 1),
+        reveal_models=_switch(parser, args.reveal_models, "--reveal-models"),
+        informative_first=_switch(parser, args.informative_first, "--informative-first"),
     )

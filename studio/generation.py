@@ -57,6 +57,7 @@ SAMPLERS: dict[str, str | None] = {
 MAX_CANDIDATES = 4
 MAX_STEPS = 1000  # the training schedule's length
 MAX_SEED = 2**32 - 1 - MAX_CANDIDATES
+MAX_DURATION_S = 30.72  # three times Tango's 10.24 s, the pipeline's own limit
 KEEP_GENERATIONS = 200  # generation folders kept on disk (older ones are deleted)
 
 # Prompts in the style of AudioCaps (what Tango was trained and evaluated on), for real models.
@@ -82,6 +83,7 @@ class GenerationSettings:
     seed: int
     candidates: int
     sampler: str = MODEL_DEFAULT
+    duration: float | None = None  # seconds; None: the length each model was trained on
 
     @property
     def seeds(self) -> list[int]:
@@ -90,9 +92,12 @@ class GenerationSettings:
 
     @classmethod
     def checked(cls, prompt: object, steps: object, guidance: object, seed: object, candidates: object,
-                sampler: object = MODEL_DEFAULT, *, max_steps: int = MAX_STEPS,
+                sampler: object = MODEL_DEFAULT, duration: object = None, *, max_steps: int = MAX_STEPS,
                 max_candidates: int = MAX_CANDIDATES) -> GenerationSettings:
-        """Validate what a form or an API call sent; raise ``GenerationError`` naming the bad field."""
+        """Validate what a form or an API call sent; raise ``GenerationError`` naming the bad field.
+
+        ``duration`` None or 0 means each model's own clip length.
+        """
         if not isinstance(prompt, str) or not prompt.strip():
             raise GenerationError("`prompt` is empty: describe the sound to generate")
         if len(prompt) > MAX_PROMPT_CHARS:
@@ -108,7 +113,11 @@ class GenerationSettings:
             raise GenerationError(f"`guidance` must be a number within 0..30, got {str(guidance)[:40]!r}")
         if not isinstance(sampler, str) or sampler not in SAMPLERS:
             raise GenerationError(f"`sampler` must be one of {', '.join(SAMPLERS)}, got {str(sampler)[:40]!r}")
-        return cls(prompt.strip(), steps, float(guidance), seed, candidates, sampler)
+        if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))
+                                     or not 0 <= duration <= MAX_DURATION_S):
+            raise GenerationError(f"`duration` must be a number of seconds within 0..{MAX_DURATION_S:g} "
+                                  f"(0: the model's own length), got {str(duration)[:40]!r}")
+        return cls(prompt.strip(), steps, float(guidance), seed, candidates, sampler, float(duration) if duration else None)
 
 
 def _whole(value: object, name: str, low: int, high: int) -> int:
@@ -161,6 +170,38 @@ def load_models(config: StudioConfig, loader: Callable[..., TangoPipeline] = loa
     return models
 
 
+def duration_range(models: list[LoadedModel]) -> tuple[float, float, float]:
+    """(shortest, default, longest) clip length in seconds every loaded model can make."""
+    pipes = [m.pipe for m in models if m.pipe is not None]
+    if not pipes:
+        return 1.0, 10.24, 10.24
+    shortest = max(p.audio_length_range_in_s[0] for p in pipes)
+    longest = min(p.audio_length_range_in_s[1] for p in pipes)
+    return round(shortest, 2), round(min(p.default_audio_length_in_s for p in pipes), 2), round(longest, 2)
+
+
+def check_prompt(models: list[LoadedModel], prompt: str) -> None:
+    """Refuse a prompt the sound-world models cannot know, naming the word and showing the vocabulary.
+
+    Real Tango takes any text; the embedded models only know the sound world's grammar,
+    which would turn "a dog barks" into a clip of something.
+    """
+    if not any(m.is_sound_world and m.pipe is not None for m in models):
+        return
+    from soundworld import EVENT_VOCABULARY, PromptError, parse
+
+    try:
+        parse(prompt)
+    except PromptError as err:
+        sounds = ", ".join(event.canonical for event in EVENT_VOCABULARY)
+        raise GenerationError(
+            f"{err}. The embedded models know only their sound world: {len(EVENT_VOCABULARY)} sounds ({sounds}), "
+            "with counts (two knocks, three beeps) and order words (then, followed by, before, after, "
+            "first ... then ... and finally), e.g. \"a hiss then two knocks\". Start the app with real Tango "
+            "(--base-model declare-lab/tango) for free text."
+        ) from None
+
+
 def example_prompts(models: list[LoadedModel]) -> list[str]:
     """Held-out sound-world prompts for the embedded models, AudioCaps-style ones for real Tango."""
     if models[0].is_sound_world:
@@ -209,7 +250,7 @@ def _run_pipeline(pipe: TangoPipeline, settings: GenerationSettings, on_step: Ca
         return tensors
 
     return view(settings.prompt, num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-                num_waveforms_per_prompt=settings.candidates, generator=generators,
+                num_waveforms_per_prompt=settings.candidates, generator=generators, audio_length_in_s=settings.duration,
                 callback_on_step_end=step_done if on_step else None).audios
 
 
@@ -256,7 +297,11 @@ class Generation:
 
 def generate_both(models: list[LoadedModel], settings: GenerationSettings, out_dir: str | Path,
                   progress: Callable[[float, str], None] | None = None) -> Generation:
-    """Generate ``settings.candidates`` clips with each model; write WAVs and spectrogram PNGs under ``out_dir``."""
+    """Generate ``settings.candidates`` clips with each model; write WAVs and spectrogram PNGs under ``out_dir``.
+
+    Raises ``GenerationError`` for a prompt the sound-world models cannot know (``check_prompt``).
+    """
+    check_prompt(models, settings.prompt)
     for model in models:
         if model.pipe is not None:
             check_steps(model.pipe, settings)

@@ -136,3 +136,14 @@ def test_convert_cli_writes_a_loadable_diffusers_folder(tmp_path, capsys):
     convert_main([str(FIXTURE_DIR), str(out)])
     assert (out / "model_index.json").is_file() and "wrote" in capsys.readouterr().out
     assert isinstance(load_pipeline(str(out), device="cpu"), TangoPipeline)
+
+
+def test_a_mistyped_local_folder_is_named_as_a_folder_not_a_failed_download(tmp_path, monkeypatch):
+    (tmp_path / "runs" / "my-dpo").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(registry, "_load_hub", lambda repo_id: pytest.fail(f"tried the Hub for {repo_id}"))
+    with pytest.raises(SpecError, match=r"'runs/my-dpoo' names a local folder that does not exist; did you mean 'runs/my-dpo'\?"):
+        load_pipeline("runs/my-dpoo")
+    with pytest.raises(SpecError, match="'./elsewhere/model' names a local folder that does not exist"):
+        load_pipeline("./elsewhere/model")
+    assert registry.resolve_spec("declare-lab/tango2") == ("hub", None)  # no local "declare-lab" folder: the Hub

@@ -1,0 +1,138 @@
+"""The app's logic without a server: configuration of the new flags, the Results/leaderboard data,
+progress counters, reveal-after-vote, the prompt check, duration, and the Hub backup at start."""
+
+from __future__ import annotations
+
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import soundfile as sf
+
+from annotate import InvalidVote
+from annotate.gold import add_gold_tasks
+from soundworld import render
+from studio import Studio, StudioConfig, parse_config
+from studio.admin import dataset_overview, leaderboard, results_markdown
+from studio.generation import GenerationError, GenerationSettings, LoadedModel, check_prompt, generate_both
+from tests.annotate_helpers import make_tasks
+from tests.local_hub import LocalHub
+from tests.test_annotate_verdict import BASE, DPO, dpo_first, make_pool, vote_all
+
+SOUND_WORLD = [LoadedModel("base", "Base", "tiny", None, "not loaded in this test")]  # judged by the embedded world
+REAL_TANGO = [LoadedModel("base", "Base", "declare-lab/tango", SimpleNamespace(vocoder=object()))]
+
+
+def test_new_flags_and_their_environment_variables(tmp_path):
+    config = parse_config(["--hub-dataset", "me/prefs", "--push-every", "5", "--reveal-models",
+                           "--min-gold-accuracy", "0.8"], {})
+    assert (config.push_every, config.reveal_models, config.min_gold_accuracy, config.informative_first) == (
+        5.0, True, 0.8, False)
+    env = {"TANGO_HUB_DATASET": "me/prefs", "TANGO_PUSH_EVERY": "2.5", "TANGO_INFORMATIVE_FIRST": "true",
+           "TANGO_REVEAL_MODELS": "0"}
+    config = parse_config([], env)
+    assert (config.push_every, config.informative_first, config.reveal_models) == (2.5, True, False)
+    assert parse_config([], {}).push_every is None
+    for bad in (["--push-every", "5"], ["--hub-dataset", "a/b", "--push-every", "soon"],
+                ["--min-gold-accuracy", "80"], ["--reveal-models", "maybe"]):
+        with pytest.raises(SystemExit):
+            parse_config(bad, {})
+
+
+def test_progress_shows_the_target_and_counts_started_tasks(tmp_path):
+    studio = Studio(StudioConfig(data_dir=tmp_path / "data"), models=[])
+    make_tasks(studio.store, 6)
+    for name in ("ann", "bob"):
+        while (task := studio.annotation.next_task(name)) is not None:
+            for clip_id in task.clip_ids:
+                studio.annotation.record_play(name, task.task_id, clip_id)
+            studio.annotation.vote(name, task.task_id, {"A": 1, "B": 2})
+    progress = studio.annotation.progress("ann")
+    assert (progress.ranked_by_you, progress.tasks_started, progress.tasks_done, progress.target) == (6, 6, 0, 3)
+    assert "Of 6 tasks, **6** have at least one ranking and **0** have the 3 rankings" in progress.as_markdown()
+
+
+def test_models_are_revealed_after_the_vote_and_never_before(tmp_path):
+    studio = Studio(StudioConfig(data_dir=tmp_path / "data"), models=[])
+    make_tasks(studio.store, 1)
+    task = studio.annotation.next_task("ann")
+    with pytest.raises(InvalidVote, match="hidden"):
+        studio.annotation.reveal("ann", task)
+    for label in task.labels:
+        studio.annotation.record_play("ann", task.task_id, label)
+    studio.annotation.vote("ann", task.task_id, {"A": 1, "B": 1}, comment="same to me")
+    models = {c.id: c.model for c in studio.store.candidates().values()}
+    assert studio.annotation.reveal("ann", task) == {"A": models[task.clip_ids[0]], "B": models[task.clip_ids[1]]}
+    assert studio.store.rankings()[0].comment == "same to me"
+
+
+def test_leaderboard_and_results_name_the_models_the_dataset_tab_adds_gold_accuracy(tmp_path):
+    config = StudioConfig(data_dir=tmp_path / "data", min_gold_accuracy=0.8)
+    studio = Studio(config, models=[])
+    assert leaderboard(studio.store, config) == []
+    make_pool(studio.store, ["two knocks", "three beeps", "a hiss then a click"])
+    add_gold_tasks(studio.store, ["a low hum"])
+    answer = {clip_id: rank for ranks in studio.store.gold_answers().values() for clip_id, rank in ranks.items()}
+    vote_all(studio.store, ["ann", "bob"], lambda ids, models: [answer[i] for i in ids] if ids[0] in answer
+             else dpo_first(ids, models))
+    rows = leaderboard(studio.store, config)
+    assert [row["model"] for row in rows] == [DPO, BASE]
+    assert set(rows[0]) == {"model", "win_rate", "win_rate_interval", "bt_score", "bt_interval", "comparisons"}
+    results = results_markdown(studio.store, config)
+    assert f"| {DPO} | 1.000 |" in results and "gold:" not in results
+    overview = dataset_overview(studio.store, config)
+    assert "1 gold task(s)" in overview.as_markdown()
+    assert "gold accuracy threshold**: 80%" in overview.as_markdown() and f"| {DPO} |" in overview.as_markdown()
+    assert [row[-2:] for row in overview.annotator_rows()] == [[1.0, 1], [1.0, 1]]
+
+
+def test_out_of_vocabulary_prompts_are_refused_for_sound_world_models_only(app_models, tmp_path):
+    sound_world = [LoadedModel("base", "Base", str(app_models[0]), __import__("pipeline").load_pipeline(
+        str(app_models[0]), device="cpu"))]
+    with pytest.raises(GenerationError) as refused:
+        check_prompt(sound_world, "a dog barks in the rain")
+    message = str(refused.value)
+    assert "unknown word 'dog'" in message and "9 sounds" in message and "a rising chirp" in message
+    check_prompt(sound_world, "a hiss then two knocks")
+    check_prompt(REAL_TANGO, "a dog barks in the rain")  # real Tango takes any text
+    with pytest.raises(GenerationError, match="dog"):
+        generate_both(sound_world, GenerationSettings.checked("a dog barks", 2, 3.0, 0, 1), tmp_path)
+
+
+def test_duration_sets_the_clip_length(app_models, tmp_path):
+    from pipeline import load_pipeline
+
+    models = [LoadedModel("base", "Base", str(app_models[0]), load_pipeline(str(app_models[0]), device="cpu"))]
+    settings = GenerationSettings.checked("two knocks", 2, 3.0, 0, 1, duration=2.0)
+    [column] = generate_both(models, settings, tmp_path).columns
+    samples, rate = sf.read(column.clips[0].audio_path)
+    assert abs(len(samples) / rate - 2.0) < 0.1  # rounded to the model's latent frame block
+    assert GenerationSettings.checked("two knocks", 2, 3.0, 0, 1, duration=0).duration is None
+    with pytest.raises(GenerationError, match="duration"):
+        GenerationSettings.checked("two knocks", 2, 3.0, 0, 1, duration=-1)
+
+
+def test_a_restarted_studio_with_an_empty_data_folder_gets_its_votes_back_from_the_hub(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "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123")
+    hub = LocalHub(tmp_path / "hub")
+    config = StudioConfig(data_dir=tmp_path / "data", hub_dataset="me/prefs", push_every=60)
+    studio = Studio(config, models=SOUND_WORLD, hub_api=hub)
+    for prompt in ("two knocks", "a hiss then a click"):  # clips the judge can score
+        ids = [studio.store.add_candidate(prompt, render(prompt, seed)[0], sample_rate=16000, model=model,
+                                          seed=seed, steps=10, guidance=3.0).id
+               for seed, model in enumerate([BASE, DPO])]
+        studio.store.add_task(ids)
+    assert studio.score_clips() == 4 and all(c.auto_score == 1.0 for c in studio.store.candidates().values())
+    vote_all(studio.store, ["ann", "bob"], dpo_first)
+    studio.scheduled_push.trigger().result()
+    votes = [(r.annotator, r.ranks) for r in studio.store.rankings()]
+    studio.close()
+    assert (hub.repo("me/prefs") / "README.md").is_file()  # the export went up too
+
+    shutil.rmtree(tmp_path / "data")
+    again = Studio(config, models=SOUND_WORLD, hub_api=hub)
+    try:
+        assert [(r.annotator, r.ranks) for r in again.store.rankings()] == votes and len(votes) == 4
+        assert leaderboard(again.store, config)[0]["model"] == DPO
+    finally:
+        again.close()
