@@ -14,6 +14,7 @@ declared in ``build_app`` and its three ``*_tab`` helpers, which also wire the e
 import functools
 import inspect
 import logging
+import socket
 import sqlite3
 import sys
 
@@ -21,10 +22,10 @@ import gradio as gr
 
 from studio import Studio, parse_config
 from studio.admin import (ANNOTATOR_COLUMNS, PREVIEW_PAIRS, dataset_overview, describe_export, export_dataset,
-                          hub_url, push_dataset, require_admin)
+                          hub_url, leaderboard, push_dataset, require_admin, results_markdown)
 from studio.annotation import GUIDELINES, LABELS, MAX_SHOWN_CLIPS, SHORTCUTS, ShownTask
 from studio.generation import (MAX_CANDIDATES, MODEL_DEFAULT, SAMPLERS, Generation, GenerationSettings,
-                               example_prompts, send_to_annotation)
+                               duration_range, example_prompts, prompt_hint)
 from studio.identity import password_check
 
 logger = logging.getLogger("app")
@@ -34,6 +35,10 @@ ANNOTATION_CONCURRENCY = 16  # events at once per annotation endpoint; generatio
 # Keyboard shortcuts on the Annotate tab (inactive while typing in a text field).
 SHORTCUTS_JS = """
 <script>
+// One clip at a time: starting a player pauses every other one (clicks and keys alike).
+document.addEventListener("play", (event) => {
+  document.querySelectorAll("audio, video").forEach((media) => { if (media !== event.target) media.pause(); });
+}, true);
 (() => {
   let current = "a";
   const visible = (el) => el && el.offsetParent !== null;
@@ -69,8 +74,9 @@ STORE_TROUBLE = "The annotation store could not answer just now (nothing was cha
 
 def visible_errors(handler):
     """Bad input and refused actions (ValueError: InvalidVote, GenerationError, IdentityError, ...;
-    OSError: a failed push) reach the user as a gr.Error message instead of a server error; a
-    database error (locked, I/O) becomes a "try again" message, its trace goes to the log."""
+    OSError: a failed push) reach the user as a gr.Error message instead of a server error; they are
+    expected, so the server logs one line, not a traceback. A database error (locked, I/O) becomes a
+    "try again" message, its trace goes to the log."""
 
     @functools.wraps(handler)
     def wrapped(*args, **kwargs):
@@ -80,7 +86,8 @@ def visible_errors(handler):
             logger.exception("store error in %s", handler.__name__)
             raise gr.Error(STORE_TROUBLE) from err
         except (ValueError, OSError) as err:
-            raise gr.Error(str(err)) from err
+            logger.info("refused %s: %s", handler.__name__, err)
+            raise gr.Error(str(err), print_exception=False) from None
 
     return wrapped
 
@@ -128,14 +135,24 @@ def as_sent(component):
 
 @visible_errors
 def generate(studio: Studio, prompt: str, steps: float, guidance: float, seed: float, candidates: float,
-             sampler: str = MODEL_DEFAULT, request: gr.Request = None, progress=gr.Progress()):
-    """Both models on the same prompt, seeds and settings: (base WAVs, DPO WAVs or None, details, Generation)."""
-    settings = GenerationSettings.checked(prompt, steps, guidance, seed, candidates, sampler,
+             sampler: str = MODEL_DEFAULT, duration: float | None = None, request: gr.Request = None,
+             progress=gr.Progress()):
+    """Both models on the same prompt, seeds and settings: (base WAVs, DPO WAVs or None, details, Generation).
+    duration: seconds per clip (optional; 0 or none: each model's own length)."""
+    settings = GenerationSettings.checked(prompt, steps, guidance, seed, candidates, sampler, duration,
                                           max_steps=studio.config.max_steps, max_candidates=studio.config.max_candidates)
     with studio.gate.admit(visitor(request)):
         generation = studio.generate(settings, progress=lambda fraction, desc: progress(fraction, desc=desc))
     files = [[clip.audio_path for clip in column.clips] or None for column in generation.columns]
     return files[0], files[1], generation.as_dict(), generation
+
+
+def clear_generation(studio: Studio):
+    """While a new generation runs: the previous prompt's players, spectrograms and messages go away."""
+    hidden = [gr.update(value=None, visible=False)] * (2 * MAX_CANDIDATES * len(studio.models))
+    summaries = [f"{model.status()}: generating ..." if model.pipe is not None else model.status()
+                 for model in studio.models]
+    return *summaries, *hidden, gr.update(interactive=False), ""
 
 
 def show_generation(generation: Generation):
@@ -154,7 +171,7 @@ def show_generation(generation: Generation):
 def send(studio: Studio, generation: Generation | None) -> str:
     if generation is None:
         raise ValueError("generate clips first")
-    task_id = send_to_annotation(studio.store, generation)
+    task_id = studio.send_to_annotation(generation)
     return f"Task {task_id} is ready on the Annotate tab."
 
 
@@ -177,18 +194,23 @@ def vote_buttons(all_played: bool):
 
 
 def show_task(task: ShownTask | None, task_info: dict):
-    """Progress, prompt, one player and rank control per clip, and the vote buttons."""
+    """Progress, prompt, one player and rank control per clip, the vote buttons, an empty comment and the status."""
     if task is None:
         hidden = [gr.update(value=None, visible=False)] * MAX_SHOWN_CLIPS
         return (task_info["progress"], "**No task left for you.** Thank you!", *hidden, *hidden,
-                *[gr.update(interactive=False)] * 3, "")
+                *[gr.update(interactive=False)] * 3, "", "")
     count = len(task.clip_ids)
     audio = [gr.update(value=task.audio_paths[i] if i < count else None, visible=i < count)
              for i in range(MAX_SHOWN_CLIPS)]
     ranks = [gr.update(choices=[str(r) for r in range(1, count + 1)], value=None, visible=i < count)
              for i in range(MAX_SHOWN_CLIPS)]
     return (task_info["progress"], f"**Prompt:** {task.prompt}", *audio, *ranks,
-            *vote_buttons(task.all_played), "Play every clip, then rank them.")
+            *vote_buttons(task.all_played), "", "Play every clip, then rank them.")
+
+
+def show_next_task(task: ShownTask | None, task_info: dict):
+    """After a vote: the next task, leaving the vote's outcome (and any reveal) in the status line."""
+    return show_task(task, task_info)[:-1]
 
 
 @visible_errors
@@ -205,9 +227,10 @@ def play_clip(studio: Studio, position: int, annotator: str, task: ShownTask | N
 
 
 @visible_errors
-def vote_from_form(studio: Studio, verdict: str, annotator: str, task: ShownTask | None, request: gr.Request,
-                   profile: gr.OAuthProfile | None, *ranks):
-    """Vote, All bad or Skip pressed: the ranks chosen in the form (one per shown clip) become the vote."""
+def vote_from_form(studio: Studio, verdict: str, annotator: str, task: ShownTask | None, comment: str,
+                   request: gr.Request, profile: gr.OAuthProfile | None, *ranks):
+    """Vote, All bad or Skip pressed: the ranks chosen in the form (one per shown clip) and the comment become
+    the vote; with --reveal-models the status then names the model behind each clip."""
     if task is None:
         raise ValueError("no task loaded: press Next task")
     name = who(studio, annotator, request, profile)
@@ -217,8 +240,13 @@ def vote_from_form(studio: Studio, verdict: str, annotator: str, task: ShownTask
         if missing:
             raise ValueError(f"give every clip a rank; missing: {', '.join(missing)}")
         ranking = {clip_id: int(rank) for clip_id, rank in zip(task.clip_ids, ranks)}
-    vote_id = studio.annotation.vote(name, task.task_id, ranking, verdict)
-    return f"Vote {vote_id} stored ({verdict.replace('_', ' ')})."
+    vote_id = studio.annotation.vote(name, task.task_id, ranking, verdict, comment=comment)
+    message = f"Vote {vote_id} stored ({verdict.replace('_', ' ')})."
+    if studio.config.reveal_models:
+        models = studio.annotation.reveal(name, task)
+        message += " The clips you just ranked came from: " + ", ".join(
+            f"**{label}** `{model}`" for label, model in models.items()) + "."
+    return message
 
 
 @visible_errors
@@ -230,12 +258,27 @@ def played(studio: Studio, annotator: str, task_id: int, clip: str, request: gr.
 
 @visible_errors
 def vote(studio: Studio, annotator: str, task_id: int, ranking: dict | None = None, verdict: str = "rank",
-         request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
+         comment: str | None = None, request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
     """Vote on your open task: ranking maps clip ids (or letters) to ranks, 1 = best, ties allowed;
-    verdict 'rank', 'all_bad' or 'skip' (the last two with no ranking). Every clip must have been played."""
+    verdict 'rank', 'all_bad' or 'skip' (the last two with no ranking); an optional comment. Every clip must
+    have been played. With --reveal-models the answer names the model behind each clip id."""
     name = who(studio, annotator, request, profile)
-    vote_id = studio.annotation.vote(name, task_id, ranking, verdict)
-    return {"vote_id": vote_id, "progress": studio.annotation.progress(name).as_markdown()}
+    vote_id = studio.annotation.vote(name, task_id, ranking, verdict, comment=comment)
+    answer = {"vote_id": vote_id, "progress": studio.annotation.progress(name).as_markdown()}
+    if studio.config.reveal_models:
+        answer["models"] = studio.store.reveal(name, task_id)
+    return answer
+
+
+def public_leaderboard(studio: Studio) -> list[dict]:
+    """Per model, strongest first: model, win_rate, win_rate_interval, bt_score, bt_interval, comparisons
+    (from the human rankings; 95 % bootstrap intervals)."""
+    return leaderboard(studio.store, studio.config)
+
+
+def show_results(studio: Studio) -> str:
+    """The Results view: the verdicts, models named."""
+    return results_markdown(studio.store, studio.config)
 
 
 # ---------------------------------------------------------------------------------------------- Dataset handlers
@@ -246,11 +289,15 @@ def admin_name(studio: Studio, typed: str | None, request: gr.Request | None, pr
     return name
 
 
-@visible_errors
 def show_dataset(studio: Studio, admin: str, request: gr.Request, profile: gr.OAuthProfile | None):
-    """Counts and agreement as markdown, the per-annotator table, and the strongest pairs with audio."""
-    admin_name(studio, admin, request, profile)
-    overview = dataset_overview(studio.store)
+    """Counts, agreement, the verdict and gold accuracy as markdown, the per-annotator table, and the strongest
+    pairs with audio; a refusal (not an admin) is said in place of the overview."""
+    try:
+        admin_name(studio, admin, request, profile)
+    except ValueError as err:
+        hidden = [gr.update(visible=False, value=None)] * (3 * PREVIEW_PAIRS)
+        return f"**Not shown:** {err}", [], *hidden
+    overview = dataset_overview(studio.store, studio.config)
     previews = []
     for i in range(PREVIEW_PAIRS):
         pair = overview.preview[i] if i < len(overview.preview) else None
@@ -282,11 +329,21 @@ def push(studio: Studio, admin: str = "", request: gr.Request = None, profile: g
 
 
 def export_message(studio: Studio, admin: str, request: gr.Request, profile: gr.OAuthProfile | None) -> str:
-    return export(studio, admin, request, profile)["message"]
+    """Export pressed: what was written, or why not, in place."""
+    return outcome(export, "Export", studio, admin, request, profile)
 
 
 def push_message(studio: Studio, admin: str, request: gr.Request, profile: gr.OAuthProfile | None) -> str:
-    return push(studio, admin, request, profile)["message"]
+    """Push pressed: where it went, or why not, in place."""
+    return outcome(push, "Push", studio, admin, request, profile)
+
+
+def outcome(action, title: str, *args) -> str:
+    """An admin action's message, or "**<title> failed:** <reason>" (each replaces the previous outcome)."""
+    try:
+        return action(*args)["message"]
+    except gr.Error as err:
+        return f"**{title} failed:** {err.message}"
 
 
 # ---------------------------------------------------------------------------------------------- layout and wiring
@@ -305,7 +362,10 @@ def build_app(studio: Studio) -> gr.Blocks:
             demo_tab(studio)
         with gr.Tab("Annotate", id="annotate"):
             annotate_tab(studio, name_box)
-        with gr.Tab("Dataset", id="dataset"):
+        with gr.Tab("Results", id="results"):
+            results_tab(studio)
+        admins = bool(studio.config.admins)  # without admins nobody may use the tab: it is shown disabled
+        with gr.Tab("Dataset" if admins else "Dataset (no admins configured)", id="dataset", interactive=admins):
             dataset_tab(studio, name_box)
     return demo
 
@@ -314,8 +374,12 @@ def demo_tab(studio: Studio) -> None:
     """Prompt and settings, one column per model (players and spectrograms), send to annotation; /generate."""
     models = studio.models
     default_steps = next((m.default_steps for m in models if m.pipe is not None), 100)
-    prompt = gr.Textbox(label="Prompt", placeholder="Describe a sound", max_lines=2, elem_id="prompt")
+    placeholder, vocabulary = prompt_hint(models)
+    prompt = gr.Textbox(label="Prompt", placeholder=placeholder, max_lines=2, elem_id="prompt")
+    if vocabulary:
+        gr.Markdown(vocabulary, elem_id="vocabulary")
     gr.Examples(example_prompts(models), inputs=[prompt], label="Examples")
+    shortest, default_length, longest = duration_range(models)
     with gr.Row():
         steps = as_sent(gr.Number(value=min(default_steps, studio.config.max_steps), precision=0,
                                   label=f"Steps (at most {studio.config.max_steps})"))
@@ -324,6 +388,8 @@ def demo_tab(studio: Studio) -> None:
         candidates = as_sent(gr.Slider(1, studio.config.max_candidates, value=min(2, studio.config.max_candidates),
                                        step=1, label="Candidates per model"))
         sampler = gr.Dropdown(list(SAMPLERS), value=MODEL_DEFAULT, label="Sampler")
+        duration = gr.Slider(shortest, longest, value=default_length, step=0.01, label="Duration (s)",
+                             elem_id="duration")
     generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
     column_summaries, players, pictures = [], [], []
     with gr.Row():
@@ -344,14 +410,16 @@ def demo_tab(studio: Studio) -> None:
     details = gr.JSON(visible=False, label="details")
     generation_state = gr.State()
 
+    shown = [*column_summaries, *players, *pictures, send_button, send_status]
+    # Clear the previous clips first; the progress bar shows on the column summaries (the outputs are hidden).
+    generate_button.click(bind(clear_generation, studio), None, shown, queue=False, api_visibility="private")
     generate_button.click(
-        bind(generate, studio), [prompt, steps, guidance, seed, candidates, sampler],
+        bind(generate, studio), [prompt, steps, guidance, seed, candidates, sampler, duration],
         [base_files, dpo_files, details, generation_state],
         # The gate (studio.limits) runs one generation at a time and refuses what would queue too long; gradio
         # queues nothing here, so that a request over the limit reaches the gate and is answered at once.
-        api_name="generate", concurrency_limit=None,
-    ).success(show_generation, [generation_state],
-              [*column_summaries, *players, *pictures, send_button, send_status], api_visibility="private")
+        api_name="generate", concurrency_limit=None, show_progress_on=column_summaries,
+    ).success(show_generation, [generation_state], shown, api_visibility="private")
     send_button.click(bind(send, studio), [generation_state], [send_status], api_visibility="private")
 
 
@@ -373,25 +441,34 @@ def annotate_tab(studio: Studio, name_box: gr.Textbox) -> None:
         vote_button = gr.Button("Vote", variant="primary", interactive=False, elem_id="vote-button")
         all_bad_button = gr.Button("All bad", interactive=False, elem_id="all-bad-button")
         skip_button = gr.Button("Skip", interactive=False, elem_id="skip-button")
+    comment_box = gr.Textbox(label="Comment (optional)", max_lines=3, elem_id="vote-comment")
     annotate_status = gr.Markdown(elem_id="annotate-status")
     task_json = gr.JSON(visible=False, label="task")
     task_files = gr.File(file_count="multiple", visible=False, label="task clips")
     task_state = gr.State()
 
     task_outputs = [progress_md, task_prompt, *clip_players, *rank_controls, vote_button, all_bad_button,
-                    skip_button, annotate_status]
+                    skip_button, comment_box, annotate_status]
     next_button.click(bind(next_task, studio), [name_box], [task_json, task_files, task_state], api_name="next_task") \
         .success(show_task, [task_state, task_json], task_outputs, api_visibility="private")
     for position, player in enumerate(clip_players):
         player.play(bind(play_clip, studio, position), [name_box, task_state],
                     [vote_button, all_bad_button, skip_button, annotate_status], api_visibility="private")
     for button, verdict in ((vote_button, "rank"), (all_bad_button, "all_bad"), (skip_button, "skip")):
-        button.click(bind(vote_from_form, studio, verdict), [name_box, task_state, *rank_controls], [annotate_status],
-                     api_visibility="private") \
+        button.click(bind(vote_from_form, studio, verdict), [name_box, task_state, comment_box, *rank_controls],
+                     [annotate_status], api_visibility="private") \
             .success(bind(next_task, studio), [name_box], [task_json, task_files, task_state], api_visibility="private") \
-            .success(show_task, [task_state, task_json], task_outputs[:-1], api_visibility="private")
+            .success(show_next_task, [task_state, task_json], task_outputs[:-1], api_visibility="private")
     gr.api(bind(played, studio), api_name="played", concurrency_limit=ANNOTATION_CONCURRENCY)
     gr.api(bind(vote, studio), api_name="vote", concurrency_limit=ANNOTATION_CONCURRENCY)
+
+
+def results_tab(studio: Studio) -> None:
+    """Public: which model the rankings prefer (the only place that names the models); /leaderboard."""
+    results_md = gr.Markdown(elem_id="results")
+    refresh = gr.Button("Refresh results", elem_id="results-refresh")
+    refresh.click(bind(show_results, studio), None, [results_md], api_visibility="private")
+    gr.api(bind(public_leaderboard, studio), api_name="leaderboard", concurrency_limit=ANNOTATION_CONCURRENCY)
 
 
 def dataset_tab(studio: Studio, name_box: gr.Textbox) -> None:
@@ -410,7 +487,7 @@ def dataset_tab(studio: Studio, name_box: gr.Textbox) -> None:
                               gr.Audio(label="rejected", type="filepath", interactive=False, visible=False)))
     with gr.Row():
         export_button = gr.Button("Export", elem_id="export-button")
-        push_button = gr.Button("Push to the Hub", elem_id="push-button")
+        push_button = gr.Button("Push to the Hub", elem_id="push-button", interactive=bool(studio.config.hub_dataset))
     admin_outcome = gr.Markdown(elem_id="admin-outcome")
 
     refresh_button.click(bind(show_dataset, studio), [name_box],
@@ -436,10 +513,25 @@ def launch(studio: Studio, demo: gr.Blocks, **options):
     )
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Exit with a clear message when another program (a second app?) already serves on ``port``."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            sys.exit(f"error: port {port} on {host} is in use (is another `python app.py` running?): "
+                     f"start this one with --port {port + 1} (or set GRADIO_SERVER_PORT)")
+
+
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    studio = Studio(parse_config(argv))
-    launch(studio, build_app(studio))
+    config = parse_config(argv)
+    check_port_free(config.host, config.port)
+    studio = Studio(config)
+    try:
+        launch(studio, build_app(studio))
+    finally:
+        studio.close()
 
 
 if __name__ == "__main__":

@@ -193,13 +193,25 @@ def check_prompt(models: list[LoadedModel], prompt: str) -> None:
     try:
         parse(prompt)
     except PromptError as err:
-        sounds = ", ".join(event.canonical for event in EVENT_VOCABULARY)
+        sounds = ", ".join(event.phrases[0] for event in EVENT_VOCABULARY)
         raise GenerationError(
             f"{err}. The embedded models know only their sound world: {len(EVENT_VOCABULARY)} sounds ({sounds}), "
             "with counts (two knocks, three beeps) and order words (then, followed by, before, after, "
             "first ... then ... and finally), e.g. \"a hiss then two knocks\". Start the app with real Tango "
             "(--base-model declare-lab/tango) for free text."
         ) from None
+
+
+def prompt_hint(models: list[LoadedModel]) -> tuple[str, str]:
+    """(placeholder, vocabulary note) for the prompt box: the sound world's words for its models, else free text."""
+    if not models or not models[0].is_sound_world:
+        return "Describe a sound, e.g. a dog barks in the distance while rain falls", ""
+    from soundworld import EVENT_VOCABULARY
+
+    sounds = ", ".join(event.phrases[0] for event in EVENT_VOCABULARY)
+    return ("e.g. a hiss then two knocks",
+            f"The embedded models know a small sound world: {len(EVENT_VOCABULARY)} sounds ({sounds}), counts "
+            "(two knocks) and order words (then, followed by, before, after). Other words are refused.")
 
 
 def example_prompts(models: list[LoadedModel]) -> list[str]:

@@ -25,7 +25,8 @@ def studio(tmp_path):
 
 def test_bound_handlers_look_to_gradio_like_the_endpoint_without_its_state(studio):
     bound = app.bind(app.vote, studio)
-    assert list(inspect.signature(bound).parameters) == ["annotator", "task_id", "ranking", "verdict", "request", "profile"]
+    assert list(inspect.signature(bound).parameters) == ["annotator", "task_id", "ranking", "verdict", "comment",
+                                                          "request", "profile"]
     assert "studio" not in bound.__annotations__ and bound.__name__ == "vote" and "Vote on your open task" in bound.__doc__
     played = app.bind(app.play_clip, studio, 2)
     assert list(inspect.signature(played).parameters) == ["annotator", "task", "request", "profile"]
@@ -46,9 +47,9 @@ def test_rank_a_task_through_the_handlers(studio):
     vote_enabled, *_, message = app.play_clip(studio, 2, "ann", task, None, None)
     assert vote_enabled["interactive"] is True and message.startswith("All clips played")
     with pytest.raises(gr.Error, match="give every clip a rank; missing: C"):
-        app.vote_from_form(studio, "rank", "ann", task, None, None, "1", "2", None)
+        app.vote_from_form(studio, "rank", "ann", task, "", None, None, "1", "2", None)
     assert studio.store.counts()["rankings"] == 0
-    assert app.vote_from_form(studio, "rank", "ann", task, None, None, "2", "1", "1").startswith("Vote 1 stored")
+    assert app.vote_from_form(studio, "rank", "ann", task, "", None, None, "2", "1", "1").startswith("Vote 1 stored")
     [stored] = studio.store.rankings()
     assert stored.ranks == dict(zip(task.clip_ids, (2, 1, 1))) and stored.annotator == "ann"
 
@@ -56,7 +57,7 @@ def test_rank_a_task_through_the_handlers(studio):
 def test_skip_needs_no_listening_and_the_last_task_says_so(studio):
     for _ in range(2):
         _, _, task = app.next_task(studio, "bo", None, None)
-        assert "(skip)" in app.vote_from_form(studio, "skip", "bo", task, None, None)
+        assert "(skip)" in app.vote_from_form(studio, "skip", "bo", task, "", None, None)
     info, files, task = app.next_task(studio, "bo", None, None)
     assert (info["task_id"], files, task) == (None, None, None)
     assert app.show_task(task, info)[1] == "**No task left for you.** Thank you!"
@@ -68,7 +69,7 @@ def test_api_handlers_refuse_with_the_reason(studio):
     with pytest.raises(gr.Error, match="ask for the next task first"):
         app.played(studio, "cy", 1, "A", None, None)
     with pytest.raises(gr.Error, match="no task loaded"):
-        app.vote_from_form(studio, "rank", "cy", None, None, None)
+        app.vote_from_form(studio, "rank", "cy", None, "", None, None)
     with pytest.raises(gr.Error, match="'cy' is not an admin"):
         app.export(studio, "cy")
     with pytest.raises(gr.Error, match="no Hub dataset configured"):
@@ -88,3 +89,36 @@ def test_admin_handlers(studio):
     assert len(previews) == 3 * app.PREVIEW_PAIRS
     result = app.export(studio, "admin")
     assert result["pairs"] >= 1 and app.export_message(studio, "admin", None, None).startswith("Export ")
+
+
+def test_expected_errors_log_one_line_and_no_traceback(studio):
+    with pytest.raises(gr.Error) as refused:
+        app.vote(studio, "ann", 1, {"A": 1})
+    assert refused.value.print_exception is False and refused.value.__cause__ is None
+    assert refused.value.__suppress_context__
+
+
+def test_dataset_tab_outcomes_in_place(studio):
+    overview, rows, *previews = app.show_dataset(studio, "cy", None, None)
+    assert overview.startswith("**Not shown:**") and "'cy' is not an admin" in overview and rows == []
+    assert app.export_message(studio, "admin", None, None).startswith("**Export failed:** no preference pairs")
+    assert app.push_message(studio, "admin", None, None).startswith("**Push failed:** no Hub dataset configured")
+
+
+def test_leaderboard_results_and_reveal_after_vote(studio, tmp_path):
+    from dataclasses import replace
+
+    studio.config = replace(studio.config, reveal_models=True)
+    assert app.public_leaderboard(studio) == []
+    for name in ("ann", "bo"):
+        _, _, task = app.next_task(studio, name, None, None)
+        for position in range(3):
+            app.play_clip(studio, position, name, task, None, None)
+        ranks = sorted(task.labels, key=lambda label: studio.store.candidates()[task.clip_ids[task.labels.index(label)]].model)
+        answer = app.vote(studio, name, task.task_id, {label: ranks.index(label) + 1 for label in task.labels},
+                          comment="base first")
+        assert set(answer["models"]) == set(task.clip_ids)  # the reveal: clip id -> model
+    rows = app.public_leaderboard(studio)
+    assert [row["model"] for row in rows] == ["base", "dpo"] and rows[0]["comparisons"] == 2 * 2
+    assert "| base |" in app.show_results(studio)
+    assert [r.comment for r in studio.store.rankings()] == ["base first"] * 2
