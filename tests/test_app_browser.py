@@ -60,6 +60,22 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
     page.get_by_role("button", name="Send these clips to annotation").click()
     expect(page.get_by_text("is ready on the Annotate tab")).to_be_visible(timeout=30_000)
 
+    # A new, slower generation: the previous clips and messages are cleared at once and a progress bar runs.
+    page.locator("#prompt textarea").fill("three beeps")
+    steps = page.get_by_label("Steps")
+    steps.fill("100")
+    page.locator("#generate-button").click()
+    expect(page.get_by_text("is ready on the Annotate tab")).to_have_count(0, timeout=10_000)
+    expect(page.locator("#column-base .play-pause-button")).to_have_count(0, timeout=10_000)
+    expect(page.locator("#summary-base")).to_contain_text("generating", timeout=10_000)
+    expect(page.locator("#summary-base .progress-text, #summary-base .eta-bar, #summary-base .meta-text")
+           .first).to_be_visible(timeout=30_000)
+    expect(page.locator("#column-base .play-pause-button")).to_have_count(2, timeout=300_000)
+    steps.fill("4")
+
+    # Words outside the sound world are refused, and the page says which words there are.
+    expect(page.locator("#vocabulary")).to_contain_text("a rising chirp")
+
     page.get_by_role("tab", name="Annotate").click()
     page.locator("#next-task-button").click()
     expect(page.locator("#task-prompt")).to_contain_text("two knocks then a hiss", timeout=30_000)
@@ -67,13 +83,19 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
     expect(players).to_have_count(4)
     expect(page.locator("#vote-button")).to_be_disabled()
 
-    # Keyboard: a letter plays that clip, a digit ranks the clip played last (D and C tie).
+    # Keyboard: a letter plays that clip, a digit ranks the clip played last (D and C tie). Starting a clip
+    # pauses the one playing: one clip at a time.
     page.locator("body").click(position={"x": 5, "y": 5})  # keys go to the page, not the Next-task button
+    previous = None
     for letter, rank in zip("abcd", "1233"):
         page.keyboard.press(letter)
         expect(page.locator(f"#clip-{letter} .play-pause-button")).to_have_attribute("aria-label", "Pause", timeout=10_000)
+        if previous is not None:
+            expect(page.locator(f"#clip-{previous} .play-pause-button")).to_have_attribute("aria-label", "Play",
+                                                                                          timeout=10_000)
         page.keyboard.press(rank)
-        page.locator(f"#clip-{letter} .play-pause-button").click()  # pause again
+        previous = letter
+    page.locator(f"#clip-{previous} .play-pause-button").click()  # pause the last one
     expect(page.locator("#annotate-status")).to_contain_text("All clips played", timeout=30_000)
     expect(page.locator("#vote-button")).to_be_enabled()
     page.screenshot(path=str(tmp_path / "annotate.png"), full_page=True)
@@ -84,8 +106,11 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
     expect(page.locator("#annotate-status")).to_contain_text("stored (rank)", timeout=30_000)
     expect(page.locator("#task-prompt")).to_contain_text("No task left for you", timeout=30_000)
     expect(page.locator("#annotate-progress")).to_contain_text("You have ranked 1 task(s)")
+    expect(page.locator("#annotate-progress")).to_contain_text("1 have at least one ranking and 0 have the 3 rankings")
 
-    # The Dataset tab refuses a non-admin visibly.
-    page.get_by_role("tab", name="Dataset").click()
-    page.locator("#dataset-refresh").click()
-    expect(page.get_by_text("the Dataset tab is disabled")).to_be_visible(timeout=30_000)
+    # Results name the models (the Annotate tab never did); without admins the Dataset tab is disabled.
+    page.get_by_role("tab", name="Results").click()
+    page.locator("#results-refresh").click()
+    expect(page.locator("#results")).to_contain_text("From human rankings", timeout=30_000)
+    expect(page.locator("#results table").first).to_contain_text("dpo")
+    expect(page.get_by_role("tab", name="Dataset (no admins configured)")).to_be_disabled()

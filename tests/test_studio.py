@@ -136,3 +136,13 @@ def test_a_restarted_studio_with_an_empty_data_folder_gets_its_votes_back_from_t
         assert leaderboard(again.store, config)[0]["model"] == DPO
     finally:
         again.close()
+
+
+def test_a_mistyped_local_model_folder_is_reported_as_such(tmp_path, monkeypatch):
+    from studio.generation import load_models
+
+    (tmp_path / "runs" / "my-dpo").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    base, dpo = load_models(StudioConfig(base_model="runs/my-dpoo", dpo_model="./runs/nothing-here"))
+    assert "'runs/my-dpoo' names a local folder that does not exist; did you mean 'runs/my-dpo'?" in base.error
+    assert "names a local folder that does not exist" in dpo.error and "internet" not in base.error + dpo.error
