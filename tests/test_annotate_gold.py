@@ -17,7 +17,8 @@ from tests.annotate_helpers import make_tasks
 from tests.test_annotate_verdict import BASE, DPO, dpo_first, make_pool
 
 GOLD_PROMPTS = ["two knocks", "a hiss then a click", "a rising chirp", "three beeps", "a low hum",
-                "a siren followed by a click", "a buzz", "a knock after a beep"]
+                "a siren followed by a click", "a buzz", "a knock after a beep", "a falling chirp", "two clicks",
+                "a siren", "a buzz then a beep"]
 
 
 def test_gold_tasks_rank_a_render_of_the_prompt_above_renders_of_unrelated_prompts(tmp_path):
@@ -71,13 +72,14 @@ def test_a_random_gold_answerer_is_flagged_and_left_out_and_a_careful_one_kept(t
 
     scores = gold_accuracy(store.rankings(), gold)
     assert scores["careful"].accuracy == scores["also-careful"].accuracy == 1.0
-    assert scores["clicker"].answered == len(GOLD_PROMPTS) and scores["clicker"].accuracy < 0.5
+    # A random order puts the truth first in 1 of 3 gold tasks: 10 or more of 12 by luck has odds of 1 in 10^4.
+    assert scores["clicker"].answered == len(GOLD_PROMPTS) and scores["clicker"].accuracy < 0.8
 
     result = export_human_pairs(store, tmp_path / "export", min_gold_accuracy=0.8)
     clicker_votes = sum(r.annotator == "clicker" for r in store.rankings())
-    assert result.left_out_annotators == ("clicker",) and result.left_out_votes == clicker_votes == 20
+    assert result.left_out_annotators == ("clicker",) and result.left_out_votes == clicker_votes == 24
     card = (tmp_path / "export" / "README.md").read_text()
-    assert "votes left out (annotators below the gold accuracy threshold): 20" in card
+    assert "votes left out (annotators below the gold accuracy threshold): 24" in card
     assert "annotators left out: clicker" in card
     assert "rankings used: 24" in card  # 12 model tasks x the 2 careful annotators; gold tasks yield no pairs
     # Without the clicker, the DPO model wins every comparison; gold clips never enter the verdict.
