@@ -477,7 +477,7 @@ def dataset_tab(studio: Studio, name_box: gr.Textbox) -> None:
                 + "). " + (f"Hub dataset: [{studio.config.hub_dataset}]({hub_url(studio.config.hub_dataset)})"
                            if studio.config.hub_dataset else "No Hub dataset configured (--hub-dataset)."))
     refresh_button = gr.Button("Show dataset", elem_id="dataset-refresh")
-    overview_md = gr.Markdown()
+    overview_md = gr.Markdown(elem_id="dataset-overview")
     annotators_table = gr.Dataframe(headers=ANNOTATOR_COLUMNS, interactive=False, label="Annotators")
     pair_rows = []
     for _ in range(PREVIEW_PAIRS):

@@ -190,7 +190,7 @@ def test_send_to_annotation_stores_both_columns_once(served, tmp_path):
     assert send_to_annotation(studio.store, generation) == task_id  # idempotent
     models = {c.model for c in studio.store.candidates().values() if c.prompt == "a knock then a beep"}
     assert models == {studio.config.base_model, studio.config.dpo_model}
-    single = studio.generate(GenerationSettings.checked("a lone beep", 2, 3.0, 3, 1))
+    single = studio.generate(GenerationSettings.checked("a short beep", 2, 3.0, 3, 1))
     single.columns.pop()  # only one clip left
     with pytest.raises(GenerationError, match="at least 2 distinct clips"):
         send_to_annotation(studio.store, single)

@@ -114,3 +114,40 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
     expect(page.locator("#results")).to_contain_text("From human rankings", timeout=30_000)
     expect(page.locator("#results table").first).to_contain_text("dpo")
     expect(page.get_by_role("tab", name="Dataset (no admins configured)")).to_be_disabled()
+
+
+@pytest.fixture(scope="module")
+def admin_url(tmp_path_factory):
+    """An app with an admin, no Hub dataset and no models (the Dataset tab needs none), one task."""
+    from studio.generation import LoadedModel
+    from tests.annotate_helpers import make_tasks
+
+    config = StudioConfig(data_dir=tmp_path_factory.mktemp("admin-data"), admins=frozenset({"admin"}),
+                          port=free_port())
+    studio = Studio(config, models=[LoadedModel("base", "Base", "none-a", None, "not loaded in this test"),
+                                    LoadedModel("dpo", "DPO-tuned", "none-b", None, "not loaded in this test")])
+    make_tasks(studio.store, 1)
+    demo = app.build_app(studio)
+    app.launch(studio, demo, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{config.port}/"
+    demo.close()
+
+
+def test_dataset_tab_says_every_outcome_in_place(admin_url, page):
+    from playwright.sync_api import expect
+
+    page.goto(admin_url)
+    page.get_by_role("tab", name="Dataset").click()
+    expect(page.locator("#push-button")).to_be_disabled()  # no Hub dataset configured
+    page.locator("#annotator-name input").fill("visitor")
+    page.locator("#dataset-refresh").click()
+    expect(page.locator("#dataset-overview")).to_contain_text("Not shown: 'visitor' is not an admin", timeout=30_000)
+    page.locator("#export-button").click()
+    expect(page.locator("#admin-outcome")).to_contain_text("Export failed: 'visitor' is not an admin", timeout=30_000)
+
+    page.locator("#annotator-name input").fill("admin")
+    page.locator("#dataset-refresh").click()
+    expect(page.locator("#dataset-overview")).to_contain_text("ranked by 3 annotators, the target", timeout=30_000)
+    page.locator("#export-button").click()
+    expect(page.locator("#admin-outcome")).to_contain_text("Export failed: no preference pairs", timeout=30_000)
+    expect(page.locator(".toast-body, [data-testid=toast-body]")).to_have_count(0)  # said in place, no fading toast

@@ -28,7 +28,7 @@ def served(tmp_path_factory):
                    if line.startswith("python -m annotate pool")]
     command = pool_line.replace("--data-dir data", f"--data-dir {data}").replace("prompts.txt", str(prompts))
     subprocess.run([sys.executable, *command.split()[1:]], cwd=REPO, check=True, capture_output=True, timeout=600)
-    with AppProcess("--data-dir", str(data), "--admins", "you") as app:
+    with AppProcess("--data-dir", str(data), "--admins", "you", timeout_s=300) as app:
         yield app, data
 
 
