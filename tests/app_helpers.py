@@ -43,13 +43,15 @@ def free_port() -> int:
 class AppProcess:
     """``python app.py --port P ...`` in a subprocess; ``url`` once the first page answers."""
 
-    def __init__(self, *args: str, timeout_s: float = 120.0, env: dict | None = None):
+    def __init__(self, *args: str, timeout_s: float = 120.0, env: dict | None = None,
+                 program: tuple[str, ...] = ("app.py",)):
+        """``program``: what python runs, e.g. ``("-c", code)`` for an app with a stand-in installed first."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"app-{self.port}.log"
         started = time.perf_counter()
         self.process = subprocess.Popen(
-            ["nice", "-n", "10", sys.executable, "app.py", "--port", str(self.port), *args], cwd=REPO,
+            ["nice", "-n", "10", sys.executable, *program, "--port", str(self.port), *args], cwd=REPO,
             stdout=self.log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
         )
         while True:
