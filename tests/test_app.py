@@ -123,7 +123,9 @@ def test_no_name_no_task(client):
 def test_export_and_push_are_for_admins(served, client):
     for name in ("admin2", "rita2"):
         task, _ = fetch_and_play(client, name)
-        client.predict(name, task["task_id"], {"A": 1, "B": 2}, api_name="/vote")
+        by_clip = sorted(c["clip_id"] for c in task["clips"])  # both agree, whatever order each was shown
+        client.predict(name, task["task_id"], {c["label"]: by_clip.index(c["clip_id"]) + 1 for c in task["clips"]},
+                       api_name="/vote")
     with pytest.raises(AppError, match="'rita2' is not an admin"):
         client.predict("rita2", api_name="/export")
     result = client.predict("admin", api_name="/export")
