@@ -87,12 +87,31 @@ def summarize(results, seed: int = 0) -> dict:
     rows = [_as_dict(result) for result in results]
     summary = {"n": len(rows), **_metrics(rows, seed)}
     summary["extra_events_per_clip"] = float(np.mean([row["extra_events"] for row in rows])) if rows else None
+    summary["failure_modes"] = failure_modes(rows)
     summary["by_construction"] = {
         construction: {"n": len(subset), **_metrics(subset, seed)}
         for construction in CONSTRUCTIONS
         if (subset := [row for row in rows if row["construction"] == construction])
     }
     return summary
+
+
+def failure_modes(rows: list[dict]) -> dict:
+    """How clips of multi-event prompts go wrong: each prompted event type missing, by its place in time
+    (first, second, third); the first type drawn more often than asked; a type the prompt never named."""
+    multi = [row for row in rows if len(row["expected"]) > 1]
+    if not multi:
+        return {}
+    missing = []
+    for place in range(max(len(row["expected"]) for row in multi)):
+        asked = [row for row in multi if len(row["expected"]) > place]
+        heard = [{name for name, _ in row["detected"]} for row in asked]
+        missing.append(round(float(np.mean([row["expected"][place][0] not in h for row, h in zip(asked, heard)])), 4))
+    first_repeated = [sum(name == row["expected"][0][0] for name, _ in row["detected"]) > row["expected"][0][1]
+                      for row in multi]
+    invented = [bool({name for name, _ in row["detected"]} - {name for name, _ in row["expected"]}) for row in multi]
+    return {"n": len(multi), "missing_by_place": missing, "first_repeated": round(float(np.mean(first_repeated)), 4),
+            "invented_type": round(float(np.mean(invented)), 4)}
 
 
 def compare(results_a, results_b, seed: int = 0) -> dict:

@@ -25,7 +25,9 @@ def test_embedded_models_ship_small_safetensors_and_their_sampling_steps(spec):
     files = [path for path in EMBEDDED[spec].rglob("*") if path.is_file()]
     assert sum(path.stat().st_size for path in files) <= 30 * 2**20
     assert not [path for path in files if path.suffix in (".bin", ".pt", ".ckpt")]
-    assert json.loads((EMBEDDED[spec] / "model_index.json").read_text())["default_num_inference_steps"] == 10
+    # tiny samples with the fewest steps whose judge score is within 0.01 of the best sampler setting
+    # (bench/results/samplers-tiny.json); tiny-dpo, tuned from it, keeps its base's default.
+    assert json.loads((EMBEDDED[spec] / "model_index.json").read_text())["default_num_inference_steps"] == 25
 
 
 def test_tiny_generates_clips_that_follow_their_prompts(tiny):
