@@ -471,7 +471,9 @@ def evaluate(pipe, config: dict, step: int) -> dict:
 
 def train_diffusion(config: dict, tokenizer, text_encoder, vae, latents: torch.Tensor, data: dict, work: Path, metrics: dict):
     from diffusers import DDPMScheduler
-    from diffusers.training_utils import EMAModel, compute_snr
+    from diffusers.training_utils import EMAModel
+
+    from losses import denoising_loss  # the same per-sample loss train_dpo.py uses
 
     from pipeline.original import SD21_SCHEDULER_CONFIG, read_config
 
@@ -509,18 +511,11 @@ def train_diffusion(config: dict, tokenizer, text_encoder, vae, latents: torch.T
         tokens = tokenizer(prompts, padding=True, truncation=True, return_tensors="pt").to(dev)
         noise = torch.randn(x0.shape, generator=generator).to(dev)
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),), generator=generator).to(dev)
-        noisy = noise_scheduler.add_noise(x0, noise, timesteps)
-        target = noise_scheduler.get_velocity(x0, noise, timesteps)
-
         with torch.no_grad():
             hidden = text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
         with torch.autocast(torch.device(dev).type, dtype=amp, enabled=amp is not None):
-            prediction = unet(noisy, timesteps, encoder_hidden_states=hidden,
-                              encoder_attention_mask=tokens.attention_mask.bool()).sample
-        snr = compute_snr(noise_scheduler, timesteps)
-        weights = torch.clamp(snr, max=config["snr_gamma"]) / (snr + 1)  # min-SNR-γ for v-prediction
-        per_sample = F.mse_loss(prediction.float(), target, reduction="none").mean(dim=(1, 2, 3))
-        loss = (weights * per_sample).mean()
+            loss = denoising_loss(unet, noise_scheduler, x0, noise, timesteps, hidden,
+                                  tokens.attention_mask.bool(), snr_gamma=config["snr_gamma"]).mean()
 
         lr = lr_at(step, done_fraction, config)
         for group in optimizer.param_groups:
