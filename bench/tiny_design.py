@@ -28,7 +28,7 @@ VARIANTS = {  # the levers that decide whether a stretch of time knows which par
     "shipped": ["--position_channels=1", "--unet_attention_levels=1,2"],  # the design shipped before
     "maps": ["--position_channels=8", "--unet_attention_levels=1,2"],  # sinusoidal maps, also at every attention
     "maps_fullres": ["--position_channels=8", "--unet_attention_levels=0,1,2"],  # + attention where events are drawn
-    "maps_fullres_wide": ["--position_channels=8", "--unet_attention_levels=0,1,2", "--unet_channels=48,96,192"],
+    "maps_fullres_wide": ["--position_channels=8", "--unet_attention_levels=0,1,2", "--unet_channels=32,96,192"],
 }
 SHARED_STAGES = ("data.pt", "tokenizer", "text_encoder", "vae", "latents.pt")
 

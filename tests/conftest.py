@@ -1,11 +1,17 @@
 """Shared test fixtures: the original-format tiny Tango checkpoint and its reference outputs."""
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 FIXTURE_DIR = Path(__file__).parent / "fixtures" / "tango-original-tiny"
+
+# datasets caches a local folder under a key its file names and sizes can repeat (the tests write the same
+# deterministic rows into fresh temporary folders): a cache of this run's own keeps one test's rows out of another's.
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="tango-tests-datasets-cache-")
 
 
 @pytest.fixture(scope="session")
