@@ -13,6 +13,7 @@ Diffusion 2.1's v-prediction schedule.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import numpy as np
@@ -37,6 +38,18 @@ EXAMPLE_DOC_STRING = """
         >>> save_audio("dog.wav", audio, pipe.sampling_rate)
         ```
 """
+
+@contextmanager
+def flush_denormals():
+    """Treat subnormal floats as zero while sampling (CPU): trained UNets produce tiny activations whose
+    subnormal arithmetic ran the embedded models 2-3x slower on x86 CPUs; values below 1e-38 change nothing
+    audible. Restores the default (off) afterwards."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
 
 # Clips longer than this multiple of the training length are refused: the UNet would
 # run, but the model was never trained for it and memory grows with the length.
@@ -293,6 +306,7 @@ class TangoPipeline(DiffusionPipeline):
     # -- generation -----------------------------------------------------------------------
 
     @torch.no_grad()
+    @flush_denormals()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
