@@ -123,7 +123,20 @@ def test_sampling_is_deterministic():
     assert sample_prompts("heldout", 50, seed=3) == sample_prompts("heldout", 50, seed=3)
     assert sample_prompts("train", 50, seed=3) != sample_prompts("train", 50, seed=4)
     with pytest.raises(ValueError, match="split"):
-        sample_prompts("test", 5, seed=0)
+        sample_prompts("validation", 5, seed=0)
+
+
+def test_test_split_prompts_are_never_rendered_for_training():
+    """`test` holds training-grammar strings the training sampler never draws (as AudioCaps test captions)."""
+    from soundworld.grammar import in_test_split
+
+    train = set(sample_prompts("train", 5000, seed=1))
+    test = sample_prompts("test", 500, seed=2)
+    assert not train & set(test)
+    assert all(in_test_split(text) for text in test) and not any(in_test_split(text) for text in train)
+    assert test == sample_prompts("test", 500, seed=2)
+    # the same grammar and constructions: every test prompt parses, and all constructions occur
+    assert {parse(text).construction for text in test} == set(CONSTRUCTIONS)
 
 
 def test_heldout_pairs_never_occur_in_training_prompts():
