@@ -99,7 +99,7 @@ def summarize(results, seed: int = 0) -> dict:
 def failure_modes(rows: list[dict]) -> dict:
     """How clips of multi-event prompts go wrong: each prompted event type missing, by its place in time
     (first, second, third); the first type drawn more often than asked; a type the prompt never named."""
-    multi = [row for row in rows if len(row["expected"]) > 1]
+    multi = [row for row in rows if len(row.get("expected", ())) > 1]  # summaries of bare scores have no timelines
     if not multi:
         return {}
     missing = []

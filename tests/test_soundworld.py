@@ -397,6 +397,16 @@ def test_summarize_hand_computed_values():
     assert evaluate.bootstrap_interval([0.3] * 10) == pytest.approx([0.3, 0.3])
 
 
+def test_failure_modes_hand_computed():
+    rows = [  # "a hiss then a beep": beep missing, hiss twice; "two knocks then a hum": all there, a buzz invented
+        {"expected": [("hiss", 1), ("beep", 1)], "detected": [("hiss", 0.2), ("hiss", 1.5)]},
+        {"expected": [("knock", 2), ("hum", 1)], "detected": [("knock", 0.1), ("knock", 0.4), ("hum", 1.0), ("buzz", 2.0)]},
+        {"expected": [("beep", 1)], "detected": []},  # single events have no place in a sequence
+    ]
+    modes = evaluate.failure_modes(rows)
+    assert modes == {"n": 2, "missing_by_place": [0.0, 0.5], "first_repeated": 0.5, "invented_type": 0.5}
+
+
 def test_paired_bootstrap():
     rng = np.random.default_rng(0)
     b = rng.random(200)
