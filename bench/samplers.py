@@ -1,9 +1,9 @@
 """Judge score and seconds per clip of one model under each sampler and step count, same prompts and seeds.
 
     python bench/samplers.py --model tiny --prompts train --n 200 --seed 5 --out bench/results/samplers-tiny.json
-    python bench/samplers.py --model tiny --only "DPM-Solver++ 10,DDPM 100" --n 32   # timing a few on this machine
+    python bench/samplers.py --model tiny --only "DPM-Solver++ 10,DDPM (Tango's own) 100" --n 32   # timing a few on this machine
 
-Rows: DDPM 100 and 200 (Tango's own sampler and step counts), DDIM and DPM-Solver++ at 5, 10, 25 and 50 steps.
+Rows (the app's sampler labels): DDPM 100 and 200 (Tango's own sampler and step counts), DDIM and DPM-Solver++ at 5, 10, 25 and 50 steps.
 The default to ship is the fewest steps whose mean score is within ``--tolerance`` of the best row; choose it on
 training-split prompts (``--prompts train``), never on the test or held-out splits. Prints a table, writes JSON.
 """
@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import diffusers
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,9 +23,9 @@ sys.path.insert(0, str(ROOT))
 from pipeline import load_pipeline  # noqa: E402
 from soundworld import sample_prompts  # noqa: E402
 from soundworld.evaluate import evaluate_pipeline, summarize  # noqa: E402
+from studio.generation import with_sampler  # noqa: E402  the app's own sampler swap and labels
 
-SAMPLERS = {"DDPM": "DDPMScheduler", "DDIM": "DDIMScheduler", "DPM-Solver++": "DPMSolverMultistepScheduler"}
-ROWS = [("DDPM", 100), ("DDPM", 200)] + [(name, steps) for name in ("DDIM", "DPM-Solver++") for steps in (5, 10, 25, 50)]
+ROWS = [("DDPM (Tango's own)", 100), ("DDPM (Tango's own)", 200)] + [(name, steps) for name in ("DDIM", "DPM-Solver++") for steps in (5, 10, 25, 50)]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -38,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
     parser.add_argument("--batch", type=int, default=16, help="clips per pipeline call")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--only", default="", help='comma-separated rows, e.g. "DPM-Solver++ 10,DDPM 100"')
+    parser.add_argument("--only", default="", help='comma-separated rows, e.g. "DPM-Solver++ 10,DDIM 25"')
     parser.add_argument("--tolerance", type=float, default=0.01, help="score gap to the best row that still counts")
     parser.add_argument("--out", type=Path, help="JSON file")
     args = parser.parse_args(argv)
@@ -48,13 +47,12 @@ def main(argv: list[str] | None = None) -> dict:
     prompts = sample_prompts(args.prompts, args.n, args.seed)
     seeds = [args.seed * 100_003 + i for i in range(args.n)]
     rows = [row for row in ROWS if not args.only or f"{row[0]} {row[1]}" in args.only.split(",")]
-    original = pipe.scheduler.config
     report = {"model": args.model, "prompts": args.prompts, "n": args.n, "seed": args.seed, "device": args.device,
               "guidance": args.guidance, "torch_threads": torch.get_num_threads(), "rows": []}
     for sampler, steps in rows:
-        pipe.scheduler = getattr(diffusers, SAMPLERS[sampler]).from_config(original)
+        view = with_sampler(pipe, sampler)
         started = time.perf_counter()
-        results, _ = evaluate_pipeline(pipe, prompts, seeds, steps=steps, guidance=args.guidance,
+        results, _ = evaluate_pipeline(view, prompts, seeds, steps=steps, guidance=args.guidance,
                                        batch_size=args.batch, progress=False)
         seconds = (time.perf_counter() - started) / args.n  # judging included: a few ms per clip
         summary = summarize(results)
