@@ -91,12 +91,32 @@ class ClapRanker:
 
 @dataclass
 class AutorankReport:
-    """What a run did: prompts scored, pairs kept, pairs dropped by the margin filter."""
+    """What a run did: prompts scored, pairs kept, prompts whose best and worst differ by less than the margin."""
 
     prompts: int = 0
     pairs: int = 0
     below_margin: int = 0
-    margins: list[float] = field(default_factory=list)
+    margins: list[float] = field(default_factory=list)  # best minus worst, one per prompt
+
+
+PAIRINGS = ("best-worst", "all")
+
+
+def ranked_pairs(scores: Sequence[float], min_margin: float, pairing: str = "best-worst") -> list[tuple[int, int]]:
+    """(chosen, rejected) candidate indices whose scores differ by at least ``min_margin``.
+
+    ``best-worst``: at most one pair, the best against the worst (Audio-Alpaca). ``all``: every
+    two candidates far enough apart, the better one chosen: up to K(K-1)/2 pairs from the same
+    K clips, so the same generation budget yields several times the pairs.
+    """
+    if pairing not in PAIRINGS:
+        raise ValueError(f"`pairing` must be one of {PAIRINGS}, got {pairing!r}")
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])  # best first; stable on ties
+    if pairing == "best-worst":
+        candidates = [(order[0], order[-1])]
+    else:
+        candidates = [(order[a], order[b]) for a in range(len(order)) for b in range(a + 1, len(order))]
+    return [(chosen, rejected) for chosen, rejected in candidates if scores[chosen] - scores[rejected] >= min_margin]
 
 
 def autorank_pairs(
@@ -112,8 +132,9 @@ def autorank_pairs(
     min_margin: float = 0.25,
     batch_size: int = 8,
     report: AutorankReport | None = None,
+    pairing: str = "best-worst",
 ) -> Iterator[PreferenceRow]:
-    """Yield best-vs-worst pairs for ``prompts``, one batched generation call per ``batch_size`` prompts.
+    """Yield pairs for ``prompts`` (``ranked_pairs``), one batched generation call per ``batch_size`` prompts.
 
     ``steps=None`` samples with the model's own default steps.
     """
@@ -129,20 +150,18 @@ def autorank_pairs(
         for j, prompt in enumerate(batch):
             clips = waveforms[j * k : (j + 1) * k]
             scores = ranker(clips, generate.sampling_rate, prompt)
-            best, worst = int(np.argmax(scores)), int(np.argmin(scores))
-            margin = float(scores[best] - scores[worst])
+            pairs = ranked_pairs(scores, min_margin, pairing)
             report.prompts += 1
-            report.margins.append(margin)
-            if margin < min_margin:
-                report.below_margin += 1
-                continue
-            report.pairs += 1
-            yield PreferenceRow(
-                prompt=prompt, chosen_wav=encode_wav(clips[best]), rejected_wav=encode_wav(clips[worst]),
-                strategy=strategy, chosen_model=model, rejected_model=model, chosen_seed=seeds[best],
-                rejected_seed=seeds[worst], num_inference_steps=steps, guidance_scale=guidance,
-                votes_for=1, votes_against=0, annotators=1,
-            )
+            report.margins.append(float(max(scores) - min(scores)))
+            report.below_margin += not pairs
+            report.pairs += len(pairs)
+            for chosen, rejected in pairs:
+                yield PreferenceRow(
+                    prompt=prompt, chosen_wav=encode_wav(clips[chosen]), rejected_wav=encode_wav(clips[rejected]),
+                    strategy=strategy, chosen_model=model, rejected_model=model, chosen_seed=seeds[chosen],
+                    rejected_seed=seeds[rejected], num_inference_steps=steps, guidance_scale=guidance,
+                    votes_for=1, votes_against=0, annotators=1,
+                )
 
 
 def score_unscored(store: Store, ranker: Callable[[np.ndarray, int, str], list[float]]) -> int:
@@ -178,6 +197,13 @@ def read_prompts(source: str, n: int | None, seed: int) -> list[str]:
     return prompts[:n] if n else prompts
 
 
+def pairing_rule(args: argparse.Namespace) -> str:
+    """The dataset card's sentence on how scored candidates became pairs."""
+    which = "the best and worst" if args.pairs == "best-worst" else "every two candidates"
+    return (f"the {args.ranker} ranker scored them and {which} became a pair (the higher-scored one chosen) "
+            f"when their scores differed by at least {args.min_margin}.")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m annotate.autorank", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_SPEC, help=f"model spec that generates the candidates (default {DEFAULT_SPEC})")
@@ -189,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--ranker", choices=["judge", "clap"], default="judge")
     parser.add_argument("--clap-model", default="laion/larger_clap_general")
-    parser.add_argument("--min-margin", type=float, default=0.25, help="keep best vs worst only if scores differ this much")
+    parser.add_argument("--min-margin", type=float, default=0.25, help="keep a pair only if its scores differ this much")
+    parser.add_argument("--pairs", choices=PAIRINGS, default="best-worst",
+                        help="best-worst: one pair per prompt; all: every two candidates at least the margin apart")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generation call")
     parser.add_argument("--out", required=True, help="dataset folder to write (replaced atomically)")
     args = parser.parse_args(argv)
@@ -201,10 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     args.steps = args.steps or generator.default_steps
     rows = autorank_pairs(prompts, generator, ranker, model=args.model, k=args.k, seed=args.seed,
                           steps=args.steps, guidance=args.guidance, min_margin=args.min_margin,
-                          batch_size=args.batch_size, report=report)
+                          batch_size=args.batch_size, report=report, pairing=args.pairs)
     how_made = (f"`{args.model}` generated {args.k} candidates per prompt ({args.steps} steps, guidance "
-                f"{args.guidance}, seeds {args.seed}..{args.seed + args.k - 1}); the {args.ranker} ranker scored "
-                f"them and the best and worst became a pair when their scores differed by at least {args.min_margin}.")
+                f"{args.guidance}, seeds {args.seed}..{args.seed + args.k - 1}); " + pairing_rule(args))
     try:
         summary = write_preference_dataset(rows, args.out, how_made=how_made, stats={
             "prompts": report.prompts, "dropped below margin": report.below_margin,

@@ -8,8 +8,8 @@ Tango 2 made Audio-Alpaca once; TangoFlux repeats generate -> rank -> train with
 model. Round r = 1..R, from the current model (round 1: ``--model``):
 
   1. pairs     ``--prompts`` fresh training-split prompts (seeded per round), ``--k`` candidates
-               each from the current model, ranked, best vs worst kept (``annotate.autorank``,
-               batched) -> ``OUT/round-r/pairs``. Prompts are split across processes.
+               each from the current model, ranked, best vs worst kept (or with ``--pairs all``
+               every two candidates far enough apart; ``annotate.autorank``, batched) -> ``OUT/round-r/pairs``. Prompts are split across processes.
   2. train     ``train_dpo.py`` on those pairs from the current model -> ``OUT/round-r/model``
                (``--train-args`` are passed through; the pipeline it keeps in ``model/best``
                by validation, if any, becomes the next round's model).
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .autorank import AutorankReport, ClapRanker, JudgeRanker, autorank_pairs
+from .autorank import PAIRINGS, AutorankReport, ClapRanker, JudgeRanker, autorank_pairs, pairing_rule
 from .dataset import EmptyDataset, write_preference_dataset
 from .pool import PipelineGenerator
 
@@ -53,7 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=4, help="candidates per prompt")
     parser.add_argument("--ranker", choices=["judge", "clap"], default="judge", help="who scores the candidates")
     parser.add_argument("--clap-model", default="laion/larger_clap_general", help="CLAP checkpoint for --ranker clap")
-    parser.add_argument("--min-margin", type=float, default=0.25, help="keep best vs worst only if scores differ this much")
+    parser.add_argument("--min-margin", type=float, default=0.25, help="keep a pair only if its scores differ this much")
+    parser.add_argument("--pairs", choices=PAIRINGS, default="best-worst",
+                        help="best-worst: one pair per prompt; all: every two candidates at least the margin apart")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps of candidates and evaluation clips "
                                                                "(default: the model's own)")
     parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance of every clip")
@@ -90,17 +92,15 @@ def make_pairs(state, args, model: str, round_index: int, folder: Path) -> dict:
     with state.split_between_processes(prompts) as mine:
         rows = list(autorank_pairs(mine, generator, ranker, model=model, k=args.k, seed=seed, steps=steps,
                                    guidance=args.guidance, min_margin=args.min_margin, batch_size=args.batch_size,
-                                   report=report))
-    rows, margins = gather_object(rows), gather_object(report.margins)
+                                   report=report, pairing=args.pairs))
+    rows, below_margin = gather_object(rows), sum(gather_object([report.below_margin]))
     seconds = time.perf_counter() - started
-    stats = {"prompts": len(prompts), "pairs": len(rows), "below_margin": len(margins) - len(rows),
+    stats = {"prompts": len(prompts), "pairs": len(rows), "prompts_below_margin": below_margin,
              "candidate_seconds": round(seconds, 1), "pairs_per_hour": round(3600 * len(rows) / seconds, 1),
              "processes": state.num_processes}
     if state.is_main_process:
         how_made = (f"Round {round_index} of `python -m annotate.rounds`: `{model}` generated {args.k} candidates per "
-                    f"prompt ({steps} steps, guidance {args.guidance}, seeds from {seed}); the {args.ranker} ranker "
-                    f"scored them and best vs worst became a pair when their scores differed by at least "
-                    f"{args.min_margin}.")
+                    f"prompt ({steps} steps, guidance {args.guidance}, seeds from {seed}); " + pairing_rule(args))
         write_preference_dataset(rows, folder, how_made=how_made, stats=stats)
         write_json_atomically(folder / "round_stats.json", stats)
     state.wait_for_everyone()

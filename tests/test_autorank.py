@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 
 import annotate.autorank as autorank
-from annotate.autorank import AutorankReport, ClapRanker, JudgeRanker, autorank_pairs
+from annotate.autorank import AutorankReport, ClapRanker, JudgeRanker, autorank_pairs, ranked_pairs
 from annotate.dataset import write_preference_dataset
 from soundworld import render
 from tests.conftest import FIXTURE_DIR
@@ -97,3 +97,23 @@ def test_clap_ranker_loads_a_checkpoint_and_scores_each_clip(tmp_path):
     assert len(set(np.round(scores, 6))) == 3  # different clips, different scores
     rows = list(autorank_pairs(GOOD_PROMPTS[:1], RenderGenerator(), ranker, model="m", k=2, min_margin=0.0))
     assert rows and rows[0].strategy == "clap-rank"
+
+
+def test_ranked_pairs_best_worst_and_all_by_hand():
+    scores = [0.5, 0.9, 0.1, 0.6]
+    assert ranked_pairs(scores, 0.25) == [(1, 2)]
+    # all: every two clips at least 0.25 apart, the better chosen: 0.9>0.5, 0.9>0.1, 0.5>0.1, 0.6>0.1 (0.9-0.6=0.3 too)
+    assert sorted(ranked_pairs(scores, 0.25, "all")) == sorted([(1, 0), (1, 2), (1, 3), (0, 2), (3, 2)])
+    assert ranked_pairs([0.4, 0.5], 0.25, "all") == []
+    with pytest.raises(ValueError, match="pairing"):
+        ranked_pairs(scores, 0.25, "some")
+
+
+def test_all_pairings_give_more_rows_from_the_same_candidates():
+    best_worst, every = AutorankReport(), AutorankReport()
+    one = list(autorank_pairs(GOOD_PROMPTS, RenderGenerator(), JudgeRanker(), model="m", k=3, seed=7,
+                              min_margin=0.0, report=best_worst))
+    many = list(autorank_pairs(GOOD_PROMPTS, RenderGenerator(), JudgeRanker(), model="m", k=3, seed=7,
+                               min_margin=0.0, report=every, pairing="all"))
+    assert len(one) == len(GOOD_PROMPTS) and len(many) == 3 * len(GOOD_PROMPTS) == every.pairs
+    assert all(row.chosen_seed != row.rejected_seed for row in many)
