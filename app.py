@@ -14,11 +14,13 @@ declared in ``build_app`` and its three ``*_tab`` helpers, which also wire the e
 import functools
 import inspect
 import logging
+import os
 import socket
 import sqlite3
 import sys
 
 import gradio as gr
+import torch
 
 from studio import Studio, parse_config
 from studio.admin import (ANNOTATOR_COLUMNS, PREVIEW_PAIRS, dataset_overview, describe_export, export_dataset,
@@ -27,6 +29,7 @@ from studio.annotation import GUIDELINES, LABELS, MAX_SHOWN_CLIPS, SHORTCUTS, Sh
 from studio.generation import (MAX_CANDIDATES, MODEL_DEFAULT, SAMPLERS, Generation, GenerationSettings,
                                duration_range, example_prompts, prompt_hint)
 from studio.identity import password_check
+from studio.limits import generation_threads
 
 logger = logging.getLogger("app")
 
@@ -501,6 +504,10 @@ def dataset_tab(studio: Studio, name_box: gr.Textbox) -> None:
 
 def launch(studio: Studio, demo: gr.Blocks, **options):
     """Queue and serve the app as configured; ``options`` go to ``launch`` (tests pass prevent_thread_lock)."""
+    threads = generation_threads(studio.config.generate_threads, studio.device.type, os.cpu_count() or 1)
+    if threads is not None:
+        torch.set_num_threads(threads)
+        logger.info("generation uses %d CPU thread(s) of %d", threads, os.cpu_count() or 1)
     demo.queue(default_concurrency_limit=ANNOTATION_CONCURRENCY)
     return demo.launch(
         server_name=studio.config.host,

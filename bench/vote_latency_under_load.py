@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import torch  # noqa: E402
 from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
@@ -34,11 +36,14 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--votes", type=int, default=200, help="votes to time")
     parser.add_argument("--queue", type=int, default=4, help="--generate-queue of the app")
+    parser.add_argument("--generate-threads", type=int, default=0, help="--generate-threads of the app (0: all cores "
+                                                                        "but one on a CPU)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "vote_latency_under_load.json")
     args = parser.parse_args(argv)
 
     config = StudioConfig(data_dir=Path(tempfile.mkdtemp()), device="cpu", port=free_port(),
-                          generate_queue=args.queue, generate_per_minute=1000)
+                          generate_queue=args.queue, generate_per_minute=1000,
+                          generate_threads=args.generate_threads)
     studio = Studio(config)
     make_tasks(studio.store, args.votes, clips=2)
     demo = app.build_app(studio)
@@ -47,9 +52,10 @@ def main(argv=None) -> dict:
     biggest = ("a siren then two knocks", config.max_steps, 3.0, 0, config.max_candidates)
     jobs = [Client(url, verbose=False).submit(*biggest, api_name="/generate") for _ in range(args.queue + 1)]
     time.sleep(3)  # every job admitted: one running, the queue full
+    late_visitor = Client(url, verbose=False)
     started = time.perf_counter()
     try:
-        Client(url, verbose=False).predict(*biggest, api_name="/generate")
+        late_visitor.predict(*biggest, api_name="/generate")
         busy = None
     except AppError as err:
         busy = str(err)
@@ -76,6 +82,8 @@ def main(argv=None) -> dict:
         "extra_generation_answer": busy,
         "extra_generation_answer_s": round(busy_s, 3),
         "max_request": {"steps": config.max_steps, "candidates": config.max_candidates, "queue": args.queue},
+        "generation_threads": torch.get_num_threads(),
+        "cpu_cores": os.cpu_count(),
         "machine": platform.platform(),
     }
     print(json.dumps(result, indent=2))

@@ -68,6 +68,14 @@ class Studio:
         else:
             self.identity_mode = "name"
 
+    @property
+    def device(self):
+        """Where generation runs: the first loaded model's device (the CPU when none loaded)."""
+        import torch
+
+        pipes = [m.pipe for m in self.models if m.pipe is not None]
+        return pipes[0].device if pipes else torch.device("cpu")
+
     def who(self, typed: str | None, username: str | None, oauth_username: str | None) -> str:
         """The name of whoever sent a request (see ``studio.identity.resolve_name``)."""
         return resolve_name(self.identity_mode, typed=typed, username=username, oauth_username=oauth_username)

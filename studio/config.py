@@ -35,6 +35,7 @@ class StudioConfig:
     max_candidates: int = 4
     generate_per_minute: int = 6
     generate_queue: int = 4
+    generate_threads: int = 0  # CPU threads generation may use; 0: all cores but one (studio.limits)
     push_every: float | None = None  # minutes between background export + backup pushes; None: no pushes
     min_gold_accuracy: float | None = None  # annotators below it on gold tasks are left out of export and verdict
     reveal_models: bool = False  # show the annotator the models behind the clips after each vote
@@ -63,6 +64,8 @@ _FLAGS = {
     "--generate-per-minute": ("TANGO_GENERATE_PER_MINUTE", "generations one visitor may start per minute (default: 6)"),
     "--generate-queue": ("TANGO_GENERATE_QUEUE", "generations that may wait behind the running one; more are "
                                                  "answered 'busy, try again in N s' (default: 4)"),
+    "--generate-threads": ("TANGO_GENERATE_THREADS", "CPU threads generation may use; 0 leaves one core to the "
+                           "annotation endpoints, so votes stay fast while generating (default: 0)"),
     "--push-every": ("TANGO_PUSH_EVERY", "minutes between background exports + store backups pushed to --hub-dataset; "
                      "an empty --data-dir then restores the last backup at start (default: off)"),
     "--min-gold-accuracy": ("TANGO_MIN_GOLD_ACCURACY", "leave out annotators whose gold-task accuracy is below this "
@@ -72,7 +75,7 @@ _FLAGS = {
                             "scores closest"),
 }
 _INT_FLAGS = {"port": (0, 65535), "max_steps": (1, 1000), "max_candidates": (1, 4), "generate_per_minute": (1, 10**6),
-              "generate_queue": (0, 1000)}
+              "generate_queue": (0, 1000), "generate_threads": (0, 1024)}
 _SWITCHES = {"reveal_models", "informative_first"}  # on/off flags: `--reveal-models` alone, or the variable = 1/true
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 

@@ -14,6 +14,16 @@ FIXTURE_DIR = Path(__file__).parent / "fixtures" / "tango-original-tiny"
 os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="tango-tests-datasets-cache-")
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """A test that launches the app may leave generation fewer threads (studio.limits): later tests get them back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def reference():
     return dict(np.load(FIXTURE_DIR / "reference.npz"))

@@ -13,7 +13,7 @@ import app
 from pipeline.registry import SpecError, load_pipeline
 from studio import Studio, StudioConfig
 from studio.generation import GenerationError, GenerationSettings, check_steps, load_models
-from studio.limits import Busy, GenerationGate
+from studio.limits import Busy, GenerationGate, generation_threads
 from tests.annotate_helpers import make_tasks
 from tests.app_helpers import free_port
 
@@ -150,6 +150,29 @@ def test_a_full_queue_answers_busy_at_once():
     assert len(entered) == 3
     with gate.admit("v-late"):  # room again
         pass
+
+
+def test_generation_leaves_a_core_to_the_annotation_endpoints_on_a_cpu():
+    assert generation_threads(0, "cpu", cores=2) == 1
+    assert generation_threads(0, "cpu", cores=16) == 15
+    assert generation_threads(0, "cpu", cores=1) == 1  # one core: nothing to leave
+    assert generation_threads(0, "cuda", cores=16) is None  # the GPU computes; torch keeps its own choice
+    assert generation_threads(3, "cpu", cores=16) == 3  # the owner's --generate-threads wins
+
+
+def test_launch_sets_the_generation_threads(app_models, tmp_path):
+    import torch
+
+    config = StudioConfig(base_model=str(app_models[0]), dpo_model=str(app_models[1]), data_dir=tmp_path / "d",
+                          device="cpu", port=free_port(), generate_threads=1)
+    studio = Studio(config)
+    demo = app.build_app(studio)
+    torch.set_num_threads(2)
+    app.launch(studio, demo, prevent_thread_lock=True, quiet=True)
+    try:
+        assert torch.get_num_threads() == 1
+    finally:
+        demo.close()
 
 
 def test_steps_are_checked_per_sampler(app_models, tmp_path):

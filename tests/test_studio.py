@@ -33,8 +33,11 @@ def test_new_flags_and_their_environment_variables(tmp_path):
     config = parse_config([], env)
     assert (config.push_every, config.informative_first, config.reveal_models) == (2.5, True, False)
     assert parse_config([], {}).push_every is None
+    assert parse_config([], {"TANGO_GENERATE_THREADS": "3"}).generate_threads == 3
+    assert parse_config(["--generate-threads", "2"], {}).generate_threads == 2
     for bad in (["--push-every", "5"], ["--hub-dataset", "a/b", "--push-every", "soon"],
-                ["--min-gold-accuracy", "80"], ["--reveal-models", "maybe"]):
+                ["--min-gold-accuracy", "80"], ["--reveal-models", "maybe"], ["--generate-threads", "-1"],
+                ["--generate-threads", "1.5"]):
         with pytest.raises(SystemExit):
             parse_config(bad, {})
 
