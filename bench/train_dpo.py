@@ -4,9 +4,13 @@
     python bench/train_dpo.py --model tests/fixtures/tango-original-tiny --seconds 10.24 --batch 2
     python bench/train_dpo.py --model full-size-random --steps 2 --batch 1      # Tango's real sizes, random weights
     python bench/train_dpo.py --model declare-lab/tango --device cuda --batch 4
+    python bench/train_dpo.py --model full-size-random --flops   # counts, computes nothing: the cache's ceiling
 
 Same model, same batch, same pairs; prints pairs/s for both, the speedup, and peak memory
 (CUDA: max allocated; CPU: the process's peak RSS growth), and writes bench/results/train_dpo-*.json.
+``--flops`` builds the model on the meta device and counts the floating-point operations of
+the DPO step and of the encoding that re-encoding adds (torch's FlopCounterMode): what the
+cache can save at most, whatever the device.
 """
 
 from __future__ import annotations
@@ -38,6 +42,37 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def flop_counts(pipe, frames: int, pairs: int) -> dict:
+    """TFLOPs of one DPO step on cached latents (policy forward + backward and reference forward on the
+    chosen and rejected clips) and of the encoding re-encoding adds (VAE posteriors, T5), for a pipeline
+    on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def tflops(fn) -> float:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops() / 1e12
+
+    fbank = torch.zeros(2 * pairs, 1, frames, pipe.vocoder.config.model_in_dim, device="meta")
+    ids = pipe.tokenizer([f"a dog barks {i} times" for i in range(pairs)], return_tensors="pt").input_ids.to("meta")
+    latents = pipe.vae.encode(fbank).latent_dist.mean
+    embeds = pipe.text_encoder(input_ids=ids)[0]
+    batch = (latents[:pairs], latents[pairs:], embeds, torch.ones(ids.shape, dtype=torch.bool, device="meta"))
+    policy = copy.deepcopy(pipe.unet).train()
+
+    def dpo_step():
+        loss, _, _ = train_dpo.preference_step(PreferenceLossConfig("dpo", beta_dpo=2000.0), policy, pipe.unet,
+                                               pipe.scheduler, batch, torch.Generator(), "meta", contextlib.nullcontext)
+        loss.backward()
+
+    with torch.no_grad():
+        encoding = tflops(lambda: pipe.vae.encode(fbank).latent_dist.sample()) + tflops(
+            lambda: pipe.text_encoder(input_ids=ids))
+    step = tflops(dpo_step)
+    return {"tflops_dpo_step_cached": round(step, 3), "tflops_encoding_added": round(encoding, 3),
+            "ceiling_speedup_from_cache": round((step + encoding) / step, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="model spec, or full-size-random (Tango's architecture)")
@@ -46,17 +81,30 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2, help="pairs per step")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--sgd", action="store_true", help="SGD instead of AdamW: no optimizer state (full size on a small CPU)")
+    parser.add_argument("--flops", action="store_true", help="count operations on the meta device instead of timing")
     args = parser.parse_args()
+    if args.flops and args.model != "full-size-random":
+        parser.error("--flops builds the model on the meta device: use it with --model full-size-random")
 
     if args.model == "full-size-random":
         from generate import full_size_random_tango  # bench/generate.py
 
-        pipe = full_size_random_tango().to(args.device or "cpu")
+        if args.flops:
+            with torch.device("meta"):
+                pipe = full_size_random_tango()
+        else:
+            pipe = full_size_random_tango().to(args.device or "cpu")
     else:
         pipe = load_pipeline(args.model, device=args.device, dtype=torch.float32)
     device = pipe.device
     seconds = args.seconds or pipe.default_audio_length_in_s
     frames = train_dpo.training_frames(pipe, seconds)
+    if args.flops:
+        results = {"model": args.model, "clip_seconds": frames * pipe.hop_length / pipe.sampling_rate,
+                   "pairs_per_step": args.batch, **flop_counts(pipe, frames, args.batch)}
+        print(json.dumps(results, indent=2))
+        (ROOT / "bench" / "results" / f"train_dpo-flops-{args.model}.json").write_text(json.dumps(results, indent=2) + "\n")
+        return
     rng = np.random.default_rng(0)
     clips = [(0.3 * rng.standard_normal(frames * pipe.hop_length)).astype(np.float32) for _ in range(2 * args.batch)]
     prompts = [f"a dog barks {i} times" for i in range(args.batch)]
