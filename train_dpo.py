@@ -584,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         record["score"] = score
         history["validation"].append(record)
         accelerator.log({k: v for k, v in record.items() if k not in ("step", "epoch")}, step=step)
-        logger.info(f"validation after epoch {epoch}: {record}")
+        logger.info(f"validation {'before training' if epoch < 0 else f'after epoch {epoch}'}: {record}")
         if score > best:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
@@ -592,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
                 save_pipeline_atomically(tuned_pipeline(pipe, unet), output_dir / "best")
                 (output_dir / "best" / "validation.json").write_text(json.dumps(record, indent=1))
 
+    if step == 0:  # the starting model's scores: the curve's origin, and "best" stays it if no epoch beats it
+        run_validation(-1)
     progress = tqdm(total=max_steps, initial=step, desc="dpo", disable=not accelerator.is_local_main_process)
     stats, first_noise = {}, None
     for epoch in range(first_epoch, epochs):

@@ -3,6 +3,7 @@ Audio-Alpaca's schema, and refuses unusable datasets clearly."""
 
 import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -221,7 +222,9 @@ def test_validation_sft_first_and_a_schedule(tmp_path, pairs_dir):
                        "--lr_scheduler", "linear", "--lr_warmup_steps", "1", "--beta_dpo", "5000",
                        "--judge_prompts", "2", "--judge_steps", "2", "--report_to", "tensorboard")
     assert metrics["train_pairs"] == 4 and metrics["validation_pairs"] == 2
-    assert metrics["steps"] == 6 and [r["epoch"] for r in metrics["validation"]] == [0, 1, 2]
+    assert metrics["steps"] == 6 and [r["epoch"] for r in metrics["validation"]] == [-1, 0, 1, 2]
+    before = metrics["validation"][0]  # the starting model: identical to the reference, so the margin is 0
+    assert before["step"] == 0 and before["val_loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert all(0 <= r["val_implicit_acc"] <= 1 and np.isfinite(r["val_loss"]) for r in metrics["validation"])
     lrs = [r["lr"] for r in metrics["history"]]
     assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(0.0)  # warmed up, then linear decay to 0
