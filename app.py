@@ -504,10 +504,11 @@ def dataset_tab(studio: Studio, name_box: gr.Textbox) -> None:
 
 def launch(studio: Studio, demo: gr.Blocks, **options):
     """Queue and serve the app as configured; ``options`` go to ``launch`` (tests pass prevent_thread_lock)."""
-    threads = generation_threads(studio.config.generate_threads, studio.device.type, os.cpu_count() or 1)
+    cores = os.cpu_count() or 1
+    threads = generation_threads(studio.config.generate_threads, studio.device.type, cores)
     if threads is not None:
         torch.set_num_threads(threads)
-        logger.info("generation uses %d CPU thread(s) of %d", threads, os.cpu_count() or 1)
+        logger.info("generation uses %d CPU thread(s) of %d", threads, cores)
     demo.queue(default_concurrency_limit=ANNOTATION_CONCURRENCY)
     return demo.launch(
         server_name=studio.config.host,

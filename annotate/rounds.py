@@ -9,7 +9,8 @@ model. Round r = 1..R, from the current model (round 1: ``--model``):
 
   1. pairs     ``--prompts`` fresh training-split prompts (seeded per round), ``--k`` candidates
                each from the current model, ranked, best vs worst kept (or with ``--pairs all``
-               every two candidates far enough apart; ``annotate.autorank``, batched) -> ``OUT/round-r/pairs``. Prompts are split across processes.
+               every two candidates far enough apart; ``annotate.autorank``, batched)
+               -> ``OUT/round-r/pairs``. Prompts are split across processes.
   2. train     ``train_dpo.py`` on those pairs from the current model -> ``OUT/round-r/model``
                (``--train-args`` are passed through; the pipeline it keeps in ``model/best``
                by validation, if any, becomes the next round's model).

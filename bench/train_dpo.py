@@ -42,21 +42,24 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def flop_counts(pipe, frames: int, pairs: int) -> dict:
+def flop_counts(pipe, frames: int, prompts: list[str]) -> dict:
     """TFLOPs of one DPO step on cached latents (policy forward + backward and reference forward on the
     chosen and rejected clips) and of the encoding re-encoding adds (VAE posteriors, T5), for a pipeline
     on the meta device."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    def tflops(fn) -> float:
+    def counted(fn):
         with FlopCounterMode(display=False) as counter:
-            fn()
-        return counter.get_total_flops() / 1e12
+            out = fn()
+        return out, counter.get_total_flops() / 1e12
 
+    pairs = len(prompts)
     fbank = torch.zeros(2 * pairs, 1, frames, pipe.vocoder.config.model_in_dim, device="meta")
-    ids = pipe.tokenizer([f"a dog barks {i} times" for i in range(pairs)], return_tensors="pt").input_ids.to("meta")
-    latents = pipe.vae.encode(fbank).latent_dist.mean
-    embeds = pipe.text_encoder(input_ids=ids)[0]
+    ids = pipe.tokenizer(prompts, return_tensors="pt").input_ids.to("meta")
+    with torch.no_grad():
+        posterior, vae_tflops = counted(lambda: pipe.vae.encode(fbank).latent_dist)
+        embeds, text_tflops = counted(lambda: pipe.text_encoder(input_ids=ids)[0])
+    latents = posterior.sample()
     batch = (latents[:pairs], latents[pairs:], embeds, torch.ones(ids.shape, dtype=torch.bool, device="meta"))
     policy = copy.deepcopy(pipe.unet).train()
 
@@ -65,10 +68,8 @@ def flop_counts(pipe, frames: int, pairs: int) -> dict:
                                                pipe.scheduler, batch, torch.Generator(), "meta", contextlib.nullcontext)
         loss.backward()
 
-    with torch.no_grad():
-        encoding = tflops(lambda: pipe.vae.encode(fbank).latent_dist.sample()) + tflops(
-            lambda: pipe.text_encoder(input_ids=ids))
-    step = tflops(dpo_step)
+    _, step = counted(dpo_step)
+    encoding = vae_tflops + text_tflops
     return {"tflops_dpo_step_cached": round(step, 3), "tflops_encoding_added": round(encoding, 3),
             "ceiling_speedup_from_cache": round((step + encoding) / step, 3)}
 
@@ -99,15 +100,15 @@ def main() -> None:
     device = pipe.device
     seconds = args.seconds or pipe.default_audio_length_in_s
     frames = train_dpo.training_frames(pipe, seconds)
+    prompts = [f"a dog barks {i} times" for i in range(args.batch)]
     if args.flops:
         results = {"model": args.model, "clip_seconds": frames * pipe.hop_length / pipe.sampling_rate,
-                   "pairs_per_step": args.batch, **flop_counts(pipe, frames, args.batch)}
+                   "pairs_per_step": args.batch, **flop_counts(pipe, frames, prompts)}
         print(json.dumps(results, indent=2))
         (ROOT / "bench" / "results" / f"train_dpo-flops-{args.model}.json").write_text(json.dumps(results, indent=2) + "\n")
         return
     rng = np.random.default_rng(0)
     clips = [(0.3 * rng.standard_normal(frames * pipe.hop_length)).astype(np.float32) for _ in range(2 * args.batch)]
-    prompts = [f"a dog barks {i} times" for i in range(args.batch)]
     policy = copy.deepcopy(pipe.unet).train()
     optimizer = (torch.optim.SGD if args.sgd else torch.optim.AdamW)(policy.parameters(), lr=1e-6)
     loss_config = PreferenceLossConfig("dpo", beta_dpo=2000.0)
