@@ -316,7 +316,7 @@ def show_dataset(studio: Studio, admin: str, request: gr.Request, profile: gr.OA
 
 @visible_errors
 def export(studio: Studio, admin: str = "", request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
-    """Admins only: write the human-rank pairs to <data dir>/export; returns what was written."""
+    """Admins only: write the human-ranked pairs to <data dir>/export; returns what was written."""
     admin_name(studio, admin, request, profile)
     result = export_dataset(studio.store, studio.config)
     return {"export_id": result.export_id, "pairs": result.summary.rows, "folder": str(result.out_dir),

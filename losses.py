@@ -87,13 +87,16 @@ def dpo_loss(margin: torch.Tensor) -> torch.Tensor:
     return -F.logsigmoid(margin)
 
 
-def crpo_loss(margin: torch.Tensor, policy_w: torch.Tensor, sft_weight: float) -> torch.Tensor:
-    """CRPO (TangoFlux, Hung et al. 2024): ``-log σ(m) + λ·L_w,θ``, λ = ``sft_weight``.
+def crpo_loss(margin: torch.Tensor, policy_w: torch.Tensor, sft_weight: float, beta_dpo: float) -> torch.Tensor:
+    """CRPO (TangoFlux, Hung et al. 2024): ``-log σ(m) + λ·(β/4)·L_w,θ``, λ = ``sft_weight``.
 
     The second term keeps the policy a good model of the preferred audio, which plain DPO
-    can trade away while it widens the margin.
+    can trade away while it widens the margin. Its weight is relative to β: at m = 0 the DPO
+    term pulls on ``L_w,θ`` with ∂/∂L_w = β/4, so λ = 1 anchors the chosen clip exactly as
+    hard as DPO starts pulling it, whatever β (an absolute λ = 1 was 1/500 of DPO's pull at
+    β = 2000, and anchored nothing).
     """
-    return dpo_loss(margin) + sft_weight * policy_w
+    return dpo_loss(margin) + sft_weight * beta_dpo / 4 * policy_w
 
 
 def hinge_loss(margin: torch.Tensor) -> torch.Tensor:
@@ -150,10 +153,11 @@ class PreferenceLossConfig:
 
     name: str = "dpo"
     beta_dpo: float = 2000.0  # margin scale of dpo, crpo, hinge, ipo (Tango 2: 2000)
-    sft_weight: float = 1.0  # λ of crpo
+    sft_weight: float = 1.0  # λ of crpo, relative to β (crpo_loss)
     beta_mapo: float = 0.1  # margin weight of mapo
     mapo_snr_value: float = 0.2  # s of mapo's log-odds proxy
     num_train_timesteps: int = 1000  # T of mapo
+    snr_gamma: float | None = None  # min-SNR-γ weighting of the per-sample denoising losses (denoising_loss)
 
     def __post_init__(self):
         if self.name not in LOSS_NAMES:
@@ -196,7 +200,7 @@ def preference_loss(
     if config.name == "dpo":
         losses = dpo_loss(margin)
     elif config.name == "crpo":
-        losses = crpo_loss(margin, policy_w, config.sft_weight)
+        losses = crpo_loss(margin, policy_w, config.sft_weight, config.beta_dpo)
     elif config.name == "hinge":
         losses = hinge_loss(margin)
     elif config.name == "ipo":

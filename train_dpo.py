@@ -57,7 +57,7 @@ from pipeline import load_pipeline
 from pipeline.audio import AudioError, load_audio, wav_to_fbank
 
 logger = logging.getLogger("train_dpo")
-CACHE_VERSION = 2  # bump when what the cache holds changes
+CACHE_VERSION = 3  # bump when what the cache holds changes
 MAX_AMPLITUDE = 2.0  # decoded audio beyond this is corrupt, not loud
 # Settings a resumed run may change; any other difference from the checkpoint's configuration is refused.
 RESUMABLE_CHANGES = {"max_train_steps", "num_train_epochs", "checkpointing_steps", "checkpoints_total_limit",
@@ -72,14 +72,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--dataset_split", default="train", help="split trained on")
     group.add_argument("--validation_split", default=None, help="split validated on (instead of --validation_fraction)")
     group.add_argument("--validation_fraction", type=float, default=0.0,
-                       help="share of the training pairs held back for validation each epoch (0: none)")
+                       help="share of the prompts whose pairs are held back for validation each epoch (0: none); "
+                            "whole prompts, so validation sees prompts training never did")
     group.add_argument("--output_dir", required=True, help="where the tuned pipeline, checkpoints and metrics go")
     group.add_argument("--cache_dir", default=None, help="latent/embedding cache (default OUTPUT_DIR/cache)")
     group.add_argument("--audio_length_in_s", type=float, default=None, help="clip length trained on (default: the model's)")
+    group.add_argument("--latent_posterior", default=None, choices=["mode", "sample"],
+                       help="how audio without stored latents is encoded: the VAE posterior's mode or a sample each "
+                            "step (default: how the model was trained, its model_index.json; Tango 2 samples)")
     group = parser.add_argument_group("loss (losses.py)")
     group.add_argument("--loss", default="dpo", choices=LOSS_NAMES, help="preference loss (sft: chosen clips only)")
     group.add_argument("--beta_dpo", type=float, default=2000.0, help="β of the DPO-family losses (Tango 2: 2000)")
-    group.add_argument("--sft_weight", type=float, default=1.0, help="weight of the chosen clip's loss in CRPO")
+    group.add_argument("--sft_weight", type=float, default=1.0,
+                       help="CRPO's weight of the chosen clip's loss, relative to β (1: as hard as DPO pulls at the start)")
+    group.add_argument("--snr_gamma", type=float, default=None,
+                       help="min-SNR-γ weighting of the denoising losses inside the preference loss (Tango: 5); off by default")
     group.add_argument("--beta_mapo", type=float, default=0.1, help="margin weight of MaPO")
     group.add_argument("--sft_first_epochs", type=int, default=0,
                        help="epochs of plain fine-tuning on the chosen clips before --loss (Tango 2: 1)")
@@ -181,10 +188,14 @@ def load_pairs(dataset: str, split: str):
     return ds
 
 
+LATENT_COLUMNS = ["chosen_latent", "rejected_latent", "latent_fingerprint"]
+
+
 def dataset_content_hash(ds) -> str:
-    """sha256 of the prompt/chosen/rejected columns' Arrow buffers: changes exactly when the data does."""
+    """sha256 of the columns trained on (prompt, clips, stored latents): changes exactly when the data does."""
     digest = hashlib.sha256()
-    for batch in ds.select_columns(["prompt", "chosen", "rejected"]).data.to_batches():
+    columns = ["prompt", "chosen", "rejected"] + [c for c in LATENT_COLUMNS if c in ds.column_names]
+    for batch in ds.select_columns(columns).data.to_batches():
         for column in batch.columns:
             for buffer in column.buffers():
                 if buffer is not None:
@@ -198,17 +209,50 @@ def training_frames(pipe, audio_length_in_s: float) -> int:
     return frames - frames % (pipe.vae_scale_factor * pipe.latent_frame_multiple)
 
 
-def cache_key(ds, pretrained_model: str, pipe, audio_length_in_s: float) -> str:
+def cache_key(ds, pretrained_model: str, pipe, audio_length_in_s: float, latent_posterior: str) -> str:
     configs = {n: getattr(pipe, n).config for n in ("unet", "vae", "text_encoder")}
     model = json.dumps({n: c.to_dict() if hasattr(c, "to_dict") else dict(c) for n, c in configs.items()},
                        sort_keys=True, default=str)
-    key = f"{CACHE_VERSION}|{dataset_content_hash(ds)}|{pretrained_model}|{model}|{audio_length_in_s}"
+    key = (f"{CACHE_VERSION}|{dataset_content_hash(ds)}|{pretrained_model}|{model}|{audio_length_in_s}|"
+           f"{latent_posterior}|{pipe.latent_fingerprint}")
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def expected_latent_shape(pipe, audio_length_in_s: float) -> tuple[int, int, int]:
+    """(channels, frames, bins) of a training clip's latent."""
+    frames = training_frames(pipe, audio_length_in_s) // pipe.vae_scale_factor
+    return int(pipe.vae.config.latent_channels), frames, int(pipe.latent_mel_bins)
+
+
+def stored_pair_latents(row: dict, fingerprint: str, shape: tuple[int, int, int]) -> tuple[torch.Tensor | None, str]:
+    """The (2, C, T, F) latents a row's model sampled for its chosen and rejected clip, when they belong to
+    this model's latent space (``fingerprint``) and training length; else ``None`` and why not."""
+    from annotate.dataset import latent_from_bytes
+
+    chosen, rejected = row.get("chosen_latent"), row.get("rejected_latent")
+    if chosen is None or rejected is None:
+        return None, "no stored latents"
+    if row.get("latent_fingerprint") != fingerprint:
+        return None, "latents of another VAE"
+    try:
+        latents = np.stack([latent_from_bytes(chosen), latent_from_bytes(rejected)])
+    except ValueError:
+        return None, "unreadable stored latents"
+    if latents.shape[1:] != shape:
+        return None, "latents of another length"
+    return torch.from_numpy(latents), "stored"
+
+
 @torch.no_grad()
-def build_cache(pipe, ds, dataset: str, audio_length_in_s: float, cache_file: Path) -> dict:
-    """VAE posteriors (mean, std) of both clips and prompt embeddings, once per dataset and model.
+def build_cache(pipe, ds, dataset: str, audio_length_in_s: float, latent_posterior: str, cache_file: Path) -> dict:
+    """Both clips' latents (as posterior mean and std) and prompt embeddings, once per dataset and model.
+
+    A pair that carries the latents its clips were decoded from, in this model's latent space
+    (``latent_fingerprint``), trains on those: exactly the clips that were ranked, not their
+    vocoded, re-encoded audio (which differed by about 47 % and lifted the base model's loss
+    3-10x). Other pairs are VAE-encoded from their audio the way the base was trained:
+    ``latent_posterior`` "mode" keeps the posterior mean (std 0), "sample" keeps mean and std
+    and ``collate`` samples each step (Tango 2). Stored latents have std 0.
 
     Stored as safetensors (tensors only: a planted cache file cannot run code). Prompt
     embeddings are kept without padding, concatenated, with each prompt's token offset.
@@ -225,41 +269,57 @@ def build_cache(pipe, ds, dataset: str, audio_length_in_s: float, cache_file: Pa
         except Exception as err:  # truncated, planted or foreign: rebuilt, never executed
             logger.warning(f"ignoring unreadable cache {cache_file} ({type(err).__name__}: {err}); rebuilding it")
     base_dir = Path(dataset) if Path(dataset).is_dir() else None
-    frames = training_frames(pipe, audio_length_in_s)
-    keep, bad, prompts, waves = [], {}, [], []
-    for index, row in enumerate(tqdm(ds, desc="decode pairs")):
+    shape = expected_latent_shape(pipe, audio_length_in_s)
+    fingerprint, scaling_factor = pipe.latent_fingerprint, pipe.vae.config.scaling_factor
+    keep, bad, prompts, sources = [], {}, [], {}
+    stored, to_encode = {}, {}  # position in keep -> (2, C, T, F) latents / [chosen, rejected] waveforms
+    for index, row in enumerate(tqdm(ds, desc="read pairs")):
         prompt = row.get("prompt")
         try:
             if not isinstance(prompt, str) or not prompt.strip():
                 raise DatasetError("empty prompt")
-            pair = [decode_audio(row[c], base_dir) for c in ("chosen", "rejected")]
+            latents, source = stored_pair_latents(row, fingerprint, shape)
+            pair = None if latents is not None else [decode_audio(row[c], base_dir) for c in ("chosen", "rejected")]
         except (AudioError, DatasetError) as err:
             reason = str(err).split(":")[0].split(" (")[0] if isinstance(err, DatasetError) else type(err).__name__
             bad[reason] = bad.get(reason, 0) + 1
             continue
+        sources[source] = sources.get(source, 0) + 1
+        if latents is not None:
+            stored[len(keep)] = latents / scaling_factor
+        else:
+            to_encode[len(keep)] = pair
         keep.append(index)
         prompts.append(prompt)
-        waves.append(pair)
     if not keep:
         raise DatasetError(f"no usable pairs in {dataset!r}: {len(ds)} rows, skipped {bad}")
-    means, stds, embeds, lengths = [], [], [], []
-    for start in tqdm(range(0, len(keep), 8), desc="encode latents and text"):
-        clips = [clip for pair in waves[start : start + 8] for clip in pair]
-        fbank, _, _ = wav_to_fbank(clips, target_length=frames)
+    means = torch.zeros(len(keep), 2, *shape)
+    stds = torch.zeros(len(keep), 2, *shape)
+    for position, latents in stored.items():
+        means[position] = latents
+    frames = training_frames(pipe, audio_length_in_s)
+    positions = list(to_encode)
+    for start in tqdm(range(0, len(positions), 8), desc="encode audio", disable=not positions):
+        chunk = positions[start : start + 8]
+        fbank, _, _ = wav_to_fbank([clip for p in chunk for clip in to_encode[p]], target_length=frames)
         posterior = pipe.vae.encode(fbank.unsqueeze(1).to(pipe.device, pipe.vae.dtype)).latent_dist
-        means.append(posterior.mean.float().cpu())
-        stds.append(posterior.std.float().cpu())
+        means[chunk] = posterior.mean.float().cpu().unflatten(0, (-1, 2))
+        if latent_posterior == "sample":
+            stds[chunk] = posterior.std.float().cpu().unflatten(0, (-1, 2))
+    embeds, lengths = [], []
+    for start in tqdm(range(0, len(prompts), 8), desc="encode text"):
         hidden, mask = pipe.encode_prompt(prompts[start : start + 8], pipe.device, 1, do_classifier_free_guidance=False)
         for states, valid in zip(hidden.float().cpu(), mask.bool().cpu()):
             embeds.append(states[valid])
             lengths.append(int(valid.sum()))
     tensors = {
-        "mean": torch.cat(means).unflatten(0, (-1, 2)).contiguous(),  # (pairs, 2 = chosen/rejected, C, T, F)
-        "std": torch.cat(stds).unflatten(0, (-1, 2)).contiguous(),
+        "mean": means.contiguous(),  # (pairs, 2 = chosen/rejected, C, T, F)
+        "std": stds.contiguous(),
         "embeds": torch.cat(embeds),  # (all prompts' tokens, D)
         "embed_offsets": torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.long),
     }
-    meta = {"rows": keep, "skipped": bad, "scaling_factor": pipe.vae.config.scaling_factor}
+    meta = {"rows": keep, "prompts": prompts, "skipped": bad, "scaling_factor": scaling_factor,
+            "latent_sources": sources, "stored_latent_pairs": len(stored), "latent_posterior": latent_posterior}
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
     save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})
@@ -268,7 +328,8 @@ def build_cache(pipe, ds, dataset: str, audio_length_in_s: float, cache_file: Pa
 
 
 def collate(indices: list[int], cache: dict, generator: torch.Generator):
-    """A batch of pairs: latents sampled from the cached posteriors, embeddings padded to the longest."""
+    """A batch of pairs: latents from the cached posteriors (std 0: the stored latent or the mode itself),
+    embeddings padded to the longest."""
     mean, std = cache["mean"][indices], cache["std"][indices]
     latents = (mean + std * torch.randn(mean.shape, generator=generator)) * cache["scaling_factor"]
     offsets = cache["embed_offsets"]
@@ -279,15 +340,20 @@ def collate(indices: list[int], cache: dict, generator: torch.Generator):
     return latents[:, 0], latents[:, 1], embeds, masks
 
 
-def split_validation(pairs: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, validation) pair indices: a seeded ``fraction`` held back, at least one pair each way."""
+def split_validation(prompts: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, validation) pair indices holding out whole prompts: a seeded ``fraction`` of the distinct
+    prompts, at least one each way. No held-out pair shares its prompt with a training pair, so validation
+    measures what generalises to new prompts, not pairs memorised through their prompt and shared clips."""
     if fraction <= 0:
-        return list(range(pairs)), []
-    held = min(pairs - 1, max(1, round(fraction * pairs)))
-    if held < 1:
-        raise DatasetError(f"--validation_fraction {fraction} leaves no training pairs of {pairs}")
-    order = np.random.default_rng(seed).permutation(pairs).tolist()
-    return sorted(order[held:]), sorted(order[:held])
+        return list(range(len(prompts))), []
+    distinct = list(dict.fromkeys(p.strip() for p in prompts))
+    if len(distinct) < 2:
+        raise DatasetError(f"--validation_fraction needs at least two distinct prompts; the pairs have {len(distinct)}")
+    held = min(len(distinct) - 1, max(1, round(fraction * len(distinct))))
+    order = np.random.default_rng(seed).permutation(len(distinct))
+    held_prompts = {distinct[i] for i in order[:held]}
+    train = [i for i, p in enumerate(prompts) if p.strip() not in held_prompts]
+    return train, [i for i, p in enumerate(prompts) if p.strip() in held_prompts]
 
 
 # -- training --------------------------------------------------------------------------------
@@ -311,11 +377,11 @@ def preference_step(loss_config, policy, reference, scheduler, batch, generator,
     both = lambda x: torch.cat([x, x])  # noqa: E731
     inputs = (torch.cat([latents_w, latents_l]), both(noise), both(timesteps), both(embeds), both(masks.bool()))
     with autocast():
-        policy_w, policy_l = denoising_loss(policy, scheduler, *inputs).chunk(2)
+        policy_w, policy_l = denoising_loss(policy, scheduler, *inputs, snr_gamma=loss_config.snr_gamma).chunk(2)
     ref_w = ref_l = None
     if with_reference or loss_config.needs_reference:
         with torch.no_grad(), autocast():
-            ref_w, ref_l = denoising_loss(reference, scheduler, *inputs).chunk(2)
+            ref_w, ref_l = denoising_loss(reference, scheduler, *inputs, snr_gamma=loss_config.snr_gamma).chunk(2)
     loss, metrics = preference_loss(loss_config, policy_w, policy_l, ref_w, ref_l)
     return loss, metrics, noise
 
@@ -323,7 +389,7 @@ def preference_step(loss_config, policy, reference, scheduler, batch, generator,
 @torch.no_grad()
 def validate(accelerator, policy, reference, scheduler, cache, indices, loss_config, batch_size, seed) -> dict:
     """DPO loss, implicit accuracy and reward margin on held-back pairs, with fixed noise; gathered."""
-    dpo = PreferenceLossConfig("dpo", beta_dpo=loss_config.beta_dpo)
+    dpo = PreferenceLossConfig("dpo", beta_dpo=loss_config.beta_dpo, snr_gamma=loss_config.snr_gamma)
     mine = indices[accelerator.process_index :: accelerator.num_processes]
     generator = process_generator(seed, 10_000 + accelerator.process_index, 0)  # the same noise every epoch
     policy.eval()
@@ -401,10 +467,12 @@ def check_resumable(saved: dict, config: dict) -> None:
                              "settings or start a new --output_dir")
 
 
-def tuned_pipeline(pipe, unet):
-    """The base pipeline's components and settings (e.g. the default sampling steps) with another UNet."""
-    return type(pipe)(**{**pipe.components, "unet": unet},
-                      default_num_inference_steps=pipe.config.default_num_inference_steps)
+
+def overfitting(record: dict, epoch_train_accuracy: list[float]) -> bool:
+    """The signature measured on this project's data: the held-out-prompt DPO loss above log 2 (worse than the
+    untouched model, whose loss is exactly log 2) while the training pairs' implicit accuracy is above chance."""
+    return (record.get("val_loss") is not None and record["val_loss"] > math.log(2)
+            and bool(epoch_train_accuracy) and float(np.mean(epoch_train_accuracy)) > 0.5)
 
 
 def merged_unet(unet, lora: bool):
@@ -457,6 +525,10 @@ def write_model_card(output_dir: Path, config: dict, stats: dict) -> None:
         "| | |", "| --- | --- |",
         f"| base model | `{config['pretrained_model']}` |",
         f"| dataset | `{config['dataset']}` ({stats['pairs']} usable pairs, skipped {stats['skipped']}) |",
+        f"| latents | {stats['stored_latent_pairs']} pairs trained on the latents their clips were sampled as; "
+        f"{stats['pairs'] - stats['stored_latent_pairs']} encoded from audio (posterior {config['latent_posterior']}) |",
+        f"| validation | {stats['validation_pairs']} pairs of held-out prompts; "
+        f"{stats['judge_prompts']} training-split prompts judged per epoch |",
         f"| loss | `{config['loss']}`, beta_dpo {config['beta_dpo']}, beta_mapo {config['beta_mapo']}, "
         f"{config['sft_first_epochs']} SFT epoch(s) first |",
         f"| steps | {stats['steps']} x {config['train_batch_size']} pairs x {config['num_processes']} processes x "
@@ -464,6 +536,9 @@ def write_model_card(output_dir: Path, config: dict, stats: dict) -> None:
         f"| learning rate | {config['learning_rate']} ({config['lr_scheduler']}, {config['lr_warmup_steps']} warmup) |",
         f"| LoRA rank | {config['lora_rank'] or 'full UNet'} |",
         f"| final implicit accuracy | {stats.get('implicit_acc', float('nan')):.3f} |", "",
+        *([f"**Overfitting** after epoch(s) {', '.join(str(r['epoch']) for r in stats['validation'] if r.get('overfitting'))}: "
+           "the held-out-prompt DPO loss rose above log 2 while training accuracy climbed.", ""]
+          if any(r.get("overfitting") for r in stats["validation"]) else []),
         "```python", "from pipeline import load_pipeline", f"pipe = load_pipeline({str(output_dir)!r})", "```", "",
     ]
     (output_dir / "README.md").write_text("\n".join(lines))
@@ -498,12 +573,14 @@ def main(argv: list[str] | None = None) -> int:
 
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     audio_length_in_s = args.audio_length_in_s or pipe.default_audio_length_in_s
+    latent_posterior = args.latent_posterior or pipe.config.latent_posterior
     # The resolved configuration: saved in every checkpoint, checked on resume.
-    config = {**vars(args), "audio_length_in_s": audio_length_in_s, "num_processes": accelerator.num_processes}
+    config = {**vars(args), "audio_length_in_s": audio_length_in_s, "latent_posterior": latent_posterior,
+              "num_processes": accelerator.num_processes}
     loss_config = PreferenceLossConfig(args.loss, beta_dpo=args.beta_dpo, sft_weight=args.sft_weight,
-                                       beta_mapo=args.beta_mapo,
+                                       beta_mapo=args.beta_mapo, snr_gamma=args.snr_gamma,
                                        num_train_timesteps=noise_scheduler.config.num_train_timesteps)
-    sft_config = PreferenceLossConfig("sft", beta_dpo=args.beta_dpo)
+    sft_config = PreferenceLossConfig("sft", beta_dpo=args.beta_dpo, snr_gamma=args.snr_gamma)
 
     # Data, encoded once (by the main process; the others read its cache).
     cache_dir = Path(args.cache_dir) if args.cache_dir else output_dir / "cache"
@@ -512,14 +589,15 @@ def main(argv: list[str] | None = None) -> int:
         if split is None:
             continue
         ds = load_pairs(args.dataset, split)
-        key = cache_key(ds, args.pretrained_model, pipe, audio_length_in_s)
+        key = cache_key(ds, args.pretrained_model, pipe, audio_length_in_s, latent_posterior)
         with accelerator.main_process_first():
-            caches[name] = build_cache(pipe, ds, args.dataset, audio_length_in_s, cache_dir / f"pairs-{key}.safetensors")
+            caches[name] = build_cache(pipe, ds, args.dataset, audio_length_in_s, latent_posterior,
+                                       cache_dir / f"pairs-{key}.safetensors")
         logger.info(f"{name}: {len(caches[name]['rows'])} usable pairs of {len(ds)}; "
-                    f"skipped: {caches[name]['skipped'] or 'none'}")
+                    f"skipped: {caches[name]['skipped'] or 'none'}; latents: {caches[name]['latent_sources']}")
     cache = caches["train"]
     pairs = len(cache["rows"])
-    train_indices, val_indices = split_validation(pairs, args.validation_fraction, args.seed)
+    train_indices, val_indices = split_validation(cache["prompts"], args.validation_fraction, args.seed)
     val_cache = caches.get("validation", cache)
     if "validation" in caches:
         val_indices = list(range(len(val_cache["rows"])))
@@ -567,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
             record.update(validate(accelerator, policy, reference, noise_scheduler, val_cache, val_indices,
                                    loss_config, args.train_batch_size, args.seed))
         if args.judge_prompts:
-            candidate = tuned_pipeline(pipe, accelerator.unwrap_model(policy).eval())
+            candidate = pipe.with_components(unet=accelerator.unwrap_model(policy).eval())
             judge_steps = args.judge_steps or pipe.config.default_num_inference_steps
             scores, results = judge_clips(accelerator, candidate, args.judge_prompts, args.judge_seed, judge_steps)
             record.update(scores)
@@ -582,6 +660,12 @@ def main(argv: list[str] | None = None) -> int:
         score = record.get("judge_mean_score", -record.get("val_loss", 0.0))
         best = max((r["score"] for r in history["validation"]), default=-math.inf)
         record["score"] = score
+        epoch_train = [r["implicit_acc"] for r in history["train"] if r["epoch"] == epoch]
+        if overfitting(record, epoch_train):
+            record["overfitting"] = True
+            logger.warning(f"overfitting after epoch {epoch}: held-out-prompt DPO loss {record['val_loss']:.3f} is "
+                           f"above log 2 (the untouched model's) while training accuracy is "
+                           f"{np.mean(epoch_train):.2f}: the pairs are memorised, not learned")
         history["validation"].append(record)
         accelerator.log({k: v for k, v in record.items() if k not in ("step", "epoch")}, step=step)
         logger.info(f"validation {'before training' if epoch < 0 else f'after epoch {epoch}'}: {record}")
@@ -589,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 unet = merged_unet(copy.deepcopy(accelerator.unwrap_model(policy)), args.lora_rank > 0)
-                save_pipeline_atomically(tuned_pipeline(pipe, unet), output_dir / "best")
+                save_pipeline_atomically(pipe.with_components(unet=unet), output_dir / "best")
                 (output_dir / "best" / "validation.json").write_text(json.dumps(record, indent=1))
 
     if step == 0:  # the starting model's scores: the curve's origin, and "best" stays it if no epoch beats it
@@ -648,9 +732,11 @@ def main(argv: list[str] | None = None) -> int:
         unet = accelerator.unwrap_model(policy)
         if args.lora_rank > 0:
             unet.save_lora_adapter(str(output_dir / "lora"))
-        tuned_pipeline(pipe, merged_unet(unet, args.lora_rank > 0)).save_pretrained(output_dir, safe_serialization=True)
+        pipe.with_components(unet=merged_unet(unet, args.lora_rank > 0)).save_pretrained(output_dir, safe_serialization=True)
         summary = {"steps": step, "pairs": pairs, "train_pairs": len(train_indices), "validation_pairs": len(val_indices),
-                   "skipped": cache["skipped"], "processes": accelerator.num_processes, **stats,
+                   "skipped": cache["skipped"], "stored_latent_pairs": cache["stored_latent_pairs"],
+                   "latent_sources": cache["latent_sources"], "latent_posterior": latent_posterior,
+                   "judge_prompts": args.judge_prompts, "processes": accelerator.num_processes, **stats,
                    "first_noise_per_process": noise_per_process, "validation": history["validation"],
                    "best": max(history["validation"], key=lambda r: r["score"], default=None)}
         write_model_card(output_dir, config, summary)

@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default 3)")
     sub.add_argument("--batch-size", type=int, default=4, help="prompts per generation call")
 
-    sub = command("export", export, "write the human-rank pairs as a dataset folder (atomically)")
+    sub = command("export", export, "write the human-ranked pairs as a dataset folder (atomically)")
     sub.add_argument("--out", required=True, help="dataset folder to (re)write")
     sub.add_argument("--min-margin", type=int, default=1, help="keep pairs whose majority leads by this many votes")
     sub.add_argument("--min-gold-accuracy", type=float, default=None,

@@ -1,20 +1,33 @@
-"""A machine annotator: K candidates per prompt, scored automatically, best vs worst kept.
+"""A machine annotator: K candidates per prompt, scored automatically, made into (chosen, rejected) pairs.
 
     python -m annotate.autorank --model tiny --prompts train --n 1000 --k 4 --seed 0 --out pairs
+    python -m annotate.autorank --model tiny --prompts train --n 500 --strategies inference,perturbed,temporal --out pairs
     python -m annotate.autorank --model declare-lab/tango --prompts prompts.txt --ranker clap --out pairs
 
-This is how Audio-Alpaca was made for Tango 2 (and CRPO's data for TangoFlux): generate
-several clips per prompt, score each against its prompt, and keep the best and the worst
-as a (chosen, rejected) pair only when their scores differ by at least ``--min-margin``
-(Audio-Alpaca's Δ filter), so that near-ties, where the ranker is unsure, do not become
-training signal. Rankers:
+This is how Audio-Alpaca was made for Tango 2 (and CRPO's data for TangoFlux). Tango 2 made
+its rejected clips three ways (``--strategies``, the dataset's ``strategy`` column):
 
-* ``judge`` (strategy ``judge-rank``): the sound world's judge; scores in [0, 1];
-* ``clap`` (strategy ``clap-rank``): cosine similarity of CLAP text and audio embeddings
-  (``laion/larger_clap_general`` by default; any transformers CLAP checkpoint).
+* ``inference``: several clips of the prompt itself; the best against the worst (or with
+  ``--pairs all`` every two candidates far enough apart);
+* ``perturbed``: clips generated from a perturbed prompt (an event dropped, replaced, or its
+  count changed: ``annotate.perturb``), scored against the *original* prompt; the best clip
+  of the original prompt against the worst of these;
+* ``temporal``: the same with a temporally perturbed prompt (events in another order).
 
-Clip ``i`` of every prompt is generated with seed ``seed + i`` (``pipeline.clip_seeds``, as the pools do),
-K clips per prompt in one batched call. Pairs go through the shared dataset writer.
+The losers of the last two miss a concept or have the wrong order: exactly what DPO should
+teach. Every pair passes Tango 2's filter: the gap at least ``--min-margin`` (Audio-Alpaca's
+Δ, so near-ties where the ranker is unsure never become training signal) and at most
+``--max-margin``, the winner's score at least ``--min-chosen-score``, the loser's at most
+``--max-rejected-score``. Rankers (the ``ranker`` column):
+
+* ``judge``: the sound world's judge; scores in [0, 1];
+* ``clap``: cosine similarity of CLAP text and audio embeddings (``laion/larger_clap_general``
+  by default; any transformers CLAP checkpoint).
+
+Clip ``i`` of every prompt is generated with seed ``seed + i`` (``pipeline.clip_seeds``); the
+perturbed and temporal clips with the seeds after those. Every pair keeps the latents its clips
+were decoded from (``chosen_latent``, ``rejected_latent``), so ``train_dpo.py`` trains on exactly
+the clips that were ranked. Pairs go through the shared dataset writer.
 """
 
 from __future__ import annotations
@@ -22,9 +35,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -34,16 +48,19 @@ from pipeline.tango import clip_seeds
 
 from .clips import decode_wav, encode_wav
 from .dataset import EmptyDataset, PreferenceRow, write_preference_dataset
-from .pool import ClipGenerator, PipelineGenerator
+from .perturb import Perturbation, load_perturbations, perturb
+from .pool import ClipGenerator, GeneratedClips, PipelineGenerator
 from .store import Store
 
 logger = logging.getLogger(__name__)
+
+STRATEGIES = ("inference", "perturbed", "temporal")
 
 
 class JudgeRanker:
     """The sound world's judge: how well each clip follows its prompt, in [0, 1]."""
 
-    strategy = "judge-rank"
+    name = "judge"
 
     def __call__(self, waveforms: np.ndarray, sample_rate: int, prompt: str) -> list[float]:
         from soundworld import judge
@@ -54,7 +71,7 @@ class JudgeRanker:
 class ClapRanker:
     """CLAP (Wu et al. 2023) text-audio similarity, as used to rank Audio-Alpaca's candidates."""
 
-    strategy = "clap-rank"
+    name = "clap"
 
     def __init__(self, model, tokenizer, feature_extractor, device: str = "cpu"):
         self.model = model.to(device).eval()
@@ -91,32 +108,58 @@ class ClapRanker:
 
 @dataclass
 class AutorankReport:
-    """What a run did: prompts scored, pairs kept, prompts whose best and worst differ by less than the margin."""
+    """What a run did: prompts scored, pairs kept (per strategy), prompts whose inference pairs all failed the filter."""
 
     prompts: int = 0
     pairs: int = 0
     below_margin: int = 0
-    margins: list[float] = field(default_factory=list)  # best minus worst, one per prompt
+    margins: list[float] = field(default_factory=list)  # best minus worst of the prompt's own clips, one per prompt
+    pairs_by_strategy: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PairFilter:
+    """Tango 2's filter on a (chosen, rejected) pair of scores: a gap inside a band, a good winner, a poor loser."""
+
+    min_margin: float = 0.25
+    max_margin: float = float("inf")
+    min_chosen_score: float = -float("inf")
+    max_rejected_score: float = float("inf")
+
+    def __call__(self, chosen: float, rejected: float) -> bool:
+        return (self.min_margin <= chosen - rejected <= self.max_margin and chosen >= self.min_chosen_score
+                and rejected <= self.max_rejected_score)
 
 
 PAIRINGS = ("best-worst", "all")
 
 
-def ranked_pairs(scores: Sequence[float], min_margin: float, pairing: str = "best-worst") -> list[tuple[int, int]]:
-    """(chosen, rejected) candidate indices whose scores differ by at least ``min_margin``.
+def ranked_pairs(scores: Sequence[float], keep: PairFilter | float, pairing: str = "best-worst") -> list[tuple[int, int]]:
+    """(chosen, rejected) candidate indices whose scores pass ``keep`` (a ``PairFilter``, or a minimum margin).
 
     ``best-worst``: at most one pair, the best against the worst (Audio-Alpaca). ``all``: every
-    two candidates far enough apart, the better one chosen: up to K(K-1)/2 pairs from the same
-    K clips, so the same generation budget yields several times the pairs.
+    two candidates that pass, the better one chosen: up to K(K-1)/2 pairs from the same K clips.
     """
     if pairing not in PAIRINGS:
         raise ValueError(f"`pairing` must be one of {PAIRINGS}, got {pairing!r}")
+    keep = keep if isinstance(keep, PairFilter) else PairFilter(min_margin=keep)
     order = sorted(range(len(scores)), key=lambda i: -scores[i])  # best first; stable on ties
     if pairing == "best-worst":
         candidates = [(order[0], order[-1])]
     else:
         candidates = [(order[a], order[b]) for a in range(len(order)) for b in range(a + 1, len(order))]
-    return [(chosen, rejected) for chosen, rejected in candidates if scores[chosen] - scores[rejected] >= min_margin]
+    return [(chosen, rejected) for chosen, rejected in candidates if keep(scores[chosen], scores[rejected])]
+
+
+def pick_perturbation(prompt: str, strategy: str, seed: int,
+                      table: Mapping[str, list[Perturbation]] | None = None) -> Perturbation | None:
+    """One perturbation of ``prompt`` for ``strategy`` (from ``table`` when given, else ``annotate.perturb``),
+    chosen by a seed and the prompt, so a rerun picks the same one; ``None`` when the prompt has none."""
+    options = table.get(prompt, []) if table is not None else perturb(prompt, seed=seed)
+    options = [p for p in options if p.strategy == strategy]
+    if not options:
+        return None
+    return options[np.random.default_rng([seed, zlib.crc32(prompt.encode())]).integers(len(options))]
 
 
 def autorank_pairs(
@@ -129,39 +172,78 @@ def autorank_pairs(
     seed: int = 0,
     steps: int | None = None,
     guidance: float = 3.0,
-    min_margin: float = 0.25,
+    min_margin: float | PairFilter = 0.25,
     batch_size: int = 8,
     report: AutorankReport | None = None,
     pairing: str = "best-worst",
+    strategies: Sequence[str] = ("inference",),
+    perturbations: Mapping[str, list[Perturbation]] | None = None,
 ) -> Iterator[PreferenceRow]:
-    """Yield pairs for ``prompts`` (``ranked_pairs``), one batched generation call per ``batch_size`` prompts.
-
-    ``steps=None`` samples with the model's own default steps.
-    """
+    """Yield pairs for ``prompts`` by ``strategies``, one batched generation call per ``batch_size`` prompts
+    and strategy. ``min_margin`` is the margin alone or a whole ``PairFilter``; ``steps=None`` samples with
+    the model's own default steps. Perturbed and temporal clips: ``k`` per perturbed prompt."""
     if k < 2:
         raise ValueError(f"`k` must be at least 2 to make a pair, got {k}")
+    unknown = sorted(set(strategies) - set(STRATEGIES))
+    if unknown or not strategies:
+        raise ValueError(f"`strategies` must be a non-empty subset of {STRATEGIES}, got {list(strategies)}")
+    keep = min_margin if isinstance(min_margin, PairFilter) else PairFilter(min_margin=min_margin)
     steps = generate.default_steps if steps is None else steps
     report = report if report is not None else AutorankReport()
-    strategy = getattr(ranker, "strategy", "judge-rank")
+    rank_name = getattr(ranker, "name", "judge")
     seeds = clip_seeds(seed, k)
+    contrast_seeds = {name: clip_seeds(seed + k * (1 + i), k) for i, name in enumerate(STRATEGIES[1:])}
+
+    def row(strategy, prompt, chosen: tuple, rejected: tuple, fingerprint) -> PreferenceRow:
+        # chosen / rejected: (waveform, latent or None, seed, prompt generated from)
+        latents = {} if chosen[1] is None or rejected[1] is None else {
+            "chosen_latent": chosen[1], "rejected_latent": rejected[1], "latent_fingerprint": fingerprint}
+        return PreferenceRow(
+            prompt=prompt, chosen_wav=encode_wav(chosen[0]), rejected_wav=encode_wav(rejected[0]),
+            strategy=strategy, ranker=rank_name, chosen_model=model, rejected_model=model, chosen_seed=chosen[2],
+            rejected_seed=rejected[2], num_inference_steps=steps, guidance_scale=guidance, votes_for=1,
+            votes_against=0, annotators=1, chosen_prompt=chosen[3], rejected_prompt=rejected[3], **latents)
+
+    def clip(made: GeneratedClips, index: int, clip_seed: int, prompt: str) -> tuple:
+        return (made.waveforms[index], None if made.latents is None else made.latents[index], clip_seed, prompt)
+
     for start in tqdm(range(0, len(prompts), batch_size), desc="autorank", unit="batch"):
         batch = list(prompts[start : start + batch_size])
-        waveforms = np.asarray(generate(batch, k, seed, steps, guidance))
+        own = GeneratedClips.of(generate(batch, k, seed, steps, guidance))
+        own_scores = []
         for j, prompt in enumerate(batch):
-            clips = waveforms[j * k : (j + 1) * k]
-            scores = ranker(clips, generate.sampling_rate, prompt)
-            pairs = ranked_pairs(scores, min_margin, pairing)
+            scores = ranker(own.waveforms[j * k : (j + 1) * k], generate.sampling_rate, prompt)
+            own_scores.append(scores)
             report.prompts += 1
             report.margins.append(float(max(scores) - min(scores)))
-            report.below_margin += not pairs
-            report.pairs += len(pairs)
-            for chosen, rejected in pairs:
-                yield PreferenceRow(
-                    prompt=prompt, chosen_wav=encode_wav(clips[chosen]), rejected_wav=encode_wav(clips[rejected]),
-                    strategy=strategy, chosen_model=model, rejected_model=model, chosen_seed=seeds[chosen],
-                    rejected_seed=seeds[rejected], num_inference_steps=steps, guidance_scale=guidance,
-                    votes_for=1, votes_against=0, annotators=1,
-                )
+            if "inference" in strategies:
+                pairs = ranked_pairs(scores, keep, pairing)
+                report.below_margin += not pairs
+                for chosen, rejected in pairs:
+                    report.pairs += 1
+                    report.pairs_by_strategy["inference"] = report.pairs_by_strategy.get("inference", 0) + 1
+                    yield row("inference", prompt, clip(own, j * k + chosen, seeds[chosen], prompt),
+                              clip(own, j * k + rejected, seeds[rejected], prompt), own.latent_fingerprint)
+        for strategy in strategies:
+            if strategy == "inference":
+                continue
+            picked = [(j, pick_perturbation(p, strategy, seed, perturbations)) for j, p in enumerate(batch)]
+            picked = [(j, p) for j, p in picked if p is not None]
+            if not picked:
+                continue
+            made = GeneratedClips.of(generate([p.prompt for _, p in picked], k, contrast_seeds[strategy][0], steps,
+                                              guidance))
+            for n, (j, perturbation) in enumerate(picked):
+                prompt, scores = batch[j], own_scores[j]
+                theirs = ranker(made.waveforms[n * k : (n + 1) * k], generate.sampling_rate, prompt)
+                best, worst = int(np.argmax(scores)), int(np.argmin(theirs))
+                if not keep(scores[best], theirs[worst]):
+                    continue
+                report.pairs += 1
+                report.pairs_by_strategy[strategy] = report.pairs_by_strategy.get(strategy, 0) + 1
+                yield row(strategy, prompt, clip(own, j * k + best, seeds[best], prompt),
+                          clip(made, n * k + worst, contrast_seeds[strategy][worst], perturbation.prompt),
+                          own.latent_fingerprint if own.latent_fingerprint == made.latent_fingerprint else None)
 
 
 def score_unscored(store: Store, ranker: Callable[[np.ndarray, int, str], list[float]]) -> int:
@@ -197,30 +279,79 @@ def read_prompts(source: str, n: int | None, seed: int) -> list[str]:
     return prompts[:n] if n else prompts
 
 
+def strategy_list(text: str) -> list[str]:
+    """``--strategies`` "inference,perturbed,temporal" -> a checked list."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in STRATEGIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"strategies must be a comma-separated subset of {','.join(STRATEGIES)}; "
+                                         f"got {text!r}")
+    return list(dict.fromkeys(names))
+
+
+def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
+    """How candidates become pairs: the flags ``annotate.autorank`` and ``annotate.rounds`` share."""
+    group = parser.add_argument_group("pairs (Tango 2's strategies and filter)")
+    group.add_argument("--k", type=int, default=4, help="candidates per prompt (and per perturbed prompt)")
+    group.add_argument("--ranker", choices=["judge", "clap"], default="judge", help="who scores the candidates")
+    group.add_argument("--clap-model", default="laion/larger_clap_general", help="CLAP checkpoint for --ranker clap")
+    group.add_argument("--strategies", type=strategy_list, default=["inference"],
+                       help="comma-separated: inference (several clips of the prompt), perturbed (loser from a prompt "
+                            "with an event dropped or replaced), temporal (loser from a prompt in another order)")
+    group.add_argument("--perturbations", default=None,
+                       help="JSON lines of prompt -> perturbed prompts (annotate.perturb's format, e.g. written by an "
+                            "LLM) instead of the built-in perturber")
+    group.add_argument("--pairs", choices=PAIRINGS, default="best-worst",
+                       help="inference pairs: best-worst (one per prompt) or all (every two candidates that pass)")
+    group.add_argument("--min-margin", type=float, default=0.25, help="keep a pair only if its scores differ this much")
+    group.add_argument("--max-margin", type=float, default=float("inf"), help="... and at most this much")
+    group.add_argument("--min-chosen-score", type=float, default=-float("inf"), help="... the winner scores at least this")
+    group.add_argument("--max-rejected-score", type=float, default=float("inf"), help="... the loser at most this")
+
+
+def pair_filter(args: argparse.Namespace) -> PairFilter:
+    return PairFilter(args.min_margin, args.max_margin, args.min_chosen_score, args.max_rejected_score)
+
+
 def pairing_rule(args: argparse.Namespace) -> str:
-    """The dataset card's sentence on how scored candidates became pairs."""
+    """The dataset card's sentences on how scored candidates became pairs."""
     which = "the best and worst" if args.pairs == "best-worst" else "every two candidates"
-    return (f"the {args.ranker} ranker scored them and {which} became a pair (the higher-scored one chosen) "
-            f"when their scores differed by at least {args.min_margin}.")
+    rules = {
+        "inference": f"{which} of the prompt's own candidates (the higher-scored one chosen)",
+        "perturbed": "the best of them against the worst of K clips of a perturbed prompt (an event dropped, "
+                     "replaced or recounted), scored against the original prompt",
+        "temporal": "the best of them against the worst of K clips of a temporally perturbed prompt (events "
+                    "reordered), scored against the original prompt",
+    }
+    keep = pair_filter(args)
+    bounds = [f"the scores differ by at least {keep.min_margin}"]
+    bounds += [f"at most {keep.max_margin}"] if keep.max_margin < float("inf") else []
+    bounds += [f"the winner scores at least {keep.min_chosen_score}"] if keep.min_chosen_score > -float("inf") else []
+    bounds += [f"the loser at most {keep.max_rejected_score}"] if keep.max_rejected_score < float("inf") else []
+    return (f"the {args.ranker} ranker scored them; pairs ({', '.join(args.strategies)}): "
+            + "; ".join(f"{name}: {rules[name]}" for name in args.strategies)
+            + f"; kept when {', '.join(bounds)}.")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m annotate.autorank", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=DEFAULT_SPEC, help=f"model spec that generates the candidates (default {DEFAULT_SPEC})")
+    parser = argparse.ArgumentParser(prog="python -m annotate.autorank", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_SPEC, help="model spec that generates the candidates")
     parser.add_argument("--prompts", required=True, help="a prompts file, or 'train' / 'test' / 'heldout' (sound world)")
     parser.add_argument("--n", type=int, default=None, help="how many prompts (default: all in the file, 1000 sampled)")
-    parser.add_argument("--k", type=int, default=4, help="candidates per prompt (default 4)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="prompt sampling and the candidates' seeds")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's own)")
-    parser.add_argument("--guidance", type=float, default=3.0)
-    parser.add_argument("--ranker", choices=["judge", "clap"], default="judge")
-    parser.add_argument("--clap-model", default="laion/larger_clap_general")
-    parser.add_argument("--min-margin", type=float, default=0.25, help="keep a pair only if its scores differ this much")
-    parser.add_argument("--pairs", choices=PAIRINGS, default="best-worst",
-                        help="best-worst: one pair per prompt; all: every two candidates at least the margin apart")
+    parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generation call")
     parser.add_argument("--out", required=True, help="dataset folder to write (replaced atomically)")
+    add_pair_arguments(parser)
     args = parser.parse_args(argv)
+    if args.k < 2:
+        parser.error(f"--k must be at least 2 to make a pair, got {args.k}")
+    try:
+        perturbations = load_perturbations(args.perturbations) if args.perturbations else None
+    except (OSError, ValueError) as err:
+        parser.error(f"--perturbations: {err}")
 
     prompts = read_prompts(args.prompts, args.n, args.seed)
     ranker = JudgeRanker() if args.ranker == "judge" else ClapRanker.from_pretrained(args.clap_model)
@@ -228,20 +359,23 @@ def main(argv: list[str] | None = None) -> int:
     generator = PipelineGenerator(args.model)
     args.steps = args.steps or generator.default_steps
     rows = autorank_pairs(prompts, generator, ranker, model=args.model, k=args.k, seed=args.seed,
-                          steps=args.steps, guidance=args.guidance, min_margin=args.min_margin,
-                          batch_size=args.batch_size, report=report, pairing=args.pairs)
+                          steps=args.steps, guidance=args.guidance, min_margin=pair_filter(args),
+                          batch_size=args.batch_size, report=report, pairing=args.pairs,
+                          strategies=args.strategies, perturbations=perturbations)
     how_made = (f"`{args.model}` generated {args.k} candidates per prompt ({args.steps} steps, guidance "
-                f"{args.guidance}, seeds {args.seed}..{args.seed + args.k - 1}); " + pairing_rule(args))
+                f"{args.guidance}, seeds from {args.seed}); " + pairing_rule(args))
     try:
         summary = write_preference_dataset(rows, args.out, how_made=how_made, stats={
-            "prompts": report.prompts, "dropped below margin": report.below_margin,
+            "prompts": report.prompts, "prompts without an inference pair": report.below_margin,
+            "pairs by strategy": report.pairs_by_strategy,
             "mean best-worst margin": round(float(np.mean(report.margins)), 4) if report.margins else None,
         })
     except EmptyDataset:
-        print(f"error: no pair passed the margin {args.min_margin} in {report.prompts} prompts; nothing written",
-              file=sys.stderr)
+        print(f"error: no pair passed the filter in {report.prompts} prompts; nothing written", file=sys.stderr)
         return 1
-    print(f"{summary.rows} pairs from {report.prompts} prompts ({report.below_margin} below the margin) -> {args.out}")
+    by_strategy = ", ".join(f"{n} {name}" for name, n in summary.strategies.items())
+    print(f"{summary.rows} pairs ({by_strategy}; {summary.with_latents} with latents) from {report.prompts} prompts "
+          f"-> {args.out}")
     return 0
 
 

@@ -32,6 +32,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import soundfile as sf
@@ -41,14 +42,21 @@ from datasets import Audio, Features, Value
 from .clips import SAMPLE_RATE
 from .files import exclusive_lock, fsync_dir
 
-STRATEGIES = ("human-rank", "judge-rank", "clap-rank")
+# How a pair was made, as in Audio-Alpaca: several inferences of the prompt, a rejected clip generated
+# from a perturbed prompt (an event dropped or replaced) or from a temporally perturbed one (order
+# changed), or annotators' rankings. Who ranked goes to ``ranker``.
+STRATEGIES = ("inference", "perturbed", "temporal", "human")
+RANKERS = ("human", "judge", "clap", "reward")
 
 FEATURES = Features({
     "prompt": Value("string"),
     "chosen": Audio(sampling_rate=SAMPLE_RATE, decode=False),
     "rejected": Audio(sampling_rate=SAMPLE_RATE, decode=False),
     "strategy": Value("string"),
+    "ranker": Value("string"),
     "pair_id": Value("string"),
+    "chosen_prompt": Value("string"),
+    "rejected_prompt": Value("string"),
     "chosen_model": Value("string"),
     "rejected_model": Value("string"),
     "chosen_seed": Value("int64"),
@@ -58,7 +66,28 @@ FEATURES = Features({
     "votes_for": Value("int64"),
     "votes_against": Value("int64"),
     "annotators": Value("int64"),
+    "chosen_latent": Value("binary"),
+    "rejected_latent": Value("binary"),
+    "latent_fingerprint": Value("string"),
 })
+
+
+def latent_to_bytes(latent: np.ndarray) -> bytes:
+    """A sampled latent as the dataset stores it: a float32 ``.npy`` (shape inside, no pickle)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(latent, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def latent_from_bytes(data: bytes) -> np.ndarray:
+    """The inverse of ``latent_to_bytes``; raises ``ValueError`` for anything but a finite float32 array."""
+    try:
+        latent = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"not a stored latent: {err}") from None
+    if latent.dtype != np.float32 or latent.ndim != 3 or not np.isfinite(latent).all():
+        raise ValueError(f"not a finite (channels, frames, bins) float32 latent: {latent.dtype} {latent.shape}")
+    return latent
 
 MAX_SHARD_BYTES = 500 * 2**20  # the Hub's usual shard size
 ROWS_PER_GROUP = 64  # ~80 MB row groups for 10 s float32 clips: readable in streaming
@@ -66,12 +95,19 @@ ROWS_PER_GROUP = 64  # ~80 MB row groups for 10 s float32 clips: readable in str
 
 @dataclass(frozen=True)
 class PreferenceRow:
-    """One (chosen, rejected) pair with its provenance; audio as the bytes of 16 kHz audio files."""
+    """One (chosen, rejected) pair with its provenance; audio as the bytes of 16 kHz audio files.
+
+    ``chosen_latent`` / ``rejected_latent``: the latents the model sampled and decoded into each clip
+    (``latent_fingerprint`` names that model's latent space), so that DPO trains on what was ranked;
+    ``None`` for clips whose latents are unknown. ``chosen_prompt`` / ``rejected_prompt``: the prompt
+    each clip was generated from, when it was not ``prompt`` (perturbed and temporal clips).
+    """
 
     prompt: str
     chosen_wav: bytes
     rejected_wav: bytes
     strategy: str
+    ranker: str
     chosen_model: str
     rejected_model: str
     chosen_seed: int
@@ -81,6 +117,11 @@ class PreferenceRow:
     votes_for: int
     votes_against: int
     annotators: int
+    chosen_prompt: str | None = None
+    rejected_prompt: str | None = None
+    chosen_latent: np.ndarray | None = None
+    rejected_latent: np.ndarray | None = None
+    latent_fingerprint: str | None = None
 
     @cached_property
     def chosen_sha256(self) -> str:
@@ -102,7 +143,12 @@ class PreferenceRow:
 
     def to_record(self) -> dict:
         """The row as the dataset stores it."""
-        record = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.endswith("_wav")}
+        record = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.endswith(("_wav", "_latent"))}
+        record["chosen_prompt"] = self.chosen_prompt or self.prompt
+        record["rejected_prompt"] = self.rejected_prompt or self.prompt
+        for name in ("chosen_latent", "rejected_latent"):
+            latent = getattr(self, name)
+            record[name] = None if latent is None else latent_to_bytes(latent)
         record["chosen"] = {"bytes": self.chosen_wav, "path": f"{self.chosen_sha256}.wav"}
         record["rejected"] = {"bytes": self.rejected_wav, "path": f"{self.rejected_sha256}.wav"}
         record["pair_id"] = self.pair_id
@@ -117,6 +163,7 @@ class DatasetSummary:
     shards: int
     fingerprint: str  # sha256 over the rows' pair ids and directions, in order
     strategies: dict[str, int]
+    with_latents: int = 0  # rows that carry both clips' sampled latents
 
 
 class EmptyDataset(ValueError):
@@ -127,6 +174,15 @@ def check_row(row: PreferenceRow) -> None:
     """Refuse a row that would break the schema's promises (strategy, 16 kHz audio, counts)."""
     if row.strategy not in STRATEGIES:
         raise ValueError(f"`strategy` must be one of {STRATEGIES}, got {row.strategy!r}")
+    if row.ranker not in RANKERS:
+        raise ValueError(f"`ranker` must be one of {RANKERS}, got {row.ranker!r}")
+    latents = [row.chosen_latent, row.rejected_latent]
+    if any(latent is not None for latent in latents):
+        if any(latent is None for latent in latents) or not row.latent_fingerprint:
+            raise ValueError(f"pair {row.pair_id}: latents need both clips' latents and a `latent_fingerprint`")
+        if np.shape(row.chosen_latent) != np.shape(row.rejected_latent) or np.ndim(row.chosen_latent) != 3:
+            raise ValueError(f"pair {row.pair_id}: latents of shapes {np.shape(row.chosen_latent)} and "
+                             f"{np.shape(row.rejected_latent)}; both must be (channels, frames, bins)")
     for name in ("chosen_wav", "rejected_wav"):
         try:
             rate = sf.info(io.BytesIO(getattr(row, name))).samplerate
@@ -186,7 +242,7 @@ def write_preference_dataset(
 
 def _write_shards(rows: Iterable[PreferenceRow], data_dir: Path) -> DatasetSummary:
     """Stream rows into ~MAX_SHARD_BYTES parquet shards, then name them ``train-i-of-n``."""
-    digest, strategies = hashlib.sha256(), Counter()
+    digest, strategies, with_latents = hashlib.sha256(), Counter(), 0
     shards = _ShardWriter(data_dir)
     try:
         for row in rows:
@@ -194,6 +250,7 @@ def _write_shards(rows: Iterable[PreferenceRow], data_dir: Path) -> DatasetSumma
             shards.add(row.to_record(), len(row.chosen_wav) + len(row.rejected_wav))
             digest.update(f"{row.pair_id}:{row.chosen_sha256}\n".encode())
             strategies[row.strategy] += 1
+            with_latents += row.chosen_latent is not None
     except BaseException:
         shards.abort()
         raise
@@ -203,7 +260,8 @@ def _write_shards(rows: Iterable[PreferenceRow], data_dir: Path) -> DatasetSumma
     for i, path in enumerate(paths):
         path.rename(data_dir / f"train-{i:05d}-of-{len(paths):05d}.parquet")
     return DatasetSummary(rows=sum(strategies.values()), shards=len(paths),
-                          fingerprint=digest.hexdigest(), strategies=dict(strategies))
+                          fingerprint=digest.hexdigest(), strategies=dict(strategies),
+                          with_latents=with_latents)
 
 
 class _ShardWriter:
@@ -303,8 +361,12 @@ def dataset_card(summary: DatasetSummary, *, how_made: str, stats: Mapping[str, 
 
 Text-to-audio preference pairs (prompt, chosen clip, rejected clip) for Diffusion-DPO
 fine-tuning of Tango, made with Tango DPO Studio. Columns follow Audio-Alpaca
-(`prompt`, `chosen`, `rejected`, `strategy`) plus provenance: the model spec and seed
-behind each clip, the generation settings, and the votes behind the pair.
+(`prompt`, `chosen`, `rejected`, `strategy`: `inference`, `perturbed`, `temporal` or `human`)
+plus provenance: who ranked (`ranker`), the prompt each clip was generated from, the model spec
+and seed behind each clip, the generation settings, and the votes behind the pair. Where known,
+`chosen_latent` / `rejected_latent` hold the latents the model sampled for each clip (float32
+`.npy` bytes, in the UNet's scaled latent space named by `latent_fingerprint`): `train_dpo.py`
+trains on them instead of re-encoding the audio.
 
 ## How it was made
 
@@ -312,7 +374,8 @@ behind each clip, the generation settings, and the votes behind the pair.
 
 ## Counts
 
-{summary.rows} pairs in {summary.shards} shard(s). Fingerprint `{summary.fingerprint[:16]}`.
+{summary.rows} pairs in {summary.shards} shard(s), {summary.with_latents} with sampled latents.
+Fingerprint `{summary.fingerprint[:16]}`.
 
 | strategy | pairs |
 |---|---|

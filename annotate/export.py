@@ -1,7 +1,7 @@
 """Human rankings -> a preference dataset on disk, and from disk to the Hugging Face Hub.
 
 - ``export_human_pairs``: majority pairs of the usable rankings of model tasks (strategy
-  ``human-rank``) through the shared dataset writer, without the votes of annotators below
+  ``human``) through the shared dataset writer, without the votes of annotators below
   the owner's gold-accuracy threshold; the card carries the verdict (win rates and
   Bradley-Terry scores, human and automatic) and says how many votes were left out. The
   export is recorded in the store.
@@ -106,7 +106,7 @@ def export_human_pairs(store: Store, out_dir: str | os.PathLike, *, min_margin: 
         sections={"Verdict": VERDICT_INTRO + "\n\n" + verdict_markdown(
             verdicts, ranker_agreement(kept, store.candidates(), gold))},
     )
-    export_id = store.record_export(Path(out_dir).absolute(), strategy="human-rank", pairs=summary.rows,
+    export_id = store.record_export(Path(out_dir).absolute(), strategy="human", pairs=summary.rows,
                                     rankings=len(used), alpha=alpha, fingerprint=summary.fingerprint)
     logger.info("export %d: %d pairs from %d rankings -> %s", export_id, summary.rows, len(used), out_dir)
     return ExportResult(export_id, Path(out_dir), summary, alpha, trust.left_out_votes, trust.left_out_annotators)
@@ -118,7 +118,8 @@ def _row(pair: PairVotes, clips: dict[str, Candidate]) -> PreferenceRow:
         prompt=chosen.prompt,
         chosen_wav=_read_clip(chosen),
         rejected_wav=_read_clip(rejected),
-        strategy="human-rank",
+        strategy="human",
+        ranker="human",
         chosen_model=chosen.model,
         rejected_model=rejected.model,
         chosen_seed=chosen.seed,

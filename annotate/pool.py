@@ -40,31 +40,50 @@ DEFAULT_MODELS = (DEFAULT_SPEC, DEFAULT_DPO_SPEC)
 MAX_POOL_SEED = 2**31 - 1 - MAX_TASK_CLIPS  # a random base seed is drawn in 0..this
 
 
+@dataclass(frozen=True)
+class GeneratedClips:
+    """What a ``ClipGenerator`` made: waveforms and, where the generator knows them, the latents behind them.
+
+    ``latents`` (one per waveform, float32, the UNet's scaled latent space named by
+    ``latent_fingerprint``) let DPO train on exactly the clips that were ranked.
+    """
+
+    waveforms: np.ndarray  # (clips, samples) float32
+    latents: np.ndarray | None = None  # (clips, channels, frames, bins) float32
+    latent_fingerprint: str | None = None
+
+    @classmethod
+    def of(cls, made) -> "GeneratedClips":
+        """A generator's answer as ``GeneratedClips``: plain waveforms (a generator that has no latents) are wrapped."""
+        return made if isinstance(made, cls) else cls(np.asarray(made))
+
+
 class ClipGenerator(Protocol):
     """Makes clips for one model: ``k`` per prompt, clip ``i`` of each prompt seeded ``seed + i``.
 
-    Returns float32 waveforms of shape ``(len(prompts) * k, samples)``, grouped by prompt.
+    Returns ``GeneratedClips`` (or plain float32 waveforms) of ``len(prompts) * k`` clips, grouped by prompt.
     """
 
     sampling_rate: int
     default_steps: int  # denoising steps the model is meant to be sampled with
 
-    def __call__(self, prompts: list[str], k: int, seed: int, steps: int, guidance: float) -> np.ndarray: ...
+    def __call__(self, prompts: list[str], k: int, seed: int, steps: int, guidance: float) -> GeneratedClips | np.ndarray: ...
 
 
 class PipelineGenerator:
-    """The real thing: ``pipeline.load_pipeline(spec)`` with one torch generator per clip."""
+    """The real thing: ``pipeline.load_pipeline(spec)`` with one torch generator per clip; keeps the latents."""
 
     def __init__(self, spec: str, device=None):
         self.pipe = load_pipeline(spec, device=device)
         self.sampling_rate = self.pipe.vocoder.config.sampling_rate
         self.default_steps = self.pipe.config.default_num_inference_steps
 
-    def __call__(self, prompts: list[str], k: int, seed: int, steps: int, guidance: float) -> np.ndarray:
+    def __call__(self, prompts: list[str], k: int, seed: int, steps: int, guidance: float) -> GeneratedClips:
         generators = self.pipe.clip_generators([s for _ in prompts for s in clip_seeds(seed, k)])
-        return self.pipe(
+        output = self.pipe(
             prompts, num_inference_steps=steps, guidance_scale=guidance, num_waveforms_per_prompt=k, generator=generators
-        ).audios
+        )
+        return GeneratedClips(output.audios, output.latents.numpy(), self.pipe.latent_fingerprint)
 
 
 def pool_seeds(store: Store, prompts: list[str], models: list[str], model_steps: dict[str, int], guidance: float,
@@ -148,7 +167,7 @@ def build_pool(
                        for group in [[p for p in todo_prompts if base_seed[p] == base]]
                        for start in range(0, len(group), batch_size)]
             for base, batch in batches:
-                waveforms = np.asarray(generate(batch, k, base, model_steps[model], guidance))
+                waveforms = GeneratedClips.of(generate(batch, k, base, model_steps[model], guidance)).waveforms
                 if waveforms.ndim != 2 or len(waveforms) != len(batch) * k:
                     raise ValueError(f"generator for {model!r} returned shape {waveforms.shape}, wanted ({len(batch) * k}, samples)")
                 for j, prompt in enumerate(batch):

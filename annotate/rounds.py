@@ -37,8 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .autorank import PAIRINGS, AutorankReport, ClapRanker, JudgeRanker, autorank_pairs, pairing_rule
+from .autorank import (AutorankReport, ClapRanker, JudgeRanker, add_pair_arguments, autorank_pairs, pair_filter,
+                       pairing_rule)
 from .dataset import EmptyDataset, write_preference_dataset
+from .perturb import load_perturbations
 from .pool import PipelineGenerator
 
 logger = logging.getLogger(__name__)
@@ -47,16 +49,11 @@ METRICS = ("mean_score", "event_recall", "order_accuracy", "count_accuracy")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m annotate.rounds", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m annotate.rounds", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", default="tiny", help="model spec the first round starts from")
     parser.add_argument("--rounds", type=int, default=3, help="generate -> rank -> train rounds")
     parser.add_argument("--prompts", type=int, default=500, help="training-split prompts per round")
-    parser.add_argument("--k", type=int, default=4, help="candidates per prompt")
-    parser.add_argument("--ranker", choices=["judge", "clap"], default="judge", help="who scores the candidates")
-    parser.add_argument("--clap-model", default="laion/larger_clap_general", help="CLAP checkpoint for --ranker clap")
-    parser.add_argument("--min-margin", type=float, default=0.25, help="keep a pair only if its scores differ this much")
-    parser.add_argument("--pairs", choices=PAIRINGS, default="best-worst",
-                        help="best-worst: one pair per prompt; all: every two candidates at least the margin apart")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps of candidates and evaluation clips "
                                                                "(default: the model's own)")
     parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance of every clip")
@@ -64,7 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-n", type=int, default=64, help="validation prompts judged after each round")
     parser.add_argument("--seed", type=int, default=0, help="round r draws prompts and candidate seeds from seed + 1000 r")
     parser.add_argument("--train-args", default="", help="extra train_dpo.py flags, e.g. \"--loss crpo --learning_rate 1e-5\"")
+    parser.add_argument("--judge-prompts", type=int, default=200,
+                        help="training-split prompts train_dpo.py judges each epoch to keep the best pipeline")
     parser.add_argument("--out", required=True, help="folder of the rounds (rerun the same command to resume)")
+    add_pair_arguments(parser)
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.prompts < 1 or args.eval_n < 1:
         parser.error(f"--rounds, --prompts and --eval-n must be positive, got {args.rounds}, {args.prompts}, {args.eval_n}")
@@ -92,11 +92,16 @@ def make_pairs(state, args, model: str, round_index: int, folder: Path) -> dict:
     started = time.perf_counter()
     with state.split_between_processes(prompts) as mine:
         rows = list(autorank_pairs(mine, generator, ranker, model=model, k=args.k, seed=seed, steps=steps,
-                                   guidance=args.guidance, min_margin=args.min_margin, batch_size=args.batch_size,
-                                   report=report, pairing=args.pairs))
+                                   guidance=args.guidance, min_margin=pair_filter(args), batch_size=args.batch_size,
+                                   report=report, pairing=args.pairs, strategies=args.strategies,
+                                   perturbations=load_perturbations(args.perturbations) if args.perturbations else None))
     rows, below_margin = gather_object(rows), sum(gather_object([report.below_margin]))
     seconds = time.perf_counter() - started
-    stats = {"prompts": len(prompts), "pairs": len(rows), "prompts_below_margin": below_margin,
+    by_strategy = {}
+    for row in rows:
+        by_strategy[row.strategy] = by_strategy.get(row.strategy, 0) + 1
+    stats = {"prompts": len(prompts), "pairs": len(rows), "pairs_by_strategy": by_strategy,
+             "prompts_below_margin": below_margin,
              "candidate_seconds": round(seconds, 1), "pairs_per_hour": round(3600 * len(rows) / seconds, 1),
              "processes": state.num_processes}
     if state.is_main_process:
@@ -131,7 +136,8 @@ def evaluate_model(state, args, model: str) -> dict:
 def train_argv(args, model: str, pairs: Path, output: Path, round_index: int) -> list[str]:
     """train_dpo.py's flags for a round: validation by the judge (so a best pipeline is kept), then the user's."""
     return ["--pretrained_model", model, "--dataset", str(pairs), "--output_dir", str(output),
-            "--seed", str(args.seed + round_index), "--validation_fraction", "0.1", "--judge_prompts", "32",
+            "--seed", str(args.seed + round_index), "--validation_fraction", "0.1",
+            "--judge_prompts", str(args.judge_prompts),
             "--judge_seed", str(EVAL_SEED + 1), "--resume_from_checkpoint", "latest", *shlex.split(args.train_args)]
 
 

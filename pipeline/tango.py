@@ -12,15 +12,16 @@ Diffusion 2.1's v-prediction schedule.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
-from diffusers.pipelines.pipeline_utils import AudioPipelineOutput
-from diffusers.utils import logging, replace_example_docstring
+from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import PreTrainedTokenizerBase, T5EncoderModel
 
@@ -65,6 +66,22 @@ def clip_seeds(seed: int, count: int) -> list[int]:
     return [int(seed) + i for i in range(count)]
 
 
+LATENT_POSTERIORS = ("mode", "sample")
+
+
+@dataclass
+class TangoPipelineOutput(BaseOutput):
+    """``audios``: (clips, samples) at ``pipe.sampling_rate``, or the final latents for ``output_type="latent"``.
+
+    ``latents``: the final denoised latents (clips, channels, frames, bins), float32, in the UNet's
+    (scaled) space: exactly what was decoded into each clip. Preference pairs keep them so that
+    DPO trains on the clips that were ranked instead of re-encoding their audio.
+    """
+
+    audios: np.ndarray | torch.Tensor
+    latents: torch.Tensor | None = None
+
+
 class TangoPipeline(DiffusionPipeline):
     r"""
     Pipeline for text-to-audio generation with Tango and Tango 2.
@@ -87,6 +104,9 @@ class TangoPipeline(DiffusionPipeline):
         default_num_inference_steps (`int`, defaults to 100):
             Steps used when a call names none: what the model's scheduler needs (Tango's DDPM 100; the tiny
             models' DPM-Solver++ far fewer). Saved in `model_index.json`, so it travels with the weights.
+        latent_posterior (`str`, defaults to `"sample"`):
+            How the UNet's training latents were drawn from the VAE posterior: `"sample"` (Tango and Tango 2
+            sample it) or `"mode"` (the embedded tiny models). Fine-tuning on audio encodes it the same way.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae->vocoder"
@@ -101,8 +121,11 @@ class TangoPipeline(DiffusionPipeline):
         vocoder: torch.nn.Module,
         scheduler: SchedulerMixin,
         default_num_inference_steps: int = 100,
+        latent_posterior: str = "sample",
     ):
         super().__init__()
+        if latent_posterior not in LATENT_POSTERIORS:
+            raise ValueError(f"`latent_posterior` must be one of {LATENT_POSTERIORS}, got {latent_posterior!r}")
         self.register_modules(
             tokenizer=tokenizer,
             text_encoder=text_encoder,
@@ -111,7 +134,14 @@ class TangoPipeline(DiffusionPipeline):
             vocoder=vocoder,
             scheduler=scheduler,
         )
-        self.register_to_config(default_num_inference_steps=default_num_inference_steps)
+        self.register_to_config(default_num_inference_steps=default_num_inference_steps,
+                                latent_posterior=latent_posterior)
+
+    def with_components(self, **components) -> "TangoPipeline":
+        """A pipeline sharing this one's components and settings, with ``components`` replaced (a tuned UNet,
+        another scheduler): the settings saved in ``model_index.json`` travel with it."""
+        settings = {name: self.config[name] for name in ("default_num_inference_steps", "latent_posterior")}
+        return type(self)(**{**self.components, **components}, **settings)
 
     # -- sizes read from the component configs --------------------------------------------
 
@@ -142,6 +172,21 @@ class TangoPipeline(DiffusionPipeline):
         """(shortest, longest) `audio_length_in_s` this model accepts: one latent frame block .. 3x its training length."""
         shortest = self.vae_scale_factor * self.latent_frame_multiple * self.hop_length / self.sampling_rate
         return shortest, MAX_LENGTH_FACTOR * self.default_audio_length_in_s
+
+    @property
+    def latent_fingerprint(self) -> str:
+        """Which latent space this pipeline's latents live in: a hash of the VAE's weights and scaling factor.
+
+        Latents stored with a clip are only meaningful to a model with the same fingerprint (a DPO-tuned
+        model shares its base's VAE, so it shares the fingerprint). Computed once per pipeline.
+        """
+        if getattr(self, "_latent_fingerprint", None) is None:
+            digest = hashlib.sha256(repr(float(self.vae.config.scaling_factor)).encode())
+            for name, tensor in sorted(self.vae.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            self._latent_fingerprint = digest.hexdigest()[:16]
+        return self._latent_fingerprint
 
     @property
     def latent_mel_bins(self) -> int:
@@ -322,7 +367,7 @@ class TangoPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable[["TangoPipeline", int, int, dict[str, Any]], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
-    ) -> AudioPipelineOutput | tuple:
+    ) -> TangoPipelineOutput | tuple:
         r"""
         Generates audio from text.
 
@@ -349,7 +394,7 @@ class TangoPipeline(DiffusionPipeline):
             output_type (`str`, defaults to `"np"`):
                 `"np"` (numpy float32), `"pt"` (torch float32) or `"latent"` (the final latents).
             return_dict (`bool`, defaults to `True`):
-                Return an [`AudioPipelineOutput`] instead of a tuple.
+                Return a [`TangoPipelineOutput`] instead of a tuple.
             callback_on_step_end (`Callable`, *optional*):
                 Called as `callback_on_step_end(pipe, step, timestep, callback_kwargs)` after every step, with the
                 tensors named in `callback_on_step_end_tensor_inputs`; may return replacements for them.
@@ -357,8 +402,9 @@ class TangoPipeline(DiffusionPipeline):
         Examples:
 
         Returns:
-            [`AudioPipelineOutput`] whose `audios` is (batch * num_waveforms_per_prompt, samples) float32 audio at
-            `pipe.sampling_rate` (16 kHz), grouped by prompt; or a tuple `(audios,)` when `return_dict` is False.
+            [`TangoPipelineOutput`] whose `audios` is (batch * num_waveforms_per_prompt, samples) float32 audio at
+            `pipe.sampling_rate` (16 kHz), grouped by prompt, and whose `latents` are the final latents each clip
+            was decoded from (float32, on the CPU); or a tuple `(audios,)` when `return_dict` is False.
         """
         # 1. Check inputs
         if num_inference_steps is None:
@@ -450,5 +496,5 @@ class TangoPipeline(DiffusionPipeline):
 
         if not return_dict:
             return (audio,)
-        return AudioPipelineOutput(audios=audio)
+        return TangoPipelineOutput(audios=audio, latents=latents.float().cpu())
 

@@ -421,7 +421,8 @@ def make_pipeline(tokenizer, text_encoder, unet, vae, device="cpu", scheduler_cl
     scheduler = getattr(diffusers, scheduler_class).from_config(read_config(SD21_SCHEDULER_CONFIG))
     pipe = TangoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae,
                          vocoder=GriffinLimVocoder(), scheduler=scheduler,
-                         default_num_inference_steps=default_steps)
+                         default_num_inference_steps=default_steps,
+                         latent_posterior="mode")  # the UNet trains on the posterior's mode (below)
     return pipe.to(device)
 
 

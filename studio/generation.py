@@ -227,8 +227,7 @@ def with_sampler(pipe: TangoPipeline, sampler: str) -> TangoPipeline:
     """A view of ``pipe`` (same weights) with a fresh scheduler of the chosen kind; ``pipe`` is untouched."""
     class_name = SAMPLERS[sampler] or type(pipe.scheduler).__name__
     scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config)
-    view = TangoPipeline(**{**pipe.components, "scheduler": scheduler},
-                         default_num_inference_steps=pipe.config.default_num_inference_steps)
+    view = pipe.with_components(scheduler=scheduler)
     view.set_progress_bar_config(disable=True)
     return view
 

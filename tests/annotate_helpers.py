@@ -61,13 +61,13 @@ def vote(store: Store, annotator: str, ranks_by_position=None, **flags) -> int:
     return store.submit(annotator, task.id, ranking, **flags)
 
 
-def preference_row(i: int, strategy: str = "judge-rank"):
+def preference_row(i: int, strategy: str = "inference"):
     """A distinct, valid dataset row made of two tones (for the dataset writer's tests)."""
     from annotate.clips import encode_wav
     from annotate.dataset import PreferenceRow
 
     return PreferenceRow(
         prompt=f"prompt {i}", chosen_wav=encode_wav(tone(200 + i)), rejected_wav=encode_wav(tone(900 + i)),
-        strategy=strategy, chosen_model="tiny-dpo", rejected_model="tiny", chosen_seed=i, rejected_seed=i + 1,
+        strategy=strategy, ranker="judge", chosen_model="tiny-dpo", rejected_model="tiny", chosen_seed=i, rejected_seed=i + 1,
         num_inference_steps=100, guidance_scale=3.0, votes_for=1, votes_against=0, annotators=1,
     )

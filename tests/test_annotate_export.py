@@ -62,7 +62,7 @@ def test_export_round_trip_through_datasets(voted_store, tmp_path):
     clips = {c.sha256: c for c in voted_store.candidates().values()}
     rows = dataset.to_list()
     for row in rows:
-        assert row["strategy"] == "human-rank"
+        assert row["strategy"] == "human" and row["ranker"] == "human"
         for side in ("chosen", "rejected"):
             clip = clips[row[side]["path"].removesuffix(".wav")]
             samples, rate = sf.read(io.BytesIO(row[side]["bytes"]), dtype="float32")
@@ -91,7 +91,7 @@ def test_export_is_recorded_and_pair_ids_are_stable(voted_store, tmp_path):
     assert first.summary.fingerprint == second.summary.fingerprint
     records = voted_store.exports()
     assert [r.id for r in records] == [first.export_id, second.export_id]
-    assert records[-1].pairs == 12 and records[-1].rankings == 6 and records[-1].strategy == "human-rank"
+    assert records[-1].pairs == 12 and records[-1].rankings == 6 and records[-1].strategy == "human"
     assert records[-1].alpha == pytest.approx(first.alpha) and first.alpha > 0.5
 
 

@@ -110,7 +110,7 @@ def test_pool_cli_with_the_real_pipeline_makes_reproducible_clips(tmp_path):
     assert store.counts()["tasks"] == 1
     # Clip i is reproducible alone: generating just seed 8 gives the second clip back (same noise;
     # a batch of 1 instead of 2 only changes float rounding in the batched kernels).
-    alone = PipelineGenerator(str(FIXTURE_DIR))(["a dog barks"], 1, 8, 2, 3.0)[0]
+    alone = PipelineGenerator(str(FIXTURE_DIR))(["a dog barks"], 1, 8, 2, 3.0).waveforms[0]
     np.testing.assert_allclose(decode_wav(Path(clips[1].audio_path).read_bytes())[0], alone, atol=1e-4)
     other = decode_wav(Path(clips[0].audio_path).read_bytes())[0]
     assert np.abs(other - alone).max() > 1e-2  # and seed 7 is a different clip

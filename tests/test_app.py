@@ -131,7 +131,7 @@ def test_export_and_push_are_for_admins(served, client):
     result = client.predict("admin", api_name="/export")
     assert result["pairs"] >= 1 and "pairs" in result["message"]
     rows = pq.read_table(Path(result["folder"]) / "data").to_pylist()
-    assert len(rows) == result["pairs"] and rows[0]["strategy"] == "human-rank"
+    assert len(rows) == result["pairs"] and rows[0]["strategy"] == "human"
     with pytest.raises(AppError, match="not an admin"):
         client.predict("rita2", api_name="/push")
     with pytest.raises(AppError, match="no Hub dataset configured"):

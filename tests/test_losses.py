@@ -33,7 +33,7 @@ def test_policy_equal_to_reference(name):
     loss, metrics = preference_loss(PreferenceLossConfig(name, beta_dpo=2000), losses_w, losses_l, losses_w, losses_l)
     expected = {
         "dpo": math.log(2),
-        "crpo": math.log(2) + losses_w.mean().item(),
+        "crpo": math.log(2) + 2000 / 4 * losses_w.mean().item(),
         "hinge": 1.0,
         "ipo": (1 / (2 * 2000)) ** 2,
     }[name]
@@ -45,10 +45,24 @@ def test_each_variant_hand_computed():
     margin = reward_margin(t(0.1), t(0.2), t(0.15), t(0.15), beta_dpo=10)  # m = 0.5
     assert margin.item() == pytest.approx(0.5)
     assert dpo_loss(margin).item() == pytest.approx(math.log(1 + math.exp(-0.5)))
-    assert crpo_loss(margin, t(0.1), sft_weight=2.0).item() == pytest.approx(math.log(1 + math.exp(-0.5)) + 2 * 0.1)
+    # λ = 2 relative to β = 10: 2 * 10/4 * 0.1
+    assert crpo_loss(margin, t(0.1), sft_weight=2.0, beta_dpo=10).item() == pytest.approx(
+        math.log(1 + math.exp(-0.5)) + 0.5)
     assert hinge_loss(margin).item() == pytest.approx(0.5)
     assert ipo_loss(margin, beta_dpo=10).item() == pytest.approx(0.0)  # m/β = 0.05 = 1/(2β)
     assert ipo_loss(t(0.0), beta_dpo=10).item() == pytest.approx(0.05**2)
+
+
+def test_crpo_anchor_matches_dpo_pull_at_the_start():
+    """λ = 1: at policy == reference the chosen clip's loss gets the SFT term's gradient equal to DPO's, for any β."""
+    for beta in (100.0, 2000.0):
+        policy_w = t(0.3).requires_grad_()
+        dpo_part = dpo_loss(reward_margin(policy_w, t(0.4), t(0.3), t(0.4), beta))
+        (dpo_grad,) = torch.autograd.grad(dpo_part.sum(), policy_w)
+        policy_w = t(0.3).requires_grad_()
+        crpo = crpo_loss(reward_margin(policy_w, t(0.4), t(0.3), t(0.4), beta), policy_w, 1.0, beta)
+        (crpo_grad,) = torch.autograd.grad(crpo.sum(), policy_w)
+        assert (crpo_grad - dpo_grad).item() == pytest.approx(dpo_grad.item()) == pytest.approx(beta / 4)
 
 
 def test_mapo_hand_computed():

@@ -45,7 +45,7 @@ def pairs_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pairs") / "export"
     rows = [
         PreferenceRow(prompt=f"a steady tone number {i}", chosen_wav=wav_bytes(tone(300 + 50 * i)),
-                      rejected_wav=wav_bytes(noise(i)), strategy="judge-rank", chosen_model="a", rejected_model="a",
+                      rejected_wav=wav_bytes(noise(i)), strategy="inference", ranker="judge", chosen_model="a", rejected_model="a",
                       chosen_seed=i, rejected_seed=100 + i, num_inference_steps=10, guidance_scale=3.0,
                       votes_for=1, votes_against=0, annotators=1)
         for i in range(6)
