@@ -36,8 +36,8 @@ The seed picks only the wording and the replacement types.
 
 Free English captions are perturbed by rule. A caption is cut into clauses at joiners:
 
-* order joiners: "then", "and then", "followed by", "before", "after" (optionally after a
-  comma and with "just", "shortly", "closely", "soon" or "immediately");
+* order joiners: "then", "and then", "followed by", "before", "after" (optionally with
+  "just", "shortly", "closely", "soon" or "immediately"; ", then" and ". Then" alike);
 * simultaneity joiners: "while", "as" (not "such as", "as well", "as if", "as though");
 * conjunctions: "and", ",".
 
@@ -55,7 +55,7 @@ caption did, and keeps its final punctuation.
 Perturbations file (``load_perturbations``, ``save_perturbations``): JSON lines, one
 original prompt per line, each strategy a list of perturbed prompts, given as a string or
 as an object with ``prompt`` and an optional ``change`` (a short description); blank lines
-are skipped, a prompt appears on one line only:
+are skipped, a prompt appears on one line only. One line, wrapped here:
 
     {"prompt": "A dog barks, then a car passes by", "temporal": ["A car passes by, then a dog barks"],
      "perturbed": ["A dog barks", {"prompt": "A cat barks, then a car passes by", "change": "replaced dog with cat"}]}
@@ -81,6 +81,7 @@ STRATEGIES = ("perturbed", "temporal")
 WORDING_ATTEMPTS = 50
 
 Events = tuple[tuple[str, int], ...]
+_NUMBER_WORDS = {2: "two", 3: "three"}
 
 
 @dataclass(frozen=True)
@@ -110,11 +111,11 @@ def perturb(prompt: str, *, seed: int = 0) -> list[Perturbation]:
     grammar; any other text is treated as a free English caption (see the module docstring).
 
     Raises:
-        ValueError: an empty prompt.
+        ValueError: an empty prompt (no letter or digit).
     """
     if not isinstance(prompt, str):
         raise TypeError(f"`prompt` must be a str, got {type(prompt).__name__}")
-    if not prompt.strip():
+    if not re.search(r"\w", prompt):
         raise ValueError("empty prompt: nothing to perturb")
     rng = np.random.default_rng(seed)
     try:
@@ -175,6 +176,7 @@ def _count_changes(events: Events) -> Iterator[tuple[Events, str]]:
 
 
 def _reorderings(events: Events) -> Iterator[tuple[Events, str]]:
+    """Every other order of the events."""
     for order in permutations(range(len(events))):
         reordered = tuple(events[index] for index in order)
         if reordered == events:
@@ -188,7 +190,7 @@ def _reorderings(events: Events) -> Iterator[tuple[Events, str]]:
 
 
 def _write(events: Events, original: ParsedPrompt, rng: np.random.Generator) -> str:
-    """A prompt for ``events`` in the original's construction where it fits; a training prompt's stays out of ``test``."""
+    """A prompt for ``events``, in the original's construction where it fits; a training prompt's avoids ``test``."""
     if len(events) == 1:
         construction = "single" if events[0][1] == 1 else "count"
     elif len(events) == len(original.events):
@@ -211,9 +213,6 @@ def _phrase(name: str, count: int) -> str:
 
 def _display(name: str) -> str:
     return name.replace("_", " ")
-
-
-_NUMBER_WORDS = {2: "two", 3: "three"}
 
 
 # ---------------------------------------------------------------------------------------------
