@@ -38,7 +38,7 @@ def test_best_and_worst_by_the_judge_and_the_margin_filter(tmp_path):
                                seed=7, min_margin=0.25, report=report))
     assert (report.prompts, report.pairs, report.below_margin) == (3, 2, 1)
     for row, prompt in zip(rows, GOOD_PROMPTS):
-        assert row.prompt == prompt and row.strategy == "judge-rank" and row.chosen_seed == 7
+        assert row.prompt == prompt and row.strategy == "inference" and row.ranker == "judge" and row.chosen_seed == 7
         chosen, rate = sf.read(io.BytesIO(row.chosen_wav), dtype="float32")
         assert rate == 16000
         np.testing.assert_array_equal(chosen, render(prompt, 7)[0])
@@ -47,7 +47,7 @@ def test_best_and_worst_by_the_judge_and_the_margin_filter(tmp_path):
     from datasets import load_dataset
 
     ds = load_dataset(str(tmp_path / "pairs"), split="train")
-    assert len(ds) == 2 and set(ds["strategy"]) == {"judge-rank"}
+    assert len(ds) == 2 and set(ds["strategy"]) == {"inference"} and set(ds["ranker"]) == {"judge"}
     assert {"prompt", "chosen", "rejected", "strategy", "pair_id", "votes_for"} <= set(ds.column_names)
 
 
@@ -61,11 +61,11 @@ def test_cli_writes_a_dataset_and_says_when_nothing_passes(tmp_path, monkeypatch
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# prompts\n" + "\n".join(GOOD_PROMPTS) + "\n")
     assert autorank.main(["--prompts", str(prompts), "--k", "2", "--out", str(tmp_path / "out")]) == 0
-    assert "2 pairs from 2 prompts" in capsys.readouterr().out
+    assert "2 pairs (2 inference; 0 with latents) from 2 prompts" in capsys.readouterr().out
     assert (tmp_path / "out" / "data").is_dir()
     prompts.write_text(TIED_PROMPT + "\n")
     assert autorank.main(["--prompts", str(prompts), "--k", "2", "--out", str(tmp_path / "out2")]) == 1
-    assert "no pair passed the margin" in capsys.readouterr().err and not (tmp_path / "out2").exists()
+    assert "no pair passed the filter" in capsys.readouterr().err and not (tmp_path / "out2").exists()
 
 
 def tiny_clap(folder):
@@ -96,7 +96,7 @@ def test_clap_ranker_loads_a_checkpoint_and_scores_each_clip(tmp_path):
     assert scores == ranker(clips, 16000, GOOD_PROMPTS[0])  # deterministic
     assert len(set(np.round(scores, 6))) == 3  # different clips, different scores
     rows = list(autorank_pairs(GOOD_PROMPTS[:1], RenderGenerator(), ranker, model="m", k=2, min_margin=0.0))
-    assert rows and rows[0].strategy == "clap-rank"
+    assert rows and rows[0].strategy == "inference" and rows[0].ranker == "clap"
 
 
 def test_ranked_pairs_best_worst_and_all_by_hand():
@@ -117,3 +117,81 @@ def test_all_pairings_give_more_rows_from_the_same_candidates():
                                min_margin=0.0, report=every, pairing="all"))
     assert len(one) == len(GOOD_PROMPTS) and len(many) == 3 * len(GOOD_PROMPTS) == every.pairs
     assert all(row.chosen_seed != row.rejected_seed for row in many)
+
+
+class FollowingGenerator:
+    """Renders each prompt as asked (seed per clip), with a stand-in latent per clip: a model that follows its
+    prompt, so clips of perturbed prompts miss what the original prompt asks for."""
+
+    sampling_rate = 16000
+    default_steps = 7
+
+    def __call__(self, prompts, k, seed, steps, guidance):
+        from annotate.pool import GeneratedClips
+
+        waveforms = np.stack([render(p, seed + i)[0] for p in prompts for i in range(k)])
+        latents = np.stack([np.full((2, 4, 3), seed + i, np.float32) for _ in prompts for i in range(k)])
+        return GeneratedClips(waveforms, latents, "vae-1")
+
+
+def test_three_strategies_make_contrasts_the_judge_ranks_against_the_original_prompt(tmp_path):
+    from soundworld import judge, parse, sample_prompts
+
+    prompts = [p for p in sample_prompts("train", 24, 3) if len(parse(p).events) >= 2][:6]
+    report = AutorankReport()
+    rows = list(autorank_pairs(prompts, FollowingGenerator(), JudgeRanker(), model="m", k=2, seed=11, min_margin=0.2,
+                               strategies=("inference", "perturbed", "temporal"), report=report))
+    kinds = {row.strategy for row in rows}
+    assert {"perturbed", "temporal"} <= kinds and report.pairs == len(rows)
+    for row in rows:
+        chosen = sf.read(io.BytesIO(row.chosen_wav), dtype="float32")[0]
+        rejected = sf.read(io.BytesIO(row.rejected_wav), dtype="float32")[0]
+        # scored against the original prompt, the chosen clip is the better one
+        assert judge(chosen, 16000, row.prompt).score > judge(rejected, 16000, row.prompt).score
+        assert row.chosen_prompt == row.prompt
+        if row.strategy == "inference":
+            assert row.rejected_prompt == row.prompt
+        else:  # the loser was generated from a perturbed prompt, kept in the row
+            assert row.rejected_prompt != row.prompt and row.rejected_seed >= 11 + 2
+        assert row.latent_fingerprint == "vae-1" and row.rejected_latent[0, 0, 0] == row.rejected_seed
+    for row in [row for row in rows if row.strategy == "temporal"]:  # same events, another order
+        original, perturbed = parse(row.prompt).events, parse(row.rejected_prompt).events
+        assert sorted(original) == sorted(perturbed) and original != perturbed
+
+    write_preference_dataset(rows, tmp_path / "pairs", how_made="test")
+    from datasets import load_dataset
+
+    from annotate.dataset import latent_from_bytes
+
+    ds = load_dataset(str(tmp_path / "pairs"), split="train", download_mode="force_redownload",
+                      verification_mode="no_checks")
+    assert set(ds["strategy"]) == kinds and ds[0]["latent_fingerprint"] == "vae-1"
+    np.testing.assert_array_equal(latent_from_bytes(ds[0]["chosen_latent"]), rows[0].chosen_latent)
+
+
+def test_pair_filter_is_tango2s_band():
+    keep = autorank.PairFilter(min_margin=0.2, max_margin=0.6, min_chosen_score=0.7, max_rejected_score=0.4)
+    assert keep(0.8, 0.3)
+    assert not keep(0.8, 0.7)  # gap too small
+    assert not keep(1.0, 0.3)  # gap too large (0.7)
+    assert not keep(0.65, 0.3)  # winner below its bar
+    assert not keep(0.9, 0.45)  # loser above its bar
+    assert ranked_pairs([0.8, 0.3, 0.1], keep) == []  # best (0.8) vs worst (0.1): gap 0.7 > 0.6
+
+
+def test_perturbations_file_replaces_the_built_in_perturber(tmp_path):
+    table = tmp_path / "perturbations.jsonl"
+    table.write_text('{"prompt": "a rising chirp then two knocks", "temporal": ["two knocks then a rising chirp"]}\n')
+    from annotate.perturb import load_perturbations
+
+    rows = list(autorank_pairs(["a rising chirp then two knocks"], FollowingGenerator(), JudgeRanker(), model="m",
+                               k=2, min_margin=0.0, strategies=("temporal",), perturbations=load_perturbations(table)))
+    assert [row.rejected_prompt for row in rows] == ["two knocks then a rising chirp"]
+
+
+def test_unknown_strategy_is_refused(capsys):
+    with pytest.raises(ValueError, match="strategies"):
+        list(autorank_pairs(GOOD_PROMPTS, RenderGenerator(), JudgeRanker(), model="m", strategies=("vibes",)))
+    with pytest.raises(SystemExit):
+        autorank.main(["--prompts", "train", "--out", "x", "--strategies", "inference,vibes"])
+    assert "strategies must be" in capsys.readouterr().err

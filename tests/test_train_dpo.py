@@ -259,3 +259,63 @@ def test_two_cpu_processes_train_like_one_with_the_same_global_batch(tmp_path, p
     assert len(first_noise) == 2 and first_noise[0] != first_noise[1]
     assert isinstance(load_pipeline(str(out), device="cpu"), TangoPipeline)
     assert not list(out.glob("checkpoint-*")) and (out / "train_config.json").is_file()
+
+
+def test_validation_holds_out_whole_prompts():
+    # --pairs all makes up to six pairs per prompt from the same clips: a pair-level split leaked every one
+    prompts = [f"prompt {i // 6}" for i in range(60)] + ["prompt 0 "]  # whitespace is the same prompt
+    train, held = train_dpo.split_validation(prompts, 0.2, seed=3)
+    assert sorted(train + held) == list(range(61))
+    assert not {prompts[i].strip() for i in train} & {prompts[i].strip() for i in held}
+    assert len({prompts[i] for i in held}) == 2  # 20 % of 10 prompts
+    assert train_dpo.split_validation(prompts, 0.2, seed=3) == (train, held)
+    assert train_dpo.split_validation(prompts, 0.0, seed=3) == (list(range(61)), [])
+    with pytest.raises(train_dpo.DatasetError, match="two distinct prompts"):
+        train_dpo.split_validation(["same"] * 5, 0.5, seed=0)
+
+
+def test_training_uses_the_sampled_latents_not_re_encoded_audio(tmp_path):
+    """Self-generated pairs train on the latents the model sampled: the base model's loss on what the step
+    batches equals its loss on its own samples, where the re-encoded audio is far away."""
+    import torch
+
+    from annotate.autorank import autorank_pairs
+    from annotate.pool import PipelineGenerator
+    from losses import denoising_loss
+
+    generate = PipelineGenerator(str(FIXTURE_DIR), device="cpu")
+    pipe = generate.pipe
+    order = lambda clips, rate, prompt: [float(i) for i in range(len(clips))]  # noqa: E731 (a fixed ranking)
+    rows = list(autorank_pairs(["a dog barks", "rain falls", "a bell rings"], generate, order, model="fixture", k=2,
+                               steps=2, min_margin=0.5))
+    assert len(rows) == 3 and all(row.latent_fingerprint == pipe.latent_fingerprint for row in rows)
+    write_preference_dataset(rows, tmp_path / "pairs", how_made="test")
+    ds = train_dpo.load_pairs(str(tmp_path / "pairs"), "train")
+    length = pipe.default_audio_length_in_s
+    stored = train_dpo.build_cache(pipe, ds, str(tmp_path / "pairs"), length, "mode", tmp_path / "a.safetensors")
+    audio_only = ds.remove_columns(train_dpo.LATENT_COLUMNS)
+    encoded = train_dpo.build_cache(pipe, audio_only, str(tmp_path / "pairs"), length, "mode", tmp_path / "b.safetensors")
+    assert stored["stored_latent_pairs"] == 3 and stored["latent_sources"] == {"stored": 3}
+    assert encoded["stored_latent_pairs"] == 0 and encoded["latent_sources"] == {"no stored latents": 3}
+
+    chosen, rejected, embeds, masks = train_dpo.collate([0, 1, 2], stored, torch.Generator().manual_seed(0))
+    sampled = torch.from_numpy(np.stack([row.chosen_latent for row in rows]))
+    torch.testing.assert_close(chosen, sampled, rtol=1e-5, atol=1e-6)  # exactly what was ranked
+    re_encoded, *_ = train_dpo.collate([0, 1, 2], encoded, torch.Generator().manual_seed(0))
+    assert ((re_encoded - sampled).norm() / sampled.norm()).item() > 0.05  # the old path trained on other latents
+
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    noise = torch.randn(sampled.shape, generator=torch.Generator().manual_seed(1))
+    timesteps = torch.tensor([100, 500, 900])
+    with torch.no_grad():
+        own = denoising_loss(pipe.unet, scheduler, sampled, noise, timesteps, embeds, masks).mean()
+        trained = denoising_loss(pipe.unet, scheduler, chosen, noise, timesteps, embeds, masks).mean()
+    assert abs(trained / own - 1) < 0.10
+
+    # latents of another latent space (or length) are not used: that row's audio is encoded instead
+    other = rows[0].chosen_latent
+    assert train_dpo.stored_pair_latents(ds[0] | {"latent_fingerprint": "elsewhere"}, pipe.latent_fingerprint,
+                                         other.shape)[1] == "latents of another VAE"
+    assert train_dpo.stored_pair_latents(ds[0], pipe.latent_fingerprint, (1, 2, 3))[1] == "latents of another length"
