@@ -4,7 +4,8 @@
   ``human-rank``) through the shared dataset writer, without the votes of annotators below
   the owner's gold-accuracy threshold; the card carries the verdict (win rates and
   Bradley-Terry scores, human and automatic) and says how many votes were left out. The
-  export is recorded in the store.
+  export is recorded in the store. It never writes over the data folder, a folder holding
+  it, or anything inside it but its own ``export/`` folder.
 - ``push_to_hub``: one folder, one dataset-repo upload (created if missing). The token
   comes from the argument, ``HF_TOKEN`` or the logged-in user, and never reaches a log
   line, an exception message or the data: errors are re-raised as ``PushError`` with any
@@ -30,11 +31,12 @@ from typing import Callable
 
 from huggingface_hub import CommitScheduler, HfApi, get_token
 
-from .dataset import DatasetSummary, EmptyDataset, PreferenceRow, export_lock, write_preference_dataset
+from .dataset import (EXPORT_MARKER, DatasetSummary, EmptyDataset, NotAnExport, PreferenceRow, export_lock,
+                      write_preference_dataset)
 from .files import fsync_dir
 from .gold import MIN_GOLD_ANSWERS, trusted_rankings
 from .pairs import PairVotes, aggregate_pairs, ranking_alpha
-from .store import DB_NAME, Candidate, Store
+from .store import DB_NAME, EXPORT_DIR, Candidate, Store
 from .verdict import compute_verdict, model_votes, ranker_agreement, verdict_markdown
 
 logger = logging.getLogger(__name__)
@@ -77,7 +79,10 @@ def export_human_pairs(store: Store, out_dir: str | os.PathLike, *, min_margin: 
 
     With ``min_gold_accuracy``, annotators whose gold-task accuracy is below it (after
     ``MIN_GOLD_ANSWERS`` gold answers) are left out, and the card says how many votes that was.
+    Raises ``NotAnExport`` for an ``out_dir`` that is, holds or lies inside the data folder (but
+    for its own ``export/``) or holds anything but a previous export; nothing is touched then.
     """
+    _check_outside_the_data(store, Path(out_dir))
     everything, gold = store.rankings(), store.gold_answers()
     kept, trust = trusted_rankings(everything, gold, min_gold_accuracy)
     rankings = [r for r in kept if r.task_id not in gold]
@@ -110,6 +115,15 @@ def export_human_pairs(store: Store, out_dir: str | os.PathLike, *, min_margin: 
                                     rankings=len(used), alpha=alpha, fingerprint=summary.fingerprint)
     logger.info("export %d: %d pairs from %d rankings -> %s", export_id, summary.rows, len(used), out_dir)
     return ExportResult(export_id, Path(out_dir), summary, alpha, trust.left_out_votes, trust.left_out_annotators)
+
+
+def _check_outside_the_data(store: Store, out_dir: Path) -> None:
+    out, data = out_dir.resolve(), store.data_dir.resolve()
+    if data.is_relative_to(out):
+        raise NotAnExport(f"refusing to write the export to {out_dir}: the data folder {store.data_dir} would be lost")
+    if out.is_relative_to(data) and out != data / EXPORT_DIR:
+        raise NotAnExport(f"refusing to write the export to {out_dir}: inside the data folder an export goes to "
+                          f"{store.data_dir / EXPORT_DIR} only")
 
 
 def _row(pair: PairVotes, clips: dict[str, Candidate]) -> PreferenceRow:
@@ -162,12 +176,12 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = Non
 
 
 def _upload(folder: Path, repo_id: str, token: str, api: HfApi, commit_message: str):
-    """One commit of ``folder``; remote files under the top-level folders it holds (data/, backup/) that
-    it lacks are deleted."""
+    """One commit of ``folder`` (but the export marker); remote files under the top-level folders it holds
+    (data/, backup/) that it lacks are deleted."""
     replaced = [f"{child.name}/*" for child in sorted(folder.iterdir()) if child.is_dir()]
     info = _scrubbed(token, f"pushing {folder.name} to {repo_id}", api.upload_folder, repo_id=repo_id,
                      repo_type="dataset", folder_path=folder, token=token, commit_message=commit_message,
-                     delete_patterns=replaced)
+                     delete_patterns=replaced, ignore_patterns=[EXPORT_MARKER])
     logger.info("pushed %s to the dataset repo %s", folder, repo_id)
     return info
 

@@ -83,6 +83,7 @@ from .validation import (
 logger = logging.getLogger(__name__)
 
 DB_NAME = "annotate.sqlite"
+EXPORT_DIR = "export"  # the data folder's own export folder (the app's Export writes there)
 MAX_TASK_CLIPS = 8  # what one screen can rank (the app shows A..H); larger tasks are never assigned
 MAX_TIME_SPENT_S = 24 * 3600.0
 

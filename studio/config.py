@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from annotate.store import EXPORT_DIR
 from pipeline.registry import DEFAULT_DPO_SPEC, DEFAULT_SPEC
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -44,7 +45,7 @@ class StudioConfig:
     @property
     def export_dir(self) -> Path:
         """Where the Dataset tab's Export writes (and Push uploads from)."""
-        return self.data_dir / "export"
+        return self.data_dir / EXPORT_DIR
 
 
 # flag -> (environment variable, help)

@@ -32,9 +32,10 @@ class LocalHub:
         self.repo(repo_id).mkdir(parents=True, exist_ok=True)
         return SimpleNamespace(repo_id=repo_id)
 
-    def upload_folder(self, *, repo_id, folder_path, delete_patterns=(), **kwargs):
+    def upload_folder(self, *, repo_id, folder_path, delete_patterns=(), ignore_patterns=(), **kwargs):
         folder = Path(folder_path)
-        files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+        files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+                 and not any(fnmatch.fnmatch(str(p.relative_to(folder)), pattern) for pattern in ignore_patterns or ())}
         commit = kwargs | {"repo_id": repo_id, "delete_patterns": delete_patterns, "files": files}
         if self.fail_with:
             self.commits.append(commit)

@@ -9,6 +9,7 @@ import pytest
 from annotate import Store
 from annotate.__main__ import main
 from tests.annotate_helpers import make_tasks, vote
+from tests.test_annotate_export import files_in
 
 
 @pytest.fixture
@@ -77,3 +78,17 @@ def test_gold_tasks_and_the_verdict_from_the_command_line(data_dir, tmp_path, ca
     prompts.write_text("a dog barks\n")
     assert main(["gold", "--data-dir", str(data_dir), "--prompts", str(prompts)]) == 2
     assert "unknown word 'dog'" in capsys.readouterr().err
+
+
+def test_export_never_writes_over_the_data_folder_or_other_files(data_dir, tmp_path, capsys):
+    """Bar: `export --data-dir D --out D`, or --out at a folder of other files or at a file, leaves every file
+    where it was and exits non-zero with a one-line reason."""
+    others = tmp_path / "others"
+    others.mkdir()
+    (others / "keep.txt").write_text("mine")
+    before, votes = files_in(tmp_path), Store(data_dir).rankings()
+    for out_dir in (data_dir, others, others / "keep.txt", data_dir / "audio"):
+        assert main(["export", "--data-dir", str(data_dir), "--out", str(out_dir)]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: refusing to write the export to {out_dir}: ") and error.count("\n") == 1
+    assert files_in(tmp_path) == before and Store(data_dir).rankings() == votes
