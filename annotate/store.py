@@ -88,6 +88,10 @@ MAX_TASK_CLIPS = 8  # what one screen can rank (the app shows A..H); larger task
 MAX_TIME_SPENT_S = 24 * 3600.0
 
 
+class UnusableStore(ValueError):
+    """The database cannot be used: not an SQLite database, damaged, or of a schema newer than this code."""
+
+
 @dataclass(frozen=True)
 class ShownClip:
     """A clip as an annotator gets it: an opaque id and a file to play, nothing else."""
@@ -188,7 +192,12 @@ class Store:
         self.busy_timeout_s = float(busy_timeout_s)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._migrate()
+        try:
+            self._migrate()
+        except sqlite3.OperationalError:  # locked, I/O: the database may be fine
+            raise
+        except sqlite3.DatabaseError as err:
+            raise UnusableStore(f"{self.db_path} is not a usable annotation store: {err}") from None
 
     # ------------------------------------------------------------------ connections
 
@@ -253,7 +262,7 @@ class Store:
         with self._write() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > len(MIGRATIONS):
-                raise RuntimeError(
+                raise UnusableStore(
                     f"{self.db_path} has schema version {version}; this code knows up to {len(MIGRATIONS)}: upgrade it"
                 )
             for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
@@ -617,6 +626,21 @@ class Store:
         """Rows per table (for stats, and for tests asserting that a refused call wrote nothing)."""
         with self._read() as db:
             return {table: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in _TABLES}
+
+    def is_empty(self) -> bool:
+        """Whether the store holds nothing at all: no prompt, clip, task, annotator or vote."""
+        return not any(self.counts().values())
+
+    def remove_if_empty(self) -> bool:
+        """Close the store and delete its files (database, journals, lock file) if it holds nothing; return
+        whether it did. For a command refused after it created the store: it leaves no file behind."""
+        if not self.is_empty():
+            return False
+        self.close()
+        for path in (self.db_path, Path(f"{self.db_path}-wal"), Path(f"{self.db_path}-shm"),
+                     self.db_path.with_suffix(".writelock")):
+            path.unlink(missing_ok=True)
+        return True
 
     def task_progress(self) -> list[tuple[int, int, int]]:
         """(task id, non-skip votes, target overlap) for every task but the gold ones."""

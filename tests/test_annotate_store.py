@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from annotate import InvalidAudio, InvalidInput, InvalidVote, Store, VoteConflict
+from annotate import InvalidAudio, InvalidInput, InvalidVote, Store, UnusableStore, VoteConflict
 from annotate.clips import decode_wav
 from annotate.schema import MIGRATIONS
 from tests.annotate_helpers import SAMPLE_RATE, make_tasks, tone, vote
@@ -194,8 +194,23 @@ def test_schema_is_versioned_and_migrated_once(store):
     with sqlite3.connect(store.db_path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
-    with pytest.raises(RuntimeError, match="schema version"):
+    with pytest.raises(UnusableStore, match="schema version"):
         Store(store.data_dir)
+
+
+def test_a_file_that_is_not_a_database_is_refused_as_such(tmp_path):
+    (tmp_path / "annotate.sqlite").write_bytes(b"not a database, but long enough to have a header: " * 4)
+    with pytest.raises(UnusableStore, match="is not a usable annotation store: file is not a database"):
+        Store(tmp_path)
+
+
+def test_an_empty_store_removes_itself_and_one_with_data_stays(tmp_path):
+    empty = Store(tmp_path / "empty")
+    assert empty.is_empty() and empty.remove_if_empty()
+    assert list((tmp_path / "empty").iterdir()) == []
+    store = Store(tmp_path / "data")
+    make_tasks(store, 1)
+    assert not store.is_empty() and not store.remove_if_empty() and store.counts()["tasks"] == 1
 
 
 # ---------------------------------------------------------------- names are names
