@@ -22,7 +22,7 @@ import sys
 import gradio as gr
 import torch
 
-from studio import Studio, parse_config
+from studio import START_REFUSALS, Studio, parse_config
 from studio.admin import (ANNOTATOR_COLUMNS, PREVIEW_PAIRS, dataset_overview, describe_export, export_dataset,
                           hub_url, leaderboard, push_dataset, require_admin, results_markdown)
 from studio.annotation import GUIDELINES, LABELS, MAX_SHOWN_CLIPS, SHORTCUTS, ShownTask
@@ -535,7 +535,10 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = parse_config(argv)
     check_port_free(config.host, config.port)
-    studio = Studio(config)
+    try:
+        studio = Studio(config)
+    except START_REFUSALS as err:  # the reason, not a traceback
+        sys.exit(f"error: {err}")
     try:
         launch(studio, build_app(studio))
     finally:

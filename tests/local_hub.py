@@ -15,7 +15,8 @@ from types import SimpleNamespace
 
 
 class LocalHub:
-    """The part of ``HfApi`` the project uses: create_repo, upload_folder, file_exists, snapshot_download.
+    """The part of ``HfApi`` the project uses: create_repo, upload_folder, repo_exists, list_repo_files,
+    snapshot_download.
 
     ``fail_with``: raise this from every upload (after recording it) and download.
     """
@@ -51,10 +52,16 @@ class LocalHub:
         self.commits.append(commit)  # once the files are in place, as a commit is visible only when done
         return SimpleNamespace(oid=f"commit-{len(self.commits)}")
 
-    def file_exists(self, repo_id, filename, **kwargs) -> bool:
+    def repo_exists(self, repo_id, **kwargs) -> bool:
         if self.fail_with:
             raise self.fail_with
-        return (self.repo(repo_id) / filename).is_file()
+        return self.repo(repo_id).is_dir()
+
+    def list_repo_files(self, repo_id, **kwargs) -> list[str]:
+        if self.fail_with:
+            raise self.fail_with
+        repo = self.repo(repo_id)
+        return sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())
 
     def snapshot_download(self, repo_id, *, local_dir, allow_patterns=None, **kwargs) -> str:
         if self.fail_with:
