@@ -18,6 +18,7 @@ from annotate import Store
 from annotate.export import (BackupRefused, PushError, ScheduledPush, ShrinkingBackup, export_human_pairs,
                              restore_from_hub)
 from tests.annotate_helpers import make_tasks, vote
+from tests.test_annotate_export import files_in
 from tests.local_hub import LocalHub
 
 TOKEN = "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123"
@@ -66,6 +67,7 @@ sys.path.insert(0, {root!r})
 from annotate import Store
 from annotate.export import ScheduledPush
 from tests.annotate_helpers import make_tasks, vote
+from tests.test_annotate_export import files_in
 from tests.local_hub import LocalHub
 
 store = Store({data!r})
@@ -212,11 +214,11 @@ def test_a_bad_backup_is_refused_and_the_data_folder_left_as_it_was(tmp_path, ho
     _damage(hub.repo(REPO), how)
     empty = tmp_path / "empty"
     Store(empty)
-    before = sorted(p.name for p in empty.rglob("*"))
+    before = files_in(empty)
     for data_dir in (tmp_path / "new", empty):
         with pytest.raises(BackupRefused, match=f"refusing the store backup in {REPO}: .*({reason})") as refused:
             restore_from_hub(data_dir, REPO, token=TOKEN, api=hub)
         assert "\n" not in str(refused.value)
-    assert not (tmp_path / "new").exists() and sorted(p.name for p in empty.rglob("*")) == before
+    assert not (tmp_path / "new").exists() and files_in(empty) == before
     assert Store(empty).is_empty()
     assert not list(tmp_path.glob(".*.restore-*"))
