@@ -96,7 +96,8 @@ def stats(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     alpha = summary["krippendorff_alpha_ordinal"]
-    print(f"tasks: {summary['tasks']} ({summary['tasks_at_target']} at target overlap, {summary['tasks_untouched']} untouched)")
+    print(f"tasks: {summary['tasks']} ({summary['tasks_at_target']} at target overlap, {summary['tasks_untouched']} "
+          f"untouched; {summary['tasks_withdrawn']} withdrawn: a clip could not be read)")
     print(f"votes: {summary['votes']} ({summary['skipped']} skipped, {summary['all_bad']} all bad)")
     print(f"Krippendorff's alpha (ordinal): {'n/a' if alpha is None else f'{alpha:.3f}'}")
     print(f"{'annotator':<24} {'votes':>6} {'skips':>6} {'all bad':>8} {'gold':>10}  agreement with the others' majority")

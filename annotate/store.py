@@ -40,6 +40,10 @@ given are gold, their next new task is a gold one they have not seen (if any is 
 Gold tasks never count as "tasks at target" and never reach the verdict or the export.
 
 Each vote may carry a free-text ``comment`` (kept with the vote, never compared).
+
+A task whose clips cannot be read (a file missing or unreadable) is withdrawn
+(``withdraw_task``): it is never assigned again, open assignments of it are closed, and it
+no longer counts among the tasks to do; ``withdrawn_tasks`` lists them with the reason.
 """
 
 from __future__ import annotations
@@ -141,6 +145,16 @@ class Ranking:
     time_spent_s: float | None
     created_at: float
     comment: str | None = None
+
+
+@dataclass(frozen=True)
+class WithdrawnTask:
+    """A task taken out of assignment, and why (for the admins)."""
+
+    task_id: int
+    prompt: str
+    reason: str
+    created_at: float
 
 
 @dataclass(frozen=True)
@@ -500,13 +514,33 @@ class Store:
             return self._task_view(db, task_id, clip_ids)
 
     def _open_task(self, db: sqlite3.Connection, name: str) -> Task | None:
-        row = db.execute(
-            """SELECT a.task_id, a.shown_order FROM open_assignments o JOIN annotators n ON n.id = o.annotator_id
-               JOIN assignments a ON a.id = o.assignment_id
-               WHERE n.name = ? ORDER BY o.assignment_id LIMIT 1""",
-            (name,),
-        ).fetchone()
+        row = db.execute(_OPEN_ASSIGNMENT_SQL, (name,)).fetchone()
         return None if row is None else self._task_view(db, row[0], json.loads(row[1]))
+
+    def open_task_id(self, annotator: str) -> int | None:
+        """The task of the annotator's open assignment (the one ``next_task`` returns again), if any."""
+        row = self._connection().execute(_OPEN_ASSIGNMENT_SQL, (check_name(annotator),)).fetchone()
+        return None if row is None else row[0]
+
+    def withdraw_task(self, task_id: int, reason: str) -> None:
+        """Take a task out of assignment for good (its clips cannot be read): nobody gets it again and its open
+        assignments close. ``reason`` is for the admins. Withdrawing a withdrawn task changes nothing."""
+        task_id = check_int(task_id, "task_id", minimum=1)
+        reason = check_text(reason, "reason", MAX_PROMPT_CHARS)
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is None:
+                raise InvalidInput(f"unknown `task_id` {task_id}")
+            db.execute("INSERT INTO withdrawn_tasks (task_id, reason, created_at) VALUES (?, ?, ?) "
+                       "ON CONFLICT (task_id) DO NOTHING", (task_id, reason, time.time()))
+            db.execute("DELETE FROM open_assignments WHERE task_id = ?", (task_id,))
+
+    def withdrawn_tasks(self) -> list[WithdrawnTask]:
+        """Every withdrawn task with its prompt and reason, oldest first."""
+        rows = self._connection().execute(
+            """SELECT w.task_id, p.text, w.reason, w.created_at FROM withdrawn_tasks w JOIN tasks t ON t.id = w.task_id
+               JOIN prompts p ON p.id = t.prompt_id ORDER BY w.created_at, w.task_id"""
+        ).fetchall()
+        return [WithdrawnTask(*row) for row in rows]
 
     def _task_view(self, db: sqlite3.Connection, task_id: int, shown_order: list[str]) -> Task:
         prompt = db.execute(
@@ -643,9 +677,10 @@ class Store:
         return True
 
     def task_progress(self) -> list[tuple[int, int, int]]:
-        """(task id, non-skip votes, target overlap) for every task but the gold ones."""
+        """(task id, non-skip votes, target overlap) for every task but the gold and the withdrawn ones."""
         return self._connection().execute(
-            "SELECT id, votes, target_overlap FROM tasks WHERE id NOT IN (SELECT task_id FROM gold_tasks) ORDER BY id"
+            """SELECT id, votes, target_overlap FROM tasks WHERE id NOT IN (SELECT task_id FROM gold_tasks)
+               AND id NOT IN (SELECT task_id FROM withdrawn_tasks) ORDER BY id"""
         ).fetchall()
 
     def record_export(self, out_dir: str, *, strategy: str, pairs: int, rankings: int,
@@ -690,11 +725,16 @@ class Store:
 
 
 _TABLES = ("prompts", "candidates", "tasks", "task_candidates", "annotators",
-           "assignments", "open_assignments", "rankings", "ranking_entries", "exports", "gold_tasks")
+           "assignments", "open_assignments", "rankings", "ranking_entries", "exports", "gold_tasks",
+           "withdrawn_tasks")
 
 _CANDIDATE_SQL = """SELECT c.public_id, p.text, c.model, c.seed, c.steps, c.guidance, c.sha256,
                            c.duration_s, c.sample_rate, c.auto_score
                     FROM candidates c JOIN prompts p ON p.id = c.prompt_id"""
+
+_OPEN_ASSIGNMENT_SQL = """SELECT a.task_id, a.shown_order FROM open_assignments o
+                          JOIN annotators n ON n.id = o.annotator_id JOIN assignments a ON a.id = o.assignment_id
+                          WHERE n.name = ? ORDER BY o.assignment_id LIMIT 1"""
 
 _TASK_CLIPS_SQL = """SELECT c.public_id, c.sha256 FROM task_candidates tc JOIN candidates c ON c.id = tc.candidate_id
                      WHERE tc.task_id = ? ORDER BY c.id"""
@@ -708,6 +748,7 @@ _NEXT_TASK_SQL = {
                             WHERE o.task_id = t.id AND o.assigned_at > :fresh_after) AS load
     FROM tasks t
     WHERE NOT EXISTS (SELECT 1 FROM assignments mine WHERE mine.task_id = t.id AND mine.annotator_id = :annotator)
+      AND t.id NOT IN (SELECT task_id FROM withdrawn_tasks)
       AND (t.id IN (SELECT task_id FROM gold_tasks)) = :gold
       AND (SELECT COUNT(*) FROM task_candidates n WHERE n.task_id = t.id) <= :max_clips
     ORDER BY load >= t.target_overlap,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from annotate import Store
+from annotate.store import WithdrawnTask
 from annotate.export import ExportResult, export_human_pairs, push_to_hub
 from annotate.pairs import aggregate_pairs
 from annotate.stats import dataset_stats
@@ -43,6 +44,7 @@ class DatasetOverview:
     verdicts: list[Verdict]
     agreement: dict  # the automatic ranker vs the human majority
     min_gold_accuracy: float | None = None
+    withdrawn: tuple[WithdrawnTask, ...] = ()  # tasks no longer handed out: a clip could not be read
 
     def as_markdown(self) -> str:
         s = self.stats
@@ -55,6 +57,8 @@ class DatasetOverview:
             f"- **agreement** (Krippendorff's alpha, ordinal): {'n/a' if alpha is None else f'{alpha:.3f}'}",
             f"- **gold accuracy threshold**: " + ("none (every annotator counts)" if self.min_gold_accuracy is None
                                                  else f"{self.min_gold_accuracy:.0%}"),
+            f"- **withdrawn tasks** (a clip could not be read; no longer handed out): {len(self.withdrawn)}"
+            + "".join(f"\n  - task {w.task_id} ({w.prompt}): {w.reason}" for w in self.withdrawn),
             "",
             verdict_markdown(self.verdicts, self.agreement),
         ])
@@ -73,7 +77,8 @@ ANNOTATOR_COLUMNS = ["annotator", "votes", "skipped", "all bad", "agreement", "p
 
 
 def dataset_overview(store: Store, config: StudioConfig, preview: int = PREVIEW_PAIRS) -> DatasetOverview:
-    """Counts, agreement, the verdicts, per-annotator rows (gold accuracy too) and the strongest pairs."""
+    """Counts, agreement, the verdicts, per-annotator rows (gold accuracy too), the withdrawn tasks and the
+    strongest pairs."""
     rankings, gold = store.rankings(), store.gold_answers()
     pairs = aggregate_pairs(r for r in rankings if r.task_id not in gold)
     shown = pairs[:preview]
@@ -88,6 +93,7 @@ def dataset_overview(store: Store, config: StudioConfig, preview: int = PREVIEW_
                   for source in ("human", "auto")],
         agreement=ranker_agreement(rankings, clips, gold),
         min_gold_accuracy=config.min_gold_accuracy,
+        withdrawn=tuple(store.withdrawn_tasks()),
     )
 
 

@@ -99,6 +99,23 @@ def test_informative_first_prefers_the_closest_automatic_scores(tmp_path):
     assert Store(tmp_path, informative_first=False).next_task("d").id == 1
 
 
+def test_a_withdrawn_task_is_never_assigned_again_and_closes_its_open_assignments(store):
+    first, second = make_tasks(store, 2)
+    assert store.next_task("ann").id == first and store.open_task_id("ann") == first
+    store.withdraw_task(first, "clip x cannot be read: No such file or directory")
+    store.withdraw_task(first, "again")  # once withdrawn, stays as it was
+    assert store.open_task_id("ann") is None and store.open_task_id("nobody") is None
+    assert store.next_task("ann").id == second and store.next_task("bob").id == second
+    [withdrawn] = store.withdrawn_tasks()
+    assert (withdrawn.task_id, withdrawn.prompt, withdrawn.reason) == (first, "prompt 0", "clip x cannot be read: "
+                                                                       "No such file or directory")
+    assert [task_id for task_id, _, _ in store.task_progress()] == [second]
+    with pytest.raises(InvalidInput, match="unknown `task_id` 99"):
+        store.withdraw_task(99, "no such task")
+    with sqlite3.connect(store.db_path) as db, pytest.raises(sqlite3.IntegrityError, match="insert-only"):
+        db.execute("DELETE FROM withdrawn_tasks")
+
+
 def test_reveal_only_after_the_vote(store):
     make_tasks(store, 1)
     task = store.next_task("alice")
