@@ -40,7 +40,8 @@ class Studio:
     With ``config.push_every`` (and a Hub dataset), a data folder whose store holds nothing
     first gets the last backup back from the Hub (checked first: a bad one stops the start),
     then a background ``ScheduledPush`` exports and backs the store up every ``push_every``
-    minutes, never over a backup holding more (unless ``allow_shrinking_backup``). ``hub_api`` replaces ``HfApi`` (tests).
+    minutes, never over a backup holding more (unless ``allow_shrinking_backup``).
+    ``hub_api`` replaces ``HfApi`` (tests).
     With sound-world models, the judge scores every clip stored (``auto_score``): the
     automatic verdict and ``informative_first`` use it.
     """

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
 
 from annotate import Store
-from annotate.store import WithdrawnTask
 from annotate.export import ExportResult, export_human_pairs, push_to_hub
 from annotate.pairs import aggregate_pairs
 from annotate.stats import dataset_stats
+from annotate.store import WithdrawnTask
 from annotate.verdict import Verdict, compute_verdict, ranker_agreement, verdict_markdown
 
 from .config import StudioConfig
@@ -78,11 +80,12 @@ ANNOTATOR_COLUMNS = ["annotator", "votes", "skipped", "all bad", "agreement", "p
 
 def dataset_overview(store: Store, config: StudioConfig, preview: int = PREVIEW_PAIRS) -> DatasetOverview:
     """Counts, agreement, the verdicts, per-annotator rows (gold accuracy too), the withdrawn tasks and the
-    strongest pairs."""
+    strongest pairs whose clips can be played."""
     rankings, gold = store.rankings(), store.gold_answers()
     pairs = aggregate_pairs(r for r in rankings if r.task_id not in gold)
-    shown = pairs[:preview]
     clips = store.candidates()
+    shown = list(islice((p for p in pairs if Path(clips[p.chosen].audio_path).is_file()
+                         and Path(clips[p.rejected].audio_path).is_file()), preview))
     return DatasetOverview(
         stats=dataset_stats(store),
         pairs=len(pairs),

@@ -171,3 +171,16 @@ def test_file_errors_never_show_a_server_path(studio, monkeypatch):
     with pytest.raises(gr.Error) as refused:
         app.next_task(studio, "ann", None, None)
     assert "/srv" not in refused.value.message and "Permission denied" in refused.value.message
+
+
+def test_the_dataset_tab_shows_with_a_clip_missing(studio):
+    for name in ("ann", "bo"):
+        _, _, task = app.next_task(studio, name, None, None)
+        for position in range(3):
+            app.play_clip(studio, position, name, task, None, None)
+        app.vote(studio, name, task.task_id, {"A": 1, "B": 2, "C": 3})
+    Path(studio.store.candidates()[task.clip_ids[0]].audio_path).unlink()
+    overview, rows, *previews = app.show_dataset(studio, "admin", None, None)
+    assert "**votes**: 2" in overview and len(rows) == 2
+    shown = [update["value"] for update in previews[1::3] + previews[2::3] if update["visible"]]
+    assert shown and all(Path(path).is_file() for path in shown)  # previews only of clips that can be played
