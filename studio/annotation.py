@@ -138,6 +138,8 @@ class AnnotationSession:
             try:
                 served.append(self.serve(clip.audio_path))
             except OSError as err:
+                if err.filename != clip.audio_path:  # the copy failed (a full disk ...), not the clip: try again later
+                    raise
                 reason = f"clip {clip.id} cannot be read: {err.strerror or type(err).__name__}"
                 logger.error("withdrew task %d from assignment: %s (%s)", task.id, reason, clip.audio_path)
                 self.store.withdraw_task(task.id, reason)

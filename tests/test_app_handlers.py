@@ -173,6 +173,16 @@ def test_file_errors_never_show_a_server_path(studio, monkeypatch):
     assert "/srv" not in refused.value.message and "Permission denied" in refused.value.message
 
 
+def test_a_failing_copy_withdraws_nothing(studio, monkeypatch):
+    def disk_full(source):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(studio.annotation, "serve", disk_full)
+    with pytest.raises(gr.Error, match="No space left on device"):
+        app.next_task(studio, "ann", None, None)
+    assert studio.store.withdrawn_tasks() == []  # the clips are fine: the task waits for the disk
+
+
 def test_the_dataset_tab_shows_with_a_clip_missing(studio):
     for name in ("ann", "bo"):
         _, _, task = app.next_task(studio, name, None, None)
