@@ -22,7 +22,7 @@ import sys
 import gradio as gr
 import torch
 
-from studio import Studio, parse_config
+from studio import START_REFUSALS, Studio, parse_config
 from studio.admin import (ANNOTATOR_COLUMNS, PREVIEW_PAIRS, dataset_overview, describe_export, export_dataset,
                           hub_url, leaderboard, push_dataset, require_admin, results_markdown)
 from studio.annotation import GUIDELINES, LABELS, MAX_SHOWN_CLIPS, SHORTCUTS, ShownTask
@@ -90,9 +90,17 @@ def visible_errors(handler):
             raise gr.Error(STORE_TROUBLE) from err
         except (ValueError, OSError) as err:
             logger.info("refused %s: %s", handler.__name__, err)
-            raise gr.Error(str(err), print_exception=False) from None
+            raise gr.Error(without_paths(err), print_exception=False) from None
 
     return wrapped
+
+
+def without_paths(err: Exception) -> str:
+    """An error's message as users read it: a file error's reason without the server's file names (the log
+    has them)."""
+    if isinstance(err, OSError) and (err.filename or err.filename2):
+        return f"{err.strerror or type(err).__name__} (a file on the server; the log names it)"
+    return str(err)
 
 
 def bind(handler, *state):
@@ -201,7 +209,7 @@ def show_task(task: ShownTask | None, task_info: dict):
     if task is None:
         hidden = [gr.update(value=None, visible=False)] * MAX_SHOWN_CLIPS
         return (task_info["progress"], "**No task left for you.** Thank you!", *hidden, *hidden,
-                *[gr.update(interactive=False)] * 3, "", "")
+                *vote_buttons(False), "", "")
     count = len(task.clip_ids)
     audio = [gr.update(value=task.audio_paths[i] if i < count else None, visible=i < count)
              for i in range(MAX_SHOWN_CLIPS)]
@@ -233,10 +241,13 @@ def play_clip(studio: Studio, position: int, annotator: str, task: ShownTask | N
 def vote_from_form(studio: Studio, verdict: str, annotator: str, task: ShownTask | None, comment: str,
                    request: gr.Request, profile: gr.OAuthProfile | None, *ranks):
     """Vote, All bad or Skip pressed: the ranks chosen in the form (one per shown clip) and the comment become
-    the vote; with --reveal-models the status then names the model behind each clip."""
-    if task is None:
+    the vote; with --reveal-models the status then names the model behind each clip. Skip works whenever a task
+    is assigned, shown on this page or not."""
+    if task is None and verdict != "skip":
         raise ValueError("no task loaded: press Next task")
     name = who(studio, annotator, request, profile)
+    if task is None:
+        return f"Vote {studio.annotation.skip_open_task(name)} stored (skip)."
     ranking = None
     if verdict == "rank":
         missing = [label for label, rank in zip(task.labels, ranks) if not rank]
@@ -443,7 +454,7 @@ def annotate_tab(studio: Studio, name_box: gr.Textbox) -> None:
     with gr.Row():
         vote_button = gr.Button("Vote", variant="primary", interactive=False, elem_id="vote-button")
         all_bad_button = gr.Button("All bad", interactive=False, elem_id="all-bad-button")
-        skip_button = gr.Button("Skip", interactive=False, elem_id="skip-button")
+        skip_button = gr.Button("Skip", elem_id="skip-button")  # always: it skips whatever task is assigned
     comment_box = gr.Textbox(label="Comment (optional)", max_lines=3, elem_id="vote-comment")
     annotate_status = gr.Markdown(elem_id="annotate-status")
     task_json = gr.JSON(visible=False, label="task")
@@ -535,7 +546,10 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = parse_config(argv)
     check_port_free(config.host, config.port)
-    studio = Studio(config)
+    try:
+        studio = Studio(config)
+    except START_REFUSALS as err:  # the reason, not a traceback
+        sys.exit(f"error: {err}")
     try:
         launch(studio, build_app(studio))
     finally:

@@ -178,6 +178,9 @@ def load_pairs(dataset: str, split: str):
     try:
         ds = load_dataset(dataset, split=split, **fresh)
     except Exception as err:  # datasets raises many types; say what failed
+        if has_no_rows(dataset):
+            raise DatasetError(f"dataset {dataset!r} has no rows: its parquet files are empty (export some pairs "
+                               f"first)") from None
         raise DatasetError(f"cannot load dataset {dataset!r} (split {split!r}): {type(err).__name__}: {err}") from None
     missing = [c for c in ("prompt", "chosen", "rejected") if c not in ds.column_names]
     if missing:
@@ -186,6 +189,19 @@ def load_pairs(dataset: str, split: str):
         if isinstance(ds.features[column], Audio):
             ds = ds.cast_column(column, Audio(decode=False))
     return ds
+
+
+def has_no_rows(dataset: str) -> bool:
+    """Whether ``dataset`` is a local folder whose parquet files hold no row (datasets then fails with a generic
+    DatasetGenerationError)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shards = sorted(Path(dataset).rglob("*.parquet")) if Path(dataset).is_dir() else []
+    try:
+        return bool(shards) and not any(pq.read_metadata(shard).num_rows for shard in shards)
+    except (OSError, pa.ArrowException):  # unreadable: the load error says more
+        return False
 
 
 LATENT_COLUMNS = ["chosen_latent", "rejected_latent", "latent_fingerprint"]

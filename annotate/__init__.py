@@ -4,8 +4,8 @@
 modules are imported where used (they pull in heavier libraries).
 """
 
-from .store import Candidate, Ranking, ShownClip, Store, Task
+from .store import Candidate, Ranking, ShownClip, Store, Task, UnusableStore
 from .validation import InvalidAudio, InvalidInput, InvalidVote, VoteConflict
 
 __all__ = ["Store", "Task", "ShownClip", "Candidate", "Ranking",
-           "InvalidInput", "InvalidVote", "VoteConflict", "InvalidAudio"]
+           "InvalidInput", "InvalidVote", "VoteConflict", "InvalidAudio", "UnusableStore"]

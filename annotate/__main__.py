@@ -6,6 +6,9 @@
     python -m annotate verdict --data-dir data --source human
     python -m annotate export --data-dir data --out exports/human-pairs
     python -m annotate push   --data-dir data --repo me/tango-preferences      # token: HF_TOKEN or `hf auth login`
+
+Only pool and gold make a store; the other commands refuse a data folder without one, and a
+refused command leaves no new store behind (an empty store would stop the app's Hub restore).
 """
 
 from __future__ import annotations
@@ -13,15 +16,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import suppress
 from pathlib import Path
 
-from .store import Store
+from .store import DB_NAME, Store
 from .validation import InvalidInput
 
 
 def _read_prompts(path: str) -> list[str]:
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _existing_store(data_dir: str) -> Store:
+    """The store in ``data_dir``, for the commands that only use one: none there is refused, creating nothing."""
+    if not (Path(data_dir) / DB_NAME).is_file():
+        raise InvalidInput(f"no annotation store in {data_dir} (no {DB_NAME}): make tasks first with "
+                           f"`python -m annotate pool`, or point --data-dir at the app's data folder")
+    return Store(data_dir)
 
 
 def pool(args: argparse.Namespace) -> int:
@@ -37,7 +49,7 @@ def pool(args: argparse.Namespace) -> int:
 def export(args: argparse.Namespace) -> int:
     from .export import export_human_pairs
 
-    result = export_human_pairs(Store(args.data_dir), args.out, min_margin=args.min_margin,
+    result = export_human_pairs(_existing_store(args.data_dir), args.out, min_margin=args.min_margin,
                                 min_gold_accuracy=args.min_gold_accuracy)
     alpha = "n/a" if result.alpha is None else f"{result.alpha:.3f}"
     print(f"export {result.export_id}: {result.summary.rows} pairs in {result.summary.shards} shard(s) -> {args.out} "
@@ -57,7 +69,7 @@ def gold(args: argparse.Namespace) -> int:
 def verdict(args: argparse.Namespace) -> int:
     from .verdict import compute_verdict, verdict_markdown
 
-    result = compute_verdict(Store(args.data_dir), args.source, min_gold_accuracy=args.min_gold_accuracy)
+    result = compute_verdict(_existing_store(args.data_dir), args.source, min_gold_accuracy=args.min_gold_accuracy)
     print(json.dumps(result.rows, indent=2) if args.json else verdict_markdown([result]))
     return 0
 
@@ -67,7 +79,7 @@ def push(args: argparse.Namespace) -> int:
 
     folder = args.folder
     if folder is None:
-        exports = Store(args.data_dir).exports()
+        exports = _existing_store(args.data_dir).exports()
         if not exports:
             raise InvalidInput("nothing exported yet: run `python -m annotate export` first (or pass --folder)")
         folder = exports[-1].out_dir
@@ -79,12 +91,13 @@ def push(args: argparse.Namespace) -> int:
 def stats(args: argparse.Namespace) -> int:
     from .stats import dataset_stats
 
-    summary = dataset_stats(Store(args.data_dir))
+    summary = dataset_stats(_existing_store(args.data_dir))
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     alpha = summary["krippendorff_alpha_ordinal"]
-    print(f"tasks: {summary['tasks']} ({summary['tasks_at_target']} at target overlap, {summary['tasks_untouched']} untouched)")
+    print(f"tasks: {summary['tasks']} ({summary['tasks_at_target']} at target overlap, {summary['tasks_untouched']} "
+          f"untouched; {summary['tasks_withdrawn']} withdrawn: a clip could not be read)")
     print(f"votes: {summary['votes']} ({summary['skipped']} skipped, {summary['all_bad']} all bad)")
     print(f"Krippendorff's alpha (ordinal): {'n/a' if alpha is None else f'{alpha:.3f}'}")
     print(f"{'annotator':<24} {'votes':>6} {'skips':>6} {'all bad':>8} {'gold':>10}  agreement with the others' majority")
@@ -143,11 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    data_dir = Path(args.data_dir)
+    had_folder, had_store = data_dir.is_dir(), (data_dir / DB_NAME).exists()
     try:
         return args.handler(args)
-    except (ValueError, OSError) as err:  # bad input (InvalidInput, EmptyDataset, ...), files, PushError
+    except (ValueError, OSError) as err:  # bad input (InvalidInput, EmptyDataset, UnusableStore ...), files, PushError
         print(f"error: {err}", file=sys.stderr)
-        return 2
+    # Refused (the handler's store is closed by now): a store it made that holds nothing goes, and so does its folder.
+    if not had_store and (data_dir / DB_NAME).exists() and Store(data_dir).remove_if_empty() and not had_folder:
+        with suppress(OSError):  # something else was put there meanwhile
+            data_dir.rmdir()
+    return 2
 
 
 if __name__ == "__main__":

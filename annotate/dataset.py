@@ -17,6 +17,11 @@ decoder library is required anywhere.
 Atomic: the folder is built as a hidden sibling, then swapped in with two renames under
 an OS lock; a writer killed at any point leaves the previous export in place (a swap cut
 between its two renames is undone by the next writer), and a rerun succeeds.
+
+Safe: a write replaces only a previous export. Every export folder carries a marker file
+(``.tango-export``, never pushed to the Hub); a folder that is not empty and has no marker
+(nor an export's exact layout, as written before the marker existed), a regular file, or a
+path that is not a folder is refused with ``NotAnExport`` and left as it was.
 """
 
 from __future__ import annotations
@@ -89,6 +94,8 @@ def latent_from_bytes(data: bytes) -> np.ndarray:
         raise ValueError(f"not a finite (channels, frames, bins) float32 latent: {latent.dtype} {latent.shape}")
     return latent
 
+
+EXPORT_MARKER = ".tango-export"  # in every folder the writer makes: the next write may replace it
 MAX_SHARD_BYTES = 500 * 2**20  # the Hub's usual shard size
 ROWS_PER_GROUP = 64  # ~80 MB row groups for 10 s float32 clips: readable in streaming
 
@@ -170,6 +177,30 @@ class EmptyDataset(ValueError):
     """No rows to write (a dataset with no rows does not load); the previous export stays."""
 
 
+class NotAnExport(ValueError):
+    """The output path holds something no export made: it is refused, and left as it was."""
+
+
+def check_replaceable(out_dir: Path) -> None:
+    """Raise ``NotAnExport`` unless ``out_dir`` is missing, an empty folder or a previous export."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise NotAnExport(f"refusing to write the export to {out_dir}: it is a file, not a folder")
+    if (out_dir / EXPORT_MARKER).is_file() or _has_export_layout(out_dir) or not any(out_dir.iterdir()):
+        return
+    raise NotAnExport(f"refusing to write the export to {out_dir}: it holds files no export made "
+                      f"(no {EXPORT_MARKER} marker); pick a new or empty folder")
+
+
+def _has_export_layout(folder: Path) -> bool:
+    """Exactly README.md and data/train-*.parquet: an export written before the marker existed."""
+    entries = {child.name: child for child in folder.iterdir()}
+    if set(entries) != {"README.md", "data"} or not entries["README.md"].is_file() or not entries["data"].is_dir():
+        return False
+    return all(shard.is_file() and shard.match("train-*.parquet") for shard in entries["data"].iterdir())
+
+
 def check_row(row: PreferenceRow) -> None:
     """Refuse a row that would break the schema's promises (strategy, 16 kHz audio, counts)."""
     if row.strategy not in STRATEGIES:
@@ -214,14 +245,17 @@ def write_preference_dataset(
 
     ``rows`` is consumed once, as a stream (audio never all in memory). ``how_made``,
     ``stats`` (e.g. agreement) and ``sections`` (title -> Markdown, e.g. the verdict) go into
-    the dataset card. Raises ``EmptyDataset`` when there
-    are no rows, ``ValueError`` for an invalid row; either way ``out_dir`` is untouched.
+    the dataset card. Raises ``EmptyDataset`` when there are no rows, ``NotAnExport`` when
+    ``out_dir`` holds something else than a previous export, ``ValueError`` for an invalid
+    row; each time ``out_dir`` is untouched.
     """
     out_dir = Path(out_dir).resolve()
+    check_replaceable(out_dir)  # before anything is created beside it
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     building = out_dir.parent / f".{out_dir.name}.building"
     with export_lock(out_dir):
         _finish_interrupted_swap(out_dir)
+        check_replaceable(out_dir)  # again under the lock: what the swap replaces
         shutil.rmtree(building, ignore_errors=True)  # a killed writer's leftovers (we hold the lock)
         (building / "data").mkdir(parents=True)
         try:
@@ -231,6 +265,8 @@ def write_preference_dataset(
                 file.write(card)
                 file.flush()
                 os.fsync(file.fileno())
+            (building / EXPORT_MARKER).write_text("Written by Tango DPO Studio's dataset writer: the next export "
+                                                  "may replace this folder.\n", encoding="utf-8")
             fsync_dir(building / "data")
             fsync_dir(building)
             _swap_in(building, out_dir)

@@ -4,7 +4,8 @@
   ``human``) through the shared dataset writer, without the votes of annotators below
   the owner's gold-accuracy threshold; the card carries the verdict (win rates and
   Bradley-Terry scores, human and automatic) and says how many votes were left out. The
-  export is recorded in the store.
+  export is recorded in the store. It never writes over the data folder, a folder holding
+  it, or anything inside it but its own ``export/`` folder.
 - ``push_to_hub``: one folder, one dataset-repo upload (created if missing). The token
   comes from the argument, ``HF_TOKEN`` or the logged-in user, and never reaches a log
   line, an exception message or the data: errors are re-raised as ``PushError`` with any
@@ -12,8 +13,11 @@
 - ``ScheduledPush``: a ``huggingface_hub.CommitScheduler`` for a Space, which pushes the
   export folder every few minutes (optionally re-exporting first) and, given the store, a
   backup of the store itself under ``backup/`` (database and clips), so votes reach the Hub
-  even when nobody clicks "export" and the Space's disk is wiped on restart.
-- ``restore_from_hub``: on start, a data folder without a store gets the last backup back.
+  even when nobody clicks "export" and the Space's disk is wiped on restart. A push never
+  replaces a backup holding votes or clips the store lacks (``ShrinkingBackup``) unless the
+  owner allows it; each push is a commit, so the repo's history keeps every earlier backup.
+- ``restore_from_hub``: on start, a data folder whose store holds nothing (or that has none)
+  gets the last backup back, once the backup is checked (``check_backup``).
 """
 
 from __future__ import annotations
@@ -23,18 +27,23 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import tempfile
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from huggingface_hub import CommitScheduler, HfApi, get_token
 
-from .dataset import DatasetSummary, EmptyDataset, PreferenceRow, export_lock, write_preference_dataset
+from .clips import clip_path
+from .dataset import (EXPORT_MARKER, DatasetSummary, EmptyDataset, NotAnExport, PreferenceRow, export_lock,
+                      write_preference_dataset)
 from .files import fsync_dir
 from .gold import MIN_GOLD_ANSWERS, trusted_rankings
 from .pairs import PairVotes, aggregate_pairs, ranking_alpha
-from .store import DB_NAME, Candidate, Store
+from .schema import MIGRATIONS
+from .store import DB_NAME, EXPORT_DIR, Candidate, Store, UnusableStore
 from .verdict import compute_verdict, model_votes, ranker_agreement, verdict_markdown
 
 logger = logging.getLogger(__name__)
@@ -77,7 +86,10 @@ def export_human_pairs(store: Store, out_dir: str | os.PathLike, *, min_margin: 
 
     With ``min_gold_accuracy``, annotators whose gold-task accuracy is below it (after
     ``MIN_GOLD_ANSWERS`` gold answers) are left out, and the card says how many votes that was.
+    Raises ``NotAnExport`` for an ``out_dir`` that is, holds or lies inside the data folder (but
+    for its own ``export/``) or holds anything but a previous export; nothing is touched then.
     """
+    _check_outside_the_data(store, Path(out_dir))
     everything, gold = store.rankings(), store.gold_answers()
     kept, trust = trusted_rankings(everything, gold, min_gold_accuracy)
     rankings = [r for r in kept if r.task_id not in gold]
@@ -112,6 +124,15 @@ def export_human_pairs(store: Store, out_dir: str | os.PathLike, *, min_margin: 
     return ExportResult(export_id, Path(out_dir), summary, alpha, trust.left_out_votes, trust.left_out_annotators)
 
 
+def _check_outside_the_data(store: Store, out_dir: Path) -> None:
+    out, data = out_dir.resolve(), store.data_dir.resolve()
+    if data.is_relative_to(out):
+        raise NotAnExport(f"refusing to write the export to {out_dir}: the data folder {store.data_dir} would be lost")
+    if out.is_relative_to(data) and out != data / EXPORT_DIR:
+        raise NotAnExport(f"refusing to write the export to {out_dir}: inside the data folder an export goes to "
+                          f"{store.data_dir / EXPORT_DIR} only")
+
+
 def _row(pair: PairVotes, clips: dict[str, Candidate]) -> PreferenceRow:
     chosen, rejected = clips[pair.chosen], clips[pair.rejected]
     return PreferenceRow(
@@ -143,6 +164,14 @@ class PushError(OSError):
     """A Hub push failed (network, authentication, permissions); the message never contains the token."""
 
 
+class ShrinkingBackup(PushError):
+    """A push would replace the store backup on the Hub by one that lacks some of its votes or clips."""
+
+
+class BackupRefused(UnusableStore):
+    """A store backup that is not restored: not a sound store of a known schema with all of its clips."""
+
+
 def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = None, api: HfApi | None = None,
                 *, private: bool | None = None, commit_message: str | None = None):
     """Upload an export folder to the dataset repo ``repo_id`` in one commit; return the commit info.
@@ -163,12 +192,12 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = Non
 
 
 def _upload(folder: Path, repo_id: str, token: str, api: HfApi, commit_message: str):
-    """One commit of ``folder``; remote files under the top-level folders it holds (data/, backup/) that
-    it lacks are deleted."""
+    """One commit of ``folder`` (but the export marker); remote files under the top-level folders it holds
+    (data/, backup/) that it lacks are deleted."""
     replaced = [f"{child.name}/*" for child in sorted(folder.iterdir()) if child.is_dir()]
     info = _scrubbed(token, f"pushing {folder.name} to {repo_id}", api.upload_folder, repo_id=repo_id,
                      repo_type="dataset", folder_path=folder, token=token, commit_message=commit_message,
-                     delete_patterns=replaced)
+                     delete_patterns=replaced, ignore_patterns=[EXPORT_MARKER])
     logger.info("pushed %s to the dataset repo %s", folder, repo_id)
     return info
 
@@ -216,15 +245,20 @@ class ScheduledPush(CommitScheduler):
     mid-upload), and with ``store`` a snapshot of the store under ``backup/``. If the staged
     content changed since the last push, upload it in one commit. A vote acknowledged before
     a push began is in that push's backup.
+
+    The backup in the repo is never replaced by one lacking some of its votes or clips (a
+    store started empty beside a backup it did not restore): that push raises
+    ``ShrinkingBackup`` and is logged, unless ``allow_shrinking_backup``.
     """
 
     def __init__(self, folder: str | os.PathLike, repo_id: str, *, every: float = 5, token: str | None = None,
                  api: HfApi | None = None, before_push: Callable[[], object] | None = None,
-                 store: Store | None = None):
+                 store: Store | None = None, allow_shrinking_backup: bool = False):
         _check_repo_id(repo_id)
         token = _resolve_token(token)
         self.before_push = before_push
         self.store = store
+        self.allow_shrinking_backup = allow_shrinking_backup
         self.pushed_fingerprint: str | None = None
         # CommitScheduler creates the repo and starts its thread here (its first push runs at once).
         _scrubbed(token, f"scheduling pushes to {repo_id}", super().__init__, repo_id=repo_id, folder_path=folder,
@@ -250,9 +284,39 @@ class ScheduledPush(CommitScheduler):
                 return None
             _scrubbed(self.token, f"pushing to {self.repo_id}", self.api.create_repo, self.repo_id,
                       repo_type="dataset", exist_ok=True, token=self.token)
+            if self.store is not None and not self.allow_shrinking_backup:
+                self._check_not_shrinking(staged / BACKUP_DIR, Path(scratch) / "remote")
             info = _upload(staged, self.repo_id, self.token, self.api, "Scheduled export of preference pairs")
         self.pushed_fingerprint = fingerprint
         return info
+
+    def _check_not_shrinking(self, backup: Path, scratch: Path) -> None:
+        """Raise (and log) ``ShrinkingBackup`` if the repo's backup holds votes or clips that ``backup`` lacks."""
+        what = f"reading the store backup in {self.repo_id}"
+        remote = _backup_files(self.api, self.repo_id, self.token, what)
+        lost_clips = {Path(name).name for name in remote if name.endswith(".wav")} - {
+            clip.name for clip in (backup / "audio").rglob("*.wav")}
+        try:
+            local_votes, _ = _backup_database(backup / DB_NAME)
+        except BackupRefused as err:
+            raise PushError(f"not pushing to {self.repo_id}: the snapshot of this store is unusable: {err}") from None
+        remote_votes, why = 0, None
+        if f"{BACKUP_DIR}/{DB_NAME}" in remote:
+            _scrubbed(self.token, what, self.api.snapshot_download, self.repo_id, repo_type="dataset",
+                      allow_patterns=[f"{BACKUP_DIR}/{DB_NAME}"], local_dir=scratch, token=self.token)
+            try:
+                remote_votes, _ = _backup_database(scratch / BACKUP_DIR / DB_NAME)
+            except BackupRefused as err:
+                why = f"its backup cannot be read ({err}), so it may hold votes this store lacks"
+        if why is None and (remote_votes > local_votes or lost_clips):
+            why = (f"its backup holds {remote_votes} vote(s) and {len(lost_clips)} clip(s) this store lacks "
+                   f"(this store: {local_votes} vote(s))")
+        if why is not None:
+            message = (f"not pushing to {self.repo_id}: {why}. Restore it (stop the app, empty the data folder, "
+                       f"start again) or start with --allow-shrinking-backup to replace it (the repo's history "
+                       f"keeps the previous backup)")
+            logger.error(message)
+            raise ShrinkingBackup(message)
 
 
 def _folder_fingerprint(folder: Path) -> str | None:
@@ -273,38 +337,98 @@ def _folder_fingerprint(folder: Path) -> str | None:
 
 def restore_from_hub(data_dir: str | os.PathLike, repo_id: str, token: str | None = None,
                      api: HfApi | None = None) -> int | None:
-    """Bring back the last backup a ``ScheduledPush`` made, into a data folder that holds no store.
+    """Bring back the last backup a ``ScheduledPush`` made, into a data folder whose store holds nothing.
 
-    Returns the number of votes restored, or None when nothing was done: the folder already
-    has a store, or the repo (or its backup) does not exist yet (a first start). Any other
+    Returns the number of votes restored, or None when nothing was done: the folder's store
+    holds something (prompts, clips, tasks or votes), or the repo has no backup yet (a first
+    start). A backup that fails ``check_backup`` is refused (``BackupRefused``), and any other
     failure (network, authentication) raises ``PushError``: starting empty then would let the
-    next scheduled push replace the backup with an empty store.
+    next scheduled push try to replace the backup. Either way the data folder is left as it was.
 
-    The backup is downloaded beside ``data_dir`` and moved in clips first, database last, so
-    an interrupted restore leaves no store and is simply done again at the next start.
+    The backup is downloaded and checked beside ``data_dir``, then moved in clips first,
+    database last (an empty store there gives way to it), so an interrupted restore leaves a
+    store holding nothing, and the restore is simply done again at the next start.
     """
     data_dir = Path(data_dir)
-    if (data_dir / DB_NAME).exists():
+    if (data_dir / DB_NAME).exists() and not Store(data_dir).is_empty():
         return None
     _check_repo_id(repo_id)
     token = _resolve_token(token)
     api = api or HfApi(token=token)
     what = f"restoring the store from {repo_id}"
-    if not _scrubbed(token, what, api.file_exists, repo_id, f"{BACKUP_DIR}/{DB_NAME}", repo_type="dataset", token=token):
+    remote = _backup_files(api, repo_id, token, what)
+    if not remote:
         logger.info("no store backup in %s yet: starting with an empty store", repo_id)
         return None
-    data_dir.mkdir(parents=True, exist_ok=True)
+
+    def refused(reason: str) -> BackupRefused:
+        return BackupRefused(f"refusing the store backup in {repo_id}: {reason}; {data_dir} was left as it was "
+                             f"(an earlier backup is in the dataset repo's history)")
+
+    if f"{BACKUP_DIR}/{DB_NAME}" not in remote:
+        raise refused(f"{BACKUP_DIR}/ holds {len(remote)} file(s) but no {DB_NAME}")
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=data_dir.parent, prefix=f".{data_dir.name}.restore-") as scratch:
         _scrubbed(token, what, api.snapshot_download, repo_id, repo_type="dataset", allow_patterns=[f"{BACKUP_DIR}/*"],
                   local_dir=scratch, token=token)
         backup = Path(scratch) / BACKUP_DIR
-        if (backup / "audio").is_dir():
-            for clip in (backup / "audio").rglob("*.wav"):
-                target = data_dir / "audio" / clip.relative_to(backup / "audio")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(clip, target)
+        try:
+            votes = check_backup(backup)
+        except BackupRefused as err:
+            raise refused(str(err)) from None
+        data_dir.mkdir(exist_ok=True)
+        if (data_dir / DB_NAME).exists() and not Store(data_dir).remove_if_empty():
+            return None  # something was stored meanwhile: it stays
+        for clip in (backup / "audio").rglob("*.wav"):
+            target = data_dir / "audio" / clip.relative_to(backup / "audio")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(clip, target)
         os.replace(backup / DB_NAME, data_dir / DB_NAME)
         fsync_dir(data_dir)
-    votes = len(Store(data_dir).rankings())
     logger.info("restored the store from %s: %d votes", repo_id, votes)
     return votes
+
+
+def check_backup(backup: Path) -> int:
+    """The number of votes in the store backup at ``backup`` (``annotate.sqlite`` and ``audio/``), once checked:
+    a sound SQLite database (its integrity check passes) of a schema this code knows, every clip it names
+    present, and every clip file hashing to its name. Raises ``BackupRefused`` with the reason otherwise."""
+    votes, hashes = _backup_database(backup / DB_NAME)
+    audio = backup / "audio"
+    missing = [sha for sha in hashes if not clip_path(audio, sha).is_file()]
+    if missing:
+        raise BackupRefused(f"{len(missing)} of its {len(hashes)} clips are missing (e.g. {missing[0]})")
+    for clip in audio.rglob("*.wav"):
+        if clip_path(audio, hashlib.sha256(clip.read_bytes()).hexdigest()) != clip:
+            raise BackupRefused(f"clip {clip.relative_to(backup)} does not hash to its name (damaged)")
+    return votes
+
+
+def _backup_database(db_path: Path) -> tuple[int, list[str]]:
+    """(votes, clip hashes) of a backup's database, read without writing beside it; ``BackupRefused`` if unusable."""
+    if not db_path.is_file():
+        raise BackupRefused(f"it has no {DB_NAME}")
+    if db_path.stat().st_size == 0:
+        raise BackupRefused(f"its {DB_NAME} is an empty file")
+    try:
+        with closing(sqlite3.connect(db_path.resolve().as_uri() + "?immutable=1", uri=True)) as db:
+            problems = db.execute("PRAGMA integrity_check").fetchone()[0]
+            if problems != "ok":
+                raise BackupRefused(f"its {DB_NAME} is damaged (integrity check: {problems})")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if not 1 <= version <= len(MIGRATIONS):
+                raise BackupRefused(f"its {DB_NAME} has schema version {version}; this code knows 1..{len(MIGRATIONS)}"
+                                    + (": upgrade the app" if version > len(MIGRATIONS) else ""))
+            hashes = [sha for (sha,) in db.execute("SELECT sha256 FROM candidates")]
+            votes = db.execute("SELECT COUNT(*) FROM rankings").fetchone()[0]
+    except sqlite3.DatabaseError as err:
+        raise BackupRefused(f"its {DB_NAME} cannot be read ({err})") from None
+    return votes, hashes
+
+
+def _backup_files(api: HfApi, repo_id: str, token: str, what: str) -> list[str]:
+    """The files under ``backup/`` in the dataset repo (none while the repo does not exist)."""
+    if not _scrubbed(token, what, api.repo_exists, repo_id, repo_type="dataset", token=token):
+        return []
+    files = _scrubbed(token, what, api.list_repo_files, repo_id, repo_type="dataset", token=token)
+    return [name for name in files if name.startswith(f"{BACKUP_DIR}/")]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from .pairs import ordered_pairs
 from .store import Ranking, Store
+from .validation import InvalidInput, check_float
 
 GOLD_TRUTH_MODEL = "gold: render of this prompt"
 GOLD_STEPS, GOLD_GUIDANCE = 1, 0.0  # renders have no denoising settings; one fixed value keeps them one task
@@ -75,8 +76,10 @@ def trusted_rankings(rankings: Sequence[Ranking], answers: Mapping[int, Mapping[
     """The rankings without those of annotators whose gold accuracy is below ``min_accuracy``.
 
     Annotators with fewer than ``min_answers`` gold answers are kept (too little evidence);
-    ``min_accuracy=None`` keeps everyone.
+    ``min_accuracy=None`` keeps everyone; otherwise it must be within 0..1.
     """
+    if min_accuracy is not None and not 0 <= check_float(min_accuracy, "min_gold_accuracy") <= 1:
+        raise InvalidInput(f"`min_gold_accuracy` must be within 0..1, got {min_accuracy}")
     scores = gold_accuracy(rankings, answers)
     flagged = tuple(sorted(
         name for name, score in scores.items()

@@ -118,4 +118,14 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # An optional free-text comment with each vote (NULL: none given).
         "ALTER TABLE rankings ADD COLUMN comment TEXT",
     ),
+    (
+        # Tasks taken out of assignment for good because a clip of theirs could not be read (a file
+        # missing or unreadable on disk); the votes already cast on them stay.
+        """CREATE TABLE withdrawn_tasks (
+            task_id INTEGER PRIMARY KEY REFERENCES tasks(id),
+            reason TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        *_insert_only("withdrawn_tasks"),
+    ),
 ]

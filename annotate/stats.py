@@ -10,7 +10,8 @@ from .store import Store
 def dataset_stats(store: Store) -> dict:
     """Tasks, votes, Krippendorff's alpha and per-annotator counts, leave-one-out agreement and gold accuracy.
 
-    Task counts are of model tasks (gold tasks are not work towards the target).
+    Task counts are of model tasks (gold tasks are not work towards the target), withdrawn
+    tasks (a clip could not be read) apart.
     """
     rankings, progress, answers = store.rankings(), store.task_progress(), store.gold_answers()
     agreement = {a.annotator: a for a in annotator_agreement(r for r in rankings if r.task_id not in answers)}
@@ -31,6 +32,7 @@ def dataset_stats(store: Store) -> dict:
         "tasks": len(progress),
         "tasks_at_target": sum(votes >= target for _, votes, target in progress),
         "tasks_untouched": sum(votes == 0 for _, votes, _ in progress),
+        "tasks_withdrawn": len(store.withdrawn_tasks()),
         "votes": len(rankings),
         "skipped": sum(r.skipped for r in rankings),
         "all_bad": sum(r.all_bad for r in rankings),

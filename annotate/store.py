@@ -40,6 +40,10 @@ given are gold, their next new task is a gold one they have not seen (if any is 
 Gold tasks never count as "tasks at target" and never reach the verdict or the export.
 
 Each vote may carry a free-text ``comment`` (kept with the vote, never compared).
+
+A task whose clips cannot be read (a file missing or unreadable) is withdrawn
+(``withdraw_task``): it is never assigned again, open assignments of it are closed, and it
+no longer counts among the tasks to do; ``withdrawn_tasks`` lists them with the reason.
 """
 
 from __future__ import annotations
@@ -83,8 +87,13 @@ from .validation import (
 logger = logging.getLogger(__name__)
 
 DB_NAME = "annotate.sqlite"
+EXPORT_DIR = "export"  # the data folder's own export folder (the app's Export writes there)
 MAX_TASK_CLIPS = 8  # what one screen can rank (the app shows A..H); larger tasks are never assigned
 MAX_TIME_SPENT_S = 24 * 3600.0
+
+
+class UnusableStore(ValueError):
+    """The database cannot be used: not an SQLite database, damaged, or of a schema newer than this code."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,16 @@ class Ranking:
 
 
 @dataclass(frozen=True)
+class WithdrawnTask:
+    """A task taken out of assignment, and why (for the admins)."""
+
+    task_id: int
+    prompt: str
+    reason: str
+    created_at: float
+
+
+@dataclass(frozen=True)
 class ExportRecord:
     """A finished export: where it went, how many pairs from how many rankings, and their agreement."""
 
@@ -187,7 +206,12 @@ class Store:
         self.busy_timeout_s = float(busy_timeout_s)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._migrate()
+        try:
+            self._migrate()
+        except sqlite3.OperationalError:  # locked, I/O: the database may be fine
+            raise
+        except sqlite3.DatabaseError as err:
+            raise UnusableStore(f"{self.db_path} is not a usable annotation store: {err}") from None
 
     # ------------------------------------------------------------------ connections
 
@@ -252,7 +276,7 @@ class Store:
         with self._write() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > len(MIGRATIONS):
-                raise RuntimeError(
+                raise UnusableStore(
                     f"{self.db_path} has schema version {version}; this code knows up to {len(MIGRATIONS)}: upgrade it"
                 )
             for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
@@ -490,13 +514,33 @@ class Store:
             return self._task_view(db, task_id, clip_ids)
 
     def _open_task(self, db: sqlite3.Connection, name: str) -> Task | None:
-        row = db.execute(
-            """SELECT a.task_id, a.shown_order FROM open_assignments o JOIN annotators n ON n.id = o.annotator_id
-               JOIN assignments a ON a.id = o.assignment_id
-               WHERE n.name = ? ORDER BY o.assignment_id LIMIT 1""",
-            (name,),
-        ).fetchone()
+        row = db.execute(_OPEN_ASSIGNMENT_SQL, (name,)).fetchone()
         return None if row is None else self._task_view(db, row[0], json.loads(row[1]))
+
+    def open_task_id(self, annotator: str) -> int | None:
+        """The task of the annotator's open assignment (the one ``next_task`` returns again), if any."""
+        row = self._connection().execute(_OPEN_ASSIGNMENT_SQL, (check_name(annotator),)).fetchone()
+        return None if row is None else row[0]
+
+    def withdraw_task(self, task_id: int, reason: str) -> None:
+        """Take a task out of assignment for good (its clips cannot be read): nobody gets it again and its open
+        assignments close. ``reason`` is for the admins. Withdrawing a withdrawn task changes nothing."""
+        task_id = check_int(task_id, "task_id", minimum=1)
+        reason = check_text(reason, "reason", MAX_PROMPT_CHARS)
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is None:
+                raise InvalidInput(f"unknown `task_id` {task_id}")
+            db.execute("INSERT INTO withdrawn_tasks (task_id, reason, created_at) VALUES (?, ?, ?) "
+                       "ON CONFLICT (task_id) DO NOTHING", (task_id, reason, time.time()))
+            db.execute("DELETE FROM open_assignments WHERE task_id = ?", (task_id,))
+
+    def withdrawn_tasks(self) -> list[WithdrawnTask]:
+        """Every withdrawn task with its prompt and reason, oldest first."""
+        rows = self._connection().execute(
+            """SELECT w.task_id, p.text, w.reason, w.created_at FROM withdrawn_tasks w JOIN tasks t ON t.id = w.task_id
+               JOIN prompts p ON p.id = t.prompt_id ORDER BY w.created_at, w.task_id"""
+        ).fetchall()
+        return [WithdrawnTask(*row) for row in rows]
 
     def _task_view(self, db: sqlite3.Connection, task_id: int, shown_order: list[str]) -> Task:
         prompt = db.execute(
@@ -617,10 +661,26 @@ class Store:
         with self._read() as db:
             return {table: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in _TABLES}
 
+    def is_empty(self) -> bool:
+        """Whether the store holds nothing at all: no prompt, clip, task, annotator or vote."""
+        return not any(self.counts().values())
+
+    def remove_if_empty(self) -> bool:
+        """Close the store and delete its files (database, journals, lock file) if it holds nothing; return
+        whether it did. For a command refused after it created the store: it leaves no file behind."""
+        if not self.is_empty():
+            return False
+        self.close()
+        for path in (self.db_path, Path(f"{self.db_path}-wal"), Path(f"{self.db_path}-shm"),
+                     self.db_path.with_suffix(".writelock")):
+            path.unlink(missing_ok=True)
+        return True
+
     def task_progress(self) -> list[tuple[int, int, int]]:
-        """(task id, non-skip votes, target overlap) for every task but the gold ones."""
+        """(task id, non-skip votes, target overlap) for every task but the gold and the withdrawn ones."""
         return self._connection().execute(
-            "SELECT id, votes, target_overlap FROM tasks WHERE id NOT IN (SELECT task_id FROM gold_tasks) ORDER BY id"
+            """SELECT id, votes, target_overlap FROM tasks WHERE id NOT IN (SELECT task_id FROM gold_tasks)
+               AND id NOT IN (SELECT task_id FROM withdrawn_tasks) ORDER BY id"""
         ).fetchall()
 
     def record_export(self, out_dir: str, *, strategy: str, pairs: int, rankings: int,
@@ -665,11 +725,16 @@ class Store:
 
 
 _TABLES = ("prompts", "candidates", "tasks", "task_candidates", "annotators",
-           "assignments", "open_assignments", "rankings", "ranking_entries", "exports", "gold_tasks")
+           "assignments", "open_assignments", "rankings", "ranking_entries", "exports", "gold_tasks",
+           "withdrawn_tasks")
 
 _CANDIDATE_SQL = """SELECT c.public_id, p.text, c.model, c.seed, c.steps, c.guidance, c.sha256,
                            c.duration_s, c.sample_rate, c.auto_score
                     FROM candidates c JOIN prompts p ON p.id = c.prompt_id"""
+
+_OPEN_ASSIGNMENT_SQL = """SELECT a.task_id, a.shown_order FROM open_assignments o
+                          JOIN annotators n ON n.id = o.annotator_id JOIN assignments a ON a.id = o.assignment_id
+                          WHERE n.name = ? ORDER BY o.assignment_id LIMIT 1"""
 
 _TASK_CLIPS_SQL = """SELECT c.public_id, c.sha256 FROM task_candidates tc JOIN candidates c ON c.id = tc.candidate_id
                      WHERE tc.task_id = ? ORDER BY c.id"""
@@ -683,6 +748,7 @@ _NEXT_TASK_SQL = {
                             WHERE o.task_id = t.id AND o.assigned_at > :fresh_after) AS load
     FROM tasks t
     WHERE NOT EXISTS (SELECT 1 FROM assignments mine WHERE mine.task_id = t.id AND mine.annotator_id = :annotator)
+      AND t.id NOT IN (SELECT task_id FROM withdrawn_tasks)
       AND (t.id IN (SELECT task_id FROM gold_tasks)) = :gold
       AND (SELECT COUNT(*) FROM task_candidates n WHERE n.task_id = t.id) <= :max_clips
     ORDER BY load >= t.target_overlap,

@@ -12,9 +12,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from annotate import Store
+from annotate import Store, UnusableStore
 from annotate.autorank import JudgeRanker, score_unscored
-from annotate.export import ScheduledPush, restore_from_hub
+from annotate.export import PushError, ScheduledPush, restore_from_hub
 
 from .admin import export_dataset
 from .annotation import AnnotationSession
@@ -26,6 +26,10 @@ from .serving import ClipServer
 
 logger = logging.getLogger(__name__)
 
+# Why a Studio may not start, said in one line: the data folder's store or the Hub backup is unusable
+# (BackupRefused is an UnusableStore), or the Hub could not be read for the restore.
+START_REFUSALS = (UnusableStore, PushError)
+
 
 class Studio:
     """One app's state: the two models, the annotation store, the play log and where clips go.
@@ -33,9 +37,11 @@ class Studio:
     ``identity_mode`` is ``password`` with an auth file, ``oauth`` on a Space, else ``name``
     (see ``studio.identity``).
 
-    With ``config.push_every`` (and a Hub dataset), a data folder without a store first gets
-    the last backup back from the Hub, then a background ``ScheduledPush`` exports and backs
-    the store up every ``push_every`` minutes. ``hub_api`` replaces ``HfApi`` (tests).
+    With ``config.push_every`` (and a Hub dataset), a data folder whose store holds nothing
+    first gets the last backup back from the Hub (checked first: a bad one stops the start),
+    then a background ``ScheduledPush`` exports and backs the store up every ``push_every``
+    minutes, never over a backup holding more (unless ``allow_shrinking_backup``).
+    ``hub_api`` replaces ``HfApi`` (tests).
     With sound-world models, the judge scores every clip stored (``auto_score``): the
     automatic verdict and ``informative_first`` use it.
     """
@@ -55,7 +61,8 @@ class Studio:
         if config.push_every is not None:
             self.scheduled_push = ScheduledPush(
                 config.export_dir, config.hub_dataset, every=config.push_every, api=hub_api, store=self.store,
-                before_push=lambda: export_dataset(self.store, config))
+                before_push=lambda: export_dataset(self.store, config),
+                allow_shrinking_backup=config.allow_shrinking_backup)
         self.generated_dir = Path(tempfile.mkdtemp(prefix="tango-studio-"))
         # Clips leave the data folder only as copies with random names (see studio.serving).
         self.clip_server = ClipServer(self.generated_dir / "served")
@@ -99,4 +106,4 @@ class Studio:
             self.scheduled_push.stop()
 
 
-__all__ = ["Studio", "StudioConfig", "parse_config"]
+__all__ = ["START_REFUSALS", "Studio", "StudioConfig", "parse_config"]

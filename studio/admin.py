@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
 
 from annotate import Store
 from annotate.export import ExportResult, export_human_pairs, push_to_hub
 from annotate.pairs import aggregate_pairs
 from annotate.stats import dataset_stats
+from annotate.store import WithdrawnTask
 from annotate.verdict import Verdict, compute_verdict, ranker_agreement, verdict_markdown
 
 from .config import StudioConfig
@@ -43,6 +46,7 @@ class DatasetOverview:
     verdicts: list[Verdict]
     agreement: dict  # the automatic ranker vs the human majority
     min_gold_accuracy: float | None = None
+    withdrawn: tuple[WithdrawnTask, ...] = ()  # tasks no longer handed out: a clip could not be read
 
     def as_markdown(self) -> str:
         s = self.stats
@@ -55,6 +59,8 @@ class DatasetOverview:
             f"- **agreement** (Krippendorff's alpha, ordinal): {'n/a' if alpha is None else f'{alpha:.3f}'}",
             f"- **gold accuracy threshold**: " + ("none (every annotator counts)" if self.min_gold_accuracy is None
                                                  else f"{self.min_gold_accuracy:.0%}"),
+            f"- **withdrawn tasks** (a clip could not be read; no longer handed out): {len(self.withdrawn)}"
+            + "".join(f"\n  - task {w.task_id} ({w.prompt}): {w.reason}" for w in self.withdrawn),
             "",
             verdict_markdown(self.verdicts, self.agreement),
         ])
@@ -73,11 +79,13 @@ ANNOTATOR_COLUMNS = ["annotator", "votes", "skipped", "all bad", "agreement", "p
 
 
 def dataset_overview(store: Store, config: StudioConfig, preview: int = PREVIEW_PAIRS) -> DatasetOverview:
-    """Counts, agreement, the verdicts, per-annotator rows (gold accuracy too) and the strongest pairs."""
+    """Counts, agreement, the verdicts, per-annotator rows (gold accuracy too), the withdrawn tasks and the
+    strongest pairs whose clips can be played."""
     rankings, gold = store.rankings(), store.gold_answers()
     pairs = aggregate_pairs(r for r in rankings if r.task_id not in gold)
-    shown = pairs[:preview]
     clips = store.candidates()
+    shown = list(islice((p for p in pairs if Path(clips[p.chosen].audio_path).is_file()
+                         and Path(clips[p.rejected].audio_path).is_file()), preview))
     return DatasetOverview(
         stats=dataset_stats(store),
         pairs=len(pairs),
@@ -88,6 +96,7 @@ def dataset_overview(store: Store, config: StudioConfig, preview: int = PREVIEW_
                   for source in ("human", "auto")],
         agreement=ranker_agreement(rankings, clips, gold),
         min_gold_accuracy=config.min_gold_accuracy,
+        withdrawn=tuple(store.withdrawn_tasks()),
     )
 
 

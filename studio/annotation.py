@@ -4,6 +4,10 @@ The store (``annotate.Store``) owns tasks, assignments and votes. This module ad
 web session needs on top: letters for the clips (A, B, C ... in the order shuffled for the
 annotator), a log of plays, and the rule that a clip is judged only after it was heard.
 
+A task whose clip files cannot be read is withdrawn from assignment (``Store.withdraw_task``,
+logged with the file; the Dataset tab lists it) and the annotator gets the next one: a
+missing file never blocks anybody, and no message names a server path.
+
 The play log lives in memory, per (annotator, task): a restarted app forgets it and the
 annotator plays the clips again. ``vote`` refuses a ranking or an all-bad vote until every
 clip of the task was played (a skip needs no listening); the counts go into the store with
@@ -103,28 +107,52 @@ class AnnotationSession:
 
     def next_task(self, annotator: str) -> ShownTask | None:
         """The annotator's open task (same order as before) or a new one; None when none is left."""
-        task = self.store.next_task(annotator)
-        while task is not None and len(task.candidates) > MAX_SHOWN_CLIPS:
-            # Assigned by an older version that allowed larger tasks: skip it for them, never show it.
-            logger.warning("skipping task %d for %r: %d clips, this app shows at most %d",
-                           task.id, annotator, len(task.candidates), MAX_SHOWN_CLIPS)
-            self.store.submit(annotator, task.id, skip=True)
-            task = self.store.next_task(annotator)
-        if task is None:
-            return None
-        key = (annotator, task.id)
-        with self._lock:
-            self._shown[key] = [clip.id for clip in task.candidates]
-            self._plays.setdefault(key, Counter())
-            self._handed_out_at.setdefault(key, time.monotonic())
-            served = self._served.get(key)
-        if served is None or not all(Path(path).exists() for path in served):
-            served = [self.serve(clip.audio_path) for clip in task.candidates]
+        while (task := self.store.next_task(annotator)) is not None:
+            if len(task.candidates) > MAX_SHOWN_CLIPS:
+                # Assigned by an older version that allowed larger tasks: skip it for them, never show it.
+                logger.warning("skipping task %d for %r: %d clips, this app shows at most %d",
+                               task.id, annotator, len(task.candidates), MAX_SHOWN_CLIPS)
+                self.store.submit(annotator, task.id, skip=True)
+                continue
+            served = self._served_copies(annotator, task)
+            if served is None:
+                continue  # withdrawn: the next one
+            key = (annotator, task.id)
             with self._lock:
+                self._shown[key] = [clip.id for clip in task.candidates]
                 self._served[key] = served
+                plays = dict(self._plays.setdefault(key, Counter()))
+                self._handed_out_at.setdefault(key, time.monotonic())
+            return ShownTask(task.id, task.prompt, [c.id for c in task.candidates], served, plays)
+        return None
+
+    def _served_copies(self, annotator: str, task: Task) -> list[str] | None:
+        """The task's clips as served to this annotator (copied again if a copy went); None if a clip cannot be
+        read: the task is then withdrawn for everyone, and the log names the file."""
         with self._lock:
-            plays = dict(self._plays[key])
-        return ShownTask(task.id, task.prompt, [c.id for c in task.candidates], served, plays)
+            served = self._served.get((annotator, task.id))
+        if served is not None and all(Path(path).exists() for path in served):
+            return served
+        served = []
+        for clip in task.candidates:
+            try:
+                served.append(self.serve(clip.audio_path))
+            except OSError as err:
+                if err.filename != clip.audio_path:  # the copy failed (a full disk ...), not the clip: try again later
+                    raise
+                reason = f"clip {clip.id} cannot be read: {err.strerror or type(err).__name__}"
+                logger.error("withdrew task %d from assignment: %s (%s)", task.id, reason, clip.audio_path)
+                self.store.withdraw_task(task.id, reason)
+                return None
+        return served
+
+    def skip_open_task(self, annotator: str) -> int:
+        """Skip the annotator's open task, whether or not their page shows it (reloaded, or a Next task that
+        failed); return the vote id."""
+        task_id = self.store.open_task_id(annotator)
+        if task_id is None:
+            raise InvalidVote("no task is assigned to you: press Next task")
+        return self.vote(annotator, task_id, None, "skip")
 
     def _shown_clips(self, annotator: str, task_id: object) -> tuple[tuple[str, int], list[str]]:
         task_id = check_int(task_id, "task_id", minimum=1, error=InvalidVote)

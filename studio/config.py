@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from annotate.store import EXPORT_DIR
 from pipeline.registry import DEFAULT_DPO_SPEC, DEFAULT_SPEC
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -37,6 +38,7 @@ class StudioConfig:
     generate_queue: int = 4
     generate_threads: int = 0  # CPU threads generation may use; 0: all cores but one (studio.limits)
     push_every: float | None = None  # minutes between background export + backup pushes; None: no pushes
+    allow_shrinking_backup: bool = False  # a push may replace a Hub backup holding votes or clips the store lacks
     min_gold_accuracy: float | None = None  # annotators below it on gold tasks are left out of export and verdict
     reveal_models: bool = False  # show the annotator the models behind the clips after each vote
     informative_first: bool = False  # hand out the tasks the automatic ranker is least sure about first
@@ -44,7 +46,7 @@ class StudioConfig:
     @property
     def export_dir(self) -> Path:
         """Where the Dataset tab's Export writes (and Push uploads from)."""
-        return self.data_dir / "export"
+        return self.data_dir / EXPORT_DIR
 
 
 # flag -> (environment variable, help)
@@ -68,6 +70,8 @@ _FLAGS = {
                            "annotation endpoints, so votes stay fast while generating (default: 0)"),
     "--push-every": ("TANGO_PUSH_EVERY", "minutes between background exports + store backups pushed to --hub-dataset; "
                      "an empty --data-dir then restores the last backup at start (default: off)"),
+    "--allow-shrinking-backup": ("TANGO_ALLOW_SHRINKING_BACKUP", "let the background push replace a Hub backup "
+                                 "that holds votes or clips this store lacks (the repo's history keeps the old one)"),
     "--min-gold-accuracy": ("TANGO_MIN_GOLD_ACCURACY", "leave out annotators whose gold-task accuracy is below this "
                             "(0..1) from the export and the verdict (default: keep everyone)"),
     "--reveal-models": ("TANGO_REVEAL_MODELS", "show annotators which model made each clip after they vote"),
@@ -76,7 +80,7 @@ _FLAGS = {
 }
 _INT_FLAGS = {"port": (0, 65535), "max_steps": (1, 1000), "max_candidates": (1, 4), "generate_per_minute": (1, 10**6),
               "generate_queue": (0, 1000), "generate_threads": (0, 1024)}
-_SWITCHES = {"reveal_models", "informative_first"}  # on/off flags: `--reveal-models` alone, or the variable = 1/true
+_SWITCHES = {"reveal_models", "informative_first", "allow_shrinking_backup"}  # on/off flags: `--reveal-models` alone, or the variable = 1/true
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
@@ -153,6 +157,7 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         host=args.host,
         **numbers,
         push_every=push_every,
+        allow_shrinking_backup=_switch(parser, args.allow_shrinking_backup, "--allow-shrinking-backup"),
         min_gold_accuracy=_number(parser, args.min_gold_accuracy, "--min-gold-accuracy", 0, 1),
         reveal_models=_switch(parser, args.reveal_models, "--reveal-models"),
         informative_first=_switch(parser, args.informative_first, "--informative-first"),

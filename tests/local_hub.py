@@ -15,7 +15,8 @@ from types import SimpleNamespace
 
 
 class LocalHub:
-    """The part of ``HfApi`` the project uses: create_repo, upload_folder, file_exists, snapshot_download.
+    """The part of ``HfApi`` the project uses: create_repo, upload_folder, repo_exists, list_repo_files,
+    snapshot_download.
 
     ``fail_with``: raise this from every upload (after recording it) and download.
     """
@@ -32,9 +33,10 @@ class LocalHub:
         self.repo(repo_id).mkdir(parents=True, exist_ok=True)
         return SimpleNamespace(repo_id=repo_id)
 
-    def upload_folder(self, *, repo_id, folder_path, delete_patterns=(), **kwargs):
+    def upload_folder(self, *, repo_id, folder_path, delete_patterns=(), ignore_patterns=(), **kwargs):
         folder = Path(folder_path)
-        files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+        files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+                 and not any(fnmatch.fnmatch(str(p.relative_to(folder)), pattern) for pattern in ignore_patterns or ())}
         commit = kwargs | {"repo_id": repo_id, "delete_patterns": delete_patterns, "files": files}
         if self.fail_with:
             self.commits.append(commit)
@@ -50,10 +52,16 @@ class LocalHub:
         self.commits.append(commit)  # once the files are in place, as a commit is visible only when done
         return SimpleNamespace(oid=f"commit-{len(self.commits)}")
 
-    def file_exists(self, repo_id, filename, **kwargs) -> bool:
+    def repo_exists(self, repo_id, **kwargs) -> bool:
         if self.fail_with:
             raise self.fail_with
-        return (self.repo(repo_id) / filename).is_file()
+        return self.repo(repo_id).is_dir()
+
+    def list_repo_files(self, repo_id, **kwargs) -> list[str]:
+        if self.fail_with:
+            raise self.fail_with
+        repo = self.repo(repo_id)
+        return sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())
 
     def snapshot_download(self, repo_id, *, local_dir, allow_patterns=None, **kwargs) -> str:
         if self.fail_with:

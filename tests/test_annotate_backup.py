@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -14,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from annotate import Store
-from annotate.export import PushError, ScheduledPush, export_human_pairs, restore_from_hub
+from annotate.export import (BackupRefused, PushError, ScheduledPush, ShrinkingBackup, export_human_pairs,
+                             restore_from_hub)
 from tests.annotate_helpers import make_tasks, vote
+from tests.test_annotate_export import files_in
 from tests.local_hub import LocalHub
 
 TOKEN = "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123"
@@ -64,6 +67,7 @@ sys.path.insert(0, {root!r})
 from annotate import Store
 from annotate.export import ScheduledPush
 from tests.annotate_helpers import make_tasks, vote
+from tests.test_annotate_export import files_in
 from tests.local_hub import LocalHub
 
 store = Store({data!r})
@@ -128,3 +132,93 @@ def test_restore_only_fills_an_empty_data_folder_and_never_guesses_on_errors(tmp
         restore_from_hub(tmp_path / "empty", REPO, token=TOKEN, api=offline)
     assert TOKEN not in str(raised.value)
     assert not (tmp_path / "empty" / "annotate.sqlite").exists()  # the app must not start empty and overwrite
+
+
+def backed_up(tmp_path: Path, votes: int = 5) -> tuple[LocalHub, Store]:
+    """A store with ``votes`` votes and its backup pushed to the stand-in Hub."""
+    store = Store(tmp_path / "data")
+    make_tasks(store, votes)
+    for _ in range(votes):
+        vote(store, "ann")
+    hub = LocalHub(tmp_path / "hub")
+    scheduler = ScheduledPush(tmp_path / "data" / "export", REPO, every=60, token=TOKEN, api=hub, store=store)
+    scheduler.trigger().result()
+    scheduler.stop()
+    return hub, store
+
+
+def test_an_empty_store_is_restored_over_and_never_pushed_over_the_backup(tmp_path, caplog):
+    """The attack: an empty annotate.sqlite (which `annotate stats` used to create) made the app skip the
+    restore, and its first push replaced a 5-vote backup with an empty one."""
+    hub, store = backed_up(tmp_path)
+    restored = tmp_path / "restored"
+    Store(restored)  # a store that holds nothing does not count as one
+    assert restore_from_hub(restored, REPO, token=TOKEN, api=hub) == 5
+    assert _votes(Store(restored)) == _votes(store)
+
+    commits = len(hub.commits)
+    empty = Store(tmp_path / "empty")
+    scheduler = ScheduledPush(tmp_path / "empty" / "export", REPO, every=60, token=TOKEN, api=hub, store=empty)
+    try:
+        with pytest.raises(ShrinkingBackup, match=r"holds 5 vote\(s\) and 10 clip\(s\) this store lacks"):
+            scheduler.trigger().result()
+    finally:
+        scheduler.stop()
+    assert len(hub.commits) == commits and "--allow-shrinking-backup" in caplog.text  # the log says what to do
+
+    allowed = ScheduledPush(tmp_path / "empty" / "export", REPO, every=60, token=TOKEN, api=hub, store=empty,
+                            allow_shrinking_backup=True)
+    try:
+        allowed.trigger().result()
+    finally:
+        allowed.stop()
+    assert len(hub.commits) == commits + 1  # replaced on purpose; the commit before still holds the old backup
+    assert len(list(name for name in hub.commits[commits - 1]["files"] if name.endswith(".wav"))) == 10
+
+
+def _damage(repo: Path, how: str) -> None:
+    db, clips = repo / "backup" / "annotate.sqlite", sorted((repo / "backup" / "audio").rglob("*.wav"))
+    raw = db.read_bytes()
+    if how == "zero-byte":
+        db.write_bytes(b"")
+    elif how == "garbage":
+        db.write_bytes(b"this is not a database " * 100)
+    elif how == "truncated":
+        db.write_bytes(raw[:len(raw) // 2])
+    elif how == "corrupted pages":
+        db.write_bytes(raw[:3 * 4096] + b"\x55" * 4096 + raw[4 * 4096:])
+    elif how == "future schema":
+        connection = sqlite3.connect(db)
+        connection.execute("PRAGMA user_version = 99")
+        connection.close()  # checkpointed into the file: a backup is the database file alone
+    elif how == "no database":
+        db.unlink()
+    elif how == "missing clip":
+        clips[0].unlink()
+    elif how == "clip not its hash":
+        clips[0].write_bytes(clips[0].read_bytes()[:-4] + b"\x00\x00\x80\x3f")
+
+
+@pytest.mark.parametrize("how, reason", [
+    ("zero-byte", "annotate.sqlite is an empty file"),
+    ("garbage", "cannot read|file is not a database"),
+    ("truncated", "cannot be read|damaged"),
+    ("corrupted pages", "cannot be read|damaged"),
+    ("future schema", "schema version 99; this code knows 1..[0-9]+: upgrade the app"),
+    ("no database", "holds 10 file\\(s\\) but no annotate.sqlite"),
+    ("missing clip", "1 of its 10 clips are missing"),
+    ("clip not its hash", "does not hash to its name"),
+])
+def test_a_bad_backup_is_refused_and_the_data_folder_left_as_it_was(tmp_path, how, reason):
+    hub, _ = backed_up(tmp_path)
+    _damage(hub.repo(REPO), how)
+    empty = tmp_path / "empty"
+    Store(empty)
+    before = files_in(empty)
+    for data_dir in (tmp_path / "new", empty):
+        with pytest.raises(BackupRefused, match=f"refusing the store backup in {REPO}: .*({reason})") as refused:
+            restore_from_hub(data_dir, REPO, token=TOKEN, api=hub)
+        assert "\n" not in str(refused.value)
+    assert not (tmp_path / "new").exists() and files_in(empty) == before
+    assert Store(empty).is_empty()
+    assert not list(tmp_path.glob(".*.restore-*"))

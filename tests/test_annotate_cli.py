@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import pytest
 
 from annotate import Store
 from annotate.__main__ import main
 from tests.annotate_helpers import make_tasks, vote
+from tests.test_annotate_export import files_in
 
 
 @pytest.fixture
@@ -77,3 +79,54 @@ def test_gold_tasks_and_the_verdict_from_the_command_line(data_dir, tmp_path, ca
     prompts.write_text("a dog barks\n")
     assert main(["gold", "--data-dir", str(data_dir), "--prompts", str(prompts)]) == 2
     assert "unknown word 'dog'" in capsys.readouterr().err
+
+
+def test_export_never_writes_over_the_data_folder_or_other_files(data_dir, tmp_path, capsys):
+    """Bar: `export --data-dir D --out D`, or --out at a folder of other files or at a file, leaves every file
+    where it was and exits non-zero with a one-line reason."""
+    others = tmp_path / "others"
+    others.mkdir()
+    (others / "keep.txt").write_text("mine")
+    before, votes = files_in(tmp_path), Store(data_dir).rankings()
+    for out_dir in (data_dir, others, others / "keep.txt", data_dir / "audio"):
+        assert main(["export", "--data-dir", str(data_dir), "--out", str(out_dir)]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: refusing to write the export to {out_dir}: ") and error.count("\n") == 1
+    assert files_in(tmp_path) == before and Store(data_dir).rankings() == votes
+
+
+def test_commands_on_an_empty_data_folder_create_no_file(tmp_path, capsys):
+    """Bar: `stats --data-dir EMPTY` creates no file; nor does any refused command (an empty store there would
+    stop the app's Hub restore)."""
+    empty, missing = tmp_path / "empty", tmp_path / "missing"
+    empty.mkdir()
+    blank, dog, nowhere = tmp_path / "blank.txt", tmp_path / "dog.txt", str(tmp_path / "no-such-file")
+    blank.write_text("# nothing\n")
+    dog.write_text("a dog barks\n")
+    commands = [["stats"], ["stats", "--json"], ["verdict"], ["export", "--out", str(tmp_path / "out")],
+                ["push", "--repo", "me/prefs"], ["pool", "--prompts", str(blank)], ["pool", "--prompts", nowhere],
+                ["pool", "--prompts", str(dog), "--k", "9"], ["gold", "--prompts", nowhere],
+                ["gold", "--prompts", str(dog)], ["gold", "--prompts", str(dog), "--distractors", "0"]]
+    for folder in (empty, missing):
+        for name, *options in commands:
+            assert main([name, "--data-dir", str(folder), *options]) == 2, name
+            error = capsys.readouterr().err
+            assert error.startswith("error: ") and error.count("\n") == 1, error
+            if name in ("stats", "verdict", "export"):
+                assert f"no annotation store in {folder}" in error
+        assert not missing.exists() and list(empty.iterdir()) == []
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refusals_are_one_line(data_dir, tmp_path, capsys):
+    for command in ("export", "verdict"):
+        extra = ["--out", str(tmp_path / "out")] if command == "export" else []
+        assert main([command, "--data-dir", str(data_dir), "--min-gold-accuracy", "2", *extra]) == 2
+        assert capsys.readouterr().err == "error: `min_gold_accuracy` must be within 0..1, got 2.0\n"
+    assert not (tmp_path / "out").exists()
+
+    with sqlite3.connect(data_dir / "annotate.sqlite") as db:
+        db.execute("PRAGMA user_version = 99")
+    assert main(["stats", "--data-dir", str(data_dir)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "has schema version 99; this code knows up to" in error

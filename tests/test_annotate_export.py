@@ -17,8 +17,9 @@ import yaml
 from datasets import Audio, load_dataset
 
 from annotate import Store
-from annotate.dataset import FEATURES, EmptyDataset, write_preference_dataset
+from annotate.dataset import EXPORT_MARKER, FEATURES, EmptyDataset, NotAnExport, write_preference_dataset
 from annotate.export import PushError, ScheduledPush, export_human_pairs, push_to_hub
+from annotate.store import DB_NAME
 from tests.annotate_helpers import make_tasks, preference_row, tone
 from tests.local_hub import LocalHub
 
@@ -93,6 +94,42 @@ def test_export_is_recorded_and_pair_ids_are_stable(voted_store, tmp_path):
     assert [r.id for r in records] == [first.export_id, second.export_id]
     assert records[-1].pairs == 12 and records[-1].rankings == 6 and records[-1].strategy == "human"
     assert records[-1].alpha == pytest.approx(first.alpha) and first.alpha > 0.5
+
+
+def files_in(folder: Path) -> dict[str, bytes | None]:
+    """Every file under ``folder`` and its bytes; a database by its name only and its journals not at all
+    (SQLite checkpoints and indexes them as it reads: compare a store by its content)."""
+    return {str(p.relative_to(folder)): None if p.name == DB_NAME else p.read_bytes() for p in folder.rglob("*")
+            if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
+
+
+def test_an_export_replaces_only_a_previous_export_never_the_data(voted_store, tmp_path):
+    data = voted_store.data_dir
+    others = tmp_path / "notes"
+    others.mkdir()
+    (others / "todo.txt").write_text("keep me")
+    (tmp_path / "a-file").write_text("keep me too")
+    before = files_in(tmp_path)
+    refused = {data: "data folder", data / "audio": "inside the data folder", data / "notes": "inside the data folder",
+               tmp_path: "data folder", data / "annotate.sqlite": "inside the data folder",
+               others: "no .tango-export marker", tmp_path / "a-file": "a file, not a folder"}
+    for out_dir, reason in refused.items():
+        with pytest.raises(NotAnExport, match=reason):
+            export_human_pairs(voted_store, out_dir)
+        if out_dir.exists():  # the dataset writer alone (it knows no data folder) refuses what no export made
+            with pytest.raises(NotAnExport):
+                write_preference_dataset([preference_row(0)], out_dir, how_made="over something else")
+    assert files_in(tmp_path) == before and voted_store.exports() == [] and len(voted_store.rankings()) == 7
+    assert not (data / "notes").exists() and not list(tmp_path.rglob(".*.lock"))
+
+    for out_dir in (data / "export", tmp_path / "export"):  # the data folder's own export folder, a new folder
+        for _ in range(2):  # an export replaces its own previous export
+            assert export_human_pairs(voted_store, out_dir).summary.rows == 12
+        assert (out_dir / EXPORT_MARKER).is_file()
+    legacy = tmp_path / "legacy"  # an export made before the marker: README.md and data/train-*.parquet only
+    write_preference_dataset([preference_row(0)], legacy, how_made="old")
+    (legacy / EXPORT_MARKER).unlink()
+    assert export_human_pairs(voted_store, legacy).summary.rows == 12
 
 
 def test_pair_id_ignores_direction():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from annotate import InvalidAudio, InvalidInput, InvalidVote, Store, VoteConflict
+from annotate import InvalidAudio, InvalidInput, InvalidVote, Store, UnusableStore, VoteConflict
 from annotate.clips import decode_wav
 from annotate.schema import MIGRATIONS
 from tests.annotate_helpers import SAMPLE_RATE, make_tasks, tone, vote
@@ -97,6 +97,23 @@ def test_informative_first_prefers_the_closest_automatic_scores(tmp_path):
         store.set_auto_score(second.id, 0.5 + spread)
     assert [store.next_task(name).id for name in ("a", "b", "c")] == [2, 2, 2]
     assert Store(tmp_path, informative_first=False).next_task("d").id == 1
+
+
+def test_a_withdrawn_task_is_never_assigned_again_and_closes_its_open_assignments(store):
+    first, second = make_tasks(store, 2)
+    assert store.next_task("ann").id == first and store.open_task_id("ann") == first
+    store.withdraw_task(first, "clip x cannot be read: No such file or directory")
+    store.withdraw_task(first, "again")  # once withdrawn, stays as it was
+    assert store.open_task_id("ann") is None and store.open_task_id("nobody") is None
+    assert store.next_task("ann").id == second and store.next_task("bob").id == second
+    [withdrawn] = store.withdrawn_tasks()
+    assert (withdrawn.task_id, withdrawn.prompt, withdrawn.reason) == (first, "prompt 0", "clip x cannot be read: "
+                                                                       "No such file or directory")
+    assert [task_id for task_id, _, _ in store.task_progress()] == [second]
+    with pytest.raises(InvalidInput, match="unknown `task_id` 99"):
+        store.withdraw_task(99, "no such task")
+    with sqlite3.connect(store.db_path) as db, pytest.raises(sqlite3.IntegrityError, match="insert-only"):
+        db.execute("DELETE FROM withdrawn_tasks")
 
 
 def test_reveal_only_after_the_vote(store):
@@ -194,8 +211,23 @@ def test_schema_is_versioned_and_migrated_once(store):
     with sqlite3.connect(store.db_path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
-    with pytest.raises(RuntimeError, match="schema version"):
+    with pytest.raises(UnusableStore, match="schema version"):
         Store(store.data_dir)
+
+
+def test_a_file_that_is_not_a_database_is_refused_as_such(tmp_path):
+    (tmp_path / "annotate.sqlite").write_bytes(b"not a database, but long enough to have a header: " * 4)
+    with pytest.raises(UnusableStore, match="is not a usable annotation store: file is not a database"):
+        Store(tmp_path)
+
+
+def test_an_empty_store_removes_itself_and_one_with_data_stays(tmp_path):
+    empty = Store(tmp_path / "empty")
+    assert empty.is_empty() and empty.remove_if_empty()
+    assert list((tmp_path / "empty").iterdir()) == []
+    store = Store(tmp_path / "data")
+    make_tasks(store, 1)
+    assert not store.is_empty() and not store.remove_if_empty() and store.counts()["tasks"] == 1
 
 
 # ---------------------------------------------------------------- names are names

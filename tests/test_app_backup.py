@@ -4,7 +4,11 @@ installed in the app's process before it starts."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -78,3 +82,25 @@ def test_kill_the_app_delete_its_data_restart_and_every_pushed_vote_is_back(tmp_
         assert {row["model"] for row in rows} == {"base", "dpo"}
     finally:
         again.stop()
+
+
+def test_a_refused_backup_stops_the_start_with_one_line_and_leaves_the_data_folder_alone(tmp_path):
+    """A backup of a newer schema (or damaged, or missing clips) is refused at start: one error line, no
+    traceback, nothing written to the data folder."""
+    store = Store(tmp_path / "made")
+    make_tasks(store, 1)
+    backup = LocalHub(tmp_path / "hub").repo(REPO_ID) / "backup"
+    store.snapshot(backup)
+    connection = sqlite3.connect(backup / "annotate.sqlite")
+    connection.execute("PRAGMA user_version = 99")
+    connection.close()
+    data = tmp_path / "data"
+    started = subprocess.run(
+        [sys.executable, "-c", LAUNCH.format(repo=str(REPO), hub=str(tmp_path / "hub")), "--data-dir", str(data),
+         "--hub-dataset", REPO_ID, "--push-every", "5", "--base-model", "./no-model", "--dpo-model", "./no-model"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_TOKEN": "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123"})
+    assert started.returncode == 1 and "Traceback" not in started.stderr
+    assert started.stderr.splitlines()[-1].startswith(
+        f"error: refusing the store backup in {REPO_ID}: its annotate.sqlite has schema version 99")
+    assert not data.exists()

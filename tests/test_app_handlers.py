@@ -2,12 +2,14 @@
 after, and refused input comes out as a gr.Error with the reason."""
 
 import inspect
+from pathlib import Path
 
 import gradio as gr
 import pytest
 
 import app
 from studio import Studio, StudioConfig
+from studio.annotation import AnnotationSession
 from studio.generation import LoadedModel
 from tests.annotate_helpers import make_tasks
 
@@ -123,3 +125,73 @@ def test_leaderboard_results_and_reveal_after_vote(studio, tmp_path):
     assert [row["model"] for row in rows] == ["base", "dpo"] and rows[0]["comparisons"] == 2 * 2
     assert "| base |" in app.show_results(studio)
     assert [r.comment for r in studio.store.rankings()] == ["base first"] * 2
+
+
+def test_a_task_whose_clip_is_missing_is_withdrawn_and_the_annotator_gets_the_next(studio, caplog):
+    """The attack: a clip file missing on disk made every Next task answer an error naming the server's file."""
+    first, second = sorted(studio.store.task_clips())
+    missing = Path(studio.store.candidates()[studio.store.task_clips()[first][0]].audio_path)
+    missing.unlink()
+    info, files, task = app.next_task(studio, "ann", None, None)
+    assert task.task_id == second and len(files) == 3
+    assert "withdrew task" in caplog.text and str(missing) in caplog.text  # the log names the file
+    [withdrawn] = studio.store.withdrawn_tasks()
+    assert withdrawn.task_id == first and "No such file or directory" in withdrawn.reason
+    assert str(missing.parent) not in withdrawn.reason
+    overview, *_ = app.show_dataset(studio, "admin", None, None)
+    assert "**withdrawn tasks** (a clip could not be read; no longer handed out): 1" in overview
+    assert f"task {first} (" in overview
+    assert app.vote_from_form(studio, "skip", "ann", task, "", None, None).startswith("Vote")
+    assert app.next_task(studio, "ann", None, None)[2] is None and app.next_task(studio, "bo", None, None)[2].task_id == second
+
+
+def test_an_assigned_task_whose_clip_went_missing_gives_way_and_skip_needs_no_loaded_task(studio):
+    _, _, task = app.next_task(studio, "ann", None, None)
+    Path(studio.store.candidates()[task.clip_ids[0]].audio_path).unlink()
+    studio.annotation = AnnotationSession(studio.store, studio.clip_server.serve)  # a restart: no served copies
+    _, _, following = app.next_task(studio, "ann", None, None)
+    assert following.task_id != task.task_id and [w.task_id for w in studio.store.withdrawn_tasks()] == [task.task_id]
+
+    # The page lost its task (a reload): Skip still skips the task assigned, Vote asks for Next task.
+    with pytest.raises(gr.Error, match="no task loaded: press Next task"):
+        app.vote_from_form(studio, "rank", "ann", None, "", None, None)
+    assert app.vote_from_form(studio, "skip", "ann", None, "", None, None).endswith("stored (skip).")
+    assert studio.store.rankings()[-1].task_id == following.task_id and studio.store.rankings()[-1].skipped
+    with pytest.raises(gr.Error, match="no task is assigned to you: press Next task"):
+        app.vote_from_form(studio, "skip", "ann", None, "", None, None)
+    shown = app.show_task(None, {"progress": ""})
+    assert shown[-3]["interactive"] is True  # Skip (before the comment and the status) stays pressable
+
+
+def test_file_errors_never_show_a_server_path(studio, monkeypatch):
+    def unreadable(name):
+        raise PermissionError(13, "Permission denied", "/srv/secret/data/audio/ab/ab12.wav")
+
+    monkeypatch.setattr(studio.annotation, "next_task", unreadable)
+    with pytest.raises(gr.Error) as refused:
+        app.next_task(studio, "ann", None, None)
+    assert "/srv" not in refused.value.message and "Permission denied" in refused.value.message
+
+
+def test_a_failing_copy_withdraws_nothing(studio, monkeypatch):
+    def disk_full(source):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(studio.annotation, "serve", disk_full)
+    with pytest.raises(gr.Error, match="No space left on device"):
+        app.next_task(studio, "ann", None, None)
+    assert studio.store.withdrawn_tasks() == []  # the clips are fine: the task waits for the disk
+
+
+def test_the_dataset_tab_shows_with_a_clip_missing(studio):
+    for name in ("ann", "bo"):
+        _, _, task = app.next_task(studio, name, None, None)
+        for position in range(3):
+            app.play_clip(studio, position, name, task, None, None)
+        by_clip = sorted(task.clip_ids)  # both agree: three pairs, 2 votes to 0
+        app.vote(studio, name, task.task_id, {clip_id: by_clip.index(clip_id) + 1 for clip_id in task.clip_ids})
+    Path(studio.store.candidates()[by_clip[0]].audio_path).unlink()
+    overview, rows, *previews = app.show_dataset(studio, "admin", None, None)
+    assert "**votes**: 2" in overview and len(rows) == 2
+    shown = [update["value"] for update in previews[1::3] + previews[2::3] if update["visible"]]
+    assert len(shown) == 2 and all(Path(path).is_file() for path in shown)  # the one pair whose clips both play

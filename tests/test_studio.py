@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import soundfile as sf
 
-from annotate import InvalidVote
+from annotate import InvalidVote, Store
 from annotate.gold import add_gold_tasks
 from soundworld import render
 from studio import Studio, StudioConfig, parse_config
@@ -17,9 +17,11 @@ from studio.admin import dataset_overview, leaderboard, results_markdown
 from studio.generation import GenerationError, GenerationSettings, LoadedModel, check_prompt, generate_both
 from tests.annotate_helpers import make_tasks
 from tests.local_hub import LocalHub
+from tests.test_annotate_backup import backed_up
 from tests.test_annotate_verdict import BASE, DPO, dpo_first, make_pool, vote_all
 
 SOUND_WORLD = [LoadedModel("base", "Base", "tiny", None, "not loaded in this test")]  # judged by the embedded world
+NO_MODELS = [LoadedModel("base", "Base", "none-a", None, "not loaded in this test")]
 REAL_TANGO = [LoadedModel("base", "Base", "declare-lab/tango", SimpleNamespace(vocoder=object()))]
 
 
@@ -35,6 +37,9 @@ def test_new_flags_and_their_environment_variables(tmp_path):
     assert parse_config([], {}).push_every is None
     assert parse_config([], {"TANGO_GENERATE_THREADS": "3"}).generate_threads == 3
     assert parse_config(["--generate-threads", "2"], {}).generate_threads == 2
+    assert not parse_config([], {}).allow_shrinking_backup
+    assert parse_config(["--allow-shrinking-backup"], {}).allow_shrinking_backup
+    assert parse_config([], {"TANGO_ALLOW_SHRINKING_BACKUP": "yes"}).allow_shrinking_backup
     for bad in (["--push-every", "5"], ["--hub-dataset", "a/b", "--push-every", "soon"],
                 ["--min-gold-accuracy", "80"], ["--reveal-models", "maybe"], ["--generate-threads", "-1"],
                 ["--generate-threads", "1.5"]):
@@ -139,6 +144,19 @@ def test_a_restarted_studio_with_an_empty_data_folder_gets_its_votes_back_from_t
         assert leaderboard(again.store, config)[0]["model"] == DPO
     finally:
         again.close()
+
+
+def test_a_studio_whose_store_holds_nothing_restores_the_backup(tmp_path, monkeypatch):
+    """An empty annotate.sqlite (left by `annotate stats` before) no longer stops the restore."""
+    monkeypatch.setenv("HF_TOKEN", "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123")
+    hub, store = backed_up(tmp_path)
+    Store(tmp_path / "fresh")
+    config = StudioConfig(data_dir=tmp_path / "fresh", hub_dataset="me/tango-prefs", push_every=60)
+    studio = Studio(config, models=NO_MODELS, hub_api=hub)
+    try:
+        assert [r.ranks for r in studio.store.rankings()] == [r.ranks for r in store.rankings()] and len(store.rankings()) == 5
+    finally:
+        studio.close()
 
 
 def test_a_mistyped_local_model_folder_is_reported_as_such(tmp_path, monkeypatch):

@@ -135,6 +135,9 @@ def test_unusable_datasets_fail_clearly(tmp_path):
         train_dpo.main([*FAST, "--dataset", str(empty), "--output_dir", str(tmp_path / "o2")])
     with pytest.raises(train_dpo.DatasetError, match="cannot load dataset"):
         train_dpo.main([*FAST, "--dataset", str(tmp_path / "nothing-here"), "--output_dir", str(tmp_path / "o3")])
+    no_rows = write_table(tmp_path / "no-rows", {"prompt": [], "chosen": [], "rejected": []})
+    with pytest.raises(train_dpo.DatasetError, match="has no rows: its parquet files are empty"):
+        train_dpo.main([*FAST, "--dataset", str(no_rows), "--output_dir", str(tmp_path / "o4")])
 
 
 def test_mixed_precision_reference_matches_the_policy_at_the_first_step(tmp_path, pairs_dir):
