@@ -135,6 +135,8 @@ def _check_outside_the_data(store: Store, out_dir: Path) -> None:
 
 def _row(pair: PairVotes, clips: dict[str, Candidate]) -> PreferenceRow:
     chosen, rejected = clips[pair.chosen], clips[pair.rejected]
+    latents = [chosen.read_latent(), rejected.read_latent()]
+    same_space = chosen.latent_fingerprint == rejected.latent_fingerprint and all(latent is not None for latent in latents)
     return PreferenceRow(
         prompt=chosen.prompt,
         chosen_wav=_read_clip(chosen),
@@ -150,6 +152,8 @@ def _row(pair: PairVotes, clips: dict[str, Candidate]) -> PreferenceRow:
         votes_for=pair.votes_for,
         votes_against=pair.votes_against,
         annotators=pair.annotators,
+        **({"chosen_latent": latents[0], "rejected_latent": latents[1],
+            "latent_fingerprint": chosen.latent_fingerprint} if same_space else {}),
     )
 
 

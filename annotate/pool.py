@@ -167,13 +167,16 @@ def build_pool(
                        for group in [[p for p in todo_prompts if base_seed[p] == base]]
                        for start in range(0, len(group), batch_size)]
             for base, batch in batches:
-                waveforms = GeneratedClips.of(generate(batch, k, base, model_steps[model], guidance)).waveforms
+                made = GeneratedClips.of(generate(batch, k, base, model_steps[model], guidance))
+                waveforms = made.waveforms
                 if waveforms.ndim != 2 or len(waveforms) != len(batch) * k:
                     raise ValueError(f"generator for {model!r} returned shape {waveforms.shape}, wanted ({len(batch) * k}, samples)")
                 for j, prompt in enumerate(batch):
                     for i in range(k):
+                        latent = None if made.latents is None else made.latents[j * k + i]
                         store.add_candidate(prompt, waveforms[j * k + i], model=model, seed=base + i, steps=model_steps[model],
-                                            guidance=guidance, sample_rate=generate.sampling_rate)
+                                            guidance=guidance, sample_rate=generate.sampling_rate, latent=latent,
+                                            latent_fingerprint=None if latent is None else made.latent_fingerprint)
                 bar.update(len(batch) * k)
 
     task_ids = [store.add_task([stored(p, model, i).id for model in models for i in range(k)]) for p in prompts]

@@ -128,4 +128,9 @@ MIGRATIONS: list[tuple[str, ...]] = [
         )""",
         *_insert_only("withdrawn_tasks"),
     ),
+    (
+        # The latent a clip was decoded from is kept beside its audio (<sha>.latent.npy); this names the
+        # latent space it belongs to (the model's VAE and scaling), NULL for clips stored without one.
+        "ALTER TABLE candidates ADD COLUMN latent_fingerprint TEXT",
+    ),
 ]

@@ -64,8 +64,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .clips import SAMPLE_RATE, clip_path, load_clip, write_clip
-from .files import link_or_copy
+from .clips import SAMPLE_RATE, clip_path, latent_from_bytes, latent_to_bytes, load_clip, write_clip
+from .files import link_or_copy, write_atomic
 from .schema import MIGRATIONS
 from .validation import (
     MAX_PROMPT_CHARS,
@@ -128,6 +128,24 @@ class Candidate:
     duration_s: float
     sample_rate: int
     auto_score: float | None
+    latent_fingerprint: str | None = None  # the clip's sampled latent is stored beside its audio
+
+    @property
+    def latent_path(self) -> str | None:
+        """Where the latent this clip was decoded from is stored (``None``: not known)."""
+        return None if self.latent_fingerprint is None else str(latent_path(self.audio_path))
+
+    def read_latent(self) -> np.ndarray | None:
+        """The stored latent, or ``None`` when there is none or it cannot be read (the audio still can)."""
+        try:
+            return None if self.latent_path is None else latent_from_bytes(Path(self.latent_path).read_bytes())
+        except (OSError, ValueError):
+            return None
+
+
+def latent_path(audio_path: str | os.PathLike) -> Path:
+    """``<sha>.latent.npy`` beside the clip's ``<sha>.wav``."""
+    return Path(audio_path).with_suffix(".latent.npy")
 
 
 @dataclass(frozen=True)
@@ -307,12 +325,16 @@ class Store:
         guidance: float,
         sample_rate: int | None = None,
         auto_score: float | None = None,
+        latent: np.ndarray | None = None,
+        latent_fingerprint: str | None = None,
     ) -> Candidate:
         """Validate and store one generated clip; return it.
 
         ``audio`` is a path, file bytes or a 1-D array (with ``sample_rate``); see
-        ``annotate.clips`` for what is accepted. Idempotent on (prompt, model, seed, steps,
-        guidance): a clip already stored under that key is returned unchanged.
+        ``annotate.clips`` for what is accepted. ``latent`` (with its ``latent_fingerprint``):
+        the latent the model decoded into this clip, kept beside it so that DPO can train on
+        what was ranked. Idempotent on (prompt, model, seed, steps, guidance): a clip already
+        stored under that key is returned unchanged.
         """
         prompt = check_text(prompt, "prompt", MAX_PROMPT_CHARS)
         model = check_text(model, "model", MAX_SPEC_CHARS)
@@ -322,16 +344,26 @@ class Store:
         if auto_score is not None:
             auto_score = check_float(auto_score, "auto_score")
         clip = load_clip(audio, sample_rate)
-        write_clip(self.audio_dir, clip)
+        if (latent is None) != (latent_fingerprint is None):
+            raise InvalidInput("`latent` and `latent_fingerprint` go together")
+        if latent is not None:
+            latent_fingerprint = check_text(latent_fingerprint, "latent_fingerprint", 64)
+            try:
+                latent_bytes = latent_to_bytes(latent_from_bytes(latent_to_bytes(np.asarray(latent))))
+            except ValueError as err:
+                raise InvalidInput(f"`latent`: {err}") from None
+        path = write_clip(self.audio_dir, clip)
+        if latent is not None and not latent_path(path).exists():
+            write_atomic(latent_path(path), latent_bytes)  # before the row: a stored fingerprint always has its file
         with self._write() as db:
             prompt_id = self._prompt_id(db, prompt)
             db.execute(
                 """INSERT INTO candidates (public_id, prompt_id, model, seed, steps, guidance, sha256,
-                                           duration_s, sample_rate, auto_score, created_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                           duration_s, sample_rate, auto_score, created_at, latent_fingerprint)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (prompt_id, model, seed, steps, guidance) DO NOTHING""",
                 (secrets.token_hex(8), prompt_id, model, seed, steps, guidance, clip.sha256,
-                 clip.duration_s, SAMPLE_RATE, auto_score, time.time()),
+                 clip.duration_s, SAMPLE_RATE, auto_score, time.time(), latent_fingerprint),
             )
             row = db.execute(
                 _CANDIDATE_SQL + " WHERE c.prompt_id = ? AND c.model = ? AND c.seed = ? AND c.steps = ? AND c.guidance = ?",
@@ -363,9 +395,9 @@ class Store:
         return {row[0]: self._candidate(row) for row in rows}
 
     def _candidate(self, row: tuple) -> Candidate:
-        public_id, prompt, model, seed, steps, guidance, sha, duration, rate, score = row
+        public_id, prompt, model, seed, steps, guidance, sha, duration, rate, score, fingerprint = row
         return Candidate(public_id, prompt, model, seed, steps, guidance, sha,
-                         str(clip_path(self.audio_dir, sha)), duration, rate, score)
+                         str(clip_path(self.audio_dir, sha)), duration, rate, score, fingerprint)
 
     def set_auto_score(self, candidate_id: str, score: float) -> None:
         """Attach an automatic (judge/CLAP) score to a clip; used by ``informative_first``."""
@@ -729,7 +761,7 @@ _TABLES = ("prompts", "candidates", "tasks", "task_candidates", "annotators",
            "withdrawn_tasks")
 
 _CANDIDATE_SQL = """SELECT c.public_id, p.text, c.model, c.seed, c.steps, c.guidance, c.sha256,
-                           c.duration_s, c.sample_rate, c.auto_score
+                           c.duration_s, c.sample_rate, c.auto_score, c.latent_fingerprint
                     FROM candidates c JOIN prompts p ON p.id = c.prompt_id"""
 
 _OPEN_ASSIGNMENT_SQL = """SELECT a.task_id, a.shown_order FROM open_assignments o

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from annotate import Store
+from annotate.store import latent_path
 from annotate.validation import MAX_PROMPT_CHARS, InvalidInput, check_text
 from pipeline.audio import save_audio
 from pipeline.registry import EMBEDDED, load_pipeline
@@ -251,8 +252,9 @@ def sampler_model_label(model: LoadedModel, sampler: str) -> str:
     return f"{model.spec}+{class_name}"
 
 
-def _run_pipeline(pipe: TangoPipeline, settings: GenerationSettings, on_step: Callable[[int], None] | None) -> np.ndarray:
-    """(candidates, samples) float32 waveforms; candidate i seeded ``settings.seeds[i]``."""
+def _run_pipeline(pipe: TangoPipeline, settings: GenerationSettings, on_step: Callable[[int], None] | None):
+    """The pipeline's output: (candidates, samples) float32 ``audios`` and the ``latents`` they were decoded from;
+    candidate i seeded ``settings.seeds[i]``."""
     view = with_sampler(pipe, settings.sampler)
     generators = pipe.clip_generators(settings.seeds)
 
@@ -262,7 +264,7 @@ def _run_pipeline(pipe: TangoPipeline, settings: GenerationSettings, on_step: Ca
 
     return view(settings.prompt, num_inference_steps=settings.steps, guidance_scale=settings.guidance,
                 num_waveforms_per_prompt=settings.candidates, generator=generators, audio_length_in_s=settings.duration,
-                callback_on_step_end=step_done if on_step else None).audios
+                callback_on_step_end=step_done if on_step else None)
 
 
 run_pipeline = spaces.GPU(duration=120)(_run_pipeline) if spaces is not None else _run_pipeline
@@ -273,6 +275,7 @@ class GeneratedClip:
     audio_path: str
     spectrogram_path: str
     seed: int
+    latent_fingerprint: str | None = None  # the clip's latent lies beside it (annotate.store.latent_path)
 
 
 @dataclass(frozen=True)
@@ -330,7 +333,8 @@ def generate_both(models: list[LoadedModel], settings: GenerationSettings, out_d
 
         started = time.perf_counter()
         try:
-            waveforms = run_pipeline(model.pipe, settings, on_step)
+            output = run_pipeline(model.pipe, settings, on_step)
+            waveforms = output.audios
         except (RuntimeError, ValueError) as err:  # e.g. out of memory: this column fails, the other one stands
             logger.exception("generation with %r failed", model.spec)  # the trace (and any paths) stay in the log
             columns.append(ColumnResult(model.role, model.title, model.spec, None,
@@ -348,7 +352,9 @@ def generate_both(models: list[LoadedModel], settings: GenerationSettings, out_d
             audio_path, picture_path = folder / f"{model.role}-{i}.wav", folder / f"{model.role}-{i}.png"
             save_audio(audio_path, waveform, model.pipe.sampling_rate)
             save_spectrogram(waveform, model.pipe.sampling_rate, picture_path)
-            clips.append(GeneratedClip(str(audio_path), str(picture_path), settings.seeds[i]))
+            np.save(latent_path(audio_path), output.latents[i].numpy(), allow_pickle=False)
+            clips.append(GeneratedClip(str(audio_path), str(picture_path), settings.seeds[i],
+                                       model.pipe.latent_fingerprint))
         columns.append(ColumnResult(model.role, model.title, model.spec, sampler_model_label(model, settings.sampler),
                                     clips, seconds / len(clips)))
     _prune(Path(out_dir), KEEP_GENERATIONS)
@@ -369,7 +375,10 @@ def send_to_annotation(store: Store, generation: Generation) -> int:
     for column in generation.columns:
         for clip in column.clips:
             candidate = store.add_candidate(settings.prompt, clip.audio_path, model=column.model_label, seed=clip.seed,
-                                            steps=settings.steps, guidance=settings.guidance)
+                                            steps=settings.steps, guidance=settings.guidance,
+                                            latent=None if clip.latent_fingerprint is None else np.load(
+                                                latent_path(clip.audio_path), allow_pickle=False),
+                                            latent_fingerprint=clip.latent_fingerprint)
             clip_ids.append(candidate.id)
     clip_ids = list(dict.fromkeys(clip_ids))  # the same spec in both columns stores each clip once
     if len(clip_ids) < 2:

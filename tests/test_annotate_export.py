@@ -20,7 +20,7 @@ from annotate import Store
 from annotate.dataset import EXPORT_MARKER, FEATURES, EmptyDataset, NotAnExport, write_preference_dataset
 from annotate.export import PushError, ScheduledPush, export_human_pairs, push_to_hub
 from annotate.store import DB_NAME
-from tests.annotate_helpers import make_tasks, preference_row, tone
+from tests.annotate_helpers import SineGenerator, make_tasks, preference_row, tone
 from tests.local_hub import LocalHub
 
 # Clip j of make_tasks(..., clips=4): model base/dpo alternating, seed j.
@@ -305,3 +305,59 @@ def test_scheduled_push_before_any_vote_waits_quietly_and_setup_errors_are_scrub
     with pytest.raises(PushError) as raised:
         ScheduledPush(tmp_path / "export", "me/tango-prefs", token=TOKEN, api=Unauthorized(tmp_path / "hub"))
     assert "401" in str(raised.value) and TOKEN not in str(raised.value) and raised.value.__context__ is None
+
+
+class LatentSineGenerator(SineGenerator):
+    """A generator that, like the pipeline, also returns the latent behind each clip."""
+
+    def __call__(self, prompts, k, seed, steps, guidance):
+        from annotate.pool import GeneratedClips
+
+        waveforms = super().__call__(prompts, k, seed, steps, guidance)
+        latents = np.stack([np.full((2, 3, 4), seed + i, np.float32) for _ in prompts for i in range(k)])
+        return GeneratedClips(waveforms, latents, "vae-of-" + self.model)
+
+
+def test_pool_clips_keep_their_latents_through_votes_and_export(tmp_path):
+    """What annotators ranked is what DPO trains on: the latents stored with pool clips reach the export."""
+    from annotate.clips import latent_from_bytes
+    from annotate.pool import build_pool
+    from tests.annotate_helpers import vote
+
+    store = Store(tmp_path / "data")
+    build_pool(store, ["a beep", "a hiss"], ["m1", "m1-dpo"], k=2, make_generator=LatentSineGenerator,
+               progress=False)
+    clips = store.candidates()
+    assert all(Path(c.latent_path).is_file() for c in clips.values())
+    assert all(c.read_latent()[0, 0, 0] == c.seed for c in clips.values())
+    for annotator in ("ann", "bob"):
+        vote(store, annotator)
+        vote(store, annotator)
+    export_human_pairs(store, tmp_path / "export")
+    ds = load_dataset(str(tmp_path / "export"), split="train", download_mode="force_redownload",
+                      verification_mode="no_checks")
+    by_id = {(c.model, c.seed, c.prompt): c for c in clips.values()}
+    checked = 0
+    for row in ds:
+        chosen = by_id[(row["chosen_model"], row["chosen_seed"], row["prompt"])]
+        rejected = by_id[(row["rejected_model"], row["rejected_seed"], row["prompt"])]
+        if chosen.latent_fingerprint == rejected.latent_fingerprint:  # one model's latent space
+            assert row["latent_fingerprint"] == chosen.latent_fingerprint
+            assert latent_from_bytes(row["chosen_latent"])[0, 0, 0] == row["chosen_seed"]
+            checked += 1
+        else:  # two VAEs: latents of different spaces are not a pair DPO can compare
+            assert row["chosen_latent"] is None and row["latent_fingerprint"] is None
+    assert checked and len(ds) > checked
+
+
+def test_a_latent_without_its_fingerprint_is_refused(tmp_path):
+    from annotate import InvalidInput
+
+    store = Store(tmp_path / "data")
+    with pytest.raises(InvalidInput, match="latent"):
+        store.add_candidate("a beep", tone(440), model="m", seed=0, steps=1, guidance=3.0, sample_rate=16000,
+                            latent=np.zeros((2, 3, 4), np.float32))
+    with pytest.raises(InvalidInput, match="latent"):
+        store.add_candidate("a beep", tone(440), model="m", seed=0, steps=1, guidance=3.0, sample_rate=16000,
+                            latent=np.full((2, 3, 4), np.nan, np.float32), latent_fingerprint="v")
+    assert store.candidates() == {}

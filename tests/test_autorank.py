@@ -161,7 +161,7 @@ def test_three_strategies_make_contrasts_the_judge_ranks_against_the_original_pr
     write_preference_dataset(rows, tmp_path / "pairs", how_made="test")
     from datasets import load_dataset
 
-    from annotate.dataset import latent_from_bytes
+    from annotate.clips import latent_from_bytes
 
     ds = load_dataset(str(tmp_path / "pairs"), split="train", download_mode="force_redownload",
                       verification_mode="no_checks")
