@@ -202,3 +202,32 @@ def test_default_steps_travel_with_the_model(fixture_pipe, tmp_path):
     record = lambda pipe, step, timestep, tensors: steps.append(step) or tensors  # noqa: E731
     reloaded(PROMPTS[0], audio_length_in_s=SHORT, callback_on_step_end=record)
     assert steps == [0, 1]
+
+
+def test_every_clip_comes_with_the_latent_it_was_decoded_from(fixture_pipe):
+    call = dict(num_inference_steps=2, audio_length_in_s=SHORT, num_waveforms_per_prompt=2)
+    output = fixture_pipe(PROMPTS[:2], generator=fixture_pipe.clip_generators(range(4)), **call)
+    assert output.latents.shape[0] == output.audios.shape[0] == 4 and output.latents.dtype == torch.float32
+    with torch.no_grad():
+        decoded = fixture_pipe.mel_spectrogram_to_waveform(fixture_pipe.decode_latents(output.latents))
+    np.testing.assert_allclose(decoded[:, : output.audios.shape[1]].numpy(), output.audios, atol=1e-5)
+    latent_only = fixture_pipe(PROMPTS[:2], generator=fixture_pipe.clip_generators(range(4)), output_type="latent",
+                               **call).audios
+    torch.testing.assert_close(latent_only.cpu(), output.latents)
+
+
+def test_latent_space_fingerprint_and_posterior_travel_with_the_model(fixture_pipe, tmp_path):
+    """A tuned UNet keeps its base's latent space (same fingerprint); another VAE does not; how the base's training
+    latents were drawn is saved with it."""
+    tuned = fixture_pipe.with_components(unet=fixture_pipe.unet)
+    assert tuned.latent_fingerprint == fixture_pipe.latent_fingerprint
+    assert fixture_pipe.config.latent_posterior == "sample"  # Tango samples the posterior
+    other_vae = type(fixture_pipe.vae).from_config(fixture_pipe.vae.config)
+    assert fixture_pipe.with_components(vae=other_vae).latent_fingerprint != fixture_pipe.latent_fingerprint
+    moded = TangoPipeline(**fixture_pipe.components, latent_posterior="mode")
+    moded.save_pretrained(tmp_path)
+    reloaded = load_pipeline(str(tmp_path), device="cpu")
+    assert reloaded.config.latent_posterior == "mode" and reloaded.latent_fingerprint == fixture_pipe.latent_fingerprint
+    assert load_pipeline("tiny").config.latent_posterior == "mode"  # the embedded models trained on the mode
+    with pytest.raises(ValueError, match="latent_posterior"):
+        TangoPipeline(**fixture_pipe.components, latent_posterior="median")
