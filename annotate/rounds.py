@@ -7,13 +7,15 @@
 Tango 2 made Audio-Alpaca once; TangoFlux repeats generate -> rank -> train with the updated
 model. Round r = 1..R, from the current model (round 1: ``--model``):
 
-  1. pairs     ``--prompts`` fresh training-split prompts (seeded per round), ``--k`` candidates
-               each from the current model, ranked, best vs worst kept (or with ``--pairs all``
-               every two candidates far enough apart; ``annotate.autorank``, batched)
-               -> ``OUT/round-r/pairs``. Prompts are split across processes.
+  1. pairs     ``--prompts`` fresh training-split prompts (seeded per round: TangoFlux found
+               reused prompts degrade after round 2), ``--k`` candidates each from the current
+               model, made into pairs by ``--strategies`` (inference, perturbed, temporal) and
+               Tango 2's filter (``annotate.autorank``, batched; the pairs keep their sampled
+               latents) -> ``OUT/round-r/pairs``. Prompts are split across processes.
   2. train     ``train_dpo.py`` on those pairs from the current model -> ``OUT/round-r/model``
-               (``--train-args`` are passed through; the pipeline it keeps in ``model/best``
-               by validation, if any, becomes the next round's model).
+               (validated on held-out prompts and on ``--judge-prompts`` judged prompts;
+               ``--train-args`` are passed through; the pipeline it keeps in ``model/best``
+               becomes the next round's model).
   3. evaluate  the judge scores one clip per ``--eval-n`` fixed validation prompts (training
                split, a seed no round draws candidates with) -> ``OUT/round-r/eval.json``.
                Round 0 is the starting model.

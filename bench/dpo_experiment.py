@@ -10,9 +10,10 @@ Stages (each skipped when its output exists, so a killed run continues):
    every pair keeps its sampled latents.
 2. ``subsets``: ``inference`` (the inference pairs only) and ``mixed`` (as many pairs, drawn from
    all three strategies): the same number of pairs and steps, only how the pairs were made differs.
-3. ``sweep``: ``train_dpo.py`` runs listed in ``RUNS`` (β sweep at one low learning rate on the
-   mixed pairs, then inference vs mixed, DPO vs CRPO), each validated on held-out *prompts*
-   (DPO loss, implicit accuracy, margin per epoch).
+3. ``sweep``: ``train_dpo.py`` runs, each validated on held-out *prompts* (DPO loss, implicit
+   accuracy, margin per epoch): DPO on the mixed pairs for each β in ``BETAS`` at one low
+   learning rate, then at the β with the best held-out accuracy the ``COMPARISONS``: inference
+   vs mixed pairs (same number of pairs and steps), DPO vs CRPO.
 4. ``validate``: the judge on ``--val-n`` training-split validation prompts for every run and the
    base: the only numbers the shipped model is chosen by.
 5. ``evaluate``: the chosen run and the base on ``test`` and ``heldout`` (200 prompts each, a seed
@@ -34,14 +35,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 VALIDATION_SEED = 987_654 + 7  # training-split validation prompts: no candidate seed comes near it
-# name -> (pairs subset, train_dpo.py flags). The β sweep runs first at one low learning rate.
 COMMON = ["--num_train_epochs", "4", "--train_batch_size", "4", "--lr_scheduler", "constant_with_warmup",
-          "--lr_warmup_steps", "10", "--validation_fraction", "0.2", "--checkpointing_steps", "100000"]
-RUNS = {
-    "mixed-dpo-b2000": ("mixed", ["--loss", "dpo", "--beta_dpo", "2000", "--learning_rate", "1e-5"]),
-    "mixed-dpo-b500": ("mixed", ["--loss", "dpo", "--beta_dpo", "500", "--learning_rate", "1e-5"]),
-    "mixed-dpo-b100": ("mixed", ["--loss", "dpo", "--beta_dpo", "100", "--learning_rate", "1e-5"]),
-}
+          "--lr_warmup_steps", "10", "--learning_rate", "1e-5", "--validation_fraction", "0.2",
+          "--checkpointing_steps", "100000"]
+BETAS = (2000, 500, 100)  # swept first, with DPO on the mixed pairs, at one low learning rate
+# then, at the β whose held-out-prompt implicit accuracy is best: name -> (pairs subset, loss)
+COMPARISONS = {"inference-dpo": ("inference", "dpo"), "mixed-crpo": ("mixed", "crpo")}
 METRICS = ("event_recall", "order_accuracy", "count_accuracy", "mean_score", "extra_events_per_clip")
 
 
@@ -56,12 +55,13 @@ def run(command: list[str], log: Path) -> None:
     print(f"  {time.perf_counter() - started:.0f} s: {' '.join(command[1:6])} ...", flush=True)
 
 
-def write_subsets(pairs: Path, out: Path, seed: int) -> dict:
-    """``inference`` and an equally large ``mixed`` subset of the pairs, as dataset folders (parquet + card)."""
+def write_subsets(pairs: list[Path], out: Path, seed: int) -> dict:
+    """``inference`` and an equally large ``mixed`` subset of the pairs (of one or several autorank folders, e.g.
+    generated in parallel on disjoint prompts), as dataset folders (parquet + card)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.concat_tables([pq.read_table(f) for f in sorted((pairs / "data").glob("*.parquet"))])
+    table = pa.concat_tables([pq.read_table(f) for folder in pairs for f in sorted((folder / "data").glob("*.parquet"))])
     strategies = np.asarray(table.column("strategy").to_pylist())
     inference = np.flatnonzero(strategies == "inference")
     mixed = np.sort(np.random.default_rng(seed).permutation(len(strategies))[:len(inference)])
@@ -70,8 +70,8 @@ def write_subsets(pairs: Path, out: Path, seed: int) -> dict:
         folder = out / name
         (folder / "data").mkdir(parents=True, exist_ok=True)
         pq.write_table(table.take(rows), folder / "data" / "train-00000-of-00001.parquet")
-        (folder / "README.md").write_text((pairs / "README.md").read_text().split("\n---\n")[0] + "\n---\n\n"
-                                          f"# {name} subset of {pairs}\n")
+        (folder / "README.md").write_text((pairs[0] / "README.md").read_text().split("\n---\n")[0] + "\n---\n\n"
+                                          f"# {name} subset of {', '.join(map(str, pairs))}\n")
         counts[name] = dict(zip(*np.unique(strategies[rows], return_counts=True)))
         counts[name] = {k: int(v) for k, v in counts[name].items()}
     return counts
@@ -108,19 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-seed", type=int, default=31337, help="evaluation seed, used for nothing else")
     parser.add_argument("--stage", choices=["pairs", "subsets", "sweep", "validate", "evaluate"], default=None,
                         help="stop after this stage")
-    parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated runs of RUNS to train")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
 
-    pairs = out / "pairs-all"
-    if not (pairs / "README.md").is_file():
+    pairs = sorted(p for p in out.glob("pairs-*") if (p / "README.md").is_file())
+    if not pairs:
+        pairs = [out / "pairs-all"]
         started = time.perf_counter()
         run([sys.executable, "-m", "annotate.autorank", "--model", args.model, "--prompts", "train", "--n",
              str(args.prompts), "--k", str(args.k), "--seed", str(args.seed), "--batch-size", "4",
-             "--strategies", "inference,perturbed,temporal", "--out", str(pairs)], out / "autorank.log")
+             "--strategies", "inference,perturbed,temporal", "--out", str(pairs[0])], out / "autorank.log")
         summary["pairs_seconds"] = time.perf_counter() - started
     if args.stage == "pairs":
         return 0
@@ -129,21 +129,28 @@ def main(argv: list[str] | None = None) -> int:
         summarize(out, summary)
     if args.stage == "subsets":
         return 0
-    runs = [name for name in args.runs.split(",") if name]
-    for name in runs:
-        subset, flags = RUNS[name]
+    def train(name: str, subset: str, flags: list[str]) -> None:
         folder = out / "runs" / name
         if not (folder / "train_metrics.json").is_file():
             run([sys.executable, "train_dpo.py", "--pretrained_model", args.model, "--dataset", str(out / subset),
                  "--output_dir", str(folder), "--seed", "0", *COMMON, *flags], out / f"train-{name}.log")
         metrics = json.loads((folder / "train_metrics.json").read_text())
         summary.setdefault("validation", {})[name] = {
-            "subset": subset, "flags": flags, "pairs": metrics["pairs"], "steps": metrics["steps"],
-            "stored_latent_pairs": metrics["stored_latent_pairs"],
+            "subset": subset, "flags": flags, "pairs": metrics["pairs"], "train_pairs": metrics["train_pairs"],
+            "steps": metrics["steps"], "stored_latent_pairs": metrics["stored_latent_pairs"],
+            "train_implicit_acc": metrics.get("implicit_acc"),
             "validation_curve": [{k: r.get(k) for k in ("epoch", "val_loss", "val_implicit_acc", "val_reward_margin")}
                                  for r in metrics["validation"]],
             **{k: v for k, v in metrics["validation"][-1].items() if k.startswith("val_")}}
         summarize(out, summary)
+
+    for beta in BETAS:
+        train(f"mixed-dpo-b{beta}", "mixed", ["--loss", "dpo", "--beta_dpo", str(beta)])
+    beta = max(BETAS, key=lambda b: summary["validation"][f"mixed-dpo-b{b}"]["val_implicit_acc"])
+    summary["beta"] = beta
+    for name, (subset, loss) in COMPARISONS.items():
+        train(f"{name}-b{beta}", subset, ["--loss", loss, "--beta_dpo", str(beta)])
+    runs = [name for name in summary["validation"] if name != "base"]
     if args.stage == "sweep":
         return 0
     base_val = evaluate(args.model, "train", args.val_n, VALIDATION_SEED, out / "eval" / "val-base.json")
