@@ -133,8 +133,9 @@ def test_unusable_datasets_fail_clearly(tmp_path):
                                               "rejected": [audio_cell(noise(0))]})
     with pytest.raises(train_dpo.DatasetError, match="no usable pairs"):
         train_dpo.main([*FAST, "--dataset", str(empty), "--output_dir", str(tmp_path / "o2")])
+    (tmp_path / "no-dataset-here").mkdir()  # (a folder that does not exist is refused with the flags: test_cli.py)
     with pytest.raises(train_dpo.DatasetError, match="cannot load dataset"):
-        train_dpo.main([*FAST, "--dataset", str(tmp_path / "nothing-here"), "--output_dir", str(tmp_path / "o3")])
+        train_dpo.main([*FAST, "--dataset", str(tmp_path / "no-dataset-here"), "--output_dir", str(tmp_path / "o3")])
 
 
 def test_mixed_precision_reference_matches_the_policy_at_the_first_step(tmp_path, pairs_dir):
