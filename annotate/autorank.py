@@ -24,18 +24,21 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from pipeline.registry import DEFAULT_SPEC
-from pipeline.tango import clip_seeds
+from pipeline.specs import DEFAULT_SPEC
 
 from .clips import decode_wav, encode_wav
-from .dataset import EmptyDataset, PreferenceRow, write_preference_dataset
-from .pool import ClipGenerator, PipelineGenerator
 from .store import Store
+
+# Generation (torch, diffusers) and the dataset writer (datasets) load where they are used: the app's
+# judge needs neither, and `python -m annotate.autorank --help` answers before they load.
+if TYPE_CHECKING:
+    from .dataset import PreferenceRow
+    from .pool import ClipGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +141,10 @@ def autorank_pairs(
 
     ``steps=None`` samples with the model's own default steps.
     """
+    from pipeline import clip_seeds
+
+    from .dataset import PreferenceRow
+
     if k < 2:
         raise ValueError(f"`k` must be at least 2 to make a pair, got {k}")
     steps = generate.default_steps if steps is None else steps
@@ -205,22 +212,27 @@ def pairing_rule(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m annotate.autorank", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=DEFAULT_SPEC, help=f"model spec that generates the candidates (default {DEFAULT_SPEC})")
+    parser = argparse.ArgumentParser(prog="python -m annotate.autorank", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_SPEC, help="model spec that generates the candidates")
     parser.add_argument("--prompts", required=True, help="a prompts file, or 'train' / 'test' / 'heldout' (sound world)")
-    parser.add_argument("--n", type=int, default=None, help="how many prompts (default: all in the file, 1000 sampled)")
-    parser.add_argument("--k", type=int, default=4, help="candidates per prompt (default 4)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's own)")
-    parser.add_argument("--guidance", type=float, default=3.0)
-    parser.add_argument("--ranker", choices=["judge", "clap"], default="judge")
-    parser.add_argument("--clap-model", default="laion/larger_clap_general")
+    parser.add_argument("--n", type=int, default=None, help="how many prompts; none: all in the file, 1000 sampled")
+    parser.add_argument("--k", type=int, default=4, help="candidates per prompt")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="clip i of every prompt uses seed + i; also seeds the sampled sound-world prompts")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps; none: the model's own")
+    parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    parser.add_argument("--ranker", choices=["judge", "clap"], default="judge",
+                        help="judge: the sound world's judge; clap: CLAP text-audio similarity")
+    parser.add_argument("--clap-model", default="laion/larger_clap_general", help="CLAP checkpoint of --ranker clap")
     parser.add_argument("--min-margin", type=float, default=0.25, help="keep a pair only if its scores differ this much")
     parser.add_argument("--pairs", choices=PAIRINGS, default="best-worst",
                         help="best-worst: one pair per prompt; all: every two candidates at least the margin apart")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generation call")
     parser.add_argument("--out", required=True, help="dataset folder to write (replaced atomically)")
     args = parser.parse_args(argv)
+    from .dataset import EmptyDataset, write_preference_dataset
+    from .pool import PipelineGenerator
 
     prompts = read_prompts(args.prompts, args.n, args.seed)
     ranker = JudgeRanker() if args.ranker == "judge" else ClapRanker.from_pretrained(args.clap_model)
