@@ -19,17 +19,45 @@ import socket
 import sqlite3
 import sys
 
-import gradio as gr
-import torch
+from studio.config import StudioConfig, device_refusal, parse_config
 
-from studio import START_REFUSALS, Studio, parse_config
-from studio.admin import (ANNOTATOR_COLUMNS, PREVIEW_PAIRS, dataset_overview, describe_export, export_dataset,
-                          hub_url, leaderboard, push_dataset, require_admin, results_markdown)
-from studio.annotation import GUIDELINES, LABELS, MAX_SHOWN_CLIPS, SHORTCUTS, ShownTask
-from studio.generation import (MAX_CANDIDATES, MODEL_DEFAULT, SAMPLERS, Generation, GenerationSettings,
-                               duration_range, example_prompts, prompt_hint)
-from studio.identity import password_check
-from studio.limits import generation_threads
+
+def check_port_free(host: str, port: int) -> None:
+    """Exit with a clear message when another program (a second app?) already serves on ``port``."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            sys.exit(f"error: port {port} on {host} is in use (is another `python app.py` running?): "
+                     f"start this one with --port {port + 1} (or set GRADIO_SERVER_PORT)")
+
+
+def checked_config(argv) -> StudioConfig:
+    """The configuration from flags and environment, once the port and the device are known to be usable;
+    otherwise exit with the reason in one line."""
+    config = parse_config(argv)
+    check_port_free(config.host, config.port)
+    refusal = device_refusal(config.device, config.dtype)
+    if refusal:
+        sys.exit(f"error: {refusal}")
+    return config
+
+
+if __name__ == "__main__":
+    # Checked before gradio loads: --help, a wrong flag or a busy port answer in a second, a bad device in a few.
+    checked_config(sys.argv[1:])
+
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
+
+from studio.state import START_REFUSALS, Studio  # noqa: E402
+from studio.admin import (ANNOTATOR_COLUMNS, PREVIEW_PAIRS, dataset_overview, describe_export,  # noqa: E402
+                          export_dataset, hub_url, leaderboard, push_dataset, require_admin, results_markdown)
+from studio.annotation import GUIDELINES, LABELS, MAX_SHOWN_CLIPS, SHORTCUTS, ShownTask  # noqa: E402
+from studio.generation import (MAX_CANDIDATES, MODEL_DEFAULT, SAMPLERS, Generation,  # noqa: E402
+                               GenerationSettings, duration_range, example_prompts, prompt_hint)
+from studio.identity import password_check  # noqa: E402
+from studio.limits import generation_threads  # noqa: E402
 
 logger = logging.getLogger("app")
 
@@ -532,22 +560,10 @@ def launch(studio: Studio, demo: gr.Blocks, **options):
     )
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Exit with a clear message when another program (a second app?) already serves on ``port``."""
-    with socket.socket() as probe:
-        try:
-            probe.bind((host, port))
-        except OSError:
-            sys.exit(f"error: port {port} on {host} is in use (is another `python app.py` running?): "
-                     f"start this one with --port {port + 1} (or set GRADIO_SERVER_PORT)")
-
-
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    config = parse_config(argv)
-    check_port_free(config.host, config.port)
     try:
-        studio = Studio(config)
+        studio = Studio(checked_config(argv))
     except START_REFUSALS as err:  # the reason, not a traceback
         sys.exit(f"error: {err}")
     try:

@@ -24,9 +24,12 @@ policy equal to its reference scores exactly 0.5 (Tango 2's own code counts ties
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+# torch is imported inside the functions that compute: LOSS_NAMES and PreferenceLossConfig load without it,
+# so train_dpo.py reads its flags (and answers --help) before torch loads.
+if TYPE_CHECKING:
+    import torch
 
 # -- the denoising loss (both training scripts) ---------------------------------------------
 
@@ -52,6 +55,8 @@ def denoising_loss(
     is given: ``w_t = min(SNR_t, γ) / SNR_t`` for ε and ``min(SNR_t, γ) / (SNR_t + 1)`` for v,
     where ``SNR_t = ᾱ_t / (1 - ᾱ_t)`` (Tango trains with γ = 5).
     """
+    import torch.nn.functional as F
+
     noisy = scheduler.add_noise(latents, noise, timesteps)
     prediction_type = scheduler.config.prediction_type
     if prediction_type == "v_prediction":
@@ -84,6 +89,8 @@ def dpo_loss(margin: torch.Tensor) -> torch.Tensor:
 
     Policy == reference gives m = 0 and a loss of log 2.
     """
+    import torch.nn.functional as F
+
     return -F.logsigmoid(margin)
 
 
@@ -102,7 +109,7 @@ def crpo_loss(margin: torch.Tensor, policy_w: torch.Tensor, sft_weight: float, b
 def hinge_loss(margin: torch.Tensor) -> torch.Tensor:
     """Hinge (SLiC, Zhao et al. 2023) on the same margin: ``max(0, 1 - m)``; pairs already
     separated by a margin of 1 stop pulling."""
-    return torch.relu(1 - margin)
+    return (1 - margin).relu()
 
 
 def ipo_loss(margin: torch.Tensor, beta_dpo: float) -> torch.Tensor:
@@ -125,6 +132,8 @@ def mapo_loss(policy_w, policy_l, beta_mapo: float, snr_value: float = 0.2, num_
     first term is plain fine-tuning on the chosen clips; the second widens the likelihood
     margin between chosen and rejected.
     """
+    import torch
+    import torch.nn.functional as F
 
     def log_odds(losses: torch.Tensor) -> torch.Tensor:
         scaled = snr_value * losses

@@ -47,14 +47,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from losses import LOSS_NAMES, PreferenceLossConfig, denoising_loss, preference_loss
-from pipeline import load_pipeline
-from pipeline.audio import AudioError, load_audio, wav_to_fbank
+from pipeline.specs import SpecError, missing_local_folder, resolve_spec
 
 logger = logging.getLogger("train_dpo")
 CACHE_VERSION = 3  # bump when what the cache holds changes
@@ -65,7 +61,8 @@ RESUMABLE_CHANGES = {"max_train_steps", "num_train_epochs", "checkpointing_steps
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     group = parser.add_argument_group("model and data")
     group.add_argument("--pretrained_model", default="tiny", help="model spec: embedded name, folder or Hub id")
     group.add_argument("--dataset", required=True, help="Hub dataset id or local folder (prompt/chosen/rejected)")
@@ -75,11 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="share of the prompts whose pairs are held back for validation each epoch (0: none); "
                             "whole prompts, so validation sees prompts training never did")
     group.add_argument("--output_dir", required=True, help="where the tuned pipeline, checkpoints and metrics go")
-    group.add_argument("--cache_dir", default=None, help="latent/embedding cache (default OUTPUT_DIR/cache)")
-    group.add_argument("--audio_length_in_s", type=float, default=None, help="clip length trained on (default: the model's)")
+    group.add_argument("--cache_dir", default=None, help="latent/embedding cache; none: OUTPUT_DIR/cache")
+    group.add_argument("--audio_length_in_s", type=float, default=None, help="clip length trained on; none: the model's")
     group.add_argument("--latent_posterior", default=None, choices=["mode", "sample"],
                        help="how audio without stored latents is encoded: the VAE posterior's mode or a sample each "
-                            "step (default: how the model was trained, its model_index.json; Tango 2 samples)")
+                            "step; none: how the model was trained (its model_index.json; Tango 2 samples)")
     group = parser.add_argument_group("loss (losses.py)")
     group.add_argument("--loss", default="dpo", choices=LOSS_NAMES, help="preference loss (sft: chosen clips only)")
     group.add_argument("--beta_dpo", type=float, default=2000.0, help="β of the DPO-family losses (Tango 2: 2000)")
@@ -112,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="sound-world models: clips for this many fixed training-split prompts are judged each "
                             "epoch and the best pipeline kept by mean judge score (0: off)")
     group.add_argument("--judge_seed", type=int, default=1234, help="seed of the judged prompts and their clips")
-    group.add_argument("--judge_steps", type=int, default=None, help="denoising steps of judged clips (default: the model's)")
+    group.add_argument("--judge_steps", type=int, default=None, help="denoising steps of judged clips; none: the model's")
     group = parser.add_argument_group("checkpoints, logging, Hub")
     group.add_argument("--checkpointing_steps", type=int, default=500, help="save a resumable state every N steps")
     group.add_argument("--checkpoints_total_limit", type=int, default=2, help="checkpoints kept (oldest removed)")
@@ -129,7 +126,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("give --validation_split or --validation_fraction, not both")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id (owner/name)")
+    # Checked here, before anything loads; one line, as the usage would bury it.
+    try:
+        resolve_spec(args.pretrained_model)
+    except SpecError as err:
+        parser.exit(2, f"error: --pretrained_model: {err}\n")
+    missing = missing_local_folder(args.dataset)
+    if missing:
+        parser.exit(2, f"error: --dataset {missing}\n")
     return args
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and wrong flags answer in a second: torch, accelerate and diffusers load below
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+
+from pipeline import load_pipeline  # noqa: E402
+from pipeline.audio import AudioError, load_audio, wav_to_fbank  # noqa: E402
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -777,6 +793,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (DatasetError, ConfigMismatch, CheckpointError) as err:
+    except (DatasetError, ConfigMismatch, CheckpointError, SpecError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

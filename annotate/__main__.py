@@ -109,35 +109,37 @@ def stats(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m annotate", description=__doc__.splitlines()[0])
+    shows_defaults = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="python -m annotate", description=__doc__.splitlines()[0],
+                                     formatter_class=shows_defaults)
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, handler, help: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help)
-        sub.add_argument("--data-dir", default="data", help="store folder: database and clips (default ./data)")
+        sub = commands.add_parser(name, help=help, description=help, formatter_class=shows_defaults)
+        sub.add_argument("--data-dir", default="data", help="store folder: database and clips")
         sub.set_defaults(handler=handler)
         return sub
 
     sub = command("pool", pool, "generate k clips per prompt per model and make one ranking task per prompt")
     sub.add_argument("--prompts", required=True, help="text file, one prompt per line (# comments, blanks ignored)")
-    sub.add_argument("--models", default=None, help="comma-separated model specs (default: the embedded tiny,tiny-dpo)")
-    sub.add_argument("--k", type=int, default=2, help="clips per prompt per model (default 2: a 4-clip task)")
+    sub.add_argument("--models", default=None, help="comma-separated model specs; none: the embedded tiny,tiny-dpo")
+    sub.add_argument("--k", type=int, default=2, help="clips per prompt per model (2: a 4-clip task)")
     sub.add_argument("--seed", type=int, default=None,
-                     help="clip i of each prompt and model uses seed + i (default: drawn at random and stored)")
-    sub.add_argument("--steps", type=int, default=None, help="denoising steps (default: each model's own)")
-    sub.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default 3)")
+                     help="clip i of each prompt and model uses seed + i; none: drawn at random and stored")
+    sub.add_argument("--steps", type=int, default=None, help="denoising steps; none: each model's own")
+    sub.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
     sub.add_argument("--batch-size", type=int, default=4, help="prompts per generation call")
 
     sub = command("export", export, "write the human-ranked pairs as a dataset folder (atomically)")
     sub.add_argument("--out", required=True, help="dataset folder to (re)write")
     sub.add_argument("--min-margin", type=int, default=1, help="keep pairs whose majority leads by this many votes")
     sub.add_argument("--min-gold-accuracy", type=float, default=None,
-                     help="leave out annotators whose gold-task accuracy is below this (0..1)")
+                     help="leave out annotators whose gold-task accuracy is below this (0..1); none: keep everyone")
 
     sub = command("gold", gold, "add gold tasks: a render of each sound-world prompt against renders of others")
     sub.add_argument("--prompts", required=True, help="text file of sound-world prompts, one per line")
-    sub.add_argument("--distractors", type=int, default=2, help="renders of other prompts per gold task (default 2)")
-    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--distractors", type=int, default=2, help="renders of other prompts per gold task")
+    sub.add_argument("--seed", type=int, default=0, help="seed of the renders and of the distractors' choice")
 
     sub = command("verdict", verdict, "win rates and Bradley-Terry scores per model, with 95%% intervals")
     sub.add_argument("--source", choices=["human", "auto"], default="human", help="human rankings or the auto ranker")
@@ -146,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("push", push, "upload an export to a Hugging Face dataset repo")
     sub.add_argument("--repo", required=True, help="dataset repo id, owner/name")
-    sub.add_argument("--folder", default=None, help="export folder (default: the latest export)")
+    sub.add_argument("--folder", default=None, help="export folder; none: the latest export")
     sub.add_argument("--private", action="store_true", help="create the repo private")
 
     sub = command("stats", stats, "tasks done, votes per annotator, agreement")

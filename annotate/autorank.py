@@ -38,19 +38,22 @@ import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from pipeline.registry import DEFAULT_SPEC
-from pipeline.tango import clip_seeds
+from pipeline.specs import DEFAULT_SPEC
 
 from .clips import decode_wav, encode_wav
-from .dataset import EmptyDataset, PreferenceRow, write_preference_dataset
 from .perturb import Perturbation, load_perturbations, perturb
-from .pool import ClipGenerator, GeneratedClips, PipelineGenerator
 from .store import Store
+
+# Generation (torch, diffusers) and the dataset writer (datasets) load where they are used: the app's
+# judge needs neither, and `python -m annotate.autorank --help` answers before they load.
+if TYPE_CHECKING:
+    from .dataset import PreferenceRow
+    from .pool import ClipGenerator, GeneratedClips
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +185,11 @@ def autorank_pairs(
     """Yield pairs for ``prompts`` by ``strategies``, one batched generation call per ``batch_size`` prompts
     and strategy. ``min_margin`` is the margin alone or a whole ``PairFilter``; ``steps=None`` samples with
     the model's own default steps. Perturbed and temporal clips: ``k`` per perturbed prompt."""
+    from pipeline import clip_seeds
+
+    from .dataset import PreferenceRow
+    from .pool import GeneratedClips
+
     if k < 2:
         raise ValueError(f"`k` must be at least 2 to make a pair, got {k}")
     unknown = sorted(set(strategies) - set(STRATEGIES))
@@ -338,9 +346,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_SPEC, help="model spec that generates the candidates")
     parser.add_argument("--prompts", required=True, help="a prompts file, or 'train' / 'test' / 'heldout' (sound world)")
-    parser.add_argument("--n", type=int, default=None, help="how many prompts (default: all in the file, 1000 sampled)")
+    parser.add_argument("--n", type=int, default=None, help="how many prompts; none: all in the file, 1000 sampled")
     parser.add_argument("--seed", type=int, default=0, help="prompt sampling and the candidates' seeds")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's own)")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps; none: the model's own")
     parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generation call")
     parser.add_argument("--out", required=True, help="dataset folder to write (replaced atomically)")
@@ -352,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         perturbations = load_perturbations(args.perturbations) if args.perturbations else None
     except (OSError, ValueError) as err:
         parser.error(f"--perturbations: {err}")
+    from .dataset import EmptyDataset, write_preference_dataset
+    from .pool import PipelineGenerator
 
     prompts = read_prompts(args.prompts, args.n, args.seed)
     ranker = JudgeRanker() if args.ranker == "judge" else ClapRanker.from_pretrained(args.clap_model)

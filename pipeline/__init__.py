@@ -2,11 +2,22 @@
 
 Tango and only Tango: nothing here imports the sound world, the annotation
 tools or the app (they sit above this package).
+
+The names below load on first use (with the whole package, as diffusers needs the custom
+components' modules imported): ``import pipeline`` and ``pipeline.specs`` cost no torch, so
+the command lines answer ``--help`` and check their flags before torch and diffusers load.
 """
 
-from .audio import load_audio, save_audio, wav_to_fbank
-from .griffinlim import GriffinLimVocoder
-from .registry import load_pipeline
-from .tango import TangoPipeline, clip_seeds
+from importlib import import_module
 
-__all__ = ["GriffinLimVocoder", "TangoPipeline", "load_audio", "load_pipeline", "clip_seeds", "save_audio", "wav_to_fbank"]
+_EXPORTS = {"GriffinLimVocoder": "griffinlim", "TangoPipeline": "tango", "clip_seeds": "tango", "load_audio": "audio",
+            "load_pipeline": "registry", "save_audio": "audio", "wav_to_fbank": "audio"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import_module(".registry", __name__)  # every module of the package, as `import pipeline` always gave
+    value = globals()[name] = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    return value

@@ -16,9 +16,7 @@ you did not load yourself (copy its components instead).
 
 from __future__ import annotations
 
-import difflib
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -29,14 +27,11 @@ from diffusers.utils import logging
 
 from . import griffinlim, time_position_unet  # noqa: F401  diffusers loads a component class only from a module already imported
 from .original import MAIN_CONFIG, download_original, is_original_format, load_original
+# The spec names and their resolution, torch-free in pipeline.specs; importable from here as before.
+from .specs import DEFAULT_DPO_SPEC, DEFAULT_SPEC, EMBEDDED, SpecError, resolve_spec  # noqa: F401
 from .tango import TangoPipeline
 
 logger = logging.get_logger(__name__)
-
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
-EMBEDDED = {"tiny": ASSETS_DIR / "tango-tiny", "tiny-dpo": ASSETS_DIR / "tango-tiny-dpo"}
-DEFAULT_SPEC = "tiny"  # the base model wherever none is named
-DEFAULT_DPO_SPEC = "tiny-dpo"  # its DPO-tuned version (the app's right column, the default pool)
 
 def check_components(folder: Path) -> None:
     """Raise ``SpecError`` naming the first component ``model_index.json`` lists whose folder is missing
@@ -50,15 +45,10 @@ def check_components(folder: Path) -> None:
                             f"holding the {value[1]}): copy it from the model it came from")
 
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 DIFFUSERS_PATTERNS = ["model_index.json", "*/*.json", "*/*.safetensors", "*/*.model", "*/*.txt"]
 
 _cache: dict[tuple[str, str, torch.dtype], TangoPipeline] = {}
 _cache_lock = threading.Lock()
-
-
-class SpecError(ValueError):
-    """A model spec that names nothing loadable."""
 
 
 def default_device_and_dtype(device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
@@ -117,32 +107,6 @@ def _load_hub(repo_id: str) -> TangoPipeline:
         logger.warning(f"could not cache the converted {repo_id} at {cached}: {err}")
         shutil.rmtree(staging, ignore_errors=True)
     return pipe
-
-
-def resolve_spec(spec: str) -> tuple[str, Path | None]:
-    """(kind, folder): kind is 'folder' or 'hub'; embedded names resolve to their folder."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise SpecError(f"model spec must be a non-empty string, got {spec!r}")
-    if spec in EMBEDDED:
-        folder = EMBEDDED[spec]
-        if not folder.is_dir():
-            raise SpecError(f"embedded model {spec!r} is not in this checkout ({folder} is missing)")
-        return "folder", folder
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return "folder", path.resolve()
-    if path.is_absolute() or spec.startswith((".", "~")) or path.parent.is_dir() and str(path.parent) != ".":
-        # Meant as a local folder (a path, or owner/name whose "owner" is a folder here): never a Hub download.
-        siblings = [child.name for child in path.parent.iterdir() if child.is_dir()] if path.parent.is_dir() else []
-        close = difflib.get_close_matches(path.name, siblings, n=1)
-        hint = f"; did you mean {str(path.parent / close[0])!r}?" if close else ""
-        raise SpecError(f"model spec {spec!r} names a local folder that does not exist{hint}")
-    if HUB_ID.match(spec) and not path.exists():
-        return "hub", None
-    raise SpecError(
-        f"unknown model spec {spec!r}: not an embedded name ({', '.join(EMBEDDED)}), "
-        "not an existing folder, and not a Hub repo id like 'declare-lab/tango2'"
-    )
 
 
 def load_pipeline(spec: str = DEFAULT_SPEC, device=None, dtype=None) -> TangoPipeline:

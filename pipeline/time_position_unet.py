@@ -53,7 +53,7 @@ class TimePositionUNet(UNet2DConditionModel):
         for projection, attn in zip(self.time_position_projections, attentions):
             torch.nn.init.zeros_(projection.weight)
             torch.nn.init.zeros_(projection.bias)
-            attn.register_forward_pre_hook(self._add_position(projection))
+            attn.register_forward_pre_hook(AddTimePosition(projection))
 
     # diffusers builds a model from its config by reading the __init__ signature: keep the parent's.
     __init__.__signature__ = inspect.signature(UNet2DConditionModel.__init__)
@@ -62,19 +62,29 @@ class TimePositionUNet(UNet2DConditionModel):
     def position_channels(self) -> int:
         return self.config.in_channels - self.config.out_channels
 
-    def _position(self, like: torch.Tensor) -> torch.Tensor:
-        """Position maps shaped ``(1, channels, frames, 1)`` for a ``(batch, _, frames, bins)`` tensor."""
-        maps = time_position_maps(like.shape[2], self.position_channels, like.device, like.dtype)
-        return maps[None, :, :, None]
-
-    def _add_position(self, projection: torch.nn.Conv2d):
-        def hook(module, args):
-            hidden_states, *rest = args
-            return (hidden_states + projection(self._position(hidden_states)), *rest)
-
-        return hook
-
     def forward(self, sample: torch.Tensor, *args, **kwargs):
         """``sample`` is the latent alone (``out_channels`` channels); the position maps are added here."""
-        position = self._position(sample).expand(sample.shape[0], -1, -1, sample.shape[3])
+        position = position_maps_like(sample, self.position_channels).expand(sample.shape[0], -1, -1, sample.shape[3])
         return super().forward(torch.cat([sample, position], dim=1), *args, **kwargs)
+
+
+def position_maps_like(like: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` position maps shaped ``(1, count, frames, 1)`` for a ``(batch, _, frames, bins)`` tensor."""
+    return time_position_maps(like.shape[2], count, like.device, like.dtype)[None, :, :, None]
+
+
+class AddTimePosition:
+    """Forward pre-hook of one attention block: adds its projection of the position maps to the hidden states.
+
+    An object holding its projection, not a closure: ``copy.deepcopy`` of the UNet (train_dpo.py's policy is a
+    copy of the reference) copies the object and points it at the copy's own projection, where a closure would
+    be shared and keep calling the original's, leaving the copy's projections without gradients (issue 23).
+    """
+
+    def __init__(self, projection: torch.nn.Conv2d):
+        self.projection = projection
+
+    def __call__(self, module: torch.nn.Module, args: tuple) -> tuple:
+        hidden_states, *rest = args
+        position = position_maps_like(hidden_states, self.projection.in_channels)
+        return (hidden_states + self.projection(position), *rest)

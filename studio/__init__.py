@@ -2,108 +2,18 @@
 spectrograms, annotation sessions, identity and the admin's dataset view.
 
 ``app.py`` declares the Gradio UI and wires these together; nothing here draws a page.
+``Studio`` (``studio.state``) loads on first use: ``studio.config`` reads and checks the
+flags, and ``python app.py --help`` answers, before torch, diffusers and gradio load.
 """
 
-from __future__ import annotations
+from importlib import import_module
 
-import logging
-import os
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
-
-from annotate import Store, UnusableStore
-from annotate.autorank import JudgeRanker, score_unscored
-from annotate.export import PushError, ScheduledPush, restore_from_hub
-
-from .admin import export_dataset
-from .annotation import AnnotationSession
 from .config import StudioConfig, parse_config
-from .generation import Generation, GenerationSettings, LoadedModel, generate_both, load_models, send_to_annotation
-from .identity import read_auth_file, resolve_name
-from .limits import GenerationGate
-from .serving import ClipServer
 
-logger = logging.getLogger(__name__)
-
-# Why a Studio may not start, said in one line: the data folder's store or the Hub backup is unusable
-# (BackupRefused is an UnusableStore), or the Hub could not be read for the restore.
-START_REFUSALS = (UnusableStore, PushError)
+__all__ = ["Studio", "StudioConfig", "parse_config"]
 
 
-class Studio:
-    """One app's state: the two models, the annotation store, the play log and where clips go.
-
-    ``identity_mode`` is ``password`` with an auth file, ``oauth`` on a Space, else ``name``
-    (see ``studio.identity``).
-
-    With ``config.push_every`` (and a Hub dataset), a data folder whose store holds nothing
-    first gets the last backup back from the Hub (checked first: a bad one stops the start),
-    then a background ``ScheduledPush`` exports and backs the store up every ``push_every``
-    minutes, never over a backup holding more (unless ``allow_shrinking_backup``).
-    ``hub_api`` replaces ``HfApi`` (tests).
-    With sound-world models, the judge scores every clip stored (``auto_score``): the
-    automatic verdict and ``informative_first`` use it.
-    """
-
-    def __init__(self, config: StudioConfig, models: list[LoadedModel] | None = None, hub_api=None):
-        self.config = config
-        self.users = read_auth_file(config.auth_file) if config.auth_file else None
-        self.models = load_models(config) if models is None else models
-        if config.push_every is not None:
-            restored = restore_from_hub(config.data_dir, config.hub_dataset, api=hub_api)
-            if restored is not None:
-                logger.info("restored %d votes from the backup in %s", restored, config.hub_dataset)
-        self.store = Store(config.data_dir, informative_first=config.informative_first)
-        self.ranker = JudgeRanker() if any(m.is_sound_world for m in self.models) else None
-        self.score_clips()
-        self.scheduled_push = None
-        if config.push_every is not None:
-            self.scheduled_push = ScheduledPush(
-                config.export_dir, config.hub_dataset, every=config.push_every, api=hub_api, store=self.store,
-                before_push=lambda: export_dataset(self.store, config),
-                allow_shrinking_backup=config.allow_shrinking_backup)
-        self.generated_dir = Path(tempfile.mkdtemp(prefix="tango-studio-"))
-        # Clips leave the data folder only as copies with random names (see studio.serving).
-        self.clip_server = ClipServer(self.generated_dir / "served")
-        self.annotation = AnnotationSession(self.store, self.clip_server.serve)
-        self.gate = GenerationGate(config.generate_queue, config.generate_per_minute)
-        if self.users is not None:
-            self.identity_mode = "password"
-        elif os.environ.get("SPACE_ID"):
-            self.identity_mode = "oauth"
-        else:
-            self.identity_mode = "name"
-
-    @property
-    def device(self):
-        """Where generation runs: the first loaded model's device (the CPU when none loaded)."""
-        import torch
-
-        pipes = [m.pipe for m in self.models if m.pipe is not None]
-        return pipes[0].device if pipes else torch.device("cpu")
-
-    def who(self, typed: str | None, username: str | None, oauth_username: str | None) -> str:
-        """The name of whoever sent a request (see ``studio.identity.resolve_name``)."""
-        return resolve_name(self.identity_mode, typed=typed, username=username, oauth_username=oauth_username)
-
-    def generate(self, settings: GenerationSettings, progress: Callable[[float, str], None] | None = None) -> Generation:
-        return generate_both(self.models, settings, self.generated_dir, progress)
-
-    def send_to_annotation(self, generation: Generation) -> int:
-        """Store a generation's clips as one ranking task (scored by the ranker); return its id."""
-        task_id = send_to_annotation(self.store, generation)
-        self.score_clips()
-        return task_id
-
-    def score_clips(self) -> int:
-        """Give the stored clips that have none an automatic score (sound-world models: the judge)."""
-        return 0 if self.ranker is None else score_unscored(self.store, self.ranker)
-
-    def close(self) -> None:
-        """Stop the background pushes (a last one still runs at interpreter exit)."""
-        if self.scheduled_push is not None:
-            self.scheduled_push.stop()
-
-
-__all__ = ["START_REFUSALS", "Studio", "StudioConfig", "parse_config"]
+def __getattr__(name: str):
+    if name != "Studio":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return import_module(".state", __name__).Studio

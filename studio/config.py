@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from annotate.store import EXPORT_DIR
-from pipeline.registry import DEFAULT_DPO_SPEC, DEFAULT_SPEC
+from pipeline.specs import DEFAULT_DPO_SPEC, DEFAULT_SPEC  # torch-free: the flags are read before torch loads
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -51,29 +51,30 @@ class StudioConfig:
 
 # flag -> (environment variable, help)
 _FLAGS = {
-    "--base-model": ("TANGO_BASE_MODEL", f"model spec of the left column (default: {DEFAULT_SPEC})"),
-    "--dpo-model": ("TANGO_DPO_MODEL", f"model spec of the DPO-tuned column (default: {DEFAULT_DPO_SPEC})"),
-    "--data-dir": ("TANGO_DATA_DIR", "annotation store: database, clips, exports (default: ./data)"),
-    "--hub-dataset": ("TANGO_HUB_DATASET", "dataset repo the Dataset tab pushes to, owner/name"),
-    "--admins": ("TANGO_ADMINS", "comma-separated names allowed on the Dataset tab"),
+    "--base-model": ("TANGO_BASE_MODEL", "model spec of the left column"),
+    "--dpo-model": ("TANGO_DPO_MODEL", "model spec of the DPO-tuned column"),
+    "--data-dir": ("TANGO_DATA_DIR", "annotation store: database, clips, exports"),
+    "--hub-dataset": ("TANGO_HUB_DATASET", "dataset repo the Dataset tab pushes to, owner/name; none: Push disabled"),
+    "--admins": ("TANGO_ADMINS", "comma-separated names allowed on the Dataset tab; none: the tab is disabled"),
     "--auth-file": ("TANGO_AUTH_FILE", "file of 'name:password' lines: log-in required, names from it"),
-    "--device": ("TANGO_DEVICE", "torch device for both models, e.g. cuda, cuda:1, cpu (default: cuda if present)"),
-    "--dtype": ("TANGO_DTYPE", f"UNet/VAE dtype, one of {', '.join(DTYPES)} (default: float16 on CUDA)"),
-    "--host": ("GRADIO_SERVER_NAME", "interface to serve on (default: 127.0.0.1)"),
-    "--port": ("GRADIO_SERVER_PORT", "port to serve on (default: 7860)"),
-    "--max-steps": ("TANGO_MAX_STEPS", "most denoising steps one request may ask for (default: 200)"),
-    "--max-candidates": ("TANGO_MAX_CANDIDATES", "most candidates per model one request may ask for, 1..4 (default: 4)"),
-    "--generate-per-minute": ("TANGO_GENERATE_PER_MINUTE", "generations one visitor may start per minute (default: 6)"),
+    "--device": ("TANGO_DEVICE", "torch device for both models, e.g. cuda, cuda:1, cpu; none: cuda if present, "
+                                 "else cpu"),
+    "--dtype": ("TANGO_DTYPE", f"UNet/VAE dtype, one of {', '.join(DTYPES)}; none: float16 on CUDA, float32 on CPU"),
+    "--host": ("GRADIO_SERVER_NAME", "interface to serve on"),
+    "--port": ("GRADIO_SERVER_PORT", "port to serve on"),
+    "--max-steps": ("TANGO_MAX_STEPS", "most denoising steps one request may ask for"),
+    "--max-candidates": ("TANGO_MAX_CANDIDATES", "most candidates per model one request may ask for, 1..4"),
+    "--generate-per-minute": ("TANGO_GENERATE_PER_MINUTE", "generations one visitor may start per minute"),
     "--generate-queue": ("TANGO_GENERATE_QUEUE", "generations that may wait behind the running one; more are "
-                                                 "answered 'busy, try again in N s' (default: 4)"),
+                                                 "answered 'busy, try again in N s'"),
     "--generate-threads": ("TANGO_GENERATE_THREADS", "CPU threads generation may use; 0 leaves one core to the "
-                           "annotation endpoints, so votes stay fast while generating (default: 0)"),
+                           "annotation endpoints, so votes stay fast while generating"),
     "--push-every": ("TANGO_PUSH_EVERY", "minutes between background exports + store backups pushed to --hub-dataset; "
-                     "an empty --data-dir then restores the last backup at start (default: off)"),
+                     "an empty --data-dir then restores the last backup at start ; none: off"),
     "--allow-shrinking-backup": ("TANGO_ALLOW_SHRINKING_BACKUP", "let the background push replace a Hub backup "
                                  "that holds votes or clips this store lacks (the repo's history keeps the old one)"),
     "--min-gold-accuracy": ("TANGO_MIN_GOLD_ACCURACY", "leave out annotators whose gold-task accuracy is below this "
-                            "(0..1) from the export and the verdict (default: keep everyone)"),
+                            "(0..1) from the export and the verdict; none: keep everyone"),
     "--reveal-models": ("TANGO_REVEAL_MODELS", "show annotators which model made each clip after they vote"),
     "--informative-first": ("TANGO_INFORMATIVE_FIRST", "hand out first the tasks whose clips the automatic ranker "
                             "scores closest"),
@@ -87,12 +88,16 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python app.py", description="Tango DPO Studio: side-by-side demo, blind ranking, dataset admin.",
-        epilog="Every flag falls back to the environment variable named in its help, then to its default.",
+        epilog="Every flag falls back to the environment variable named in its help, then to its default "
+               "(shown: the variable's value where it is set).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     defaults = StudioConfig()
     for flag, (variable, help_text) in _FLAGS.items():
         attribute = flag[2:].replace("-", "_")
         default = environ.get(variable, getattr(defaults, attribute))
+        if isinstance(default, frozenset):  # --admins: shown and parsed as the flag's text
+            default = ",".join(sorted(default)) or None
         if attribute in _SWITCHES:
             parser.add_argument(flag, default=str(default), nargs="?", const="1", help=f"{help_text} [env {variable}]")
         else:
@@ -162,3 +167,28 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         reveal_models=_switch(parser, args.reveal_models, "--reveal-models"),
         informative_first=_switch(parser, args.informative_first, "--informative-first"),
     )
+
+
+def device_refusal(device: str | None, dtype: str | None) -> str | None:
+    """Why the models cannot run on ``device`` in ``dtype`` on this machine, in one line; None when they can.
+
+    Checked at start-up (it imports torch): a missing GPU would otherwise leave an app whose columns say
+    "Torch not compiled with CUDA enabled", and float16 on a CPU runs several times slower than float32.
+    """
+    import torch
+
+    try:
+        target = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    except RuntimeError:
+        return f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)"
+    if target.type == "cuda" and not torch.cuda.is_available():
+        why = "this torch has no CUDA support" if torch.version.cuda is None else "torch finds no CUDA GPU"
+        return f"--device {device}: {why} on this machine; leave --device out (or give cpu) to run on the CPU"
+    if target.type == "cuda" and (target.index or 0) >= torch.cuda.device_count():
+        return f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), cuda:0 and up"
+    if target.type == "mps" and not torch.backends.mps.is_available():
+        return f"--device {device}: torch finds no Apple GPU (MPS) on this machine; leave --device out to use the CPU"
+    if target.type == "cpu" and dtype == "float16":
+        return ("--dtype float16 on the CPU runs several times slower than float32 (CPUs lack half-precision "
+                "kernels); leave --dtype out to use float32")
+    return None

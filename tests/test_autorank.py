@@ -57,7 +57,7 @@ def test_k_below_two_is_refused():
 
 
 def test_cli_writes_a_dataset_and_says_when_nothing_passes(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(autorank, "PipelineGenerator", lambda spec: RenderGenerator())
+    monkeypatch.setattr("annotate.pool.PipelineGenerator", lambda spec: RenderGenerator())  # main imports it on use
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# prompts\n" + "\n".join(GOOD_PROMPTS) + "\n")
     assert autorank.main(["--prompts", str(prompts), "--k", "2", "--out", str(tmp_path / "out")]) == 0

@@ -190,6 +190,29 @@ def test_time_position_unet_is_a_plain_unet_to_its_callers(fixture_pipe, tmp_pat
     assert isinstance(load_pipeline(str(tmp_path / "pipe")).unet, TimePositionUNet)
 
 
+
+def test_a_copied_time_position_unet_trains_its_own_projections(fixture_pipe):
+    """train_dpo.py's policy is a deep copy of the reference UNet: the copy's attention blocks must run the copy's
+    position projections (under DDP an unused parameter stops training at the second step, issue 23)."""
+    import copy
+
+    from pipeline.time_position_unet import TimePositionUNet
+
+    torch.manual_seed(0)
+    original = TimePositionUNet.from_config({**fixture_pipe.unet.config, "in_channels": 11})
+    policy = copy.deepcopy(original).train()
+    latents, t = torch.randn(2, 8, 16, 4), torch.tensor([10, 500])
+    states, mask = torch.randn(2, 5, original.config.cross_attention_dim), torch.ones(2, 5, dtype=torch.bool)
+    policy(latents, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample.square().mean().backward()
+    assert all(p.grad is not None for p in policy.time_position_projections.parameters())
+    assert all(p.grad is None for p in original.parameters())
+    with torch.no_grad():
+        for projection in policy.time_position_projections:
+            projection.weight.normal_(std=0.1)
+        moved = policy(latents, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+        kept = original(latents, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+    assert not torch.allclose(moved, kept)  # the copy's projections act on the copy, and on it alone
+
 def test_default_steps_travel_with_the_model(fixture_pipe, tmp_path):
     """A model saved with its own default steps is sampled with them when a call names none."""
     assert fixture_pipe.config.default_num_inference_steps == 100  # Tango's

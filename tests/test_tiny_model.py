@@ -10,6 +10,18 @@ import torch
 from pipeline import TangoPipeline, load_pipeline
 from pipeline.registry import DEFAULT_SPEC, EMBEDDED
 from soundworld import evaluate, judge, sample_prompts
+from tests.conftest import FIXTURE_DIR
+
+# Final latents of a seeded short generation by each shipped model, computed by `seeded_latents` with the code
+# of commit f4a0f3e (before TimePositionUNet's hooks changed, issue 23): the shipped weights must keep giving them.
+SEEDED_LATENTS = FIXTURE_DIR.parent / "tiny-seeded-latents.npz"
+
+
+def seeded_latents(spec: str) -> np.ndarray:
+    pipe = load_pipeline(spec, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe("two knocks then a hiss", num_inference_steps=4, audio_length_in_s=1.28, output_type="latent",
+                generator=torch.Generator().manual_seed(0)).audios.numpy()
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +41,17 @@ def test_embedded_models_ship_small_safetensors_and_their_sampling_steps(spec):
     # (bench/results/samplers-tiny.json); tiny-dpo, tuned from it, keeps its base's default.
     assert json.loads((EMBEDDED[spec] / "model_index.json").read_text())["default_num_inference_steps"] == 25
 
+
+
+@pytest.mark.parametrize("spec", ["tiny", "tiny-dpo"])
+def test_shipped_models_load_every_weight_and_sample_as_before(spec):
+    """Every saved tensor is a parameter of the loaded UNet and none is missing; a seeded generation gives the
+    latents recorded before the time-position hooks changed."""
+    from safetensors import safe_open
+
+    with safe_open(str(EMBEDDED[spec] / "unet" / "diffusion_pytorch_model.safetensors"), framework="pt") as saved:
+        assert set(saved.keys()) == set(load_pipeline(spec, device="cpu").unet.state_dict())
+    np.testing.assert_allclose(seeded_latents(spec), np.load(SEEDED_LATENTS)[spec], rtol=0, atol=1e-4)
 
 def test_tiny_generates_clips_that_follow_their_prompts(tiny):
     assert isinstance(tiny, TangoPipeline) and tiny.sampling_rate == 16000 and tiny.hop_length == 160

@@ -133,8 +133,9 @@ def test_unusable_datasets_fail_clearly(tmp_path):
                                               "rejected": [audio_cell(noise(0))]})
     with pytest.raises(train_dpo.DatasetError, match="no usable pairs"):
         train_dpo.main([*FAST, "--dataset", str(empty), "--output_dir", str(tmp_path / "o2")])
+    (tmp_path / "no-dataset-here").mkdir()  # (a folder that does not exist is refused with the flags: test_cli.py)
     with pytest.raises(train_dpo.DatasetError, match="cannot load dataset"):
-        train_dpo.main([*FAST, "--dataset", str(tmp_path / "nothing-here"), "--output_dir", str(tmp_path / "o3")])
+        train_dpo.main([*FAST, "--dataset", str(tmp_path / "no-dataset-here"), "--output_dir", str(tmp_path / "o3")])
     no_rows = write_table(tmp_path / "no-rows", {"prompt": [], "chosen": [], "rejected": []})
     with pytest.raises(train_dpo.DatasetError, match="has no rows: its parquet files are empty"):
         train_dpo.main([*FAST, "--dataset", str(no_rows), "--output_dir", str(tmp_path / "o4")])
@@ -244,14 +245,25 @@ def test_validation_sft_first_and_a_schedule(tmp_path, pairs_dir):
     assert saved["audio_length_in_s"] == 0.64 and saved["num_processes"] == 1
 
 
-def test_two_cpu_processes_train_like_one_with_the_same_global_batch(tmp_path, pairs_dir):
-    """torchrun --nproc_per_node 2 (gloo on CPU): the same optimizer steps as one process with twice the
+@pytest.fixture(scope="module")
+def shipped_architecture(tmp_path_factory):
+    """A random-weight pipeline with the shipped tiny models' architecture (TimePositionUNet, the recipe's
+    configuration) at toy width."""
+    from tests.app_helpers import build_test_pipeline
+
+    return build_test_pipeline(tmp_path_factory.mktemp("shipped-architecture") / "model", seed=0)
+
+
+def test_two_cpu_processes_train_like_one_with_the_same_global_batch(tmp_path, pairs_dir, shipped_architecture):
+    """torchrun --nproc_per_node 2 (gloo on CPU) on the shipped architecture: every UNet parameter takes part
+    (DDP stops at the second step otherwise, issue 23), the same optimizer steps as one process with twice the
     per-process batch, different noise on each rank, one output that loads."""
-    single, one = run(tmp_path / "single", pairs_dir, "--num_train_epochs", "2", "--train_batch_size", "4")
+    model = ["--pretrained_model", str(shipped_architecture)]
+    single, one = run(tmp_path / "single", pairs_dir, *model, "--num_train_epochs", "2", "--train_batch_size", "4")
     out = tmp_path / "two"
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-               str(Path(train_dpo.__file__)), *FAST, "--dataset", str(pairs_dir), "--output_dir", str(out),
+               str(Path(train_dpo.__file__)), *FAST, *model, "--dataset", str(pairs_dir), "--output_dir", str(out),
                "--num_train_epochs", "2", "--train_batch_size", "2"]
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert finished.returncode == 0, finished.stderr[-3000:]
@@ -260,7 +272,10 @@ def test_two_cpu_processes_train_like_one_with_the_same_global_batch(tmp_path, p
     assert two["steps"] == one["steps"] == 4  # 6 pairs, global batch 4: 2 steps per epoch either way
     first_noise = two["first_noise_per_process"]
     assert len(first_noise) == 2 and first_noise[0] != first_noise[1]
-    assert isinstance(load_pipeline(str(out), device="cpu"), TangoPipeline)
+    tuned, base = load_pipeline(str(out), device="cpu"), load_pipeline(str(shipped_architecture), device="cpu")
+    assert type(tuned.unet).__name__ == "TimePositionUNet"
+    projections = {k: v for k, v in tuned.unet.state_dict().items() if k.startswith("time_position_projections.")}
+    assert projections and all(not v.equal(base.unet.state_dict()[k]) for k, v in projections.items())  # trained
     assert not list(out.glob("checkpoint-*")) and (out / "train_config.json").is_file()
 
 
