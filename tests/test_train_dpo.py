@@ -337,3 +337,10 @@ def test_training_uses_the_sampled_latents_not_re_encoded_audio(tmp_path):
     assert train_dpo.stored_pair_latents(ds[0] | {"latent_fingerprint": "elsewhere"}, pipe.latent_fingerprint,
                                          other.shape)[1] == "latents of another VAE"
     assert train_dpo.stored_pair_latents(ds[0], pipe.latent_fingerprint, (1, 2, 3))[1] == "latents of another length"
+
+
+def test_overfitting_is_the_held_out_loss_above_log_2_while_training_accuracy_climbs():
+    assert train_dpo.overfitting({"val_loss": 0.75}, [0.6, 0.9])
+    assert not train_dpo.overfitting({"val_loss": 0.65}, [0.6, 0.9])  # held-out prompts still improve
+    assert not train_dpo.overfitting({"val_loss": 0.75}, [0.5, 0.4])  # nothing learned either
+    assert not train_dpo.overfitting({"judge_mean_score": 0.3}, [0.9])  # no held-out pairs, no verdict
