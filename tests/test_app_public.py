@@ -130,3 +130,54 @@ def test_pool_seeds_are_drawn_at_random_and_kept(tmp_path):
     again = build_pool(stores[0], ["a beep", "a hiss", "a hum"], ["m1", "m2"], k=2, make_generator=SineGenerator,
                        progress=False)
     assert again.reused == 8 and again.generated == 4  # the stored seeds are found again
+
+
+# On a Space gradio also starts its hot-reloader, whose thread wants the `spaces` package (which Spaces preinstall).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_the_space_mode_starts_and_sends_visitors_to_the_hub_log_in(tmp_path, monkeypatch):
+    """Issue 19: on a Space (SPACE_ID set, no auth file) the app serves with the "Sign in with Hugging Face"
+    button, which needs gradio's OAuth extra. The Hub's OpenID provider is a local stand-in here."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import gradio.oauth
+
+    class OpenIDProvider(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"issuer": provider_url, "authorization_endpoint": f"{provider_url}/authorize",
+                               "token_endpoint": f"{provider_url}/token"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    provider = ThreadingHTTPServer(("127.0.0.1", 0), OpenIDProvider)
+    provider_url = f"http://127.0.0.1:{provider.server_port}"
+    threading.Thread(target=provider.serve_forever, daemon=True).start()
+    # What a Space with `hf_oauth: true` sets (gradio reads the OAuth variables when it is imported).
+    monkeypatch.setenv("SYSTEM", "spaces")
+    monkeypatch.setenv("SPACE_ID", "someone/tango-studio")
+    for name, value in (("OAUTH_CLIENT_ID", "client-id"), ("OAUTH_CLIENT_SECRET", "client-secret"),
+                        ("OAUTH_SCOPES", "openid profile"), ("OPENID_PROVIDER_URL", provider_url)):
+        monkeypatch.setenv(name, value)
+        monkeypatch.setattr(gradio.oauth, name, value)
+    config = StudioConfig(data_dir=tmp_path / "data", device="cpu", port=free_port())
+    studio = Studio(config, models=no_models())
+    assert studio.identity_mode == "oauth"
+    demo = app.build_app(studio)
+    app.launch(studio, demo, prevent_thread_lock=True, quiet=True)
+    try:
+        url = f"http://127.0.0.1:{config.port}"
+        assert httpx.get(f"{url}/", timeout=10).status_code == 200
+        login = httpx.get(f"{url}/login/huggingface", timeout=10, follow_redirects=False)
+        assert login.status_code in (302, 307), login.text
+        assert login.headers["location"].startswith(f"{provider_url}/authorize?") and "client_id=client-id" in login.headers["location"]
+        with pytest.raises(Exception, match="log in with your Hugging Face account first"):
+            Client(f"{url}/", verbose=False).predict("anyone", api_name="/next_task")
+    finally:
+        demo.close()
+        provider.shutdown()
