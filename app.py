@@ -522,8 +522,12 @@ def launch(studio: Studio, demo: gr.Blocks, **options):
 
 
 def check_port_free(host: str, port: int) -> None:
-    """Exit with a clear message when another program (a second app?) already serves on ``port``."""
+    """Exit with a clear message when another program (a second app?) already serves on ``port``.
+
+    The probe binds as the server will (uvicorn sets SO_REUSEADDR), so the TIME_WAIT connections a killed
+    server leaves behind for a minute do not read as "in use"; a socket listening on the port still does."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:

@@ -181,3 +181,26 @@ def test_the_space_mode_starts_and_sends_visitors_to_the_hub_log_in(tmp_path, mo
     finally:
         demo.close()
         provider.shutdown()
+
+
+def test_a_restart_after_a_kill_finds_its_port_free_while_old_connections_linger():
+    """Issue 19: after kill -9 the dead server's connections sit in TIME_WAIT for a minute; the port is free to
+    listen on (uvicorn sets SO_REUSEADDR), so the start-up check must not call it "in use". A port another
+    program listens on still is."""
+    import socket
+
+    port = free_port()
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        client = socket.create_connection(("127.0.0.1", port))
+        connection, _ = server.accept()
+        connection.close()  # the server's end closes first, so it is the one left in TIME_WAIT
+        client.close()
+    app.check_port_free("127.0.0.1", port)
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", port))
+        other.listen()
+        with pytest.raises(SystemExit, match=f"port {port} on 127.0.0.1 is in use"):
+            app.check_port_free("127.0.0.1", port)
