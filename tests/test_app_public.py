@@ -200,6 +200,7 @@ def test_a_restart_after_a_kill_finds_its_port_free_while_old_connections_linger
         client.close()
     app.check_port_free("127.0.0.1", port)
     with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         other.bind(("127.0.0.1", port))
         other.listen()
         with pytest.raises(SystemExit, match=f"port {port} on 127.0.0.1 is in use"):
