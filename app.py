@@ -29,7 +29,7 @@ from studio.annotation import GUIDELINES, LABELS, MAX_SHOWN_CLIPS, SHORTCUTS, Sh
 from studio.generation import (MAX_CANDIDATES, MODEL_DEFAULT, SAMPLERS, Generation, GenerationSettings,
                                duration_range, example_prompts, prompt_hint)
 from studio.identity import password_check
-from studio.limits import generation_threads
+from studio.limits import generation_threads, visitor_of
 
 logger = logging.getLogger("app")
 
@@ -116,14 +116,12 @@ def who(studio: Studio, typed: str | None, request: gr.Request | None, profile: 
     return studio.who(typed, getattr(request, "username", None), profile.username if profile else None)
 
 
-def visitor(request: gr.Request | None) -> str:
-    """Who the per-visitor generation limit counts: the logged-in name, else the client's address."""
+def visitor(studio: Studio, request: gr.Request | None) -> str:
+    """Who the per-visitor generation limits count (``studio.limits.visitor_of``)."""
     if request is None:
         return "local"
-    if getattr(request, "username", None):
-        return f"user:{request.username}"
-    forwarded = (request.headers.get("x-forwarded-for") or "").split(",")[0].strip()  # behind a Space's proxy
-    return f"address:{forwarded or getattr(request.client, 'host', 'unknown')}"
+    return visitor_of(getattr(request, "username", None), getattr(request.client, "host", None),
+                      request.headers.get("x-forwarded-for"), studio.config.trust_proxy)
 
 
 def as_sent(component):
@@ -144,7 +142,7 @@ def generate(studio: Studio, prompt: str, steps: float, guidance: float, seed: f
     duration: seconds per clip (optional; 0 or none: each model's own length)."""
     settings = GenerationSettings.checked(prompt, steps, guidance, seed, candidates, sampler, duration,
                                           max_steps=studio.config.max_steps, max_candidates=studio.config.max_candidates)
-    with studio.gate.admit(visitor(request)):
+    with studio.gate.admit(visitor(studio, request)):
         generation = studio.generate(settings, progress=lambda fraction, desc: progress(fraction, desc=desc))
     files = [[clip.audio_path for clip in column.clips] or None for column in generation.columns]
     return files[0], files[1], generation.as_dict(), generation

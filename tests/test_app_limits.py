@@ -11,7 +11,7 @@ from gradio_client.exceptions import AppError
 
 import app
 from pipeline.registry import SpecError, load_pipeline
-from studio import Studio, StudioConfig
+from studio import Studio, StudioConfig, parse_config
 from studio.generation import GenerationError, GenerationSettings, check_steps, load_models
 from studio.limits import Busy, GenerationGate, generation_threads
 from tests.annotate_helpers import make_tasks
@@ -150,6 +150,53 @@ def test_a_full_queue_answers_busy_at_once():
     assert len(entered) == 3
     with gate.admit("v-late"):  # room again
         pass
+
+
+def test_one_visitor_has_at_most_one_generation_running_or_queued():
+    """Issue 19: at the defaults (6 per minute, queue 4) six concurrent requests from one address took five
+    places; now they take one and everyone else still gets in."""
+    gate = GenerationGate(queue_size=4, per_minute=6)
+    release = threading.Event()
+    admitted, refused = [], []
+
+    def generation(name):
+        try:
+            with gate.admit(name):
+                admitted.append(name)
+                release.wait(10)
+        except Busy as err:
+            refused.append(str(err))
+
+    threads = [threading.Thread(target=generation, args=("address:10.0.0.1",)) for _ in range(6)]
+    threads.append(threading.Thread(target=generation, args=("address:10.0.0.2",)))
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert sorted(admitted) == ["address:10.0.0.1", "address:10.0.0.2"]
+    assert refused == ["you already have a generation running or queued: wait for it to finish"] * 5
+    with gate.admit("address:10.0.0.1"):  # finished: the next one is welcome
+        pass
+
+
+def test_a_forwarded_for_header_counts_only_behind_the_owners_proxy(tmp_path):
+    """Issue 19: a client-written X-Forwarded-For reset the per-visitor limit. Without --trust-proxy the
+    connection's address counts; with it, the address the proxy saw (the header's last entry)."""
+    from types import SimpleNamespace
+
+    def request(forwarded, username=None):
+        return SimpleNamespace(username=username, client=SimpleNamespace(host="10.0.0.7"),
+                               headers={"x-forwarded-for": forwarded} if forwarded else {})
+
+    studio = SimpleNamespace(config=StudioConfig())
+    assert {app.visitor(studio, request(f"198.51.100.{i}")) for i in range(8)} == {"address:10.0.0.7"}
+    studio.config = parse_config(["--trust-proxy"], {})
+    assert app.visitor(studio, request("1.2.3.4, 203.0.113.9")) == "address:203.0.113.9"  # the client wrote 1.2.3.4
+    assert app.visitor(studio, request(None)) == "address:10.0.0.7"
+    assert app.visitor(studio, request("1.2.3.4", username="ann")) == "user:ann"
+    assert parse_config([], {"TANGO_TRUST_PROXY": "1"}).trust_proxy and not parse_config([], {}).trust_proxy
 
 
 def test_generation_leaves_a_core_to_the_annotation_endpoints_on_a_cpu():
