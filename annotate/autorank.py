@@ -13,8 +13,8 @@ training signal. Rankers:
 * ``clap`` (strategy ``clap-rank``): cosine similarity of CLAP text and audio embeddings
   (``laion/larger_clap_general`` by default; any transformers CLAP checkpoint).
 
-Clip ``i`` of every prompt is generated with seed ``seed + i`` (``pipeline.clip_seeds``, as the pools do),
-K clips per prompt in one batched call. Pairs go through the shared dataset writer.
+Clip ``i`` of every prompt is generated with seed ``seed + i`` (``pipeline.clip_seeds``), the K clips
+of ``batch_size`` prompts in one batched call. Pairs go through the shared dataset writer.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def autorank_pairs(
     seeds = clip_seeds(seed, k)
     for start in tqdm(range(0, len(prompts), batch_size), desc="autorank", unit="batch"):
         batch = list(prompts[start : start + batch_size])
-        waveforms = np.asarray(generate(batch, k, seed, steps, guidance))
+        waveforms = np.asarray(generate([prompt for prompt in batch for _ in seeds], seeds * len(batch), steps, guidance))
         for j, prompt in enumerate(batch):
             clips = waveforms[j * k : (j + 1) * k]
             scores = ranker(clips, generate.sampling_rate, prompt)

@@ -125,8 +125,8 @@ def test_pool_seeds_are_drawn_at_random_and_kept(tmp_path):
     stores = [Store(tmp_path / f"s{i}") for i in range(2)]
     for store in stores:
         build_pool(store, ["a beep", "a hiss"], ["m1", "m2"], k=2, make_generator=SineGenerator, progress=False)
-    seeds = [sorted({c.seed for c in store.candidates().values()}) for store in stores]
-    assert seeds[0] != seeds[1] and seeds[0] != [0, 1] and seeds[0][1] == seeds[0][0] + 1  # clip i: base + i
+    seeds = [sorted(c.seed for c in store.candidates().values()) for store in stores]
+    assert seeds[0] != seeds[1] and len(set(seeds[0])) == 8  # every clip its own seed, across models too
     again = build_pool(stores[0], ["a beep", "a hiss", "a hum"], ["m1", "m2"], k=2, make_generator=SineGenerator,
                        progress=False)
     assert again.reused == 8 and again.generated == 4  # the stored seeds are found again
