@@ -8,14 +8,19 @@ Loaded pipelines are shared by every visitor (the registry caches them), so a ca
 touches one: each call builds a light view of the pipeline with a fresh scheduler of the
 chosen sampler (schedulers keep per-call state in ``set_timesteps``), sharing the weights.
 
-Seeds follow ``pipeline.clip_seeds``: candidate ``i`` is drawn with its own generator seeded
-``seed + i``, on the pipeline's device, as in ``annotate.pool`` and the evaluation, so both
-columns start from the same noise and a clip sent to annotation is the clip the pool would
-make under the same settings.
+Seeds: candidate ``i`` of Demo seed ``s`` is Demo seed ``s + i`` (``pipeline.clip_seeds``), in both
+columns, so the two models start from the same noise. A Demo seed is not the generator's seed:
+that is ``generator_seed``, keyed by the server's secret (``studio.secret``), so the same Demo
+seed gives the same clips on this server while no Demo seed reaches the seeds pools are made
+with (``annotate.pool``: 0..``MAX_POOL_SEED``), whatever seed a pool was made with, and an
+annotator cannot regenerate a task's clips to learn their models. A clip sent to annotation is
+stored with its generator seed (and is reproducible alone from it, drawn on the pipeline's device).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import math
 import shutil
@@ -30,7 +35,8 @@ import numpy as np
 import torch
 
 from annotate import Store
-from annotate.validation import MAX_PROMPT_CHARS, InvalidInput, check_text
+from annotate.pool import MAX_POOL_SEED
+from annotate.validation import MAX_INT, MAX_PROMPT_CHARS, InvalidInput, check_text
 from pipeline.audio import save_audio
 from pipeline.registry import EMBEDDED, load_pipeline
 from pipeline.tango import TangoPipeline, clip_seeds
@@ -71,6 +77,13 @@ AUDIOCAPS_PROMPTS = [
 ]
 
 
+def generator_seed(secret: bytes, demo_seed: int) -> int:
+    """The generator seed a Demo seed stands for on the server with ``secret``: above every pool seed
+    (``MAX_POOL_SEED``), within SQLite's integers, and not computable without the secret."""
+    digest = hmac.new(secret, str(demo_seed).encode(), hashlib.sha256).digest()
+    return MAX_POOL_SEED + 1 + int.from_bytes(digest[:8], "big") % (MAX_INT - MAX_POOL_SEED)
+
+
 class GenerationError(ValueError):
     """Settings that cannot be generated (empty prompt, zero steps, ...)."""
 
@@ -87,7 +100,7 @@ class GenerationSettings:
 
     @property
     def seeds(self) -> list[int]:
-        """One per candidate, by the pipeline's convention (``clip_seeds``)."""
+        """The Demo seed of each candidate, by the pipeline's convention (``clip_seeds``)."""
         return clip_seeds(self.seed, self.candidates)
 
     @classmethod
@@ -252,10 +265,11 @@ def sampler_model_label(model: LoadedModel, sampler: str) -> str:
     return f"{model.spec}+{class_name}"
 
 
-def _run_pipeline(pipe: TangoPipeline, settings: GenerationSettings, on_step: Callable[[int], None] | None) -> np.ndarray:
-    """(candidates, samples) float32 waveforms; candidate i seeded ``settings.seeds[i]``."""
+def _run_pipeline(pipe: TangoPipeline, settings: GenerationSettings, seeds: list[int],
+                  on_step: Callable[[int], None] | None) -> np.ndarray:
+    """(candidates, samples) float32 waveforms; candidate i drawn with a generator seeded ``seeds[i]``."""
     view = with_sampler(pipe, settings.sampler)
-    generators = pipe.clip_generators(settings.seeds)
+    generators = pipe.clip_generators(seeds)
 
     def step_done(_pipe, step, _timestep, tensors):
         on_step(step + 1)
@@ -273,7 +287,7 @@ run_pipeline = spaces.GPU(duration=120)(_run_pipeline) if spaces is not None els
 class GeneratedClip:
     audio_path: str
     spectrogram_path: str
-    seed: int
+    seed: int  # the generator's (``generator_seed``), stored with the clip when it is sent to annotation
 
 
 @dataclass(frozen=True)
@@ -302,14 +316,16 @@ class Generation:
         return {
             "settings": vars(self.settings),
             "columns": [{"role": c.role, "model": c.spec, "stored_as": c.model_label,
-                         "seconds_per_clip": c.seconds_per_clip, "seeds": [clip.seed for clip in c.clips],
+                         "seconds_per_clip": c.seconds_per_clip, "seeds": self.settings.seeds[:len(c.clips)],
                          "error": c.error} for c in self.columns],
         }
 
 
 def generate_both(models: list[LoadedModel], settings: GenerationSettings, out_dir: str | Path,
-                  progress: Callable[[float, str], None] | None = None) -> Generation:
+                  progress: Callable[[float, str], None] | None = None, *, secret: bytes) -> Generation:
     """Generate ``settings.candidates`` clips with each model; write WAVs and spectrogram PNGs under ``out_dir``.
+
+    Candidate ``i`` of both columns is drawn with ``generator_seed(secret, settings.seeds[i])``.
 
     Raises ``GenerationError`` for a prompt the sound-world models cannot know (``check_prompt``).
     """
@@ -317,6 +333,7 @@ def generate_both(models: list[LoadedModel], settings: GenerationSettings, out_d
     for model in models:
         if model.pipe is not None:
             check_steps(model.pipe, settings)
+    seeds = [generator_seed(secret, demo_seed) for demo_seed in settings.seeds]
     folder = Path(out_dir) / uuid.uuid4().hex
     folder.mkdir(parents=True)
     columns = []
@@ -331,7 +348,7 @@ def generate_both(models: list[LoadedModel], settings: GenerationSettings, out_d
 
         started = time.perf_counter()
         try:
-            waveforms = run_pipeline(model.pipe, settings, on_step)
+            waveforms = run_pipeline(model.pipe, settings, seeds, on_step)
         except (RuntimeError, ValueError) as err:  # e.g. out of memory: this column fails, the other one stands
             logger.exception("generation with %r failed", model.spec)  # the trace (and any paths) stay in the log
             columns.append(ColumnResult(model.role, model.title, model.spec, None,
@@ -349,7 +366,7 @@ def generate_both(models: list[LoadedModel], settings: GenerationSettings, out_d
             audio_path, picture_path = folder / f"{model.role}-{i}.wav", folder / f"{model.role}-{i}.png"
             save_audio(audio_path, waveform, model.pipe.sampling_rate)
             save_spectrogram(waveform, model.pipe.sampling_rate, picture_path)
-            clips.append(GeneratedClip(str(audio_path), str(picture_path), settings.seeds[i]))
+            clips.append(GeneratedClip(str(audio_path), str(picture_path), seeds[i]))
         columns.append(ColumnResult(model.role, model.title, model.spec, sampler_model_label(model, settings.sampler),
                                     clips, seconds / len(clips)))
     _prune(Path(out_dir), KEEP_GENERATIONS)

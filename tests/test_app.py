@@ -176,7 +176,8 @@ def test_a_model_that_does_not_load_leaves_its_column_saying_why(app_models, tmp
     models = load_models(config)
     assert models[0].pipe is not None and models[1].pipe is None
     assert "not available" in models[1].status() and "SpecError" in models[1].status()
-    generation = generate_both(models, GenerationSettings.checked("a beep", 2, 3.0, 0, 2), tmp_path / "out")
+    generation = generate_both(models, GenerationSettings.checked("a beep", 2, 3.0, 0, 2), tmp_path / "out",
+                               secret=b"test")
     assert len(generation.columns[0].clips) == 2 and "not available" in generation.columns[1].error
     app.build_app(Studio(config, models=models))  # the page builds with one model missing
     # Two base clips still make a ranking task.

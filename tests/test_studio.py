@@ -99,7 +99,7 @@ def test_out_of_vocabulary_prompts_are_refused_for_sound_world_models_only(app_m
     check_prompt(sound_world, "a hiss then two knocks")
     check_prompt(REAL_TANGO, "a dog barks in the rain")  # real Tango takes any text
     with pytest.raises(GenerationError, match="dog"):
-        generate_both(sound_world, GenerationSettings.checked("a dog barks", 2, 3.0, 0, 1), tmp_path)
+        generate_both(sound_world, GenerationSettings.checked("a dog barks", 2, 3.0, 0, 1), tmp_path, secret=b"test")
 
 
 def test_duration_sets_the_clip_length(app_models, tmp_path):
@@ -107,7 +107,7 @@ def test_duration_sets_the_clip_length(app_models, tmp_path):
 
     models = [LoadedModel("base", "Base", str(app_models[0]), load_pipeline(str(app_models[0]), device="cpu"))]
     settings = GenerationSettings.checked("two knocks", 2, 3.0, 0, 1, duration=2.0)
-    [column] = generate_both(models, settings, tmp_path).columns
+    [column] = generate_both(models, settings, tmp_path, secret=b"test").columns
     samples, rate = sf.read(column.clips[0].audio_path)
     assert abs(len(samples) / rate - 2.0) < 0.1  # rounded to the model's latent frame block
     assert GenerationSettings.checked("two knocks", 2, 3.0, 0, 1, duration=0).duration is None
