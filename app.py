@@ -231,7 +231,7 @@ def play_clip(studio: Studio, position: int, annotator: str, task: ShownTask | N
 def vote_from_form(studio: Studio, verdict: str, annotator: str, task: ShownTask | None, comment: str,
                    request: gr.Request, profile: gr.OAuthProfile | None, *ranks):
     """Vote, All bad or Skip pressed: the ranks chosen in the form (one per shown clip) and the comment become
-    the vote; with --reveal-models the status then names the model behind each clip."""
+    the vote; with --reveal-models a ranking is followed by the model behind each clip."""
     if task is None:
         raise ValueError("no task loaded: press Next task")
     name = who(studio, annotator, request, profile)
@@ -240,13 +240,13 @@ def vote_from_form(studio: Studio, verdict: str, annotator: str, task: ShownTask
         missing = [label for label, rank in zip(task.labels, ranks) if not rank]
         if missing:
             raise ValueError(f"give every clip a rank; missing: {', '.join(missing)}")
-        ranking = {clip_id: int(rank) for clip_id, rank in zip(task.clip_ids, ranks)}
+        ranking = {label: int(rank) for label, rank in zip(task.labels, ranks)}
     vote_id = studio.annotation.vote(name, task.task_id, ranking, verdict, comment=comment)
     message = f"Vote {vote_id} stored ({verdict.replace('_', ' ')})."
-    if studio.config.reveal_models:
-        models = studio.annotation.reveal(name, task)
+    if studio.config.reveal_models and verdict == "rank":
+        models = studio.annotation.reveal(name, task.task_id)
         message += " The clips you just ranked came from: " + ", ".join(
-            f"**{label}** `{model}`" for label, model in models.items()) + "."
+            f"**{label}** `{models[clip_id]}`" for label, clip_id in zip(task.labels, task.clip_ids)) + "."
     return message
 
 
@@ -260,14 +260,15 @@ def played(studio: Studio, annotator: str, task_id: int, clip: str, request: gr.
 @visible_errors
 def vote(studio: Studio, annotator: str, task_id: int, ranking: dict | None = None, verdict: str = "rank",
          comment: str | None = None, request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
-    """Vote on your open task: ranking maps clip ids (or letters) to ranks, 1 = best, ties allowed;
+    """Vote on your open task: ranking maps clip letters (or clip ids) to ranks, 1 = best, ties allowed;
     verdict 'rank', 'all_bad' or 'skip' (the last two with no ranking); an optional comment. Every clip must
-    have been played. With --reveal-models the answer names the model behind each clip id."""
+    have been played. The same vote sent again returns its vote_id. With --reveal-models the answer to a
+    ranking names the model behind each clip id."""
     name = who(studio, annotator, request, profile)
     vote_id = studio.annotation.vote(name, task_id, ranking, verdict, comment=comment)
     answer = {"vote_id": vote_id, "progress": studio.annotation.progress(name).as_markdown()}
-    if studio.config.reveal_models:
-        answer["models"] = studio.store.reveal(name, task_id)
+    if studio.config.reveal_models and verdict == "rank":
+        answer["models"] = studio.annotation.reveal(name, task_id)
     return answer
 
 

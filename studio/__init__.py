@@ -61,7 +61,7 @@ class Studio:
         self.generated_dir = Path(tempfile.mkdtemp(prefix="tango-studio-"))
         # Clips leave the data folder only as copies with random names (see studio.serving).
         self.clip_server = ClipServer(self.generated_dir / "served")
-        self.annotation = AnnotationSession(self.store, self.clip_server.serve)
+        self.annotation = AnnotationSession(self.store, self.secret, self.clip_server.serve)
         self.gate = GenerationGate(config.generate_queue, config.generate_per_minute)
         if self.users is not None:
             self.identity_mode = "password"

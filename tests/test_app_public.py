@@ -17,7 +17,7 @@ from studio import Studio, StudioConfig
 from studio.annotation import AnnotationSession
 from studio.generation import LoadedModel
 from tests.annotate_helpers import SineGenerator, make_tasks
-from tests.app_helpers import free_port
+from tests.app_helpers import agreed_ranking, free_port
 
 
 def no_models():
@@ -45,15 +45,15 @@ def test_only_clip_audio_is_served_under_random_names(served):
     studio, url = served
     client = Client(url, verbose=False)
     for name in ("ann", "bo"):  # two votes, then an export: every kind of file exists in the data folder
-        task, _ = client.predict(name, api_name="/next_task")
+        task, files = client.predict(name, api_name="/next_task")
         for clip in task["clips"]:
             client.predict(name, task["task_id"], clip["label"], api_name="/played")
-        first, second = sorted(c["clip_id"] for c in task["clips"])  # the same preference, whatever the order shown
-        client.predict(name, task["task_id"], {first: 1, second: 2}, api_name="/vote")
+        client.predict(name, task["task_id"], agreed_ranking(task, files), api_name="/vote")
     client.predict("admin", api_name="/export")
     (studio.config.data_dir / "notes.txt").write_text("not for visitors")
     data = studio.config.data_dir.resolve()
     private = [data / "annotate.sqlite", data / "annotate.sqlite-wal", data / "annotate.sqlite-shm", data / "notes.txt",
+               data / "secret",
                *sorted((data / "export").rglob("*.*"))[:3], *sorted(studio.store.audio_dir.rglob("*.wav"))[:2]]
     assert all(path.exists() for path in private) and any("export" in str(p) for p in private)
     for path in private:
@@ -112,11 +112,11 @@ def test_no_annotator_is_ever_stuck(tmp_path):
     with pytest.raises(InvalidInput, match="2..8 clips"):
         make_tasks(store, 1, clips=9)
     report = build_pool(store, ["a beep", "a hiss"], ["m1", "m2"], k=4, make_generator=SineGenerator, progress=False)
-    session = AnnotationSession(store)
+    session = AnnotationSession(store, b"secret")
     task = session.next_task("fay")
     assert task.task_id in report.task_ids and len(task.clip_ids) == 8
     # The app restarts (plays forgotten): a skip still works, and the next task comes.
-    restarted = AnnotationSession(store)
+    restarted = AnnotationSession(store, b"secret")
     assert restarted.vote("fay", task.task_id, None, "skip") > 0
     assert restarted.next_task("fay").task_id != task.task_id
 

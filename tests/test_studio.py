@@ -60,13 +60,15 @@ def test_models_are_revealed_after_the_vote_and_never_before(tmp_path):
     make_tasks(studio.store, 1)
     task = studio.annotation.next_task("ann")
     with pytest.raises(InvalidVote, match="hidden"):
-        studio.annotation.reveal("ann", task)
+        studio.annotation.reveal("ann", task.task_id)
     for label in task.labels:
         studio.annotation.record_play("ann", task.task_id, label)
     studio.annotation.vote("ann", task.task_id, {"A": 1, "B": 1}, comment="same to me")
+    [vote] = studio.store.rankings()
     models = {c.id: c.model for c in studio.store.candidates().values()}
-    assert studio.annotation.reveal("ann", task) == {"A": models[task.clip_ids[0]], "B": models[task.clip_ids[1]]}
-    assert studio.store.rankings()[0].comment == "same to me"
+    assert studio.annotation.reveal("ann", task.task_id) == {  # by the ids the annotator was shown, in that order
+        public_id: models[clip_id] for public_id, clip_id in zip(task.clip_ids, vote.shown_order)}
+    assert vote.comment == "same to me"
 
 
 def test_leaderboard_and_results_name_the_models_the_dataset_tab_adds_gold_accuracy(tmp_path):
