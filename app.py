@@ -125,9 +125,10 @@ def visitor(studio: Studio, request: gr.Request | None) -> str:
 
 
 def as_sent(component):
-    """``component`` (a gr.Number or gr.Slider) hands its value to the handler as sent, so the handler checks it
-    and names the field: gr.Number would round 2.5 to 2 silently and answer "abc" with an error that says
-    nothing. (An instance override: a subclass would be a custom component the browser does not know.)"""
+    """``component`` (a gr.Number, gr.Slider or gr.Textbox) hands its value to the handler as sent, so the handler
+    checks it and names the field: gr.Number would round 2.5 to 2 silently and answer "abc" with an error that
+    says nothing; gr.Slider would answer 0 (a documented duration) with its own range; gr.Textbox would turn 5
+    or {"name": "x"} into a name. (An instance override: a subclass would be a custom component the browser does not know.)"""
     component.preprocess = lambda payload: payload
     return component
 
@@ -140,8 +141,10 @@ def generate(studio: Studio, prompt: str, steps: float, guidance: float, seed: f
              progress=gr.Progress()):
     """Both models on the same prompt, seeds and settings: (base WAVs, DPO WAVs or None, details, Generation).
     duration: seconds per clip (optional; 0 or none: each model's own length)."""
+    shortest, _, longest = duration_range(studio.models)
     settings = GenerationSettings.checked(prompt, steps, guidance, seed, candidates, sampler, duration,
-                                          max_steps=studio.config.max_steps, max_candidates=studio.config.max_candidates)
+                                          max_steps=studio.config.max_steps, max_candidates=studio.config.max_candidates,
+                                          durations=(shortest, longest))
     with studio.gate.admit(visitor(studio, request)):
         generation = studio.generate(settings, progress=lambda fraction, desc: progress(fraction, desc=desc))
     files = [[clip.audio_path for clip in column.clips] or None for column in generation.columns]
@@ -358,8 +361,8 @@ def build_app(studio: Studio) -> gr.Blocks:
         with gr.Row():
             if studio.identity_mode == "oauth":
                 gr.LoginButton()
-            name_box = gr.Textbox(label="Your name (annotator)", placeholder="e.g. alice", max_lines=1,
-                                  visible=studio.identity_mode == "name", elem_id="annotator-name")
+            name_box = as_sent(gr.Textbox(label="Your name (annotator)", placeholder="e.g. alice", max_lines=1,
+                                          visible=studio.identity_mode == "name", elem_id="annotator-name"))
         with gr.Tab("Demo", id="demo"):
             demo_tab(studio)
         with gr.Tab("Annotate", id="annotate"):
@@ -390,8 +393,8 @@ def demo_tab(studio: Studio) -> None:
         candidates = as_sent(gr.Slider(1, studio.config.max_candidates, value=min(2, studio.config.max_candidates),
                                        step=1, label="Candidates per model"))
         sampler = gr.Dropdown(list(SAMPLERS), value=MODEL_DEFAULT, label="Sampler")
-        duration = gr.Slider(shortest, longest, value=default_length, step=0.01, label="Duration (s)",
-                             elem_id="duration")
+        duration = as_sent(gr.Slider(shortest, longest, value=default_length, step=0.01, label="Duration (s)",
+                                     elem_id="duration"))
     generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
     column_summaries, players, pictures = [], [], []
     with gr.Row():

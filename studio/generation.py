@@ -106,10 +106,12 @@ class GenerationSettings:
     @classmethod
     def checked(cls, prompt: object, steps: object, guidance: object, seed: object, candidates: object,
                 sampler: object = MODEL_DEFAULT, duration: object = None, *, max_steps: int = MAX_STEPS,
-                max_candidates: int = MAX_CANDIDATES) -> GenerationSettings:
+                max_candidates: int = MAX_CANDIDATES,
+                durations: tuple[float, float] = (0.0, MAX_DURATION_S)) -> GenerationSettings:
         """Validate what a form or an API call sent; raise ``GenerationError`` naming the bad field.
 
-        ``duration`` None or 0 means each model's own clip length.
+        ``duration`` None or 0 means each model's own clip length; otherwise seconds within ``durations``
+        (the shortest and longest clip every loaded model can make: ``duration_range``).
         """
         if not isinstance(prompt, str) or not prompt.strip():
             raise GenerationError("`prompt` is empty: describe the sound to generate")
@@ -126,11 +128,13 @@ class GenerationSettings:
             raise GenerationError(f"`guidance` must be a number within 0..30, got {str(guidance)[:40]!r}")
         if not isinstance(sampler, str) or sampler not in SAMPLERS:
             raise GenerationError(f"`sampler` must be one of {', '.join(SAMPLERS)}, got {str(sampler)[:40]!r}")
-        if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))
-                                     or not 0 <= duration <= MAX_DURATION_S):
-            raise GenerationError(f"`duration` must be a number of seconds within 0..{MAX_DURATION_S:g} "
-                                  f"(0: the model's own length), got {str(duration)[:40]!r}")
-        return cls(prompt.strip(), steps, float(guidance), seed, candidates, sampler, float(duration) if duration else None)
+        own_length = duration is None or (type(duration) in (int, float) and duration == 0)
+        if not own_length and (isinstance(duration, bool) or not isinstance(duration, (int, float))
+                               or not durations[0] <= duration <= durations[1]):
+            raise GenerationError(f"`duration` must be 0 or none (each model's own length) or seconds within "
+                                  f"{durations[0]:g}..{durations[1]:g}, got {str(duration)[:40]!r}")
+        return cls(prompt.strip(), steps, float(guidance), seed, candidates, sampler,
+                   None if own_length else float(duration))
 
 
 def _whole(value: object, name: str, low: int, high: int) -> int:

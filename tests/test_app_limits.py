@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import soundfile as sf
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
@@ -61,8 +62,17 @@ MALFORMED = [  # (endpoint, arguments, what the message must say)
         (("a beep", 2, 3.0, 0, [1]), "`candidates` must be a whole number"),
         (("a beep", 1000, 3.0, 0, 1, "DPM-Solver++"), "timesteps repeat"),
         (("a beep", 2, 3.0, 0, 1, "Heun"), "Heun is not in the list of choices"),
+        # Issue 19: a duration of the wrong type answered an error without a message; the limit is the models'.
+        (("a beep", 2, 3.0, 0, 1, "DDIM", "5"), "`duration` must be 0 or none (each model's own length) or seconds"),
+        (("a beep", 2, 3.0, 0, 1, "DDIM", [5]), "`duration` must be 0 or none"),
+        (("a beep", 2, 3.0, 0, 1, "DDIM", 20), "seconds within 0.16..11.52"),
+        (("a beep", 2, 3.0, 0, 1, "DDIM", -1), "seconds within 0.16..11.52"),
     ]],
     ("/next_task", ("",), "type your annotator name first"),
+    ("/next_task", (5,), "type your annotator name first (`annotator` must be a string, got int)"),
+    ("/next_task", ({"name": "x"},), "`annotator` must be a string, got dict"),
+    ("/vote", (5, 1, {"A": 1}), "`annotator` must be a string, got int"),
+    ("/played", (["mal"], 1, "A"), "`annotator` must be a string, got list"),
     ("/next_task", ("bad\x07name",), "type your annotator name first"),
     ("/next_task", ("n" * 200,), "type your annotator name first"),
     ("/played", ("mal", 1, "A"), "ask for the next task first"),
@@ -100,9 +110,12 @@ def test_malformed_calls_get_a_clear_error_and_write_nothing(served):
         assert message in text, (endpoint, args, text)
         assert str(studio.generated_dir) not in text and "/tmp" not in text, text  # no server path
     assert state(studio) == before
-    # The same calls well-formed still work.
+    # The same calls well-formed still work; duration 0 or none is each model's own length, as documented.
     base, _, details = client.predict(*GOOD, api_name="/generate")
     assert len(base) == 1 and details["columns"][0]["error"] is None
+    for own_length in (0, None):
+        base, _, details = client.predict(*GOOD, "DDIM", own_length, api_name="/generate")
+        assert details["settings"]["duration"] is None and abs(len(sf.read(base[0])[0]) / 16000 - 3.84) < 0.01
 
 
 def test_a_visitor_over_the_rate_limit_is_told_when_to_come_back():
