@@ -60,7 +60,7 @@ class Studio:
                 before_push=lambda: export_dataset(self.store, config))
         self.generated_dir = Path(tempfile.mkdtemp(prefix="tango-studio-"))
         # Clips leave the data folder only as copies with random names (see studio.serving).
-        self.clip_server = ClipServer(self.generated_dir / "served")
+        self.clip_server = ClipServer(self.generated_dir / "served", self.store.audio_dir)
         self.annotation = AnnotationSession(self.store, self.secret, self.clip_server.serve)
         self.gate = GenerationGate(config.generate_queue, config.generate_per_minute)
         if self.users is not None:

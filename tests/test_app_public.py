@@ -4,6 +4,7 @@ the blind order cannot be predicted; no annotator can be stuck on a task."""
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ from annotate.validation import InvalidInput
 from studio import Studio, StudioConfig
 from studio.annotation import AnnotationSession
 from studio.generation import LoadedModel
+from studio.serving import NotAClip
 from tests.annotate_helpers import SineGenerator, make_tasks
 from tests.app_helpers import agreed_ranking, free_port
 
@@ -205,3 +207,25 @@ def test_a_restart_after_a_kill_finds_its_port_free_while_old_connections_linger
         other.listen()
         with pytest.raises(SystemExit, match=f"port {port} on 127.0.0.1 is in use"):
             app.check_port_free("127.0.0.1", port)
+
+
+def test_only_regular_files_in_the_clip_folder_are_served(tmp_path):
+    """Issue 19: a stored clip replaced by a link to the database was served as a .wav."""
+    studio = Studio(StudioConfig(data_dir=tmp_path / "data"), models=no_models())
+    make_tasks(studio.store, 3, clips=2)
+    clips = sorted(studio.store.audio_dir.rglob("*.wav"))
+    database = studio.config.data_dir / "annotate.sqlite"
+    clips[0].unlink()
+    clips[0].symlink_to(database.resolve())  # a link out of the clip folder
+    clips[1].unlink()
+    clips[1].symlink_to(clips[2])  # a link to another clip, inside the folder
+    for clip in clips[:2]:
+        with pytest.raises(NotAClip, match="it is not served") as refused:
+            studio.clip_server.serve(clip)
+        assert str(tmp_path) not in str(refused.value)
+    outside = tmp_path / "elsewhere.wav"
+    outside.write_bytes(clips[2].read_bytes())
+    with pytest.raises(NotAClip, match="outside the clip folder"):
+        studio.clip_server.serve(outside)
+    assert Path(studio.clip_server.serve(clips[2])).read_bytes() == clips[2].read_bytes()
+    assert not any(p.read_bytes().startswith(b"SQLite format") for p in studio.clip_server.folder.iterdir())
