@@ -21,11 +21,13 @@ import sys
 
 import gradio as gr
 import torch
+from starlette.middleware import Middleware
 
 from studio import Studio, parse_config
 from studio.admin import (ANNOTATOR_COLUMNS, PREVIEW_PAIRS, dataset_overview, describe_export, export_dataset,
                           hub_url, leaderboard, push_dataset, require_admin, results_markdown)
 from studio.annotation import GUIDELINES, LABELS, MAX_SHOWN_CLIPS, SHORTCUTS, ShownTask
+from studio.calls import ArgumentCount, endpoint_arguments
 from studio.generation import (MAX_CANDIDATES, MODEL_DEFAULT, SAMPLERS, Generation, GenerationSettings,
                                duration_range, example_prompts, prompt_hint)
 from studio.identity import password_check
@@ -512,6 +514,7 @@ def launch(studio: Studio, demo: gr.Blocks, **options):
         torch.set_num_threads(threads)
         logger.info("generation uses %d CPU thread(s) of %d", threads, cores)
     demo.queue(default_concurrency_limit=ANNOTATION_CONCURRENCY)
+    arguments, indices = endpoint_arguments(demo)
     return demo.launch(
         server_name=studio.config.host,
         server_port=studio.config.port,
@@ -519,6 +522,8 @@ def launch(studio: Studio, demo: gr.Blocks, **options):
         # Nothing is served but what handlers return (see studio.serving); never the data folder.
         blocked_paths=[str(studio.config.data_dir.resolve())],
         head=SHORTCUTS_JS,
+        # A call with more or fewer values than its endpoint takes is refused with a message (studio.calls).
+        app_kwargs={"middleware": [Middleware(ArgumentCount, arguments=arguments, indices=indices)]},
         **options,
     )
 

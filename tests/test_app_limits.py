@@ -5,10 +5,11 @@ import shutil
 import threading
 import time
 
+import httpx
 import pytest
 import soundfile as sf
 from gradio_client import Client
-from gradio_client.exceptions import AppError
+from gradio_client.exceptions import AppError, ValidationError
 
 import app
 from pipeline.registry import SpecError, load_pipeline
@@ -116,6 +117,23 @@ def test_malformed_calls_get_a_clear_error_and_write_nothing(served):
     for own_length in (0, None):
         base, _, details = client.predict(*GOOD, "DDIM", own_length, api_name="/generate")
         assert details["settings"]["duration"] is None and abs(len(sf.read(base[0])[0]) / 16000 - 3.84) < 0.01
+
+
+def test_a_call_with_more_or_fewer_values_than_its_endpoint_takes_is_refused(served):
+    """Issue 19: extra values were dropped (a vote sent with eight was stored), missing ones answered an error
+    without a message."""
+    studio, url = served
+    before = state(studio)
+    for endpoint, data in (("vote", ["mal"]), ("vote", ["mal", 1, {"A": 1}, "rank", "", "x", "y", "z"]),
+                           ("next_task", []), ("played", ["mal", 1, "A", "B"]), ("leaderboard", [1]),
+                           ("generate", [*GOOD, "DDIM", 2.0, "extra"])):
+        response = httpx.post(f"{url}gradio_api/call/{endpoint}", json={"data": data}, timeout=10)
+        assert response.status_code == 422 and f"/{endpoint} takes " in response.text, (endpoint, response.text)
+        assert f"got {len(data)}" in response.text
+    with pytest.raises(ValidationError, match=r"/vote takes 5 argument\(s\) \(annotator, task_id, ranking, "
+                                              r"verdict, comment\), got 8"):
+        Client(url, verbose=False).predict("mal", 1, {"A": 1}, "rank", "", "x", "y", "z", api_name="/vote")
+    assert state(studio) == before
 
 
 def test_a_visitor_over_the_rate_limit_is_told_when_to_come_back():
