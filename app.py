@@ -129,8 +129,9 @@ def visitor(studio: Studio, request: gr.Request | None) -> str:
 def as_sent(component):
     """``component`` (a gr.Number, gr.Slider or gr.Textbox) hands its value to the handler as sent, so the handler
     checks it and names the field: gr.Number would round 2.5 to 2 silently and answer "abc" with an error that
-    says nothing; gr.Slider would answer 0 (a documented duration) with its own range; gr.Textbox would turn 5
-    or {"name": "x"} into a name. (An instance override: a subclass would be a custom component the browser does not know.)"""
+    says nothing; gr.Slider would refuse 0 (a documented duration) by its own range; gr.Textbox would turn 5 or
+    {"name": "x"} into a name. (An instance override: a subclass would be a custom component the browser does
+    not know.)"""
     component.preprocess = lambda payload: payload
     return component
 
@@ -145,8 +146,8 @@ def generate(studio: Studio, prompt: str, steps: float, guidance: float, seed: f
     duration: seconds per clip (optional; 0 or none: each model's own length)."""
     shortest, _, longest = duration_range(studio.models)
     settings = GenerationSettings.checked(prompt, steps, guidance, seed, candidates, sampler, duration,
-                                          max_steps=studio.config.max_steps, max_candidates=studio.config.max_candidates,
-                                          durations=(shortest, longest))
+                                          max_steps=studio.config.max_steps,
+                                          max_candidates=studio.config.max_candidates, durations=(shortest, longest))
     with studio.gate.admit(visitor(studio, request)):
         generation = studio.generate(settings, progress=lambda fraction, desc: progress(fraction, desc=desc))
     files = [[clip.audio_path for clip in column.clips] or None for column in generation.columns]

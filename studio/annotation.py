@@ -53,7 +53,7 @@ class ShownTask:
 
     task_id: int
     prompt: str
-    clip_ids: list[str]  # in the order shown, labelled A, B, C ...
+    clip_ids: list[str]  # this annotator's ids for the clips (``public_clip_id``), in the order shown: A, B, C ...
     audio_paths: list[str]
     plays: dict[str, int]
 
@@ -181,7 +181,7 @@ class AnnotationSession:
     def _ranking(self, ranking: object, key: tuple[str, int], shown: list[str]) -> dict[str, int] | None:
         """Stored clip id -> rank for a ranking keyed by letters or public ids, checked in the annotator's terms
         (letters); None for no ranking."""
-        if ranking is None or ranking == {}:
+        if not ranking:
             return None
         if not isinstance(ranking, dict):
             raise InvalidVote(f"`ranking` must map clip letters or ids to ranks, got {str(ranking)[:60]!r}")

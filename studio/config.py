@@ -79,7 +79,8 @@ _FLAGS = {
 }
 _INT_FLAGS = {"port": (0, 65535), "max_steps": (1, 1000), "max_candidates": (1, 4), "generate_per_minute": (1, 10**6),
               "generate_queue": (0, 1000), "generate_threads": (0, 1024)}
-_SWITCHES = {"reveal_models", "informative_first", "trust_proxy"}  # on/off flags: `--reveal-models` alone, or the variable = 1/true
+# on/off flags: `--reveal-models` alone, or the variable = 1/true
+_SWITCHES = {"reveal_models", "informative_first", "trust_proxy"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
