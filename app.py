@@ -23,8 +23,12 @@ from studio.config import StudioConfig, device_refusal, parse_config
 
 
 def check_port_free(host: str, port: int) -> None:
-    """Exit with a clear message when another program (a second app?) already serves on ``port``."""
+    """Exit with a clear message when another program (a second app?) already serves on ``port``.
+
+    The probe binds as the server will (uvicorn sets SO_REUSEADDR), so the TIME_WAIT connections a killed
+    server leaves behind for a minute do not read as "in use"; a socket listening on the port still does."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:
@@ -49,15 +53,17 @@ if __name__ == "__main__":
 
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 from studio.state import START_REFUSALS, Studio  # noqa: E402
 from studio.admin import (ANNOTATOR_COLUMNS, PREVIEW_PAIRS, dataset_overview, describe_export,  # noqa: E402
                           export_dataset, hub_url, leaderboard, push_dataset, require_admin, results_markdown)
 from studio.annotation import GUIDELINES, LABELS, MAX_SHOWN_CLIPS, SHORTCUTS, ShownTask  # noqa: E402
+from studio.calls import ArgumentCount, endpoint_arguments  # noqa: E402
 from studio.generation import (MAX_CANDIDATES, MODEL_DEFAULT, SAMPLERS, Generation,  # noqa: E402
                                GenerationSettings, duration_range, example_prompts, prompt_hint)
 from studio.identity import password_check  # noqa: E402
-from studio.limits import generation_threads  # noqa: E402
+from studio.limits import generation_threads, visitor_of  # noqa: E402
 
 logger = logging.getLogger("app")
 
@@ -152,20 +158,20 @@ def who(studio: Studio, typed: str | None, request: gr.Request | None, profile: 
     return studio.who(typed, getattr(request, "username", None), profile.username if profile else None)
 
 
-def visitor(request: gr.Request | None) -> str:
-    """Who the per-visitor generation limit counts: the logged-in name, else the client's address."""
+def visitor(studio: Studio, request: gr.Request | None) -> str:
+    """Who the per-visitor generation limits count (``studio.limits.visitor_of``)."""
     if request is None:
         return "local"
-    if getattr(request, "username", None):
-        return f"user:{request.username}"
-    forwarded = (request.headers.get("x-forwarded-for") or "").split(",")[0].strip()  # behind a Space's proxy
-    return f"address:{forwarded or getattr(request.client, 'host', 'unknown')}"
+    return visitor_of(getattr(request, "username", None), getattr(request.client, "host", None),
+                      request.headers.get("x-forwarded-for"), studio.config.trust_proxy)
 
 
 def as_sent(component):
-    """``component`` (a gr.Number or gr.Slider) hands its value to the handler as sent, so the handler checks it
-    and names the field: gr.Number would round 2.5 to 2 silently and answer "abc" with an error that says
-    nothing. (An instance override: a subclass would be a custom component the browser does not know.)"""
+    """``component`` (a gr.Number, gr.Slider or gr.Textbox) hands its value to the handler as sent, so the handler
+    checks it and names the field: gr.Number would round 2.5 to 2 silently and answer "abc" with an error that
+    says nothing; gr.Slider would refuse 0 (a documented duration) by its own range; gr.Textbox would turn 5 or
+    {"name": "x"} into a name. (An instance override: a subclass would be a custom component the browser does
+    not know.)"""
     component.preprocess = lambda payload: payload
     return component
 
@@ -178,9 +184,11 @@ def generate(studio: Studio, prompt: str, steps: float, guidance: float, seed: f
              progress=gr.Progress()):
     """Both models on the same prompt, seeds and settings: (base WAVs, DPO WAVs or None, details, Generation).
     duration: seconds per clip (optional; 0 or none: each model's own length)."""
+    shortest, _, longest = duration_range(studio.models)
     settings = GenerationSettings.checked(prompt, steps, guidance, seed, candidates, sampler, duration,
-                                          max_steps=studio.config.max_steps, max_candidates=studio.config.max_candidates)
-    with studio.gate.admit(visitor(request)):
+                                          max_steps=studio.config.max_steps,
+                                          max_candidates=studio.config.max_candidates, durations=(shortest, longest))
+    with studio.gate.admit(visitor(studio, request)):
         generation = studio.generate(settings, progress=lambda fraction, desc: progress(fraction, desc=desc))
     files = [[clip.audio_path for clip in column.clips] or None for column in generation.columns]
     return files[0], files[1], generation.as_dict(), generation
@@ -269,7 +277,7 @@ def play_clip(studio: Studio, position: int, annotator: str, task: ShownTask | N
 def vote_from_form(studio: Studio, verdict: str, annotator: str, task: ShownTask | None, comment: str,
                    request: gr.Request, profile: gr.OAuthProfile | None, *ranks):
     """Vote, All bad or Skip pressed: the ranks chosen in the form (one per shown clip) and the comment become
-    the vote; with --reveal-models the status then names the model behind each clip. Skip works whenever a task
+    the vote; with --reveal-models a ranking is followed by the model behind each clip. Skip works whenever a task
     is assigned, shown on this page or not."""
     if task is None and verdict != "skip":
         raise ValueError("no task loaded: press Next task")
@@ -281,13 +289,13 @@ def vote_from_form(studio: Studio, verdict: str, annotator: str, task: ShownTask
         missing = [label for label, rank in zip(task.labels, ranks) if not rank]
         if missing:
             raise ValueError(f"give every clip a rank; missing: {', '.join(missing)}")
-        ranking = {clip_id: int(rank) for clip_id, rank in zip(task.clip_ids, ranks)}
+        ranking = {label: int(rank) for label, rank in zip(task.labels, ranks)}
     vote_id = studio.annotation.vote(name, task.task_id, ranking, verdict, comment=comment)
     message = f"Vote {vote_id} stored ({verdict.replace('_', ' ')})."
-    if studio.config.reveal_models:
-        models = studio.annotation.reveal(name, task)
+    if studio.config.reveal_models and verdict == "rank":
+        models = studio.annotation.reveal(name, task.task_id)
         message += " The clips you just ranked came from: " + ", ".join(
-            f"**{label}** `{model}`" for label, model in models.items()) + "."
+            f"**{label}** `{models[clip_id]}`" for label, clip_id in zip(task.labels, task.clip_ids)) + "."
     return message
 
 
@@ -301,14 +309,15 @@ def played(studio: Studio, annotator: str, task_id: int, clip: str, request: gr.
 @visible_errors
 def vote(studio: Studio, annotator: str, task_id: int, ranking: dict | None = None, verdict: str = "rank",
          comment: str | None = None, request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
-    """Vote on your open task: ranking maps clip ids (or letters) to ranks, 1 = best, ties allowed;
+    """Vote on your open task: ranking maps clip letters (or clip ids) to ranks, 1 = best, ties allowed;
     verdict 'rank', 'all_bad' or 'skip' (the last two with no ranking); an optional comment. Every clip must
-    have been played. With --reveal-models the answer names the model behind each clip id."""
+    have been played. The same vote sent again returns its vote_id. With --reveal-models the answer to a
+    ranking names the model behind each clip id."""
     name = who(studio, annotator, request, profile)
     vote_id = studio.annotation.vote(name, task_id, ranking, verdict, comment=comment)
     answer = {"vote_id": vote_id, "progress": studio.annotation.progress(name).as_markdown()}
-    if studio.config.reveal_models:
-        answer["models"] = studio.store.reveal(name, task_id)
+    if studio.config.reveal_models and verdict == "rank":
+        answer["models"] = studio.annotation.reveal(name, task_id)
     return answer
 
 
@@ -398,8 +407,8 @@ def build_app(studio: Studio) -> gr.Blocks:
         with gr.Row():
             if studio.identity_mode == "oauth":
                 gr.LoginButton()
-            name_box = gr.Textbox(label="Your name (annotator)", placeholder="e.g. alice", max_lines=1,
-                                  visible=studio.identity_mode == "name", elem_id="annotator-name")
+            name_box = as_sent(gr.Textbox(label="Your name (annotator)", placeholder="e.g. alice", max_lines=1,
+                                          visible=studio.identity_mode == "name", elem_id="annotator-name"))
         with gr.Tab("Demo", id="demo"):
             demo_tab(studio)
         with gr.Tab("Annotate", id="annotate"):
@@ -430,8 +439,8 @@ def demo_tab(studio: Studio) -> None:
         candidates = as_sent(gr.Slider(1, studio.config.max_candidates, value=min(2, studio.config.max_candidates),
                                        step=1, label="Candidates per model"))
         sampler = gr.Dropdown(list(SAMPLERS), value=MODEL_DEFAULT, label="Sampler")
-        duration = gr.Slider(shortest, longest, value=default_length, step=0.01, label="Duration (s)",
-                             elem_id="duration")
+        duration = as_sent(gr.Slider(shortest, longest, value=default_length, step=0.01, label="Duration (s)",
+                                     elem_id="duration"))
     generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
     column_summaries, players, pictures = [], [], []
     with gr.Row():
@@ -549,6 +558,7 @@ def launch(studio: Studio, demo: gr.Blocks, **options):
         torch.set_num_threads(threads)
         logger.info("generation uses %d CPU thread(s) of %d", threads, cores)
     demo.queue(default_concurrency_limit=ANNOTATION_CONCURRENCY)
+    arguments, indices = endpoint_arguments(demo)
     return demo.launch(
         server_name=studio.config.host,
         server_port=studio.config.port,
@@ -556,6 +566,8 @@ def launch(studio: Studio, demo: gr.Blocks, **options):
         # Nothing is served but what handlers return (see studio.serving); never the data folder.
         blocked_paths=[str(studio.config.data_dir.resolve())],
         head=SHORTCUTS_JS,
+        # A call with more or fewer values than its endpoint takes is refused with a message (studio.calls).
+        app_kwargs={"middleware": [Middleware(ArgumentCount, arguments=arguments, indices=indices)]},
         **options,
     )
 

@@ -1,6 +1,6 @@
 """Annotation backend from the command line.
 
-    python -m annotate pool   --data-dir data --prompts prompts.txt --models tiny,tiny-dpo --k 2 --seed 0
+    python -m annotate pool   --data-dir data --prompts prompts.txt --models tiny,tiny-dpo --k 2
     python -m annotate gold   --data-dir data --prompts prompts.txt                  # sound-world prompts only
     python -m annotate stats  --data-dir data
     python -m annotate verdict --data-dir data --source human
@@ -125,10 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--models", default=None, help="comma-separated model specs; none: the embedded tiny,tiny-dpo")
     sub.add_argument("--k", type=int, default=2, help="clips per prompt per model (2: a 4-clip task)")
     sub.add_argument("--seed", type=int, default=None,
-                     help="clip i of each prompt and model uses seed + i; none: drawn at random and stored")
+                     help="derive every clip's seed from this one, so anyone can make the same clips: for experiments, "
+                          "not for pools ranked blind; none: each clip's seed drawn at random and stored")
     sub.add_argument("--steps", type=int, default=None, help="denoising steps; none: each model's own")
     sub.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
-    sub.add_argument("--batch-size", type=int, default=4, help="prompts per generation call")
+    sub.add_argument("--batch-size", type=int, default=4, help="prompts per generation call (k clips each)")
 
     sub = command("export", export, "write the human-ranked pairs as a dataset folder (atomically)")
     sub.add_argument("--out", required=True, help="dataset folder to (re)write")

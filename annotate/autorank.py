@@ -217,7 +217,8 @@ def autorank_pairs(
 
     for start in tqdm(range(0, len(prompts), batch_size), desc="autorank", unit="batch"):
         batch = list(prompts[start : start + batch_size])
-        own = GeneratedClips.of(generate(batch, k, seed, steps, guidance))
+        own = GeneratedClips.of(generate([prompt for prompt in batch for _ in seeds], seeds * len(batch), steps,
+                                         guidance))
         own_scores = []
         for j, prompt in enumerate(batch):
             scores = ranker(own.waveforms[j * k : (j + 1) * k], generate.sampling_rate, prompt)
@@ -239,8 +240,8 @@ def autorank_pairs(
             picked = [(j, p) for j, p in picked if p is not None]
             if not picked:
                 continue
-            made = GeneratedClips.of(generate([p.prompt for _, p in picked], k, contrast_seeds[strategy][0], steps,
-                                              guidance))
+            made = GeneratedClips.of(generate([p.prompt for _, p in picked for _ in range(k)],
+                                              contrast_seeds[strategy] * len(picked), steps, guidance))
             for n, (j, perturbation) in enumerate(picked):
                 prompt, scores = batch[j], own_scores[j]
                 theirs = ranker(made.waveforms[n * k : (n + 1) * k], generate.sampling_rate, prompt)

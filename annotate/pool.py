@@ -1,18 +1,26 @@
 """Candidate pools: ``k`` clips per prompt from each model, stored as one blind ranking task per prompt.
 
-Seeds: clip ``i`` of every (prompt, model) is drawn with its own generator seeded
-``seed + i`` (``pipeline.clip_seeds``, on the pipeline's device), so each clip is reproducible alone from its
-stored settings, and clip ``i`` of every model starts from the same initial noise: the
-models are compared on paired noise, so a preference reflects the model, not the luck of
-the draw.
+Seeds: every clip of a task has a seed of its own (no two clips of a task share one, across
+models too) and is drawn with its own generator on the pipeline's device
+(``TangoPipeline.clip_generators``), so each clip is reproducible alone from its stored
+settings. Clips made from the same initial noise sound alike, so shared seeds would tell an
+annotator which clips belong together (one per model); the models are compared over many
+independent draws instead.
+
+By default the seeds are drawn from a secret random source, so nobody can regenerate a pool's
+clips and learn which model made each. ``seed`` makes a pool reproducible (each clip's seed
+derived from ``seed``, its model and its index): for experiments, not for pools annotators rank
+blind, since anyone who has the models and the seed can make the same clips. Pool seeds are
+within 0..``MAX_POOL_SEED``; the app's Demo only ever seeds above it (``studio.generation``).
 
 Task composition: a task holds all ``len(models) * k`` clips of its prompt (default two
 models x k=2: a 4-way ranking). Every clip of one model is ranked against every clip of
 the other, and same-model comparisons are kept too: they are valid preference pairs.
 
-Idempotent: a clip already stored under (prompt, model, seed, steps, guidance) is not
-generated again, and a task over the same clips is the same task, so an interrupted or
-repeated run only fills what is missing.
+Idempotent: a prompt that already has its clips under these models and settings (the seeds
+derived from ``seed``; without it, any pool clips stored for the prompt, model, steps and
+guidance) gets no new ones, and a task over the same clips is the same task, so an
+interrupted or repeated run only fills what is missing.
 
 The generator is injected (``make_generator(spec)`` returns a ``ClipGenerator``); the
 default loads the real pipeline: ``annotate`` generates with ``pipeline`` only here.
@@ -20,6 +28,7 @@ default loads the real pipeline: ``annotate`` generates with ``pipeline`` only h
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 from dataclasses import dataclass
@@ -29,7 +38,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pipeline.registry import DEFAULT_DPO_SPEC, DEFAULT_SPEC, load_pipeline
-from pipeline.tango import clip_seeds
 
 from .store import MAX_TASK_CLIPS, Store
 from .validation import MAX_PROMPT_CHARS, MAX_SPEC_CHARS, InvalidInput, check_float, check_int, check_text
@@ -37,7 +45,7 @@ from .validation import MAX_PROMPT_CHARS, MAX_SPEC_CHARS, InvalidInput, check_fl
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODELS = (DEFAULT_SPEC, DEFAULT_DPO_SPEC)
-MAX_POOL_SEED = 2**31 - 1 - MAX_TASK_CLIPS  # a random base seed is drawn in 0..this
+MAX_POOL_SEED = 2**31 - 1  # every pool clip's seed is within 0..this
 
 
 @dataclass(frozen=True)
@@ -59,15 +67,15 @@ class GeneratedClips:
 
 
 class ClipGenerator(Protocol):
-    """Makes clips for one model: ``k`` per prompt, clip ``i`` of each prompt seeded ``seed + i``.
+    """Makes clips for one model: clip ``j`` is ``prompts[j]`` drawn with its own generator seeded ``seeds[j]``.
 
-    Returns ``GeneratedClips`` (or plain float32 waveforms) of ``len(prompts) * k`` clips, grouped by prompt.
+    Returns ``GeneratedClips`` (or plain float32 waveforms) of ``len(prompts)`` clips, in order.
     """
 
     sampling_rate: int
     default_steps: int  # denoising steps the model is meant to be sampled with
 
-    def __call__(self, prompts: list[str], k: int, seed: int, steps: int, guidance: float) -> GeneratedClips | np.ndarray: ...
+    def __call__(self, prompts: list[str], seeds: list[int], steps: int, guidance: float) -> GeneratedClips | np.ndarray: ...
 
 
 class PipelineGenerator:
@@ -78,26 +86,48 @@ class PipelineGenerator:
         self.sampling_rate = self.pipe.vocoder.config.sampling_rate
         self.default_steps = self.pipe.config.default_num_inference_steps
 
-    def __call__(self, prompts: list[str], k: int, seed: int, steps: int, guidance: float) -> GeneratedClips:
-        generators = self.pipe.clip_generators([s for _ in prompts for s in clip_seeds(seed, k)])
-        output = self.pipe(
-            prompts, num_inference_steps=steps, guidance_scale=guidance, num_waveforms_per_prompt=k, generator=generators
-        )
+    def __call__(self, prompts: list[str], seeds: list[int], steps: int, guidance: float) -> GeneratedClips:
+        output = self.pipe(list(prompts), num_inference_steps=steps, guidance_scale=guidance,
+                           generator=self.pipe.clip_generators(seeds))
         return GeneratedClips(output.audios, output.latents.numpy(), self.pipe.latent_fingerprint)
 
 
-def pool_seeds(store: Store, prompts: list[str], models: list[str], model_steps: dict[str, int], guidance: float,
-               seed: int | None) -> dict[str, int]:
-    """Each prompt's base seed (its clip ``i`` is seeded ``base + i``): ``seed`` when given; else the one
-    already stored for the prompt under these models and settings, or one random draw shared by the rest."""
-    if seed is not None:
-        return dict.fromkeys(prompts, seed)
-    stored: dict[str, int] = {}
-    for clip in store.candidates().values():
-        if clip.model in model_steps and clip.steps == model_steps[clip.model] and clip.guidance == guidance:
-            stored[clip.prompt] = min(clip.seed, stored.get(clip.prompt, clip.seed))
-    fresh = secrets.randbelow(MAX_POOL_SEED + 1)
-    return {prompt: stored.get(prompt, fresh) for prompt in prompts}
+def derived_seed(seed: int, model: str, index: int, attempt: int = 0) -> int:
+    """The seed of clip ``index`` of ``model`` in a pool made with ``seed`` (``attempt`` > 0: another one,
+    should that seed be taken in the task already): a hash, so no clip's seed follows from another's."""
+    digest = hashlib.sha256(f"{seed}\0{model}\0{index}\0{attempt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % (MAX_POOL_SEED + 1)
+
+
+def pool_seeds(store: Store, prompts: list[str], models: list[str], k: int, model_steps: dict[str, int],
+               guidance: float, seed: int | None) -> dict[tuple[str, str], list[int]]:
+    """(prompt, model) -> the seeds of its ``k`` clips, no two alike within a prompt's task.
+
+    With ``seed``: derived from it (``derived_seed``). Without: the seeds of the pool clips already stored
+    for the prompt and model under these settings, then fresh draws from a secret source.
+    """
+    stored: dict[tuple[str, str], list[int]] = {}
+    if seed is None:
+        for clip in store.candidates().values():
+            if (clip.model in model_steps and clip.steps == model_steps[clip.model] and clip.guidance == guidance
+                    and clip.seed <= MAX_POOL_SEED):
+                stored.setdefault((clip.prompt, clip.model), []).append(clip.seed)
+    plan = {}
+    for prompt in prompts:
+        taken: set[int] = set()
+        for model in models:
+            seeds = sorted(stored.get((prompt, model), []))[:k]
+            for index in range(len(seeds), k):
+                attempt = 0
+                while True:
+                    drawn = secrets.randbelow(MAX_POOL_SEED + 1) if seed is None else derived_seed(seed, model, index, attempt)
+                    if drawn not in taken and drawn not in seeds:
+                        break
+                    attempt += 1
+                seeds.append(drawn)
+            taken.update(seeds)
+            plan[prompt, model] = seeds
+    return plan
 
 
 @dataclass(frozen=True)
@@ -125,8 +155,9 @@ def build_pool(
     """Generate what is missing of ``k`` clips per prompt per model and make one task per prompt.
 
     ``steps=None`` samples each model with its own default steps (which loads that model).
-    ``seed=None`` draws the base seed at random (a prompt already pooled under these settings keeps
-    its stored one), so nobody can regenerate a pool clip from guessed seeds 0, 1, ...
+    ``seed=None`` draws every clip's seed from a secret source (clips already pooled under these settings
+    are kept), so nobody can regenerate a pool clip; a ``seed`` makes the pool reproducible by anyone.
+    At most ``batch_size * k`` clips go to one generation call.
     """
     prompts = list(dict.fromkeys(check_text(p, "prompt", MAX_PROMPT_CHARS) for p in prompts))
     models = list(dict.fromkeys(check_text(m, "model", MAX_SPEC_CHARS) for m in models))
@@ -148,37 +179,31 @@ def build_pool(
         return generators[model]
 
     model_steps = {model: steps if steps is not None else generator(model).default_steps for model in models}
+    seeds = pool_seeds(store, prompts, models, k, model_steps, guidance, seed)
 
-    base_seed = pool_seeds(store, prompts, models, model_steps, guidance, seed)
+    def stored(prompt: str, model: str, clip_seed: int):
+        return store.find_candidate(prompt, model=model, seed=clip_seed, steps=model_steps[model], guidance=guidance)
 
-    def stored(prompt: str, model: str, i: int):
-        return store.find_candidate(prompt, model=model, seed=clip_seeds(base_seed[prompt], k)[i],
-                                    steps=model_steps[model], guidance=guidance)
-
-    missing = {model: [p for p in prompts if any(stored(p, model, i) is None for i in range(k))] for model in models}
-    todo = sum(len(todo_prompts) for todo_prompts in missing.values()) * k
+    missing = {model: [(p, s) for p in prompts for s in seeds[p, model] if stored(p, model, s) is None]
+               for model in models}
+    todo = sum(len(clips) for clips in missing.values())
     with tqdm(total=todo, desc="generating clips", unit="clip", disable=not progress or not todo) as bar:
-        for model, todo_prompts in missing.items():
-            if not todo_prompts:
-                continue
-            generate = generator(model)
-            batches = [(base, group[start:start + batch_size])  # one call per base seed and batch
-                       for base in dict.fromkeys(base_seed[p] for p in todo_prompts)
-                       for group in [[p for p in todo_prompts if base_seed[p] == base]]
-                       for start in range(0, len(group), batch_size)]
-            for base, batch in batches:
-                made = GeneratedClips.of(generate(batch, k, base, model_steps[model], guidance))
+        for model, clips in missing.items():
+            for start in range(0, len(clips), batch_size * k):
+                batch = clips[start:start + batch_size * k]
+                generate = generator(model)
+                made = GeneratedClips.of(generate([p for p, _ in batch], [s for _, s in batch], model_steps[model],
+                                                  guidance))
                 waveforms = made.waveforms
-                if waveforms.ndim != 2 or len(waveforms) != len(batch) * k:
-                    raise ValueError(f"generator for {model!r} returned shape {waveforms.shape}, wanted ({len(batch) * k}, samples)")
-                for j, prompt in enumerate(batch):
-                    for i in range(k):
-                        latent = None if made.latents is None else made.latents[j * k + i]
-                        store.add_candidate(prompt, waveforms[j * k + i], model=model, seed=base + i, steps=model_steps[model],
-                                            guidance=guidance, sample_rate=generate.sampling_rate, latent=latent,
-                                            latent_fingerprint=None if latent is None else made.latent_fingerprint)
-                bar.update(len(batch) * k)
+                if waveforms.ndim != 2 or len(waveforms) != len(batch):
+                    raise ValueError(f"generator for {model!r} returned shape {waveforms.shape}, wanted ({len(batch)}, samples)")
+                for i, ((prompt, clip_seed), waveform) in enumerate(zip(batch, waveforms)):
+                    latent = None if made.latents is None else made.latents[i]
+                    store.add_candidate(prompt, waveform, model=model, seed=clip_seed, steps=model_steps[model],
+                                        guidance=guidance, sample_rate=generate.sampling_rate, latent=latent,
+                                        latent_fingerprint=None if latent is None else made.latent_fingerprint)
+                bar.update(len(batch))
 
-    task_ids = [store.add_task([stored(p, model, i).id for model in models for i in range(k)]) for p in prompts]
+    task_ids = [store.add_task([stored(p, model, s).id for model in models for s in seeds[p, model]]) for p in prompts]
     logger.info("pool: %d clips generated, %d tasks", todo, len(task_ids))
     return PoolReport(generated=todo, reused=len(prompts) * len(models) * k - todo, task_ids=task_ids)

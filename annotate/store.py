@@ -20,7 +20,8 @@ Guarantees:
 - blind ranking: annotators only ever see a random public clip id (the app serves the
   audio under a random name), in an order shuffled for them from a secret random source
   and stored with the assignment (a reload shows the same order); the model, seed
-  and settings behind a clip stay in the store until they have voted (``reveal``).
+  and settings behind a clip stay in the store until they have ranked the task,
+  every clip played (``reveal``).
 
 Ranking semantics: ``ranking`` maps each clip id shown to a rank, 1 = best. Ranks are
 *dense*: positive integers whose distinct values are exactly 1..max, so equal ranks are
@@ -663,23 +664,27 @@ class Store:
                 db.execute("UPDATE tasks SET votes = votes + 1 WHERE id = ?", (task_id,))
             return ranking_id
 
-    def reveal(self, annotator: str, task_id: int) -> dict[str, str]:
-        """Clip id -> model, for a task this annotator has already voted on (never before)."""
+    def vote_of(self, annotator: str, task_id: int) -> Ranking | None:
+        """This annotator's stored vote on the task, if any."""
         name = check_name(annotator)
         task_id = check_int(task_id, "task_id", error=InvalidVote)
         with self._read() as db:
-            voted = db.execute(
-                """SELECT 1 FROM assignments a JOIN annotators n ON n.id = a.annotator_id
-                   JOIN rankings r ON r.assignment_id = a.id WHERE n.name = ? AND a.task_id = ?""",
+            row = db.execute(
+                """SELECT r.id FROM rankings r JOIN assignments a ON a.id = r.assignment_id
+                   JOIN annotators n ON n.id = a.annotator_id WHERE n.name = ? AND a.task_id = ?""",
                 (name, task_id),
             ).fetchone()
-            if voted is None:
-                raise InvalidVote(f"annotator {preview(name)} has not voted on task {preview(task_id)}: models stay hidden")
-            return dict(db.execute(
-                """SELECT c.public_id, c.model FROM task_candidates tc JOIN candidates c ON c.id = tc.candidate_id
-                   WHERE tc.task_id = ?""",
-                (task_id,),
-            ).fetchall())
+            return None if row is None else _load_rankings(db, row[0])[0]
+
+    def reveal(self, annotator: str, task_id: int) -> dict[str, str]:
+        """Clip id -> model, in the order shown, once this annotator has ranked the task with every clip played
+        (their vote's play counts); never before, nor after a skip or an all-bad vote, which cost no judgement."""
+        vote = self.vote_of(annotator, task_id)
+        if vote is None or vote.skipped or vote.all_bad or not all(vote.play_counts.get(c) for c in vote.shown_order):
+            raise InvalidVote(f"annotator {preview(annotator)} has not ranked task {preview(task_id)} after playing "
+                              "every clip: models stay hidden")
+        models = {clip_id: clip.model for clip_id, clip in self.candidates(vote.shown_order).items()}
+        return {clip_id: models[clip_id] for clip_id in vote.shown_order}
 
     def rankings(self) -> list[Ranking]:
         """Every stored vote, oldest first."""

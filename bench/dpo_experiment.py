@@ -9,7 +9,8 @@ Stages (each skipped when its output exists, so a killed run continues):
    each at the model's default steps, with all three strategies (inference, perturbed, temporal);
    every pair keeps its sampled latents.
 2. ``subsets``: ``inference`` (the inference pairs only) and ``mixed`` (as many pairs, drawn from
-   all three strategies): the same number of pairs and steps, only how the pairs were made differs.
+   all three strategies): the same number of pairs and steps, only how the pairs were made differs;
+   and ``all`` (every pair: what the generation budget buys).
 3. ``sweep``: ``train_dpo.py`` runs, each validated on held-out *prompts* (DPO loss, implicit
    accuracy, margin per epoch): DPO on the mixed pairs for each β in ``BETAS`` at one low
    learning rate, then at the β with the best held-out accuracy the ``COMPARISONS``: inference
@@ -40,7 +41,7 @@ COMMON = ["--num_train_epochs", "4", "--train_batch_size", "4", "--lr_scheduler"
           "--checkpointing_steps", "100000"]
 BETAS = (2000, 500, 100)  # swept first, with DPO on the mixed pairs, at one low learning rate
 # then, at the β whose held-out-prompt implicit accuracy is best: name -> (pairs subset, loss)
-COMPARISONS = {"inference-dpo": ("inference", "dpo"), "mixed-crpo": ("mixed", "crpo")}
+COMPARISONS = {"inference-dpo": ("inference", "dpo"), "mixed-crpo": ("mixed", "crpo"), "all-dpo": ("all", "dpo")}
 METRICS = ("event_recall", "order_accuracy", "count_accuracy", "mean_score", "extra_events_per_clip")
 
 
@@ -66,7 +67,7 @@ def write_subsets(pairs: list[Path], out: Path, seed: int) -> dict:
     inference = np.flatnonzero(strategies == "inference")
     mixed = np.sort(np.random.default_rng(seed).permutation(len(strategies))[:len(inference)])
     counts = {}
-    for name, rows in (("inference", inference), ("mixed", mixed)):
+    for name, rows in (("inference", inference), ("mixed", mixed), ("all", np.arange(len(strategies)))):
         folder = out / name
         (folder / "data").mkdir(parents=True, exist_ok=True)
         pq.write_table(table.take(rows), folder / "data" / "train-00000-of-00001.parquet")

@@ -60,8 +60,9 @@ MAX_LENGTH_FACTOR = 3
 def clip_seeds(seed: int, count: int) -> list[int]:
     """The seeds of ``count`` clips drawn under one ``seed``: clip ``i`` is seeded ``seed + i``.
 
-    The one convention of the app, the candidate pools, the generate CLI and the evaluation,
-    so a clip is reproducible from (seed, i) whoever made it; draw them with ``clip_generators``.
+    The convention of the app's Demo, the generate CLI, automatic ranking and the evaluation, so a
+    clip is reproducible from (seed, i) whoever made it; draw them with ``clip_generators``. (Candidate
+    pools give every clip a seed of its own instead: ``annotate.pool``.)
     """
     return [int(seed) + i for i in range(count)]
 

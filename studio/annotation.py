@@ -2,7 +2,8 @@
 
 The store (``annotate.Store``) owns tasks, assignments and votes. This module adds what a
 web session needs on top: letters for the clips (A, B, C ... in the order shuffled for the
-annotator), a log of plays, and the rule that a clip is judged only after it was heard.
+annotator) and clip ids of the annotator's own (``AnnotationSession.public_clip_id``), a log
+of plays, and the rule that a clip is judged only after it was heard.
 
 A task whose clip files cannot be read is withdrawn from assignment (``Store.withdraw_task``,
 logged with the file; the Dataset tab lists it) and the annotator gets the next one: a
@@ -16,6 +17,9 @@ the vote (``play_counts``).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import logging
 import string
 import threading
@@ -28,7 +32,9 @@ from pathlib import Path
 
 from annotate import InvalidVote, Store, Task
 from annotate.store import MAX_TASK_CLIPS, MAX_TIME_SPENT_S
-from annotate.validation import check_int
+from annotate.validation import check_int, check_ranking
+
+from .serving import NotAClip
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +59,7 @@ class ShownTask:
 
     task_id: int
     prompt: str
-    clip_ids: list[str]  # in the order shown, labelled A, B, C ...
+    clip_ids: list[str]  # this annotator's ids for the clips (``public_clip_id``), in the order shown: A, B, C ...
     audio_paths: list[str]
     plays: dict[str, int]
 
@@ -92,18 +98,30 @@ class Progress:
 
 
 class AnnotationSession:
-    """Tasks, plays and votes for every annotator of one app (thread-safe)."""
+    """Tasks, plays and votes for every annotator of one app (thread-safe).
 
-    def __init__(self, store: Store, serve: Callable[[str], str] = str):
-        """``serve`` turns a clip's stored path into the path handed to the browser (``ClipServer.serve``:
-        a copy under a random name, outside the data folder)."""
+    The clip ids an annotator sees are theirs alone: ``HMAC(secret, annotator, task, stored clip id)``
+    (``public_clip_id``), so what one annotator learns about a clip (a reveal, a shared note) says
+    nothing about any other annotator's clips; the store's own ids never leave this class, and
+    refusals name clips by their letters.
+    """
+
+    def __init__(self, store: Store, secret: bytes, serve: Callable[[str], str] = str):
+        """``secret`` keys the public clip ids (``studio.secret``); ``serve`` turns a clip's stored path into
+        the path handed to the browser (``ClipServer.serve``: a copy under a random name, outside the data folder)."""
         self.store = store
+        self.secret = secret
         self.serve = serve
         self._lock = threading.Lock()
-        self._shown: dict[tuple[str, int], list[str]] = {}
+        self._shown: dict[tuple[str, int], list[str]] = {}  # the store's clip ids, in the order shown
         self._served: dict[tuple[str, int], list[str]] = {}
         self._plays: dict[tuple[str, int], Counter] = {}
         self._handed_out_at: dict[tuple[str, int], float] = {}
+
+    def public_clip_id(self, annotator: str, task_id: int, clip_id: str) -> str:
+        """The id ``annotator`` sees for the stored clip ``clip_id`` of task ``task_id``."""
+        message = json.dumps(["clip", annotator, task_id, clip_id]).encode()
+        return hmac.new(self.secret, message, hashlib.sha256).hexdigest()[:16]
 
     def next_task(self, annotator: str) -> ShownTask | None:
         """The annotator's open task (same order as before) or a new one; None when none is left."""
@@ -118,12 +136,15 @@ class AnnotationSession:
             if served is None:
                 continue  # withdrawn: the next one
             key = (annotator, task.id)
+            shown = [clip.id for clip in task.candidates]
             with self._lock:
-                self._shown[key] = [clip.id for clip in task.candidates]
+                self._shown[key] = shown
                 self._served[key] = served
-                plays = dict(self._plays.setdefault(key, Counter()))
+                self._plays.setdefault(key, Counter())
                 self._handed_out_at.setdefault(key, time.monotonic())
-            return ShownTask(task.id, task.prompt, [c.id for c in task.candidates], served, plays)
+                plays = self._public_counts(annotator, task.id, shown, self._plays[key])
+            return ShownTask(task.id, task.prompt, [self.public_clip_id(annotator, task.id, c) for c in shown],
+                             served, plays)
         return None
 
     def _served_copies(self, annotator: str, task: Task) -> list[str] | None:
@@ -138,7 +159,8 @@ class AnnotationSession:
             try:
                 served.append(self.serve(clip.audio_path))
             except OSError as err:
-                if err.filename != clip.audio_path:  # the copy failed (a full disk ...), not the clip: try again later
+                if not isinstance(err, NotAClip) and err.filename != clip.audio_path:
+                    # the copy failed (a full disk ...), not the clip: try again later
                     raise
                 reason = f"clip {clip.id} cannot be read: {err.strerror or type(err).__name__}"
                 logger.error("withdrew task %d from assignment: %s (%s)", task.id, reason, clip.audio_path)
@@ -154,61 +176,85 @@ class AnnotationSession:
             raise InvalidVote("no task is assigned to you: press Next task")
         return self.vote(annotator, task_id, None, "skip")
 
-    def _shown_clips(self, annotator: str, task_id: object) -> tuple[tuple[str, int], list[str]]:
-        task_id = check_int(task_id, "task_id", minimum=1, error=InvalidVote)
-        key = (annotator, task_id)
-        shown = self._shown.get(key)
-        if shown is None:
-            raise InvalidVote(f"task {task_id} is not open for {annotator!r}: ask for the next task first")
-        return key, shown
+    def _public_counts(self, annotator: str, task_id: int, shown: list[str], plays: Counter) -> dict[str, int]:
+        return {self.public_clip_id(annotator, task_id, clip_id): plays[clip_id] for clip_id in shown if plays[clip_id]}
 
-    def record_play(self, annotator: str, task_id: int, clip: str) -> dict[str, int]:
-        """Count one play of a clip (by clip id or letter); return the task's play counts."""
-        with self._lock:
-            key, shown = self._shown_clips(annotator, task_id)
-            clip_id = self._clip_id(clip, shown)
-            self._plays[key][clip_id] += 1
-            return dict(self._plays[key])
+    def _open(self, annotator: str, task_id: object) -> tuple[tuple[str, int], list[str] | None]:
+        """(annotator, task id) and the stored clip ids shown, None when the task is not open in this session."""
+        task_id = check_int(task_id, "task_id", minimum=1, error=InvalidVote)
+        return (annotator, task_id), self._shown.get((annotator, task_id))
 
     @staticmethod
-    def _clip_id(clip: object, shown: list[str]) -> str:
-        if isinstance(clip, str) and clip in shown:
-            return clip
-        if isinstance(clip, str) and clip.upper() in LABELS[: len(shown)]:
-            return shown[LABELS.index(clip.upper())]
-        raise InvalidVote(f"`clip` must be one of this task's clip ids or letters {', '.join(LABELS[:len(shown)])}, "
-                          f"got {str(clip)[:60]!r}")
+    def _not_open(annotator: str, task_id: int) -> InvalidVote:
+        return InvalidVote(f"task {task_id} is not open for {annotator!r}: ask for the next task first")
+
+    def record_play(self, annotator: str, task_id: int, clip: str) -> dict[str, int]:
+        """Count one play of a clip (by its public id or letter); return the task's play counts by public id."""
+        with self._lock:
+            key, shown = self._open(annotator, task_id)
+            if shown is None:
+                raise self._not_open(*key)
+            letter = self._letter(clip, key, shown, "clip")
+            self._plays[key][shown[LABELS.index(letter)]] += 1
+            return self._public_counts(*key, shown, self._plays[key])
+
+    def _letter(self, clip: object, key: tuple[str, int], shown: list[str], argument: str) -> str:
+        """The letter of a clip named by its letter or its public id; ``InvalidVote`` naming the letters otherwise."""
+        letters = LABELS[:len(shown)]
+        if isinstance(clip, str):
+            if clip.upper() in letters:
+                return clip.upper()
+            for letter, clip_id in zip(letters, shown):
+                if hmac.compare_digest(clip.encode(), self.public_clip_id(*key, clip_id).encode()):
+                    return letter
+        raise InvalidVote(f"`{argument}` must name one of this task's clips by its letter ({', '.join(letters)}) or "
+                          f"its clip id, got {str(clip)[:60]!r}")
+
+    def _ranking(self, ranking: object, key: tuple[str, int], shown: list[str]) -> dict[str, int] | None:
+        """Stored clip id -> rank for a ranking keyed by letters or public ids, checked in the annotator's terms
+        (letters); None for no ranking."""
+        if not ranking:
+            return None
+        if not isinstance(ranking, dict):
+            raise InvalidVote(f"`ranking` must map clip letters or ids to ranks, got {str(ranking)[:60]!r}")
+        by_letter = {}
+        for clip, rank in ranking.items():
+            letter = self._letter(clip, key, shown, "ranking")
+            if letter in by_letter:
+                raise InvalidVote(f"`ranking` names clip {letter} twice (once by id, once by letter)")
+            by_letter[letter] = rank
+        ranks = check_ranking(list(by_letter.items()), list(LABELS[:len(shown)]))
+        return {shown[LABELS.index(letter)]: rank for letter, rank in ranks.items()}
 
     def vote(self, annotator: str, task_id: int, ranking: dict[str, int] | None, verdict: str = "rank",
              comment: str | None = None) -> int:
         """Store a vote and return its id; refuse (``InvalidVote``, nothing written) what is not valid.
 
-        ``ranking`` maps clip ids (or letters) to dense ranks, 1 = best, ties allowed; it must be
+        ``ranking`` maps clip letters (or public ids) to dense ranks, 1 = best, ties allowed; it must be
         empty for ``verdict`` ``all_bad`` or ``skip``. Ranking and all-bad need every clip played.
-        ``comment`` is optional free text kept with the vote.
+        ``comment`` is optional free text kept with the vote. The same vote sent again (its answer lost)
+        gets the stored vote's id back; a different one is refused (``VoteConflict``).
         """
         if verdict not in VERDICTS:
             raise InvalidVote(f"`verdict` must be one of {', '.join(VERDICTS)}, got {str(verdict)[:40]!r}")
-        if verdict == "skip" and not ranking:
-            task_id = check_int(task_id, "task_id", minimum=1, error=InvalidVote)
-            with self._lock:
-                known = (annotator, task_id) in self._shown
-            if not known:  # e.g. after an app restart: a skip needs no plays, the store knows the assignment
-                return self.store.submit(annotator, task_id, skip=True)
         with self._lock:
-            key, shown = self._shown_clips(annotator, task_id)
-            plays = dict(self._plays[key])
-            started = self._handed_out_at[key]
-            if ranking and not isinstance(ranking, dict):
-                raise InvalidVote(f"`ranking` must map clip ids or letters to ranks, got {str(ranking)[:60]!r}")
-            by_id = {self._clip_id(clip, shown): rank for clip, rank in (ranking or {}).items()}
-            if ranking and len(by_id) != len(ranking):
-                raise InvalidVote("`ranking` names the same clip twice (once by id, once by letter)")
+            key, shown = self._open(annotator, task_id)
+            plays = dict(self._plays.get(key, {}))
+            started = self._handed_out_at.get(key)
+        if shown is None:  # voted already, or open in the store only (e.g. after an app restart)
+            stored = self.store.vote_of(*key)
+            if stored is not None:
+                return self.store.submit(*key, self._ranking(ranking, key, stored.shown_order),
+                                         all_bad=verdict == "all_bad", skip=verdict == "skip")
+            if verdict == "skip" and not ranking:  # a skip needs no plays: the store knows the assignment
+                return self.store.submit(*key, skip=True)
+            raise self._not_open(*key)
+        by_id = self._ranking(ranking, key, shown)
         unplayed = [label for label, clip_id in zip(LABELS, shown) if not plays.get(clip_id)]
         if verdict != "skip" and unplayed:
             raise InvalidVote(f"play every clip before voting: not played yet: {', '.join(unplayed)}")
         vote_id = self.store.submit(
-            annotator, key[1], by_id or None, all_bad=verdict == "all_bad", skip=verdict == "skip",
+            *key, by_id, all_bad=verdict == "all_bad", skip=verdict == "skip",
             time_spent_s=min(time.monotonic() - started, MAX_TIME_SPENT_S), play_counts=plays, comment=comment,
         )
         with self._lock:
@@ -229,7 +275,8 @@ class AnnotationSession:
             target=max((target for _, _, target in tasks), default=self.store.target_overlap),
         )
 
-    def reveal(self, annotator: str, task: ShownTask) -> dict[str, str]:
-        """Letter -> model behind the clip, for a task this annotator has voted on (never before)."""
-        models = self.store.reveal(annotator, task.task_id)
-        return {label: models[clip_id] for label, clip_id in zip(task.labels, task.clip_ids)}
+    def reveal(self, annotator: str, task_id: int) -> dict[str, str]:
+        """Public clip id -> the model behind it, in the order shown, once this annotator has ranked the task
+        after playing every clip (``Store.reveal``): never before, nor after a skip or an all-bad vote."""
+        return {self.public_clip_id(annotator, task_id, clip_id): model
+                for clip_id, model in self.store.reveal(annotator, task_id).items()}

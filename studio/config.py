@@ -42,6 +42,7 @@ class StudioConfig:
     min_gold_accuracy: float | None = None  # annotators below it on gold tasks are left out of export and verdict
     reveal_models: bool = False  # show the annotator the models behind the clips after each vote
     informative_first: bool = False  # hand out the tasks the automatic ranker is least sure about first
+    trust_proxy: bool = False  # a proxy in front of the app sets X-Forwarded-For (studio.limits.visitor_of)
 
     @property
     def export_dir(self) -> Path:
@@ -78,10 +79,13 @@ _FLAGS = {
     "--reveal-models": ("TANGO_REVEAL_MODELS", "show annotators which model made each clip after they vote"),
     "--informative-first": ("TANGO_INFORMATIVE_FIRST", "hand out first the tasks whose clips the automatic ranker "
                             "scores closest"),
+    "--trust-proxy": ("TANGO_TRUST_PROXY", "the app runs behind a proxy that sets X-Forwarded-For (a Space does): "
+                      "count visitors by the address it saw, not by the connection's"),
 }
 _INT_FLAGS = {"port": (0, 65535), "max_steps": (1, 1000), "max_candidates": (1, 4), "generate_per_minute": (1, 10**6),
               "generate_queue": (0, 1000), "generate_threads": (0, 1024)}
-_SWITCHES = {"reveal_models", "informative_first", "allow_shrinking_backup"}  # on/off flags: `--reveal-models` alone, or the variable = 1/true
+# on/off flags: `--reveal-models` alone, or the variable = 1/true
+_SWITCHES = {"reveal_models", "informative_first", "allow_shrinking_backup", "trust_proxy"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
@@ -166,6 +170,7 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         min_gold_accuracy=_number(parser, args.min_gold_accuracy, "--min-gold-accuracy", 0, 1),
         reveal_models=_switch(parser, args.reveal_models, "--reveal-models"),
         informative_first=_switch(parser, args.informative_first, "--informative-first"),
+        trust_proxy=_switch(parser, args.trust_proxy, "--trust-proxy"),
     )
 
 

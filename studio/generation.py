@@ -8,14 +8,19 @@ Loaded pipelines are shared by every visitor (the registry caches them), so a ca
 touches one: each call builds a light view of the pipeline with a fresh scheduler of the
 chosen sampler (schedulers keep per-call state in ``set_timesteps``), sharing the weights.
 
-Seeds follow ``pipeline.clip_seeds``: candidate ``i`` is drawn with its own generator seeded
-``seed + i``, on the pipeline's device, as in ``annotate.pool`` and the evaluation, so both
-columns start from the same noise and a clip sent to annotation is the clip the pool would
-make under the same settings.
+Seeds: candidate ``i`` of Demo seed ``s`` is Demo seed ``s + i`` (``pipeline.clip_seeds``), in both
+columns, so the two models start from the same noise. A Demo seed is not the generator's seed:
+that is ``generator_seed``, keyed by the server's secret (``studio.secret``), so the same Demo
+seed gives the same clips on this server while no Demo seed reaches the seeds pools are made
+with (``annotate.pool``: 0..``MAX_POOL_SEED``), whatever seed a pool was made with, and an
+annotator cannot regenerate a task's clips to learn their models. A clip sent to annotation is
+stored with its generator seed (and is reproducible alone from it, drawn on the pipeline's device).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import math
 import shutil
@@ -30,8 +35,9 @@ import numpy as np
 import torch
 
 from annotate import Store
+from annotate.pool import MAX_POOL_SEED
 from annotate.store import latent_path
-from annotate.validation import MAX_PROMPT_CHARS, InvalidInput, check_text
+from annotate.validation import MAX_INT, MAX_PROMPT_CHARS, InvalidInput, check_text
 from pipeline.audio import save_audio
 from pipeline.registry import EMBEDDED, load_pipeline
 from pipeline.tango import TangoPipeline, clip_seeds
@@ -72,6 +78,13 @@ AUDIOCAPS_PROMPTS = [
 ]
 
 
+def generator_seed(secret: bytes, demo_seed: int) -> int:
+    """The generator seed a Demo seed stands for on the server with ``secret``: above every pool seed
+    (``MAX_POOL_SEED``), within SQLite's integers, and not computable without the secret."""
+    digest = hmac.new(secret, str(demo_seed).encode(), hashlib.sha256).digest()
+    return MAX_POOL_SEED + 1 + int.from_bytes(digest[:8], "big") % (MAX_INT - MAX_POOL_SEED)
+
+
 class GenerationError(ValueError):
     """Settings that cannot be generated (empty prompt, zero steps, ...)."""
 
@@ -88,16 +101,18 @@ class GenerationSettings:
 
     @property
     def seeds(self) -> list[int]:
-        """One per candidate, by the pipeline's convention (``clip_seeds``)."""
+        """The Demo seed of each candidate, by the pipeline's convention (``clip_seeds``)."""
         return clip_seeds(self.seed, self.candidates)
 
     @classmethod
     def checked(cls, prompt: object, steps: object, guidance: object, seed: object, candidates: object,
                 sampler: object = MODEL_DEFAULT, duration: object = None, *, max_steps: int = MAX_STEPS,
-                max_candidates: int = MAX_CANDIDATES) -> GenerationSettings:
+                max_candidates: int = MAX_CANDIDATES,
+                durations: tuple[float, float] = (0.0, MAX_DURATION_S)) -> GenerationSettings:
         """Validate what a form or an API call sent; raise ``GenerationError`` naming the bad field.
 
-        ``duration`` None or 0 means each model's own clip length.
+        ``duration`` None or 0 means each model's own clip length; otherwise seconds within ``durations``
+        (the shortest and longest clip every loaded model can make: ``duration_range``).
         """
         if not isinstance(prompt, str) or not prompt.strip():
             raise GenerationError("`prompt` is empty: describe the sound to generate")
@@ -114,11 +129,13 @@ class GenerationSettings:
             raise GenerationError(f"`guidance` must be a number within 0..30, got {str(guidance)[:40]!r}")
         if not isinstance(sampler, str) or sampler not in SAMPLERS:
             raise GenerationError(f"`sampler` must be one of {', '.join(SAMPLERS)}, got {str(sampler)[:40]!r}")
-        if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))
-                                     or not 0 <= duration <= MAX_DURATION_S):
-            raise GenerationError(f"`duration` must be a number of seconds within 0..{MAX_DURATION_S:g} "
-                                  f"(0: the model's own length), got {str(duration)[:40]!r}")
-        return cls(prompt.strip(), steps, float(guidance), seed, candidates, sampler, float(duration) if duration else None)
+        own_length = duration is None or (type(duration) in (int, float) and duration == 0)
+        if not own_length and (isinstance(duration, bool) or not isinstance(duration, (int, float))
+                               or not durations[0] <= duration <= durations[1]):
+            raise GenerationError(f"`duration` must be 0 or none (each model's own length) or seconds within "
+                                  f"{durations[0]:g}..{durations[1]:g}, got {str(duration)[:40]!r}")
+        return cls(prompt.strip(), steps, float(guidance), seed, candidates, sampler,
+                   None if own_length else float(duration))
 
 
 def _whole(value: object, name: str, low: int, high: int) -> int:
@@ -252,11 +269,12 @@ def sampler_model_label(model: LoadedModel, sampler: str) -> str:
     return f"{model.spec}+{class_name}"
 
 
-def _run_pipeline(pipe: TangoPipeline, settings: GenerationSettings, on_step: Callable[[int], None] | None):
+def _run_pipeline(pipe: TangoPipeline, settings: GenerationSettings, seeds: list[int],
+                  on_step: Callable[[int], None] | None):
     """The pipeline's output: (candidates, samples) float32 ``audios`` and the ``latents`` they were decoded from;
-    candidate i seeded ``settings.seeds[i]``."""
+    candidate i drawn with a generator seeded ``seeds[i]``."""
     view = with_sampler(pipe, settings.sampler)
-    generators = pipe.clip_generators(settings.seeds)
+    generators = pipe.clip_generators(seeds)
 
     def step_done(_pipe, step, _timestep, tensors):
         on_step(step + 1)
@@ -274,7 +292,7 @@ run_pipeline = spaces.GPU(duration=120)(_run_pipeline) if spaces is not None els
 class GeneratedClip:
     audio_path: str
     spectrogram_path: str
-    seed: int
+    seed: int  # the generator's (``generator_seed``), stored with the clip when it is sent to annotation
     latent_fingerprint: str | None = None  # the clip's latent lies beside it (annotate.store.latent_path)
 
 
@@ -304,14 +322,16 @@ class Generation:
         return {
             "settings": vars(self.settings),
             "columns": [{"role": c.role, "model": c.spec, "stored_as": c.model_label,
-                         "seconds_per_clip": c.seconds_per_clip, "seeds": [clip.seed for clip in c.clips],
+                         "seconds_per_clip": c.seconds_per_clip, "seeds": self.settings.seeds[:len(c.clips)],
                          "error": c.error} for c in self.columns],
         }
 
 
 def generate_both(models: list[LoadedModel], settings: GenerationSettings, out_dir: str | Path,
-                  progress: Callable[[float, str], None] | None = None) -> Generation:
+                  progress: Callable[[float, str], None] | None = None, *, secret: bytes) -> Generation:
     """Generate ``settings.candidates`` clips with each model; write WAVs and spectrogram PNGs under ``out_dir``.
+
+    Candidate ``i`` of both columns is drawn with ``generator_seed(secret, settings.seeds[i])``.
 
     Raises ``GenerationError`` for a prompt the sound-world models cannot know (``check_prompt``).
     """
@@ -319,6 +339,7 @@ def generate_both(models: list[LoadedModel], settings: GenerationSettings, out_d
     for model in models:
         if model.pipe is not None:
             check_steps(model.pipe, settings)
+    seeds = [generator_seed(secret, demo_seed) for demo_seed in settings.seeds]
     folder = Path(out_dir) / uuid.uuid4().hex
     folder.mkdir(parents=True)
     columns = []
@@ -333,7 +354,7 @@ def generate_both(models: list[LoadedModel], settings: GenerationSettings, out_d
 
         started = time.perf_counter()
         try:
-            output = run_pipeline(model.pipe, settings, on_step)
+            output = run_pipeline(model.pipe, settings, seeds, on_step)
             waveforms = output.audios
         except (RuntimeError, ValueError) as err:  # e.g. out of memory: this column fails, the other one stands
             logger.exception("generation with %r failed", model.spec)  # the trace (and any paths) stay in the log
@@ -353,8 +374,7 @@ def generate_both(models: list[LoadedModel], settings: GenerationSettings, out_d
             save_audio(audio_path, waveform, model.pipe.sampling_rate)
             save_spectrogram(waveform, model.pipe.sampling_rate, picture_path)
             np.save(latent_path(audio_path), output.latents[i].numpy(), allow_pickle=False)
-            clips.append(GeneratedClip(str(audio_path), str(picture_path), settings.seeds[i],
-                                       model.pipe.latent_fingerprint))
+            clips.append(GeneratedClip(str(audio_path), str(picture_path), seeds[i], model.pipe.latent_fingerprint))
         columns.append(ColumnResult(model.role, model.title, model.spec, sampler_model_label(model, settings.sampler),
                                     clips, seconds / len(clips)))
     _prune(Path(out_dir), KEEP_GENERATIONS)

@@ -70,6 +70,7 @@ def resolve_name(mode: str, *, typed: str | None, username: str | None, oauth_us
             raise IdentityError("this app requires logging in; your session has no user name")
         return username
     try:
-        return check_name((typed or "").strip())
+        typed = "" if typed is None else typed
+        return check_name(typed.strip() if isinstance(typed, str) else typed)
     except InvalidInput as err:
         raise IdentityError(f"type your annotator name first ({err})") from None

@@ -6,13 +6,16 @@ the database, its ``-wal``/``-shm`` journals, ``export/`` and the content-addres
 can never be fetched (and the app's own SQLite locks are never disturbed by a file server
 opening the database). A clip an annotator must hear is copied to ``<token>.wav``, a fresh
 random token per assignment, in a folder outside the data folder; its name says nothing
-about the clip's content, model or seed.
+about the clip's content, model or seed. Only regular files inside the store's clip folder
+are copied: a clip replaced by a link (to the database, say) is refused, not served.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
+import stat
 import threading
 import time
 from pathlib import Path
@@ -20,20 +23,38 @@ from pathlib import Path
 KEEP_SERVED_S = 6 * 3600  # copies older than this are deleted (an assignment left open longer gets new ones)
 
 
-class ClipServer:
-    """Copies clips to ``folder`` under random names; prunes old copies."""
+class NotAClip(OSError):
+    """A clip path that is not a regular file inside the clip folder (a link, a device, elsewhere)."""
 
-    def __init__(self, folder: str | Path, keep_s: float = KEEP_SERVED_S):
+
+class ClipServer:
+    """Copies clips from ``clips`` (the store's clip folder) to ``folder`` under random names; prunes old copies."""
+
+    def __init__(self, folder: str | Path, clips: str | Path, keep_s: float = KEEP_SERVED_S):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.clips = Path(clips).resolve()
         self.keep_s = keep_s
         self._lock = threading.Lock()
         self._last_prune = time.monotonic()
 
     def serve(self, source: str | Path) -> str:
-        """A copy of ``source`` named by a random token; the path to hand to gradio."""
+        """A copy of ``source`` named by a random token; the path to hand to gradio. ``NotAClip`` (no path
+        named: the message may reach a visitor) unless ``source`` is a regular file inside the clip folder."""
+        if not Path(source).resolve().is_relative_to(self.clips):
+            raise NotAClip("a stored clip lies outside the clip folder: it is not served")
+        try:
+            descriptor = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)  # the last link is not followed either
+        except OSError:
+            if Path(source).is_symlink():
+                raise NotAClip("a stored clip is a link, not a file: it is not served") from None
+            raise
         target = self.folder / f"{secrets.token_urlsafe(16)}.wav"
-        shutil.copyfile(source, target)
+        with os.fdopen(descriptor, "rb") as clip:
+            if not stat.S_ISREG(os.fstat(clip.fileno()).st_mode):
+                raise NotAClip("a stored clip is not a regular file: it is not served")
+            with open(target, "wb") as copy:
+                shutil.copyfileobj(clip, copy)
         self._prune()
         return str(target)
 

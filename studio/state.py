@@ -18,6 +18,7 @@ from .config import StudioConfig
 from .generation import Generation, GenerationSettings, LoadedModel, generate_both, load_models, send_to_annotation
 from .identity import read_auth_file, resolve_name
 from .limits import GenerationGate
+from .secret import server_secret
 from .serving import ClipServer
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Studio:
             if restored is not None:
                 logger.info("restored %d votes from the backup in %s", restored, config.hub_dataset)
         self.store = Store(config.data_dir, informative_first=config.informative_first)
+        self.secret = server_secret(config.data_dir)
         self.ranker = JudgeRanker() if any(m.is_sound_world for m in self.models) else None
         self.score_clips()
         self.scheduled_push = None
@@ -61,8 +63,8 @@ class Studio:
                 allow_shrinking_backup=config.allow_shrinking_backup)
         self.generated_dir = Path(tempfile.mkdtemp(prefix="tango-studio-"))
         # Clips leave the data folder only as copies with random names (see studio.serving).
-        self.clip_server = ClipServer(self.generated_dir / "served")
-        self.annotation = AnnotationSession(self.store, self.clip_server.serve)
+        self.clip_server = ClipServer(self.generated_dir / "served", self.store.audio_dir)
+        self.annotation = AnnotationSession(self.store, self.secret, self.clip_server.serve)
         self.gate = GenerationGate(config.generate_queue, config.generate_per_minute)
         if self.users is not None:
             self.identity_mode = "password"
@@ -84,7 +86,7 @@ class Studio:
         return resolve_name(self.identity_mode, typed=typed, username=username, oauth_username=oauth_username)
 
     def generate(self, settings: GenerationSettings, progress: Callable[[float, str], None] | None = None) -> Generation:
-        return generate_both(self.models, settings, self.generated_dir, progress)
+        return generate_both(self.models, settings, self.generated_dir, progress, secret=self.secret)
 
     def send_to_annotation(self, generation: Generation) -> int:
         """Store a generation's clips as one ranking task (scored by the ranker); return its id."""

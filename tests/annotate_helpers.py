@@ -28,12 +28,10 @@ class SineGenerator:
     def __init__(self, model: str, seconds: float = 0.1):
         self.model, self.seconds, self.calls = model, seconds, []
 
-    def __call__(self, prompts, k, seed, steps, guidance):
-        self.calls.append((list(prompts), k, seed, steps, guidance))
-        return np.stack([
-            tone(100 + zlib.crc32(f"{self.model}|{prompt}|{seed + i}".encode()) % 4000, self.seconds)
-            for prompt in prompts for i in range(k)
-        ])
+    def __call__(self, prompts, seeds, steps, guidance):
+        self.calls.append((list(prompts), list(seeds), steps, guidance))
+        return np.stack([tone(100 + zlib.crc32(f"{self.model}|{prompt}|{seed}".encode()) % 4000, self.seconds)
+                         for prompt, seed in zip(prompts, seeds)])
 
 
 def make_tasks(store: Store, tasks: int, clips: int = 2, models=("base", "dpo")) -> list[int]:

@@ -10,7 +10,7 @@ import pytest
 from annotate import InvalidAudio, InvalidInput, Store
 from annotate.__main__ import main
 from annotate.clips import decode_wav
-from annotate.pool import PipelineGenerator, build_pool
+from annotate.pool import MAX_POOL_SEED, PipelineGenerator, build_pool, derived_seed
 from tests.conftest import FIXTURE_DIR
 from tests.annotate_helpers import SineGenerator
 
@@ -31,21 +31,26 @@ def test_pool_makes_one_task_per_prompt_with_k_clips_from_each_model(tmp_path, g
     report = build_pool(store, PROMPTS, ["tiny", "tiny-dpo"], k=2, seed=5, steps=20, guidance=2.5,
                         make_generator=factory(generators), batch_size=2, progress=False)
     assert (report.generated, report.reused, report.task_ids) == (12, 0, [1, 2, 3])
-    # One generator per model, prompts batched, every call asking for k clips per prompt from seed 5.
+    # One generator per model, at most batch_size x k clips per call, each clip with its own seed.
     for spec in ("tiny", "tiny-dpo"):
-        assert generators[spec].calls == [(PROMPTS[:2], 2, 5, 20, 2.5), (PROMPTS[2:], 2, 5, 20, 2.5)]
+        calls = generators[spec].calls
+        assert [prompts for prompts, *_ in calls] == [[PROMPTS[0]] * 2 + [PROMPTS[1]] * 2, [PROMPTS[2]] * 2]
+        assert all(call[2:] == (20, 2.5) for call in calls)
+        assert [seeds for _, seeds, *_ in calls] == [[derived_seed(5, spec, i) for i in (0, 1)] * 2,
+                                                     [derived_seed(5, spec, i) for i in (0, 1)]]
 
     clips = store.candidates().values()
-    for prompt in PROMPTS:
+    for prompt in PROMPTS:  # no two clips of a task share a seed, across models too (issue 19)
         mine = sorted((c.model, c.seed) for c in clips if c.prompt == prompt)
-        assert mine == [("tiny", 5), ("tiny", 6), ("tiny-dpo", 5), ("tiny-dpo", 6)]  # clip i of each model: seed + i
+        assert [model for model, _ in mine] == ["tiny", "tiny", "tiny-dpo", "tiny-dpo"]
+        assert len({seed for _, seed in mine}) == 4 and all(0 <= seed <= MAX_POOL_SEED for _, seed in mine)
     assert store.counts()["task_candidates"] == 12
     task = store.next_task("alice")
     assert len(task.candidates) == 4 and task.prompt == PROMPTS[0]
 
     # The stored clip is exactly what the generator made for it.
-    clip = next(c for c in clips if (c.prompt, c.model, c.seed) == (PROMPTS[1], "tiny-dpo", 6))
-    expected = SineGenerator("tiny-dpo")([PROMPTS[1]], 2, 5, 20, 2.5)[1]
+    clip = next(c for c in clips if (c.prompt, c.model, c.seed) == (PROMPTS[1], "tiny-dpo", derived_seed(5, "tiny-dpo", 1)))
+    expected = SineGenerator("tiny-dpo")([PROMPTS[1]], [clip.seed], 20, 2.5)[0]
     np.testing.assert_array_equal(decode_wav(Path(clip.audio_path).read_bytes())[0], expected)
 
 
@@ -67,7 +72,7 @@ def test_pool_only_generates_what_is_missing(tmp_path, generators):
     build_pool(store, PROMPTS[:2], k=2, make_generator=factory(generators), progress=False)
     grown = build_pool(store, PROMPTS + [PROMPTS[0]], k=2, make_generator=factory(generators), progress=False)
     assert (grown.generated, grown.reused, grown.task_ids) == (4, 8, [1, 2, 3])
-    assert generators["tiny"].calls[-1][0] == [PROMPTS[2]]
+    assert generators["tiny"].calls[-1][0] == [PROMPTS[2]] * 2
 
 
 def test_pool_refuses_bad_settings_before_generating(tmp_path, generators):
@@ -88,8 +93,8 @@ def test_pool_rejects_generators_that_break_the_contract(tmp_path, generators):
         build_pool(Store(tmp_path / "a"), PROMPTS, make_generator=WrongRate, progress=False)
 
     class MissingClips(SineGenerator):
-        def __call__(self, prompts, k, seed, steps, guidance):
-            return super().__call__(prompts, k, seed, steps, guidance)[:-1]
+        def __call__(self, prompts, seeds, steps, guidance):
+            return super().__call__(prompts, seeds, steps, guidance)[:-1]
 
     with pytest.raises(ValueError, match="shape"):
         build_pool(Store(tmp_path / "b"), PROMPTS, make_generator=MissingClips, progress=False)
@@ -105,12 +110,13 @@ def test_pool_cli_with_the_real_pipeline_makes_reproducible_clips(tmp_path):
 
     store = Store(data_dir)
     clips = sorted(store.candidates().values(), key=lambda c: c.seed)
-    assert [(c.prompt, c.seed, c.steps, c.guidance) for c in clips] == [("a dog barks", 7, 2, 3.0), ("a dog barks", 8, 2, 3.0)]
+    seeds = sorted(derived_seed(7, str(FIXTURE_DIR), i) for i in (0, 1))
+    assert [(c.prompt, c.seed, c.steps, c.guidance) for c in clips] == [("a dog barks", seed, 2, 3.0) for seed in seeds]
     assert all(c.sample_rate == 16000 and c.duration_s == pytest.approx(10.24) for c in clips)
     assert store.counts()["tasks"] == 1
-    # Clip i is reproducible alone: generating just seed 8 gives the second clip back (same noise;
-    # a batch of 1 instead of 2 only changes float rounding in the batched kernels).
-    alone = PipelineGenerator(str(FIXTURE_DIR))(["a dog barks"], 1, 8, 2, 3.0).waveforms[0]
+    # A clip is reproducible alone: generating just its seed gives it back (same noise; a batch of 1
+    # instead of 2 only changes float rounding in the batched kernels).
+    alone = PipelineGenerator(str(FIXTURE_DIR))(["a dog barks"], [clips[1].seed], 2, 3.0).waveforms[0]
     np.testing.assert_allclose(decode_wav(Path(clips[1].audio_path).read_bytes())[0], alone, atol=1e-4)
     other = decode_wav(Path(clips[0].audio_path).read_bytes())[0]
-    assert np.abs(other - alone).max() > 1e-2  # and seed 7 is a different clip
+    assert np.abs(other - alone).max() > 1e-2  # and the other seed is a different clip

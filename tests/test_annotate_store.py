@@ -116,13 +116,27 @@ def test_a_withdrawn_task_is_never_assigned_again_and_closes_its_open_assignment
         db.execute("DELETE FROM withdrawn_tasks")
 
 
-def test_reveal_only_after_the_vote(store):
+def test_reveal_only_after_a_ranking_of_clips_all_played(store):
+    """Issue 19: a skip, an all-bad vote or a ranking without every clip played cost no judgement: they reveal
+    nothing (a skip used to hand out the clip-to-model map)."""
     make_tasks(store, 1)
-    task = store.next_task("alice")
-    with pytest.raises(InvalidVote, match="models stay hidden"):
-        store.reveal("alice", task.id)
-    store.submit("alice", task.id, {c.id: i + 1 for i, c in enumerate(task.candidates)})
-    assert sorted(store.reveal("alice", task.id).values()) == ["base", "dpo"]
+    votes = {"skip": {"skip": True}, "all-bad": {"all_bad": True, "play_counts": "all"},
+             "half-heard": {"ranking": True, "play_counts": "first"}, "ranked": {"ranking": True, "play_counts": "all"}}
+    for name, vote in votes.items():
+        task = store.next_task(name)
+        with pytest.raises(InvalidVote, match="models stay hidden"):
+            store.reveal(name, task.id)
+        ids = [c.id for c in task.candidates]
+        plays = {"all": dict.fromkeys(ids, 1), "first": {ids[0]: 1}}.get(vote.get("play_counts"))
+        ranking = {clip_id: i + 1 for i, clip_id in enumerate(ids)} if vote.get("ranking") else None
+        store.submit(name, task.id, ranking, skip=vote.get("skip", False), all_bad=vote.get("all_bad", False),
+                     play_counts=plays)
+        if name != "ranked":
+            with pytest.raises(InvalidVote, match="models stay hidden"):
+                store.reveal(name, task.id)
+    revealed = store.reveal("ranked", task.id)
+    assert list(revealed) == ids and sorted(revealed.values()) == ["base", "dpo"]  # in the order shown
+    assert store.vote_of("ranked", task.id).ranks == ranking and store.vote_of("nobody", task.id) is None
 
 
 def test_threads_can_share_one_store(store):

@@ -21,7 +21,7 @@ from annotate.pool import build_pool
 from studio import Studio, StudioConfig, parse_config
 from studio.generation import GenerationError, GenerationSettings, generate_both, load_models, send_to_annotation
 from studio.identity import IdentityError, read_auth_file, resolve_name
-from tests.app_helpers import free_port
+from tests.app_helpers import agreed_ranking, free_port
 
 PROMPTS = ["a beep then a hiss", "two knocks", "a siren after a click", "three clicks", "a hum then a buzz", "a hiss"]
 
@@ -95,7 +95,7 @@ def test_ranking_through_the_api(served, client):
         client.predict("rita", task["task_id"], {"A": 1, "B": 2}, api_name="/vote")
     assert client.predict("rita", task["task_id"], task["clips"][1]["clip_id"], api_name="/played") == {
         c["clip_id"]: 1 for c in task["clips"]}
-    for ranking, message in [({"A": 1, "B": 3}, "dense"), ({"A": 1}, "exactly the 2 clips"), ({"A": 1, "Z": 1}, "`clip`")]:
+    for ranking, message in [({"A": 1, "B": 3}, "dense"), ({"A": 1}, "exactly the 2 clips"), ({"A": 1, "Z": 1}, "by its letter")]:
         with pytest.raises(AppError, match=message):
             client.predict("rita", task["task_id"], ranking, api_name="/vote")
     with pytest.raises(AppError, match="`verdict` must be one of"):
@@ -122,10 +122,8 @@ def test_no_name_no_task(client):
 
 def test_export_and_push_are_for_admins(served, client):
     for name in ("admin2", "rita2"):
-        task, _ = fetch_and_play(client, name)
-        by_clip = sorted(c["clip_id"] for c in task["clips"])  # both agree, whatever order each was shown
-        client.predict(name, task["task_id"], {c["label"]: by_clip.index(c["clip_id"]) + 1 for c in task["clips"]},
-                       api_name="/vote")
+        task, files = fetch_and_play(client, name)
+        client.predict(name, task["task_id"], agreed_ranking(task, files), api_name="/vote")  # both agree
     with pytest.raises(AppError, match="'rita2' is not an admin"):
         client.predict("rita2", api_name="/export")
     result = client.predict("admin", api_name="/export")
@@ -176,7 +174,8 @@ def test_a_model_that_does_not_load_leaves_its_column_saying_why(app_models, tmp
     models = load_models(config)
     assert models[0].pipe is not None and models[1].pipe is None
     assert "not available" in models[1].status() and "SpecError" in models[1].status()
-    generation = generate_both(models, GenerationSettings.checked("a beep", 2, 3.0, 0, 2), tmp_path / "out")
+    generation = generate_both(models, GenerationSettings.checked("a beep", 2, 3.0, 0, 2), tmp_path / "out",
+                               secret=b"test")
     assert len(generation.columns[0].clips) == 2 and "not available" in generation.columns[1].error
     app.build_app(Studio(config, models=models))  # the page builds with one model missing
     # Two base clips still make a ranking task.

@@ -53,7 +53,7 @@ def test_rank_a_task_through_the_handlers(studio):
     assert studio.store.counts()["rankings"] == 0
     assert app.vote_from_form(studio, "rank", "ann", task, "", None, None, "2", "1", "1").startswith("Vote 1 stored")
     [stored] = studio.store.rankings()
-    assert stored.ranks == dict(zip(task.clip_ids, (2, 1, 1))) and stored.annotator == "ann"
+    assert stored.ranks == dict(zip(stored.shown_order, (2, 1, 1))) and stored.annotator == "ann"
 
 
 def test_skip_needs_no_listening_and_the_last_task_says_so(studio):
@@ -80,13 +80,19 @@ def test_api_handlers_refuse_with_the_reason(studio):
         app.send(studio, None)
 
 
+def stored_clip_ids(studio, name):
+    """The store's ids of the clips of ``name``'s open task, in the order shown (the annotator sees others)."""
+    return [clip.id for clip in studio.store.next_task(name).candidates]
+
+
 def test_admin_handlers(studio):
     for name in ("ann", "bo"):
         _, _, task = app.next_task(studio, name, None, None)
         for position in range(3):
             app.play_clip(studio, position, name, task, None, None)
-        by_clip = sorted(task.clip_ids)  # both annotators agree (their shown orders are shuffled apart)
-        app.vote(studio, name, task.task_id, {clip_id: by_clip.index(clip_id) + 1 for clip_id in task.clip_ids})
+        shown = stored_clip_ids(studio, name)
+        by_clip = sorted(shown)  # both annotators agree (their shown orders are shuffled apart)
+        app.vote(studio, name, task.task_id, {label: by_clip.index(clip_id) + 1 for label, clip_id in zip(task.labels, shown)})
     overview, rows, *previews = app.show_dataset(studio, "admin", None, None)
     assert "**votes**: 2" in overview and [row[0] for row in rows] == ["ann", "bo"]
     assert len(previews) == 3 * app.PREVIEW_PAIRS
@@ -117,10 +123,11 @@ def test_leaderboard_results_and_reveal_after_vote(studio, tmp_path):
         _, _, task = app.next_task(studio, name, None, None)
         for position in range(3):
             app.play_clip(studio, position, name, task, None, None)
-        ranks = sorted(task.labels, key=lambda label: studio.store.candidates()[task.clip_ids[task.labels.index(label)]].model)
+        models = [studio.store.candidates()[clip_id].model for clip_id in stored_clip_ids(studio, name)]
+        ranks = sorted(task.labels, key=lambda label: models[task.labels.index(label)])
         answer = app.vote(studio, name, task.task_id, {label: ranks.index(label) + 1 for label in task.labels},
                           comment="base first")
-        assert set(answer["models"]) == set(task.clip_ids)  # the reveal: clip id -> model
+        assert answer["models"] == dict(zip(task.clip_ids, models))  # the reveal: the clip ids shown -> model
     rows = app.public_leaderboard(studio)
     assert [row["model"] for row in rows] == ["base", "dpo"] and rows[0]["comparisons"] == 2 * 2
     assert "| base |" in app.show_results(studio)

@@ -5,13 +5,15 @@ import shutil
 import threading
 import time
 
+import httpx
 import pytest
+import soundfile as sf
 from gradio_client import Client
-from gradio_client.exceptions import AppError
+from gradio_client.exceptions import AppError, ValidationError
 
 import app
 from pipeline.registry import SpecError, load_pipeline
-from studio import Studio, StudioConfig
+from studio import Studio, StudioConfig, parse_config
 from studio.generation import GenerationError, GenerationSettings, check_steps, load_models
 from studio.limits import Busy, GenerationGate, generation_threads
 from tests.annotate_helpers import make_tasks
@@ -61,8 +63,17 @@ MALFORMED = [  # (endpoint, arguments, what the message must say)
         (("a beep", 2, 3.0, 0, [1]), "`candidates` must be a whole number"),
         (("a beep", 1000, 3.0, 0, 1, "DPM-Solver++"), "timesteps repeat"),
         (("a beep", 2, 3.0, 0, 1, "Heun"), "Heun is not in the list of choices"),
+        # Issue 19: a duration of the wrong type answered an error without a message; the limit is the models'.
+        (("a beep", 2, 3.0, 0, 1, "DDIM", "5"), "`duration` must be 0 or none (each model's own length) or seconds"),
+        (("a beep", 2, 3.0, 0, 1, "DDIM", [5]), "`duration` must be 0 or none"),
+        (("a beep", 2, 3.0, 0, 1, "DDIM", 20), "seconds within 0.16..11.52"),
+        (("a beep", 2, 3.0, 0, 1, "DDIM", -1), "seconds within 0.16..11.52"),
     ]],
     ("/next_task", ("",), "type your annotator name first"),
+    ("/next_task", (5,), "type your annotator name first (`annotator` must be a string, got int)"),
+    ("/next_task", ({"name": "x"},), "`annotator` must be a string, got dict"),
+    ("/vote", (5, 1, {"A": 1}), "`annotator` must be a string, got int"),
+    ("/played", (["mal"], 1, "A"), "`annotator` must be a string, got list"),
     ("/next_task", ("bad\x07name",), "type your annotator name first"),
     ("/next_task", ("n" * 200,), "type your annotator name first"),
     ("/played", ("mal", 1, "A"), "ask for the next task first"),
@@ -100,9 +111,29 @@ def test_malformed_calls_get_a_clear_error_and_write_nothing(served):
         assert message in text, (endpoint, args, text)
         assert str(studio.generated_dir) not in text and "/tmp" not in text, text  # no server path
     assert state(studio) == before
-    # The same calls well-formed still work.
+    # The same calls well-formed still work; duration 0 or none is each model's own length, as documented.
     base, _, details = client.predict(*GOOD, api_name="/generate")
     assert len(base) == 1 and details["columns"][0]["error"] is None
+    for own_length in (0, None):
+        base, _, details = client.predict(*GOOD, "DDIM", own_length, api_name="/generate")
+        assert details["settings"]["duration"] is None and abs(len(sf.read(base[0])[0]) / 16000 - 3.84) < 0.01
+
+
+def test_a_call_with_more_or_fewer_values_than_its_endpoint_takes_is_refused(served):
+    """Issue 19: extra values were dropped (a vote sent with eight was stored), missing ones answered an error
+    without a message."""
+    studio, url = served
+    before = state(studio)
+    for endpoint, data in (("vote", ["mal"]), ("vote", ["mal", 1, {"A": 1}, "rank", "", "x", "y", "z"]),
+                           ("next_task", []), ("played", ["mal", 1, "A", "B"]), ("leaderboard", [1]),
+                           ("generate", [*GOOD, "DDIM", 2.0, "extra"])):
+        response = httpx.post(f"{url}gradio_api/call/{endpoint}", json={"data": data}, timeout=10)
+        assert response.status_code == 422 and f"/{endpoint} takes " in response.text, (endpoint, response.text)
+        assert f"got {len(data)}" in response.text
+    with pytest.raises(ValidationError, match=r"/vote takes 5 argument\(s\) \(annotator, task_id, ranking, "
+                                              r"verdict, comment\), got 8"):
+        Client(url, verbose=False).predict("mal", 1, {"A": 1}, "rank", "", "x", "y", "z", api_name="/vote")
+    assert state(studio) == before
 
 
 def test_a_visitor_over_the_rate_limit_is_told_when_to_come_back():
@@ -150,6 +181,53 @@ def test_a_full_queue_answers_busy_at_once():
     assert len(entered) == 3
     with gate.admit("v-late"):  # room again
         pass
+
+
+def test_one_visitor_has_at_most_one_generation_running_or_queued():
+    """Issue 19: at the defaults (6 per minute, queue 4) six concurrent requests from one address took five
+    places; now they take one and everyone else still gets in."""
+    gate = GenerationGate(queue_size=4, per_minute=6)
+    release = threading.Event()
+    admitted, refused = [], []
+
+    def generation(name):
+        try:
+            with gate.admit(name):
+                admitted.append(name)
+                release.wait(10)
+        except Busy as err:
+            refused.append(str(err))
+
+    threads = [threading.Thread(target=generation, args=("address:10.0.0.1",)) for _ in range(6)]
+    threads.append(threading.Thread(target=generation, args=("address:10.0.0.2",)))
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert sorted(admitted) == ["address:10.0.0.1", "address:10.0.0.2"]
+    assert refused == ["you already have a generation running or queued: wait for it to finish"] * 5
+    with gate.admit("address:10.0.0.1"):  # finished: the next one is welcome
+        pass
+
+
+def test_a_forwarded_for_header_counts_only_behind_the_owners_proxy(tmp_path):
+    """Issue 19: a client-written X-Forwarded-For reset the per-visitor limit. Without --trust-proxy the
+    connection's address counts; with it, the address the proxy saw (the header's last entry)."""
+    from types import SimpleNamespace
+
+    def request(forwarded, username=None):
+        return SimpleNamespace(username=username, client=SimpleNamespace(host="10.0.0.7"),
+                               headers={"x-forwarded-for": forwarded} if forwarded else {})
+
+    studio = SimpleNamespace(config=StudioConfig())
+    assert {app.visitor(studio, request(f"198.51.100.{i}")) for i in range(8)} == {"address:10.0.0.7"}
+    studio.config = parse_config(["--trust-proxy"], {})
+    assert app.visitor(studio, request("1.2.3.4, 203.0.113.9")) == "address:203.0.113.9"  # the client wrote 1.2.3.4
+    assert app.visitor(studio, request(None)) == "address:10.0.0.7"
+    assert app.visitor(studio, request("1.2.3.4", username="ann")) == "user:ann"
+    assert parse_config([], {"TANGO_TRUST_PROXY": "1"}).trust_proxy and not parse_config([], {}).trust_proxy
 
 
 def test_generation_leaves_a_core_to_the_annotation_endpoints_on_a_cpu():

@@ -8,23 +8,22 @@ from gradio_client import Client
 import train_dpo
 from annotate import Store
 from annotate.pool import build_pool
-from tests.app_helpers import AppProcess
+from tests.app_helpers import AppProcess, agreed_ranking
 
 PROMPTS = ["a beep then a hiss", "two knocks", "a siren after a click", "a hum then a buzz"]
 ANNOTATORS = ["ann", "ben", "cleo"]
 
 
 def rank_everything(client: Client, name: str) -> int:
-    """Play and rank every task this annotator can get (clip ids in sorted order: all annotators agree)."""
+    """Play and rank every task this annotator can get (all annotators agree: ``agreed_ranking``)."""
     votes = 0
     while True:
-        task, _ = client.predict(name, api_name="/next_task")
+        task, files = client.predict(name, api_name="/next_task")
         if task["task_id"] is None:
             return votes
         for clip in task["clips"]:
             client.predict(name, task["task_id"], clip["clip_id"], api_name="/played")
-        ranking = {clip_id: rank for rank, clip_id in enumerate(sorted(c["clip_id"] for c in task["clips"]), start=1)}
-        client.predict(name, task["task_id"], ranking, api_name="/vote")
+        client.predict(name, task["task_id"], agreed_ranking(task, files), api_name="/vote")
         votes += 1
 
 

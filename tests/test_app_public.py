@@ -4,6 +4,7 @@ the blind order cannot be predicted; no annotator can be stuck on a task."""
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,8 +17,9 @@ from annotate.validation import InvalidInput
 from studio import Studio, StudioConfig
 from studio.annotation import AnnotationSession
 from studio.generation import LoadedModel
+from studio.serving import NotAClip
 from tests.annotate_helpers import SineGenerator, make_tasks
-from tests.app_helpers import free_port
+from tests.app_helpers import agreed_ranking, free_port
 
 
 def no_models():
@@ -45,15 +47,15 @@ def test_only_clip_audio_is_served_under_random_names(served):
     studio, url = served
     client = Client(url, verbose=False)
     for name in ("ann", "bo"):  # two votes, then an export: every kind of file exists in the data folder
-        task, _ = client.predict(name, api_name="/next_task")
+        task, files = client.predict(name, api_name="/next_task")
         for clip in task["clips"]:
             client.predict(name, task["task_id"], clip["label"], api_name="/played")
-        first, second = sorted(c["clip_id"] for c in task["clips"])  # the same preference, whatever the order shown
-        client.predict(name, task["task_id"], {first: 1, second: 2}, api_name="/vote")
+        client.predict(name, task["task_id"], agreed_ranking(task, files), api_name="/vote")
     client.predict("admin", api_name="/export")
     (studio.config.data_dir / "notes.txt").write_text("not for visitors")
     data = studio.config.data_dir.resolve()
     private = [data / "annotate.sqlite", data / "annotate.sqlite-wal", data / "annotate.sqlite-shm", data / "notes.txt",
+               data / "secret",
                *sorted((data / "export").rglob("*.*"))[:3], *sorted(studio.store.audio_dir.rglob("*.wav"))[:2]]
     assert all(path.exists() for path in private) and any("export" in str(p) for p in private)
     for path in private:
@@ -112,11 +114,11 @@ def test_no_annotator_is_ever_stuck(tmp_path):
     with pytest.raises(InvalidInput, match="2..8 clips"):
         make_tasks(store, 1, clips=9)
     report = build_pool(store, ["a beep", "a hiss"], ["m1", "m2"], k=4, make_generator=SineGenerator, progress=False)
-    session = AnnotationSession(store)
+    session = AnnotationSession(store, b"secret")
     task = session.next_task("fay")
     assert task.task_id in report.task_ids and len(task.clip_ids) == 8
     # The app restarts (plays forgotten): a skip still works, and the next task comes.
-    restarted = AnnotationSession(store)
+    restarted = AnnotationSession(store, b"secret")
     assert restarted.vote("fay", task.task_id, None, "skip") > 0
     assert restarted.next_task("fay").task_id != task.task_id
 
@@ -125,8 +127,105 @@ def test_pool_seeds_are_drawn_at_random_and_kept(tmp_path):
     stores = [Store(tmp_path / f"s{i}") for i in range(2)]
     for store in stores:
         build_pool(store, ["a beep", "a hiss"], ["m1", "m2"], k=2, make_generator=SineGenerator, progress=False)
-    seeds = [sorted({c.seed for c in store.candidates().values()}) for store in stores]
-    assert seeds[0] != seeds[1] and seeds[0] != [0, 1] and seeds[0][1] == seeds[0][0] + 1  # clip i: base + i
+    seeds = [sorted(c.seed for c in store.candidates().values()) for store in stores]
+    assert seeds[0] != seeds[1] and len(set(seeds[0])) == 8  # every clip its own seed, across models too
     again = build_pool(stores[0], ["a beep", "a hiss", "a hum"], ["m1", "m2"], k=2, make_generator=SineGenerator,
                        progress=False)
     assert again.reused == 8 and again.generated == 4  # the stored seeds are found again
+
+
+# On a Space gradio also starts its hot-reloader, whose thread wants the `spaces` package (which Spaces preinstall).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_the_space_mode_starts_and_sends_visitors_to_the_hub_log_in(tmp_path, monkeypatch):
+    """Issue 19: on a Space (SPACE_ID set, no auth file) the app serves with the "Sign in with Hugging Face"
+    button, which needs gradio's OAuth extra. The Hub's OpenID provider is a local stand-in here."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import gradio.oauth
+
+    class OpenIDProvider(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"issuer": provider_url, "authorization_endpoint": f"{provider_url}/authorize",
+                               "token_endpoint": f"{provider_url}/token"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    provider = ThreadingHTTPServer(("127.0.0.1", 0), OpenIDProvider)
+    provider_url = f"http://127.0.0.1:{provider.server_port}"
+    threading.Thread(target=provider.serve_forever, daemon=True).start()
+    # What a Space with `hf_oauth: true` sets (gradio reads the OAuth variables when it is imported).
+    monkeypatch.setenv("SYSTEM", "spaces")
+    monkeypatch.setenv("SPACE_ID", "someone/tango-studio")
+    for name, value in (("OAUTH_CLIENT_ID", "client-id"), ("OAUTH_CLIENT_SECRET", "client-secret"),
+                        ("OAUTH_SCOPES", "openid profile"), ("OPENID_PROVIDER_URL", provider_url)):
+        monkeypatch.setenv(name, value)
+        monkeypatch.setattr(gradio.oauth, name, value)
+    config = StudioConfig(data_dir=tmp_path / "data", device="cpu", port=free_port())
+    studio = Studio(config, models=no_models())
+    assert studio.identity_mode == "oauth"
+    demo = app.build_app(studio)
+    app.launch(studio, demo, prevent_thread_lock=True, quiet=True)
+    try:
+        url = f"http://127.0.0.1:{config.port}"
+        assert httpx.get(f"{url}/", timeout=10).status_code == 200
+        login = httpx.get(f"{url}/login/huggingface", timeout=10, follow_redirects=False)
+        assert login.status_code in (302, 307), login.text
+        assert login.headers["location"].startswith(f"{provider_url}/authorize?") and "client_id=client-id" in login.headers["location"]
+        with pytest.raises(Exception, match="log in with your Hugging Face account first"):
+            Client(f"{url}/", verbose=False).predict("anyone", api_name="/next_task")
+    finally:
+        demo.close()
+        provider.shutdown()
+
+
+def test_a_restart_after_a_kill_finds_its_port_free_while_old_connections_linger():
+    """Issue 19: after kill -9 the dead server's connections sit in TIME_WAIT for a minute; the port is free to
+    listen on (uvicorn sets SO_REUSEADDR), so the start-up check must not call it "in use". A port another
+    program listens on still is."""
+    import socket
+
+    port = free_port()
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        client = socket.create_connection(("127.0.0.1", port))
+        connection, _ = server.accept()
+        connection.close()  # the server's end closes first, so it is the one left in TIME_WAIT
+        client.close()
+    app.check_port_free("127.0.0.1", port)
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        other.bind(("127.0.0.1", port))
+        other.listen()
+        with pytest.raises(SystemExit, match=f"port {port} on 127.0.0.1 is in use"):
+            app.check_port_free("127.0.0.1", port)
+
+
+def test_only_regular_files_in_the_clip_folder_are_served(tmp_path):
+    """Issue 19: a stored clip replaced by a link to the database was served as a .wav."""
+    studio = Studio(StudioConfig(data_dir=tmp_path / "data"), models=no_models())
+    make_tasks(studio.store, 3, clips=2)
+    clips = sorted(studio.store.audio_dir.rglob("*.wav"))
+    database = studio.config.data_dir / "annotate.sqlite"
+    clips[0].unlink()
+    clips[0].symlink_to(database.resolve())  # a link out of the clip folder
+    clips[1].unlink()
+    clips[1].symlink_to(clips[2])  # a link to another clip, inside the folder
+    for clip in clips[:2]:
+        with pytest.raises(NotAClip, match="it is not served") as refused:
+            studio.clip_server.serve(clip)
+        assert str(tmp_path) not in str(refused.value)
+    outside = tmp_path / "elsewhere.wav"
+    outside.write_bytes(clips[2].read_bytes())
+    with pytest.raises(NotAClip, match="outside the clip folder"):
+        studio.clip_server.serve(outside)
+    assert Path(studio.clip_server.serve(clips[2])).read_bytes() == clips[2].read_bytes()
+    assert not any(p.read_bytes().startswith(b"SQLite format") for p in studio.clip_server.folder.iterdir())

@@ -23,12 +23,12 @@ class RenderGenerator:
     sampling_rate = 16000
     default_steps = 7
 
-    def __call__(self, prompts, k, seed, steps, guidance):
+    def __call__(self, prompts, seeds, steps, guidance):
         clips = []
-        for prompt in prompts:
-            for i in range(k):
-                text = prompt if (i == 0 or prompt == TIED_PROMPT) else "three clicks"
-                clips.append(render(text, seed)[0])
+        for j, prompt in enumerate(prompts):
+            first = prompts.index(prompt)  # a prompt's clips come together; render all with its first seed
+            text = prompt if (j == first or prompt == TIED_PROMPT) else "three clicks"
+            clips.append(render(text, seeds[first])[0])
         return np.stack(clips)
 
 

@@ -65,13 +65,15 @@ def test_models_are_revealed_after_the_vote_and_never_before(tmp_path):
     make_tasks(studio.store, 1)
     task = studio.annotation.next_task("ann")
     with pytest.raises(InvalidVote, match="hidden"):
-        studio.annotation.reveal("ann", task)
+        studio.annotation.reveal("ann", task.task_id)
     for label in task.labels:
         studio.annotation.record_play("ann", task.task_id, label)
     studio.annotation.vote("ann", task.task_id, {"A": 1, "B": 1}, comment="same to me")
+    [vote] = studio.store.rankings()
     models = {c.id: c.model for c in studio.store.candidates().values()}
-    assert studio.annotation.reveal("ann", task) == {"A": models[task.clip_ids[0]], "B": models[task.clip_ids[1]]}
-    assert studio.store.rankings()[0].comment == "same to me"
+    assert studio.annotation.reveal("ann", task.task_id) == {  # by the ids the annotator was shown, in that order
+        public_id: models[clip_id] for public_id, clip_id in zip(task.clip_ids, vote.shown_order)}
+    assert vote.comment == "same to me"
 
 
 def test_leaderboard_and_results_name_the_models_the_dataset_tab_adds_gold_accuracy(tmp_path):
@@ -104,7 +106,7 @@ def test_out_of_vocabulary_prompts_are_refused_for_sound_world_models_only(app_m
     check_prompt(sound_world, "a hiss then two knocks")
     check_prompt(REAL_TANGO, "a dog barks in the rain")  # real Tango takes any text
     with pytest.raises(GenerationError, match="dog"):
-        generate_both(sound_world, GenerationSettings.checked("a dog barks", 2, 3.0, 0, 1), tmp_path)
+        generate_both(sound_world, GenerationSettings.checked("a dog barks", 2, 3.0, 0, 1), tmp_path, secret=b"test")
 
 
 def test_duration_sets_the_clip_length(app_models, tmp_path):
@@ -112,7 +114,7 @@ def test_duration_sets_the_clip_length(app_models, tmp_path):
 
     models = [LoadedModel("base", "Base", str(app_models[0]), load_pipeline(str(app_models[0]), device="cpu"))]
     settings = GenerationSettings.checked("two knocks", 2, 3.0, 0, 1, duration=2.0)
-    [column] = generate_both(models, settings, tmp_path).columns
+    [column] = generate_both(models, settings, tmp_path, secret=b"test").columns
     samples, rate = sf.read(column.clips[0].audio_path)
     assert abs(len(samples) / rate - 2.0) < 0.1  # rounded to the model's latent frame block
     assert GenerationSettings.checked("two knocks", 2, 3.0, 0, 1, duration=0).duration is None

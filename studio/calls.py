@@ -1,0 +1,77 @@
+"""What an API call must send: exactly as many values as its endpoint takes.
+
+Gradio drops the values a call sends beyond what its endpoint takes (a vote sent with eight
+arguments was stored as if it had five) and answers a call short of them with an error whose
+message is empty. ``ArgumentCount``, an ASGI middleware in front of the app, refuses both for the
+public endpoints, naming the arguments the endpoint takes. It reads the calls the way gradio
+serves them: ``POST /gradio_api/call/<name>`` (``{"data": [...]}``) and the queue's
+``POST /gradio_api/queue/join`` (``{"data": [...], "fn_index": i, ...}``, what gradio_client sends).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+
+from starlette.responses import JSONResponse
+
+CALL_PATH = re.compile(r"/gradio_api/(?:call/(?P<name>[^/]+)/?|queue/join)$")
+
+
+def endpoint_arguments(demo) -> tuple[dict[str, list[str]], dict[int, str]]:
+    """(endpoint name -> its argument names, fn_index -> endpoint name) for the public endpoints of ``demo``."""
+    named = demo.get_api_info()["named_endpoints"]
+    arguments = {name.lstrip("/"): [p["parameter_name"] for p in endpoint["parameters"]]
+                 for name, endpoint in named.items()}
+    indices = {index: fn.api_name for index, fn in demo.fns.items() if fn.api_name in arguments}
+    return arguments, indices
+
+
+class ArgumentCount:
+    """Answers 422 with a message to a call of a public endpoint whose ``data`` holds too many or too few values."""
+
+    def __init__(self, app, arguments: Mapping[str, list[str]], indices: Mapping[int, str]):
+        self.app, self.arguments, self.indices = app, arguments, indices
+
+    async def __call__(self, scope, receive, send):
+        call = CALL_PATH.search(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if call is None:
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        refusal = self.refusal(call["name"], body)
+        if refusal is not None:  # in the form of gradio's own validation errors, which gradio_client raises
+            detail = [{"__type__": "validate", "is_valid": False, "parameter_name": "data", "message": refusal}]
+            return await JSONResponse({"detail": detail}, status_code=422)(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    def refusal(self, name: str | None, body: bytes) -> str | None:
+        """Why a call with this body is refused, or None (malformed bodies are left to gradio)."""
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return None
+        if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+            return None
+        endpoint = name if name is not None else self.indices.get(payload.get("fn_index"))
+        expected = self.arguments.get(endpoint)
+        if expected is None or len(payload["data"]) == len(expected):
+            return None
+        return (f"/{endpoint} takes {len(expected)} argument(s) ({', '.join(expected) or 'none'}), "
+                f"got {len(payload['data'])}")
