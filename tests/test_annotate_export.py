@@ -308,13 +308,13 @@ def test_scheduled_push_before_any_vote_waits_quietly_and_setup_errors_are_scrub
 
 
 class LatentSineGenerator(SineGenerator):
-    """A generator that, like the pipeline, also returns the latent behind each clip."""
+    """A generator that, like the pipeline, also returns the latent behind each clip (holding its seed)."""
 
-    def __call__(self, prompts, k, seed, steps, guidance):
+    def __call__(self, prompts, seeds, steps, guidance):
         from annotate.pool import GeneratedClips
 
-        waveforms = super().__call__(prompts, k, seed, steps, guidance)
-        latents = np.stack([np.full((2, 3, 4), seed + i, np.float32) for _ in prompts for i in range(k)])
+        waveforms = super().__call__(prompts, seeds, steps, guidance)
+        latents = np.stack([np.full((2, 3, 4), seed, np.float32) for seed in seeds])
         return GeneratedClips(waveforms, latents, "vae-of-" + self.model)
 
 

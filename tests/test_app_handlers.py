@@ -154,8 +154,8 @@ def test_a_task_whose_clip_is_missing_is_withdrawn_and_the_annotator_gets_the_ne
 
 def test_an_assigned_task_whose_clip_went_missing_gives_way_and_skip_needs_no_loaded_task(studio):
     _, _, task = app.next_task(studio, "ann", None, None)
-    Path(studio.store.candidates()[task.clip_ids[0]].audio_path).unlink()
-    studio.annotation = AnnotationSession(studio.store, studio.clip_server.serve)  # a restart: no served copies
+    Path(studio.store.candidates()[studio.store.task_clips()[task.task_id][0]].audio_path).unlink()
+    studio.annotation = AnnotationSession(studio.store, studio.secret, studio.clip_server.serve)  # a restart
     _, _, following = app.next_task(studio, "ann", None, None)
     assert following.task_id != task.task_id and [w.task_id for w in studio.store.withdrawn_tasks()] == [task.task_id]
 
@@ -195,8 +195,9 @@ def test_the_dataset_tab_shows_with_a_clip_missing(studio):
         _, _, task = app.next_task(studio, name, None, None)
         for position in range(3):
             app.play_clip(studio, position, name, task, None, None)
-        by_clip = sorted(task.clip_ids)  # both agree: three pairs, 2 votes to 0
-        app.vote(studio, name, task.task_id, {clip_id: by_clip.index(clip_id) + 1 for clip_id in task.clip_ids})
+        shown = stored_clip_ids(studio, name)
+        by_clip = sorted(shown)  # both agree: three pairs, 2 votes to 0
+        app.vote(studio, name, task.task_id, {label: by_clip.index(clip_id) + 1 for label, clip_id in zip(task.labels, shown)})
     Path(studio.store.candidates()[by_clip[0]].audio_path).unlink()
     overview, rows, *previews = app.show_dataset(studio, "admin", None, None)
     assert "**votes**: 2" in overview and len(rows) == 2

@@ -120,17 +120,17 @@ def test_all_pairings_give_more_rows_from_the_same_candidates():
 
 
 class FollowingGenerator:
-    """Renders each prompt as asked (seed per clip), with a stand-in latent per clip: a model that follows its
-    prompt, so clips of perturbed prompts miss what the original prompt asks for."""
+    """Renders each prompt as asked (clip seeded as given), with a stand-in latent per clip holding its seed: a model
+    that follows its prompt, so clips of perturbed prompts miss what the original prompt asks for."""
 
     sampling_rate = 16000
     default_steps = 7
 
-    def __call__(self, prompts, k, seed, steps, guidance):
+    def __call__(self, prompts, seeds, steps, guidance):
         from annotate.pool import GeneratedClips
 
-        waveforms = np.stack([render(p, seed + i)[0] for p in prompts for i in range(k)])
-        latents = np.stack([np.full((2, 4, 3), seed + i, np.float32) for _ in prompts for i in range(k)])
+        waveforms = np.stack([render(p, s)[0] for p, s in zip(prompts, seeds)])
+        latents = np.stack([np.full((2, 4, 3), s, np.float32) for s in seeds])
         return GeneratedClips(waveforms, latents, "vae-1")
 
 
