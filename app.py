@@ -462,7 +462,7 @@ def demo_tab(studio: Studio) -> None:
                                        step=1, label="Candidates per model"))
         sampler = gr.Dropdown(list(SAMPLERS), value=MODEL_DEFAULT, label="Sampler")
         duration = as_sent(gr.Slider(shortest, longest, value=default_length, step=0.01, label="Duration (s)",
-                                     info=duration_note(models), elem_id="duration"))
+                                     info=duration_note(models), elem_id="duration-control", scale=2))
     generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
     # One progress bar, between the button and the columns; its text names the model at work.
     generation_progress = gr.Markdown(elem_id="generation-progress", min_height=40)

@@ -325,8 +325,10 @@ class GeneratedClip:
             wanted = _event_name(name, count)
             asked.append(f"✓ {wanted}" if found >= count else
                          f"✗ {wanted} (heard {found})" if found else f"✗ {wanted} missing")
-        if result.order_correct is not None:
-            asked.append("✓ in order" if result.order_correct else "✗ out of order")
+        if result.order_correct is not None and all(name in heard for name, _count in result.expected):
+            asked.append("✓ in order" if result.order_correct else "✗ out of order")  # (a missing event says itself)
+        if result.extra_events:
+            asked.append(f"+{result.extra_events} not asked for")
         return (f"**Judge heard:** {' → '.join(_event_name(name) for name in heard) or 'nothing'}  \n"
                 f"**Prompt:** {' · '.join(asked)} — score {result.score:.2f}")
 
