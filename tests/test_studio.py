@@ -147,7 +147,7 @@ def test_each_clip_says_what_the_judge_heard_and_each_column_its_mean_score(app_
                                               "**Prompt:** ✓ 2 × knock · ✓ hiss · ✓ in order — score 1.00")
     assert heard("a hiss then a knock") == ("**Judge heard:** hiss → knock  \n"
                                            "**Prompt:** ✗ 2 × knock (heard 1) · ✓ hiss · ✗ out of order — score 0.33")
-    assert "✗ hiss missing" in heard("two knocks") and "+1 not asked for" in heard("two knocks then a hiss and a beep")
+    assert "✗ hiss missing" in heard("two knocks") and "+1 not asked for" in heard("two knocks then a hiss then a beep")
     assert GeneratedClip("a.wav", "a.png", 0).heard() == ""  # real Tango: no judge, nothing shown
 
 
