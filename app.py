@@ -61,7 +61,8 @@ from studio.admin import (ANNOTATOR_COLUMNS, PREVIEW_PAIRS, dataset_overview, de
 from studio.annotation import GUIDELINES, LABELS, MAX_SHOWN_CLIPS, SHORTCUTS, ShownTask  # noqa: E402
 from studio.calls import ArgumentCount, endpoint_arguments  # noqa: E402
 from studio.generation import (MAX_CANDIDATES, MODEL_DEFAULT, SAMPLERS, Generation,  # noqa: E402
-                               GenerationSettings, duration_range, example_prompts, prompt_hint)
+                               GenerationSettings, duration_note, duration_range, evaluation_line, example_prompts,
+                               prompt_hint)
 from studio.identity import password_check  # noqa: E402
 from studio.limits import generation_threads, visitor_of  # noqa: E402
 
@@ -104,6 +105,10 @@ document.addEventListener("play", (event) => {
 })();
 </script>
 """
+
+
+# After a vote is stored: the refusal toasts of earlier tries ("give every clip a rank; missing: ...") go away.
+DISMISS_TOASTS = "() => document.querySelectorAll('.toast-close').forEach((button) => button.click())"
 
 
 STORE_TROUBLE = "The annotation store could not answer just now (nothing was changed): try again in a few seconds."
@@ -194,24 +199,41 @@ def generate(studio: Studio, prompt: str, steps: float, guidance: float, seed: f
     return files[0], files[1], generation.as_dict(), generation
 
 
+def generate_on_page(studio: Studio, prompt: str, steps: float, guidance: float, seed: float, candidates: float,
+                     sampler: str = MODEL_DEFAULT, duration: float | None = None, request: gr.Request = None,
+                     progress=gr.Progress()):
+    """The Generate button: /generate's work, but a refusal or failure comes back as text for the columns (shown in
+    place by ``show_generation``) instead of a toast: (Generation or None, error message or "")."""
+    try:
+        return generate(studio, prompt, steps, guidance, seed, candidates, sampler, duration, request, progress)[3], ""
+    except gr.Error as err:
+        return None, err.message
+
+
 def clear_generation(studio: Studio):
     """While a new generation runs: the previous prompt's players, spectrograms and messages go away."""
-    hidden = [gr.update(value=None, visible=False)] * (2 * MAX_CANDIDATES * len(studio.models))
+    hidden = [gr.update(value=None, visible=False)] * (3 * MAX_CANDIDATES * len(studio.models))
     summaries = [f"{model.status()}: generating ..." if model.pipe is not None else model.status()
                  for model in studio.models]
     return *summaries, *hidden, gr.update(interactive=False), ""
 
 
-def show_generation(generation: Generation):
-    """Column summaries, players and spectrograms for a generation; enables "send to annotation"."""
+def show_generation(studio: Studio, generation: Generation | None, error: str):
+    """Column summaries (each column's judge score), players, spectrograms and what the judge heard in each clip;
+    enables "send to annotation". A refused or failed generation: the reason in each column, nothing else."""
+    if generation is None:
+        summaries = [f"**{model.title}** (`{model.spec}`): **not generated**: {error}" for model in studio.models]
+        hidden = [gr.update(value=None, visible=False)] * (3 * MAX_CANDIDATES * len(studio.models))
+        return *summaries, *hidden, gr.update(interactive=False), ""
     summaries = [column.summary() for column in generation.columns]
-    audio_updates, picture_updates = [], []
+    audio_updates, picture_updates, heard_updates = [], [], []
     for column in generation.columns:
         for i in range(MAX_CANDIDATES):
             clip = column.clips[i] if i < len(column.clips) else None
             audio_updates.append(gr.update(value=clip and clip.audio_path, visible=clip is not None))
             picture_updates.append(gr.update(value=clip and clip.spectrogram_path, visible=clip is not None))
-    return *summaries, *audio_updates, *picture_updates, gr.update(interactive=True), ""
+            heard_updates.append(gr.update(value=clip and clip.heard(), visible=bool(clip and clip.judged)))
+    return *summaries, *audio_updates, *picture_updates, *heard_updates, gr.update(interactive=True), ""
 
 
 @visible_errors
@@ -440,9 +462,11 @@ def demo_tab(studio: Studio) -> None:
                                        step=1, label="Candidates per model"))
         sampler = gr.Dropdown(list(SAMPLERS), value=MODEL_DEFAULT, label="Sampler")
         duration = as_sent(gr.Slider(shortest, longest, value=default_length, step=0.01, label="Duration (s)",
-                                     elem_id="duration"))
+                                     info=duration_note(models), elem_id="duration-control", scale=2))
     generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
-    column_summaries, players, pictures = [], [], []
+    # One progress bar, between the button and the columns; its text names the model at work.
+    generation_progress = gr.Markdown(elem_id="generation-progress", min_height=40)
+    column_summaries, players, pictures, heard = [], [], [], []
     with gr.Row():
         for model in models:
             with gr.Column(elem_id=f"column-{model.role}"):
@@ -452,6 +476,8 @@ def demo_tab(studio: Studio) -> None:
                                             interactive=False, visible=False))
                     pictures.append(gr.Image(label="log-mel", type="filepath", interactive=False,
                                              visible=False, height=180))
+                    heard.append(gr.Markdown(visible=False, elem_id=f"heard-{model.role}-{i + 1}"))
+    gr.Markdown(evaluation_line(models), elem_id="evaluation-line")
     with gr.Row():
         send_button = gr.Button("Send these clips to annotation", interactive=False)
         send_status = gr.Markdown()
@@ -459,18 +485,21 @@ def demo_tab(studio: Studio) -> None:
     base_files = gr.File(file_count="multiple", visible=False, label="base clips")
     dpo_files = gr.File(file_count="multiple", visible=False, label="dpo clips")
     details = gr.JSON(visible=False, label="details")
-    generation_state = gr.State()
+    api_generate = gr.Button(visible=False)  # /generate: API clients get errors raised, the page gets them in place
+    generation_state, generation_error = gr.State(), gr.State("")
 
-    shown = [*column_summaries, *players, *pictures, send_button, send_status]
-    # Clear the previous clips first; the progress bar shows on the column summaries (the outputs are hidden).
+    settings = [prompt, steps, guidance, seed, candidates, sampler, duration]
+    shown = [*column_summaries, *players, *pictures, *heard, send_button, send_status]
+    # The gate (studio.limits) runs one generation at a time and refuses what would queue too long; gradio
+    # queues nothing here, so that a request over the limit reaches the gate and is answered at once.
+    api_generate.click(bind(generate, studio), settings, [base_files, dpo_files, details, generation_state],
+                       api_name="generate", concurrency_limit=None)
+    # Clear the previous clips first; then generate with the progress bar above the columns; then show the clips or
+    # why there are none.
     generate_button.click(bind(clear_generation, studio), None, shown, queue=False, api_visibility="private")
-    generate_button.click(
-        bind(generate, studio), [prompt, steps, guidance, seed, candidates, sampler, duration],
-        [base_files, dpo_files, details, generation_state],
-        # The gate (studio.limits) runs one generation at a time and refuses what would queue too long; gradio
-        # queues nothing here, so that a request over the limit reaches the gate and is answered at once.
-        api_name="generate", concurrency_limit=None, show_progress_on=column_summaries,
-    ).success(show_generation, [generation_state], shown, api_visibility="private")
+    generate_button.click(bind(generate_on_page, studio), settings, [generation_state, generation_error],
+                          concurrency_limit=None, show_progress_on=[generation_progress], api_visibility="private") \
+        .then(bind(show_generation, studio), [generation_state, generation_error], shown, api_visibility="private")
     send_button.click(bind(send, studio), [generation_state], [send_status], api_visibility="private")
 
 
@@ -506,9 +535,10 @@ def annotate_tab(studio: Studio, name_box: gr.Textbox) -> None:
         player.play(bind(play_clip, studio, position), [name_box, task_state],
                     [vote_button, all_bad_button, skip_button, annotate_status], api_visibility="private")
     for button, verdict in ((vote_button, "rank"), (all_bad_button, "all_bad"), (skip_button, "skip")):
-        button.click(bind(vote_from_form, studio, verdict), [name_box, task_state, comment_box, *rank_controls],
-                     [annotate_status], api_visibility="private") \
-            .success(bind(next_task, studio), [name_box], [task_json, task_files, task_state], api_visibility="private") \
+        voted = button.click(bind(vote_from_form, studio, verdict), [name_box, task_state, comment_box, *rank_controls],
+                             [annotate_status], api_visibility="private")
+        voted.success(None, js=DISMISS_TOASTS, api_visibility="private")
+        voted.success(bind(next_task, studio), [name_box], [task_json, task_files, task_state], api_visibility="private") \
             .success(show_next_task, [task_state, task_json], task_outputs[:-1], api_visibility="private")
     gr.api(bind(played, studio), api_name="played", concurrency_limit=ANNOTATION_CONCURRENCY)
     gr.api(bind(vote, studio), api_name="vote", concurrency_limit=ANNOTATION_CONCURRENCY)

@@ -50,7 +50,7 @@ def export(args: argparse.Namespace) -> int:
     from .export import export_human_pairs
 
     result = export_human_pairs(_existing_store(args.data_dir), args.out, min_margin=args.min_margin,
-                                min_gold_accuracy=args.min_gold_accuracy)
+                                min_votes=args.min_votes, min_gold_accuracy=args.min_gold_accuracy)
     alpha = "n/a" if result.alpha is None else f"{result.alpha:.3f}"
     print(f"export {result.export_id}: {result.summary.rows} pairs in {result.summary.shards} shard(s) -> {args.out} "
           f"(Krippendorff's alpha {alpha}; {result.left_out_votes} vote(s) left out)")
@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("export", export, "write the human-ranked pairs as a dataset folder (atomically)")
     sub.add_argument("--out", required=True, help="dataset folder to (re)write")
     sub.add_argument("--min-margin", type=int, default=1, help="keep pairs whose majority leads by this many votes")
+    sub.add_argument("--min-votes", type=int, default=1,
+                     help="keep pairs backed by at least this many votes (the card counts the pairs 1, 2 and 3 keep)")
     sub.add_argument("--min-gold-accuracy", type=float, default=None,
                      help="leave out annotators whose gold-task accuracy is below this (0..1); none: keep everyone")
 

@@ -48,6 +48,7 @@ from pipeline.specs import DEFAULT_SPEC
 from .clips import decode_wav, encode_wav
 from .perturb import Perturbation, load_perturbations, perturb
 from .store import Store
+from .validation import InvalidInput
 
 # Generation (torch, diffusers) and the dataset writer (datasets) load where they are used: the app's
 # judge needs neither, and `python -m annotate.autorank --help` answers before they load.
@@ -188,13 +189,14 @@ def autorank_pairs(
     from pipeline import clip_seeds
 
     from .dataset import PreferenceRow
-    from .pool import GeneratedClips
+    from .pool import GeneratedClips, refuse_unreadable
 
     if k < 2:
         raise ValueError(f"`k` must be at least 2 to make a pair, got {k}")
     unknown = sorted(set(strategies) - set(STRATEGIES))
     if unknown or not strategies:
         raise ValueError(f"`strategies` must be a non-empty subset of {STRATEGIES}, got {list(strategies)}")
+    refuse_unreadable(generate, [*prompts, *(p.prompt for q in prompts for p in (perturbations or {}).get(q, []))])
     keep = min_margin if isinstance(min_margin, PairFilter) else PairFilter(min_margin=min_margin)
     steps = generate.default_steps if steps is None else steps
     report = report if report is not None else AutorankReport()
@@ -384,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     except EmptyDataset:
         print(f"error: no pair passed the filter in {report.prompts} prompts; nothing written", file=sys.stderr)
         return 1
+    except InvalidInput as err:  # a prompt the model cannot read: refused before any clip was made
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     by_strategy = ", ".join(f"{n} {name}" for name, n in summary.strategies.items())
     print(f"{summary.rows} pairs ({by_strategy}; {summary.with_latents} with latents) from {report.prompts} prompts "
           f"-> {args.out}")

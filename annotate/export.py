@@ -44,6 +44,7 @@ from .gold import MIN_GOLD_ANSWERS, trusted_rankings
 from .pairs import PairVotes, aggregate_pairs, ranking_alpha
 from .schema import MIGRATIONS
 from .store import DB_NAME, EXPORT_DIR, Candidate, Store, UnusableStore
+from .validation import check_int
 from .verdict import compute_verdict, model_votes, ranker_agreement, verdict_markdown
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ the clips were shown in an order shuffled for each annotator. Equal ranks mark t
 annotator could also skip a task or mark every clip as bad. Each ranking implies a
 (better, worse) pair for every two clips ranked differently. Pairs are aggregated over the
 annotators who ranked both clips (`votes_for` / `votes_against`, ties counted in
-`annotators` only) and kept when the majority is strict by at least {min_margin} vote(s).
+`annotators` only) and kept when the majority is strict by at least {min_margin} vote(s)
+and backed by at least {min_votes} vote(s) (`votes_for`).
 Skips and all-bad votes yield no pairs. Agreement is Krippendorff's alpha (ordinal) over
 the ranks given to each (task, clip). Gold tasks (a render of the prompt against renders of
 other prompts, answer known) measure the annotators and yield no pairs{gold_rule}."""
@@ -80,21 +82,27 @@ class ExportResult:
     left_out_annotators: tuple[str, ...] = ()
 
 
-def export_human_pairs(store: Store, out_dir: str | os.PathLike, *, min_margin: int = 1,
+VOTE_THRESHOLDS = (1, 2, 3)  # the card tells how many pairs each of these --min-votes would keep
+
+
+def export_human_pairs(store: Store, out_dir: str | os.PathLike, *, min_margin: int = 1, min_votes: int = 1,
                        min_gold_accuracy: float | None = None) -> ExportResult:
-    """Write every majority pair of the stored rankings to ``out_dir`` and record the export.
+    """Write every majority pair of the stored rankings backed by at least ``min_votes`` votes to ``out_dir``
+    and record the export; the card says how many pairs each threshold of ``VOTE_THRESHOLDS`` keeps.
 
     With ``min_gold_accuracy``, annotators whose gold-task accuracy is below it (after
     ``MIN_GOLD_ANSWERS`` gold answers) are left out, and the card says how many votes that was.
     Raises ``NotAnExport`` for an ``out_dir`` that is, holds or lies inside the data folder (but
     for its own ``export/``) or holds anything but a previous export; nothing is touched then.
     """
+    min_votes = check_int(min_votes, "min_votes", minimum=1)
     _check_outside_the_data(store, Path(out_dir))
     everything, gold = store.rankings(), store.gold_answers()
     kept, trust = trusted_rankings(everything, gold, min_gold_accuracy)
     rankings = [r for r in kept if r.task_id not in gold]
     used = model_votes(kept, gold)
-    pairs = aggregate_pairs(used, min_margin=min_margin)
+    majority_pairs = aggregate_pairs(used, min_margin=min_margin)
+    pairs = [pair for pair in majority_pairs if pair.votes_for >= min_votes]
     clips = store.candidates({clip_id for pair in pairs for clip_id in (pair.chosen, pair.rejected)})
     alpha = ranking_alpha(used)
     stats = {
@@ -114,14 +122,23 @@ def export_human_pairs(store: Store, out_dir: str | os.PathLike, *, min_margin: 
         f"answers) were left out, {trust.left_out_votes} vote(s) in all")
     summary = write_preference_dataset(
         (_row(pair, clips) for pair in pairs), out_dir,
-        how_made=HUMAN_RANK_HOW_MADE.format(min_margin=min_margin, gold_rule=rule), stats=stats,
-        sections={"Verdict": VERDICT_INTRO + "\n\n" + verdict_markdown(
-            verdicts, ranker_agreement(kept, store.candidates(), gold))},
+        how_made=HUMAN_RANK_HOW_MADE.format(min_margin=min_margin, min_votes=min_votes, gold_rule=rule), stats=stats,
+        sections={"Pairs by votes": _pairs_by_votes(majority_pairs, min_votes),
+                  "Verdict": VERDICT_INTRO + "\n\n" + verdict_markdown(
+                      verdicts, ranker_agreement(kept, store.candidates(), gold))},
     )
     export_id = store.record_export(Path(out_dir).absolute(), strategy="human", pairs=summary.rows,
                                     rankings=len(used), alpha=alpha, fingerprint=summary.fingerprint)
     logger.info("export %d: %d pairs from %d rankings -> %s", export_id, summary.rows, len(used), out_dir)
     return ExportResult(export_id, Path(out_dir), summary, alpha, trust.left_out_votes, trust.left_out_annotators)
+
+
+def _pairs_by_votes(pairs: list[PairVotes], min_votes: int) -> str:
+    """The card's table: how many majority pairs each minimum number of backing votes keeps (``--min-votes``)."""
+    rows = [f"| {threshold}{' (this export)' if threshold == min_votes else ''} | "
+            f"{sum(pair.votes_for >= threshold for pair in pairs)} |"
+            for threshold in sorted({*VOTE_THRESHOLDS, min_votes})]
+    return "\n".join(["| at least this many votes for the chosen clip | pairs kept |", "|---|---|", *rows])
 
 
 def _check_outside_the_data(store: Store, out_dir: Path) -> None:

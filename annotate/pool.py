@@ -32,7 +32,7 @@ import hashlib
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -74,6 +74,8 @@ class ClipGenerator(Protocol):
 
     sampling_rate: int
     default_steps: int  # denoising steps the model is meant to be sampled with
+    # Optional, False when absent: the model reads only the sound world's grammar (``refuse_unreadable``).
+    reads_only_the_sound_world: bool
 
     def __call__(self, prompts: list[str], seeds: list[int], steps: int, guidance: float) -> GeneratedClips | np.ndarray: ...
 
@@ -85,11 +87,25 @@ class PipelineGenerator:
         self.pipe = load_pipeline(spec, device=device)
         self.sampling_rate = self.pipe.vocoder.config.sampling_rate
         self.default_steps = self.pipe.config.default_num_inference_steps
+        self.reads_only_the_sound_world = self.pipe.reads_only_the_sound_world
 
     def __call__(self, prompts: list[str], seeds: list[int], steps: int, guidance: float) -> GeneratedClips:
         output = self.pipe(list(prompts), num_inference_steps=steps, guidance_scale=guidance,
                            generator=self.pipe.clip_generators(seeds))
         return GeneratedClips(output.audios, output.latents.numpy(), self.pipe.latent_fingerprint)
+
+
+def refuse_unreadable(generate: ClipGenerator, prompts: Iterable[str]) -> None:
+    """Raise ``InvalidInput`` for the first prompt a sound-world model cannot read (the Demo's check,
+    ``soundworld.why_unreadable``); real Tango reads any text."""
+    if not getattr(generate, "reads_only_the_sound_world", False):
+        return
+    from soundworld.grammar import why_unreadable
+
+    for prompt in prompts:
+        reason = why_unreadable(prompt)
+        if reason is not None:
+            raise InvalidInput(reason)
 
 
 def derived_seed(seed: int, model: str, index: int, attempt: int = 0) -> int:
@@ -186,6 +202,9 @@ def build_pool(
 
     missing = {model: [(p, s) for p in prompts for s in seeds[p, model] if stored(p, model, s) is None]
                for model in models}
+    for model, clips in missing.items():  # every model checked before any clip is made
+        if clips:
+            refuse_unreadable(generator(model), [prompt for prompt, _ in clips])
     todo = sum(len(clips) for clips in missing.values())
     with tqdm(total=todo, desc="generating clips", unit="clip", disable=not progress or not todo) as bar:
         for model, clips in missing.items():

@@ -44,6 +44,7 @@ from .autorank import (AutorankReport, ClapRanker, JudgeRanker, add_pair_argumen
 from .dataset import EmptyDataset, write_preference_dataset
 from .perturb import load_perturbations
 from .pool import PipelineGenerator
+from .validation import InvalidInput
 
 logger = logging.getLogger(__name__)
 EVAL_SEED = 987_654  # validation prompts and clip seeds: no round's candidate seed comes near it
@@ -211,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: round {round_index}: no pair passed --min-margin {args.min_margin}; stopping",
                       file=sys.stderr)
                 return 1
+            except InvalidInput as err:  # --perturbations holds a prompt the model cannot read
+                print(f"error: round {round_index}: {err}", file=sys.stderr)
+                return 2
         stats = json.loads((pairs / "round_stats.json").read_text())
         if not (output / "train_metrics.json").is_file():
             logger.info(f"round {round_index}: training on {stats['pairs']} pairs")

@@ -190,6 +190,14 @@ class TangoPipeline(DiffusionPipeline):
         return self._latent_fingerprint
 
     @property
+    def reads_only_the_sound_world(self) -> bool:
+        """An embedded sound-world model (``tiny``, ``tiny-dpo`` and models tuned from them: the Griffin-Lim
+        vocoder): its text encoder knows only the sound world's prompt grammar, not free text."""
+        from .griffinlim import GriffinLimVocoder
+
+        return isinstance(self.vocoder, GriffinLimVocoder)
+
+    @property
     def latent_mel_bins(self) -> int:
         return int(self.vocoder.config.model_in_dim) // self.vae_scale_factor
 
@@ -207,6 +215,14 @@ class TangoPipeline(DiffusionPipeline):
                 f"`{name}` was truncated to the tokenizer's limit of {limit} tokens "
                 f"(the longest had {max(lengths)}); the text encoder only sees the beginning."
             )
+
+    def _warn_if_unreadable(self, texts: list[str]) -> None:
+        """A sound-world model turns words it cannot read into a clip of something: say so (callers that refuse such
+        prompts, the Demo and the ``annotate`` commands, check first with the same ``why_unreadable``)."""
+        from soundworld.grammar import why_unreadable  # the embedded models' grammar (numpy only)
+
+        for reason in dict.fromkeys(filter(None, map(why_unreadable, texts))):
+            logger.warning(f"this model cannot read the prompt: {reason}")
 
     def _encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, device) -> torch.Tensor:
         return self.text_encoder(
@@ -427,6 +443,8 @@ class TangoPipeline(DiffusionPipeline):
 
         # 2. Define call parameters
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if self.reads_only_the_sound_world:
+            self._warn_if_unreadable(prompts)
         if isinstance(negative_prompt, str) or (negative_prompt is not None and len(negative_prompt) == 1):
             negative_prompt = [negative_prompt if isinstance(negative_prompt, str) else negative_prompt[0]]
             negative_prompt = negative_prompt * len(prompts)

@@ -24,6 +24,8 @@ from .grammar import (
     parse_prompt,
     sample_prompt_specs,
     sample_prompts,
+    vocabulary_sentence,
+    why_unreadable,
 )
 from .judge import DetectedEvent, JudgeResult, detect_events, judge
 from .renderer import CLIP_SECONDS, SAMPLE_RATE, TimedEvent, render
@@ -49,4 +51,6 @@ __all__ = [
     "render",
     "sample_prompt_specs",
     "sample_prompts",
+    "vocabulary_sentence",
+    "why_unreadable",
 ]

@@ -217,6 +217,24 @@ def parse(text: str) -> ParsedPrompt:
     return ParsedPrompt(text, events, construction)
 
 
+def vocabulary_sentence() -> str:
+    """What a sound-world prompt may say, in one phrase (for the Demo's hint and for refusals)."""
+    sounds = ", ".join(event.phrases[0] for event in EVENT_VOCABULARY)
+    return (f"{len(EVENT_VOCABULARY)} sounds ({sounds}), with counts (two knocks, three beeps) and order words "
+            "(then, followed by, before, after, first ... then ... and finally)")
+
+
+def why_unreadable(text: str) -> str | None:
+    """Why the sound-world models cannot read ``text`` (the word or order to blame, and what they know), or
+    None when the grammar parses it. The one check wherever a sound-world model is asked to generate."""
+    try:
+        parse(text)
+    except PromptError as err:
+        return (f"{err}. The embedded sound-world models know only {vocabulary_sentence()}, "
+                'e.g. "a hiss then two knocks"')
+    return None
+
+
 def parse_prompt(text: str) -> list[tuple[str, int]]:
     """The (event type, count) pairs a prompt asks for, in temporal order. Errors as in ``parse``."""
     return list(parse(text).events)

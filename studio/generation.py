@@ -41,6 +41,7 @@ from annotate.validation import MAX_INT, MAX_PROMPT_CHARS, InvalidInput, check_t
 from pipeline.audio import save_audio
 from pipeline.registry import EMBEDDED, load_pipeline
 from pipeline.tango import TangoPipeline, clip_seeds
+from soundworld.judge import JudgeResult, judge
 
 from .config import StudioConfig
 from .spectrogram import save_spectrogram
@@ -66,6 +67,16 @@ MAX_STEPS = 1000  # the training schedule's length
 MAX_SEED = 2**32 - 1 - MAX_CANDIDATES
 MAX_DURATION_S = 30.72  # three times Tango's 10.24 s, the pipeline's own limit
 KEEP_GENERATIONS = 200  # generation folders kept on disk (older ones are deleted)
+
+# What the README's evaluation measured between the two embedded models (its section "The experiment": 200
+# held-out and 200 test prompts, seed 2027, paired 95 % intervals). The Demo shows it under the columns so that one
+# prompt's clips are not read as more than that; update it with the README's table when a new model is shipped.
+EVALUATED_MODELS = ("tiny", "tiny-dpo")
+EVALUATION_LINE = ("**Measured difference** (README, \"The experiment\", 400 prompts): `tiny-dpo` vs `tiny` shows no "
+                   "significant difference except held-out event recall +0.020 [+0.003, +0.038]; on a few clips, "
+                   "which column follows the prompt better is mostly chance.")
+NO_EVALUATION_LINE = ("**No evaluation of these two models is on record**: on a few clips, which column follows the "
+                      "prompt better may be chance; the Results tab counts many rankings.")
 
 # Prompts in the style of AudioCaps (what Tango was trained and evaluated on), for real models.
 AUDIOCAPS_PROMPTS = [
@@ -165,7 +176,7 @@ class LoadedModel:
         """An embedded sound-world model (they ship with the Griffin-Lim vocoder; real Tango has a HiFi-GAN)."""
         if self.pipe is None:
             return self.spec in EMBEDDED
-        return type(self.pipe.vocoder).__name__ == "GriffinLimVocoder"
+        return self.pipe.reads_only_the_sound_world
 
     def status(self) -> str:
         if self.pipe is None:
@@ -199,37 +210,42 @@ def duration_range(models: list[LoadedModel]) -> tuple[float, float, float]:
 
 
 def check_prompt(models: list[LoadedModel], prompt: str) -> None:
-    """Refuse a prompt the sound-world models cannot know, naming the word and showing the vocabulary.
+    """Refuse a prompt the sound-world models cannot read (``soundworld.why_unreadable``, the check ``annotate``
+    and the pipeline make too), naming the word and showing the vocabulary.
 
     Real Tango takes any text; the embedded models only know the sound world's grammar,
     which would turn "a dog barks" into a clip of something.
     """
     if not any(m.is_sound_world and m.pipe is not None for m in models):
         return
-    from soundworld import EVENT_VOCABULARY, PromptError, parse
+    from soundworld import why_unreadable
 
-    try:
-        parse(prompt)
-    except PromptError as err:
-        sounds = ", ".join(event.phrases[0] for event in EVENT_VOCABULARY)
-        raise GenerationError(
-            f"{err}. The embedded models know only their sound world: {len(EVENT_VOCABULARY)} sounds ({sounds}), "
-            "with counts (two knocks, three beeps) and order words (then, followed by, before, after, "
-            "first ... then ... and finally), e.g. \"a hiss then two knocks\". Start the app with real Tango "
-            "(--base-model declare-lab/tango) for free text."
-        ) from None
+    reason = why_unreadable(prompt)
+    if reason is not None:
+        raise GenerationError(f"{reason}. Start the app with real Tango (--base-model declare-lab/tango) for free text.")
 
 
 def prompt_hint(models: list[LoadedModel]) -> tuple[str, str]:
     """(placeholder, vocabulary note) for the prompt box: the sound world's words for its models, else free text."""
     if not models or not models[0].is_sound_world:
         return "Describe a sound, e.g. a dog barks in the distance while rain falls", ""
-    from soundworld import EVENT_VOCABULARY
+    from soundworld import vocabulary_sentence
 
-    sounds = ", ".join(event.phrases[0] for event in EVENT_VOCABULARY)
-    return ("e.g. a hiss then two knocks",
-            f"The embedded models know a small sound world: {len(EVENT_VOCABULARY)} sounds ({sounds}), counts "
-            "(two knocks) and order words (then, followed by, before, after). Other words are refused.")
+    return "e.g. a hiss then two knocks", f"The embedded models know a small sound world: {vocabulary_sentence()}. " \
+                                          "Other words are refused."
+
+
+def evaluation_line(models: list[LoadedModel]) -> str:
+    """The one line under the Demo's columns on how much the two models were measured to differ."""
+    return EVALUATION_LINE if tuple(m.spec for m in models) == EVALUATED_MODELS else NO_EVALUATION_LINE
+
+
+def duration_note(models: list[LoadedModel]) -> str:
+    """Beside the Duration control: the length the models were trained on, and what longer clips do."""
+    _, trained, _ = duration_range(models)
+    if any(m.is_sound_world for m in models):
+        return f"The models were trained on {trained:g} s clips; longer clips repeat events."
+    return f"The models were trained on {trained:g} s clips; longer clips go beyond their training."
 
 
 def example_prompts(models: list[LoadedModel]) -> list[str]:
@@ -294,6 +310,32 @@ class GeneratedClip:
     spectrogram_path: str
     seed: int  # the generator's (``generator_seed``), stored with the clip when it is sent to annotation
     latent_fingerprint: str | None = None  # the clip's latent lies beside it (annotate.store.latent_path)
+    judged: JudgeResult | None = None  # what the sound world's judge heard (sound-world models only)
+
+    def heard(self) -> str:
+        """Markdown under the clip: the events the judge heard in order, and the prompt's events ticked or missing;
+        empty without a judge."""
+        if self.judged is None:
+            return ""
+        result = self.judged
+        heard = [name for name, _onset in result.detected]
+        asked = []
+        for name, count in result.expected:
+            found = heard.count(name)
+            wanted = _event_name(name, count)
+            asked.append(f"✓ {wanted}" if found >= count else
+                         f"✗ {wanted} (heard {found})" if found else f"✗ {wanted} missing")
+        if result.order_correct is not None and all(name in heard for name, _count in result.expected):
+            asked.append("✓ in order" if result.order_correct else "✗ out of order")  # (a missing event says itself)
+        if result.extra_events:
+            asked.append(f"+{result.extra_events} not asked for")
+        return (f"**Judge heard:** {' → '.join(_event_name(name) for name in heard) or 'nothing'}  \n"
+                f"**Prompt:** {' · '.join(asked)} — score {result.score:.2f}")
+
+
+def _event_name(event_type: str, count: int = 1) -> str:
+    name = event_type.replace("_", " ")
+    return name if count == 1 else f"{count} × {name}"
 
 
 @dataclass(frozen=True)
@@ -306,10 +348,18 @@ class ColumnResult:
     seconds_per_clip: float | None = None
     error: str | None = None
 
+    @property
+    def judge_score(self) -> float | None:
+        """The mean judge score of the column's clips (how well they follow the prompt, 0..1); None without a judge."""
+        scores = [clip.judged.score for clip in self.clips if clip.judged is not None]
+        return float(np.mean(scores)) if scores and len(scores) == len(self.clips) else None
+
     def summary(self) -> str:
         if self.error:
             return f"**{self.title}** (`{self.spec}`): {self.error}"
-        return f"**{self.title}** (`{self.spec}`): {self.seconds_per_clip:.2f} s per clip"
+        score = "" if self.judge_score is None else (
+            f" · **judge score {self.judge_score:.2f}** (mean of {len(self.clips)} clip(s); 1 = follows the prompt)")
+        return f"**{self.title}** (`{self.spec}`): {self.seconds_per_clip:.2f} s per clip{score}"
 
 
 @dataclass(frozen=True)
@@ -323,13 +373,14 @@ class Generation:
             "settings": vars(self.settings),
             "columns": [{"role": c.role, "model": c.spec, "stored_as": c.model_label,
                          "seconds_per_clip": c.seconds_per_clip, "seeds": self.settings.seeds[:len(c.clips)],
-                         "error": c.error} for c in self.columns],
+                         "judge_score": c.judge_score, "error": c.error} for c in self.columns],
         }
 
 
 def generate_both(models: list[LoadedModel], settings: GenerationSettings, out_dir: str | Path,
                   progress: Callable[[float, str], None] | None = None, *, secret: bytes) -> Generation:
-    """Generate ``settings.candidates`` clips with each model; write WAVs and spectrogram PNGs under ``out_dir``.
+    """Generate ``settings.candidates`` clips with each model; write WAVs and spectrogram PNGs under ``out_dir``;
+    the judge hears each clip of a sound-world model (``GeneratedClip.judged``).
 
     Candidate ``i`` of both columns is drawn with ``generator_seed(secret, settings.seeds[i])``.
 
@@ -374,7 +425,9 @@ def generate_both(models: list[LoadedModel], settings: GenerationSettings, out_d
             save_audio(audio_path, waveform, model.pipe.sampling_rate)
             save_spectrogram(waveform, model.pipe.sampling_rate, picture_path)
             np.save(latent_path(audio_path), output.latents[i].numpy(), allow_pickle=False)
-            clips.append(GeneratedClip(str(audio_path), str(picture_path), seeds[i], model.pipe.latent_fingerprint))
+            judged = judge(waveform, model.pipe.sampling_rate, settings.prompt) if model.is_sound_world else None
+            clips.append(GeneratedClip(str(audio_path), str(picture_path), seeds[i], model.pipe.latent_fingerprint,
+                                       judged))
         columns.append(ColumnResult(model.role, model.title, model.spec, sampler_model_label(model, settings.sampler),
                                     clips, seconds / len(clips)))
     _prune(Path(out_dir), KEEP_GENERATIONS)

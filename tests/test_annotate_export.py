@@ -16,7 +16,7 @@ import soundfile as sf
 import yaml
 from datasets import Audio, load_dataset
 
-from annotate import Store
+from annotate import InvalidInput, Store
 from annotate.dataset import EXPORT_MARKER, FEATURES, EmptyDataset, NotAnExport, write_preference_dataset
 from annotate.export import PushError, ScheduledPush, export_human_pairs, push_to_hub
 from annotate.store import DB_NAME
@@ -82,6 +82,22 @@ def test_export_round_trip_through_datasets(voted_store, tmp_path):
     tied = by_seeds[(0, 2, "prompt 0")]  # ann, bob tied 0 and 2; cat: 0 > 2
     assert (tied["votes_for"], tied["votes_against"], tied["annotators"]) == (1, 0, 3)
     assert (strong["chosen_model"], strong["rejected_model"]) == ("dpo", "base")
+
+
+def test_min_votes_drops_pairs_backed_by_one_vote_and_the_card_counts_each_threshold(voted_store, tmp_path, capsys):
+    from annotate.__main__ import main
+
+    out = tmp_path / "export"
+    assert main(["export", "--data-dir", str(voted_store.data_dir), "--out", str(out), "--min-votes", "2"]) == 0
+    assert "10 pairs" in capsys.readouterr().out
+    rows = _load(out, tmp_path / "cache").to_list()
+    assert len(rows) == 10 and min(row["votes_for"] for row in rows) == 2  # the two 1-0 pairs (seeds 0, 2) dropped
+    card = (out / "README.md").read_text()
+    strong = sum(row["votes_for"] == 3 for row in rows)
+    assert "| 1 | 12 |" in card and "| 2 (this export) | 10 |" in card and f"| 3 | {strong} |" in card
+    assert "backed by at least 2 vote(s)" in card
+    with pytest.raises(InvalidInput, match="min_votes"):
+        export_human_pairs(voted_store, out, min_votes=0)
 
 
 def test_export_is_recorded_and_pair_ids_are_stable(voted_store, tmp_path):

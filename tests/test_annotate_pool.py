@@ -85,6 +85,26 @@ def test_pool_refuses_bad_settings_before_generating(tmp_path, generators):
     assert generators == {} and store.counts()["candidates"] == 0
 
 
+def test_pool_refuses_prompts_a_sound_world_model_cannot_read_before_generating(tmp_path, generators, capsys):
+    class SoundWorld(SineGenerator):
+        reads_only_the_sound_world = True
+
+    store = Store(tmp_path / "a")
+    with pytest.raises(InvalidInput, match="unknown word 'dog'.*9 sounds"):
+        build_pool(store, [PROMPTS[0], "a dog barks"], make_generator=lambda spec: generators.setdefault(
+            spec, SoundWorld(spec)), progress=False)
+    assert all(not generator.calls for generator in generators.values()) and store.counts()["candidates"] == 0
+
+    # the real embedded model, from the command line: one line, exit 2, no store left behind
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("two knocks\na dog barks\n")
+    data_dir = tmp_path / "data"
+    assert main(["pool", "--data-dir", str(data_dir), "--prompts", str(prompts), "--models", "tiny", "--k", "2",
+                 "--steps", "1"]) == 2
+    [refusal] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]  # after tqdm's
+    assert refusal.startswith("error: unknown word 'dog'") and "9 sounds" in refusal and not data_dir.exists()
+
+
 def test_pool_rejects_generators_that_break_the_contract(tmp_path, generators):
     class WrongRate(SineGenerator):
         sampling_rate = 22050

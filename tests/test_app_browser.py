@@ -48,14 +48,24 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
     page.locator("#prompt textarea").fill("two knocks then a hiss")
     page.locator("#generate-button").click()
 
-    # Two labelled columns, two players and two spectrograms each (default 2 candidates).
+    # Two labelled columns, two players and two spectrograms each (default 2 candidates); under each clip what the
+    # judge heard, the prompt's events ticked or missing; per column the mean judge score.
     for role, title in (("base", "Base"), ("dpo", "DPO-tuned")):
         column = page.locator(f"#column-{role}")
         expect(column.locator(".play-pause-button")).to_have_count(2, timeout=120_000)
         expect(column.locator("img")).to_have_count(2)
         expect(page.locator(f"#summary-{role}")).to_contain_text(f"{title}")
         expect(page.locator(f"#summary-{role}")).to_contain_text("s per clip")
+        expect(page.locator(f"#summary-{role}")).to_contain_text("judge score")
+        for i in (1, 2):
+            expect(page.locator(f"#heard-{role}-{i}")).to_contain_text("Judge heard")
+            expect(page.locator(f"#heard-{role}-{i}")).to_contain_text("knock")
+    # No more than measured: these test models were never evaluated, and the page says so under the columns.
+    expect(page.locator("#evaluation-line")).to_contain_text("No evaluation of these two models")
+    expect(page.locator("#duration-control")).to_contain_text("longer clips repeat events")
     page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
+    if os.environ.get("DEMO_SCREENSHOT"):
+        shutil.copy(tmp_path / "demo.png", os.environ["DEMO_SCREENSHOT"])
 
     page.get_by_role("button", name="Send these clips to annotation").click()
     expect(page.get_by_text("is ready on the Annotate tab")).to_be_visible(timeout=30_000)
@@ -68,13 +78,23 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
     expect(page.get_by_text("is ready on the Annotate tab")).to_have_count(0, timeout=10_000)
     expect(page.locator("#column-base .play-pause-button")).to_have_count(0, timeout=10_000)
     expect(page.locator("#summary-base")).to_contain_text("generating", timeout=10_000)
-    expect(page.locator("#summary-base .progress-text, #summary-base .eta-bar, #summary-base .meta-text")
-           .first).to_be_visible(timeout=30_000)
+    # One progress bar above the columns (not over their titles), naming the model at work.
+    expect(page.locator("#generation-progress .progress-text, #generation-progress .eta-bar, "
+                        "#generation-progress .meta-text").first).to_be_visible(timeout=30_000)
+    expect(page.locator("#summary-base .progress-text, #summary-dpo .progress-text")).to_have_count(0)
     expect(page.locator("#column-base .play-pause-button")).to_have_count(2, timeout=300_000)
     steps.fill("4")
 
-    # Words outside the sound world are refused, and the page says which words there are.
+    # Words outside the sound world are refused, and the page says which words there are. The refusal stays in
+    # the columns, in place of "generating ...", not in a toast that fades.
     expect(page.locator("#vocabulary")).to_contain_text("a rising chirp")
+    page.locator("#prompt textarea").fill("a dog barks")
+    page.locator("#generate-button").click()
+    for role in ("base", "dpo"):
+        expect(page.locator(f"#summary-{role}")).to_contain_text("not generated: unknown word 'dog'", timeout=30_000)
+        expect(page.locator(f"#summary-{role}")).not_to_contain_text("generating")
+        expect(page.locator(f"#column-{role} .play-pause-button")).to_have_count(0)
+    expect(page.locator(".toast-body, [data-testid=toast-body]")).to_have_count(0)
 
     page.get_by_role("tab", name="Annotate").click()
     page.locator("#next-task-button").click()
@@ -87,13 +107,14 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
     # pauses the one playing: one clip at a time.
     page.locator("body").click(position={"x": 5, "y": 5})  # keys go to the page, not the Next-task button
     previous = None
-    for letter, rank in zip("abcd", "1233"):
+    for letter, rank in zip("abcd", "123 "):  # D played, not ranked yet
         page.keyboard.press(letter)
         expect(page.locator(f"#clip-{letter} .play-pause-button")).to_have_attribute("aria-label", "Pause", timeout=10_000)
         if previous is not None:
             expect(page.locator(f"#clip-{previous} .play-pause-button")).to_have_attribute("aria-label", "Play",
                                                                                           timeout=10_000)
-        page.keyboard.press(rank)
+        if rank != " ":
+            page.keyboard.press(rank)
         previous = letter
     page.locator(f"#clip-{previous} .play-pause-button").click()  # pause the last one
     expect(page.locator("#annotate-status")).to_contain_text("All clips played", timeout=30_000)
@@ -101,9 +122,15 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
     page.screenshot(path=str(tmp_path / "annotate.png"), full_page=True)
     if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1":
         shutil.copy(tmp_path / "annotate.png", SCREENSHOT_COPY)
+    page.keyboard.press("Enter")  # refused: D has no rank
+    toasts = page.locator(".toast-body, [data-testid=toast-body]")
+    expect(toasts.filter(has_text="missing: D")).to_have_count(1, timeout=30_000)
+    page.locator("#rank-d input[value='3']").click()  # D ties with C
 
+    page.locator("body").click(position={"x": 5, "y": 5})
     page.keyboard.press("Enter")
     expect(page.locator("#annotate-status")).to_contain_text("stored (rank)", timeout=30_000)
+    expect(toasts).to_have_count(0, timeout=3_000)  # the refusal does not linger over the rank buttons
     expect(page.locator("#task-prompt")).to_contain_text("No task left for you", timeout=30_000)
     expect(page.locator("#annotate-progress")).to_contain_text("You have ranked 1 task(s)")
     expect(page.locator("#annotate-progress")).to_contain_text("1 have at least one ranking and 0 have the 3 rankings")

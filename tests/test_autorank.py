@@ -10,6 +10,7 @@ import torch
 import annotate.autorank as autorank
 from annotate.autorank import AutorankReport, ClapRanker, JudgeRanker, autorank_pairs, ranked_pairs
 from annotate.dataset import write_preference_dataset
+from annotate.perturb import Perturbation
 from soundworld import render
 from tests.conftest import FIXTURE_DIR
 
@@ -66,6 +67,32 @@ def test_cli_writes_a_dataset_and_says_when_nothing_passes(tmp_path, monkeypatch
     prompts.write_text(TIED_PROMPT + "\n")
     assert autorank.main(["--prompts", str(prompts), "--k", "2", "--out", str(tmp_path / "out2")]) == 1
     assert "no pair passed the filter" in capsys.readouterr().err and not (tmp_path / "out2").exists()
+
+
+class SoundWorldRenderGenerator(RenderGenerator):
+    """A sound-world model (as ``tiny``): it reads only the sound world's grammar."""
+
+    reads_only_the_sound_world = True
+    calls = 0
+
+    def __call__(self, prompts, seeds, steps, guidance):
+        type(self).calls += 1
+        return super().__call__(prompts, seeds, steps, guidance)
+
+
+def test_prompts_a_sound_world_model_cannot_read_are_refused_before_any_clip(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("annotate.pool.PipelineGenerator", lambda spec: SoundWorldRenderGenerator())
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(GOOD_PROMPTS[0] + "\na dog barks\n")
+    assert autorank.main(["--prompts", str(prompts), "--k", "2", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown word 'dog'" in err and "9 sounds" in err
+    assert SoundWorldRenderGenerator.calls == 0 and not (tmp_path / "out").exists()
+    # the same for a prompt of a perturbations table (as annotate.rounds passes one)
+    table = {GOOD_PROMPTS[0]: [Perturbation(strategy="perturbed", prompt="a cat meows", change="made up")]}
+    with pytest.raises(ValueError, match="unknown word 'cat'"):
+        list(autorank_pairs([GOOD_PROMPTS[0]], SoundWorldRenderGenerator(), JudgeRanker(), model="tiny", k=2,
+                            strategies=["inference", "perturbed"], perturbations=table))
 
 
 def tiny_clap(folder):

@@ -14,7 +14,8 @@ from annotate.gold import add_gold_tasks
 from soundworld import render
 from studio import Studio, StudioConfig, parse_config
 from studio.admin import dataset_overview, leaderboard, results_markdown
-from studio.generation import GenerationError, GenerationSettings, LoadedModel, check_prompt, generate_both
+from studio.generation import (EVALUATION_LINE, GeneratedClip, GenerationError, GenerationSettings, LoadedModel,
+                               check_prompt, duration_note, evaluation_line, generate_both)
 from tests.annotate_helpers import make_tasks
 from tests.local_hub import LocalHub
 from tests.test_annotate_backup import backed_up
@@ -22,7 +23,7 @@ from tests.test_annotate_verdict import BASE, DPO, dpo_first, make_pool, vote_al
 
 SOUND_WORLD = [LoadedModel("base", "Base", "tiny", None, "not loaded in this test")]  # judged by the embedded world
 NO_MODELS = [LoadedModel("base", "Base", "none-a", None, "not loaded in this test")]
-REAL_TANGO = [LoadedModel("base", "Base", "declare-lab/tango", SimpleNamespace(vocoder=object()))]
+REAL_TANGO = [LoadedModel("base", "Base", "declare-lab/tango", SimpleNamespace(reads_only_the_sound_world=False))]
 
 
 def test_new_flags_and_their_environment_variables(tmp_path):
@@ -107,6 +108,62 @@ def test_out_of_vocabulary_prompts_are_refused_for_sound_world_models_only(app_m
     check_prompt(REAL_TANGO, "a dog barks in the rain")  # real Tango takes any text
     with pytest.raises(GenerationError, match="dog"):
         generate_both(sound_world, GenerationSettings.checked("a dog barks", 2, 3.0, 0, 1), tmp_path, secret=b"test")
+
+
+def test_a_sound_world_pipeline_warns_about_a_prompt_it_cannot_read(caplog):
+    from pipeline import load_pipeline
+
+    pipe = load_pipeline("tiny", device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    pipe("a dog barks", num_inference_steps=1, audio_length_in_s=0.5)
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "cannot read the prompt: unknown word 'dog'" in warning and "9 sounds" in warning
+    caplog.clear()
+    pipe("two knocks", num_inference_steps=1, audio_length_in_s=0.5)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_each_clip_says_what_the_judge_heard_and_each_column_its_mean_score(app_models, tmp_path):
+    from pipeline import load_pipeline
+
+    models = [LoadedModel(role, role, str(folder), load_pipeline(str(folder), device="cpu"))
+              for role, folder in zip(("base", "dpo"), app_models)]
+    generation = generate_both(models, GenerationSettings.checked("two knocks then a hiss", 2, 3.0, 0, 2), tmp_path,
+                               secret=b"test")
+    for column in generation.columns:
+        assert all(clip.judged.prompt == "two knocks then a hiss" for clip in column.clips)
+        assert column.judge_score == pytest.approx(sum(c.judged.score for c in column.clips) / 2)
+        assert f"judge score {column.judge_score:.2f}" in column.summary()
+        assert all("**Judge heard:**" in clip.heard() and "knock" in clip.heard() for clip in column.clips)
+    assert [c["judge_score"] for c in generation.as_dict()["columns"]] == [c.judge_score for c in generation.columns]
+
+    def heard(clip_of: str) -> str:  # a render of a prompt, judged against "two knocks then a hiss"
+        from soundworld import judge
+
+        waveform, rate, _ = render(clip_of, seed=0)
+        return GeneratedClip("a.wav", "a.png", 0, judged=judge(waveform, rate, "two knocks then a hiss")).heard()
+
+    assert heard("two knocks then a hiss") == ("**Judge heard:** knock → knock → hiss  \n"
+                                              "**Prompt:** ✓ 2 × knock · ✓ hiss · ✓ in order — score 1.00")
+    assert heard("a hiss then a knock") == ("**Judge heard:** hiss → knock  \n"
+                                           "**Prompt:** ✗ 2 × knock (heard 1) · ✓ hiss · ✗ out of order — score 0.33")
+    assert "✗ hiss missing" in heard("two knocks") and "+1 not asked for" in heard("two knocks then a hiss then a beep")
+    assert GeneratedClip("a.wav", "a.png", 0).heard() == ""  # real Tango: no judge, nothing shown
+
+
+def test_the_demo_states_the_measured_difference_and_no_more():
+    embedded = [LoadedModel("base", "Base", "tiny", None), LoadedModel("dpo", "DPO-tuned", "tiny-dpo", None)]
+    assert evaluation_line(embedded) == EVALUATION_LINE and "+0.020" in EVALUATION_LINE
+    assert "no significant difference" in EVALUATION_LINE
+    others = [LoadedModel("base", "Base", "tiny", None), LoadedModel("dpo", "DPO-tuned", "runs/mine", None)]
+    assert "No evaluation of these two models" in evaluation_line(others)
+
+
+def test_the_duration_control_says_what_the_models_were_trained_on():
+    from pipeline import load_pipeline
+
+    models = [LoadedModel("base", "Base", "tiny", load_pipeline("tiny", device="cpu"))]
+    assert duration_note(models) == "The models were trained on 3.84 s clips; longer clips repeat events."
 
 
 def test_duration_sets_the_clip_length(app_models, tmp_path):
