@@ -11,6 +11,7 @@ import soundfile as sf
 
 from annotate import InvalidVote, Store
 from annotate.gold import add_gold_tasks
+from annotate.verdict import compute_verdict, model_votes
 from soundworld import render
 from studio import Studio, StudioConfig, parse_config
 from studio.admin import dataset_overview, leaderboard, results_markdown
@@ -77,7 +78,7 @@ def test_models_are_revealed_after_the_vote_and_never_before(tmp_path):
 
 
 def test_leaderboard_and_results_name_the_models_the_dataset_tab_adds_gold_accuracy(tmp_path):
-    config = StudioConfig(data_dir=tmp_path / "data", min_gold_accuracy=0.8)
+    config = StudioConfig(data_dir=tmp_path / "data", min_gold_accuracy=0.8, leaderboard_every=1)
     studio = Studio(config, models=[])
     assert leaderboard(studio.store, config) == []
     make_pool(studio.store, ["two knocks", "three beeps", "a hiss then a click"])
@@ -94,6 +95,28 @@ def test_leaderboard_and_results_name_the_models_the_dataset_tab_adds_gold_accur
     assert "1 gold task(s)" in overview.as_markdown()
     assert "gold accuracy threshold**: 80%" in overview.as_markdown() and f"| {DPO} |" in overview.as_markdown()
     assert [row[-2:] for row in overview.annotator_rows()] == [[1.0, 1], [1.0, 1]]
+
+
+def test_the_public_results_take_in_votes_in_whole_batches(tmp_path):
+    """Bar (issue 19): after a vote, the change in /leaderboard's win counts pinned which clips were whose."""
+    config = StudioConfig(data_dir=tmp_path / "data", leaderboard_every=4)
+    studio = Studio(config, models=[])
+    make_pool(studio.store, [f"two knocks {i}" for i in range(6)])
+    add_gold_tasks(studio.store, ["a low hum"])
+    models = {clip_id: clip.model for clip_id, clip in studio.store.candidates().items()}
+    published = []
+    for name in ("ann", "bob"):
+        while (task := studio.store.next_task(name)) is not None:
+            ids = [clip.id for clip in task.candidates]
+            studio.store.submit(name, task.id, dict(zip(ids, dpo_first(ids, [models[i] for i in ids]))))
+            published.append(sum(row["comparisons"] for row in leaderboard(studio.store, config)))
+    counted = model_votes(studio.store.rankings(), studio.store.gold_answers())
+    assert len(counted) == 12 and len(published) == 14  # two gold votes among them
+    changes = [i for i in range(1, len(published)) if published[i] != published[i - 1]]
+    assert published[0] == 0 and len(changes) == 3  # after the 4th, 8th and 12th model vote only
+    assert published[-1] == sum(row["comparisons"] for row in compute_verdict(studio.store).rows)
+    assert "after every 4 rankings" in results_markdown(studio.store, config)
+    assert dataset_overview(studio.store, config).verdicts[0].votes == 12  # the admins see every vote
 
 
 def test_out_of_vocabulary_prompts_are_refused_for_sound_world_models_only(app_models, tmp_path):
