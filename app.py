@@ -62,7 +62,7 @@ from studio.annotation import GUIDELINES, LABELS, MAX_SHOWN_CLIPS, SHORTCUTS, Sh
 from studio.calls import ArgumentCount, endpoint_arguments  # noqa: E402
 from studio.generation import (MAX_CANDIDATES, MODEL_DEFAULT, SAMPLERS, Generation,  # noqa: E402
                                GenerationSettings, duration_range, example_prompts, prompt_hint)
-from studio.identity import password_check  # noqa: E402
+from studio.identity import LoginAddress, password_check  # noqa: E402
 from studio.limits import generation_threads, visitor_of  # noqa: E402
 
 logger = logging.getLogger("app")
@@ -566,8 +566,10 @@ def launch(studio: Studio, demo: gr.Blocks, **options):
         # Nothing is served but what handlers return (see studio.serving); never the data folder.
         blocked_paths=[str(studio.config.data_dir.resolve())],
         head=SHORTCUTS_JS,
-        # A call with more or fewer values than its endpoint takes is refused with a message (studio.calls).
-        app_kwargs={"middleware": [Middleware(ArgumentCount, arguments=arguments, indices=indices)]},
+        # A call with more or fewer values than its endpoint takes is refused with a message (studio.calls);
+        # log-ins are throttled per name and per address (studio.identity).
+        app_kwargs={"middleware": [Middleware(ArgumentCount, arguments=arguments, indices=indices),
+                                   Middleware(LoginAddress, trust_proxy=studio.config.trust_proxy)]},
         **options,
     )
 

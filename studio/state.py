@@ -72,6 +72,10 @@ class Studio:
             self.identity_mode = "oauth"
         else:
             self.identity_mode = "name"
+        if self.identity_mode == "name" and config.admins:
+            logger.warning("admins (%s) are recognised by the name typed, which nothing checks: anyone who types "
+                           "one can export and push; use --auth-file (or a Space's log-in) where others can reach "
+                           "this app", ", ".join(sorted(config.admins)))
 
     @property
     def device(self):
