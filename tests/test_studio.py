@@ -4,6 +4,7 @@ progress counters, reveal-after-vote, the prompt check, duration, and the Hub ba
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -148,7 +149,7 @@ def test_duration_sets_the_clip_length(app_models, tmp_path):
 def test_a_restarted_studio_with_an_empty_data_folder_gets_its_votes_back_from_the_hub(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "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123")
     hub = LocalHub(tmp_path / "hub")
-    config = StudioConfig(data_dir=tmp_path / "data", hub_dataset="me/prefs", push_every=60)
+    config = StudioConfig(data_dir=tmp_path / "data", hub_dataset="me/prefs", push_every=60, leaderboard_every=1)
     studio = Studio(config, models=SOUND_WORLD, hub_api=hub)
     for prompt in ("two knocks", "a hiss then a click"):  # clips the judge can score
         ids = [studio.store.add_candidate(prompt, render(prompt, seed)[0], sample_rate=16000, model=model,
@@ -192,3 +193,42 @@ def test_a_mistyped_local_model_folder_is_reported_as_such(tmp_path, monkeypatch
     base, dpo = load_models(StudioConfig(base_model="runs/my-dpoo", dpo_model="./runs/nothing-here"))
     assert "'runs/my-dpoo' names a local folder that does not exist; did you mean 'runs/my-dpo'?" in base.error
     assert "names a local folder that does not exist" in dpo.error and "internet" not in base.error + dpo.error
+
+
+def test_uploads_and_large_bodies_are_refused_before_the_app_reads_them():
+    """Bar (issue 19): /gradio_api/upload took 64 MB or 300 files; two 9.5 MB /vote bodies stalled everyone."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from studio.calls import MAX_BODY_BYTES, RequestLimits
+
+    async def echo(request):
+        return PlainTextResponse(str(len(await request.body())))
+
+    served = TestClient(Starlette(routes=[Route("/{path:path}", echo, methods=["POST"])],
+                                  middleware=[Middleware(RequestLimits)]))
+    assert served.post("/gradio_api/upload", files={"files": ("a.wav", b"x")}).status_code == 403
+    assert served.post("/gradio_api/call/vote", content=b"x" * (MAX_BODY_BYTES + 1)).status_code == 413
+    chunked = served.post("/gradio_api/queue/join", content=iter([b"x" * MAX_BODY_BYTES, b"y"]))
+    assert chunked.status_code == 413  # no length said: counted as it comes
+    assert served.post("/gradio_api/call/vote", content=b"{}").text == "2"
+
+
+def test_served_copies_are_bounded_and_the_temporary_folder_goes_at_close(tmp_path):
+    from studio.serving import ClipServer
+
+    studio = Studio(StudioConfig(data_dir=tmp_path / "data"), models=[])
+    make_tasks(studio.store, 1)
+    clip = next(iter(studio.store.candidates().values())).audio_path
+    size = Path(clip).stat().st_size
+    server = ClipServer(tmp_path / "served", studio.store.audio_dir, max_bytes=3 * size)
+    copies = [server.serve(clip) for _ in range(10)]  # as ten new names would each get theirs
+    assert sorted(p.name for p in (tmp_path / "served").iterdir()) == sorted(Path(c).name for c in copies[-3:])
+    folder = studio.generated_dir
+    assert folder.name.startswith("tango-studio-") and folder.is_dir()
+    studio.close()
+    assert not folder.exists()
+    studio.close()  # again at exit: nothing to do
