@@ -59,11 +59,11 @@ from studio.state import START_REFUSALS, Studio  # noqa: E402
 from studio.admin import (ANNOTATOR_COLUMNS, PREVIEW_PAIRS, dataset_overview, describe_export,  # noqa: E402
                           export_dataset, hub_url, leaderboard, push_dataset, require_admin, results_markdown)
 from studio.annotation import GUIDELINES, LABELS, MAX_SHOWN_CLIPS, SHORTCUTS, ShownTask  # noqa: E402
-from studio.calls import ArgumentCount, endpoint_arguments  # noqa: E402
+from studio.calls import ArgumentCount, RequestLimits, endpoint_arguments  # noqa: E402
 from studio.generation import (MAX_CANDIDATES, MODEL_DEFAULT, SAMPLERS, Generation,  # noqa: E402
                                GenerationSettings, duration_note, duration_range, evaluation_line, example_prompts,
                                prompt_hint)
-from studio.identity import password_check  # noqa: E402
+from studio.identity import LoginAddress, password_check  # noqa: E402
 from studio.limits import generation_threads, visitor_of  # noqa: E402
 
 logger = logging.getLogger("app")
@@ -596,8 +596,10 @@ def launch(studio: Studio, demo: gr.Blocks, **options):
         # Nothing is served but what handlers return (see studio.serving); never the data folder.
         blocked_paths=[str(studio.config.data_dir.resolve())],
         head=SHORTCUTS_JS,
-        # A call with more or fewer values than its endpoint takes is refused with a message (studio.calls).
-        app_kwargs={"middleware": [Middleware(ArgumentCount, arguments=arguments, indices=indices)]},
+        # No uploads, no body over 1 MB; a call with more or fewer values than its endpoint takes is refused with a
+        # message (studio.calls); log-ins are throttled per name and per address (studio.identity).
+        app_kwargs={"middleware": [Middleware(RequestLimits), Middleware(ArgumentCount, arguments=arguments, indices=indices),
+                                   Middleware(LoginAddress, trust_proxy=studio.config.trust_proxy)]},
         **options,
     )
 

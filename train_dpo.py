@@ -291,17 +291,19 @@ def build_cache(pipe, ds, dataset: str, audio_length_in_s: float, latent_posteri
     """
     from safetensors.torch import load_file, save_file
 
+    shape = expected_latent_shape(pipe, audio_length_in_s)
     if cache_file.exists():
         from safetensors import safe_open
 
         try:
             with safe_open(str(cache_file), framework="pt") as handle:
                 meta = json.loads(handle.metadata()["meta"])
-            return {**load_file(str(cache_file)), **meta}
-        except Exception as err:  # truncated, planted or foreign: rebuilt, never executed
-            logger.warning(f"ignoring unreadable cache {cache_file} ({type(err).__name__}: {err}); rebuilding it")
+            cache = {**load_file(str(cache_file)), **meta}
+            check_cache(cache, shape)
+            return cache
+        except Exception as err:  # truncated, inconsistent, planted or foreign: rebuilt, never executed
+            logger.warning(f"ignoring unusable cache {cache_file} ({type(err).__name__}: {err}); rebuilding it")
     base_dir = Path(dataset) if Path(dataset).is_dir() else None
-    shape = expected_latent_shape(pipe, audio_length_in_s)
     fingerprint, scaling_factor = pipe.latent_fingerprint, pipe.vae.config.scaling_factor
     keep, bad, prompts, sources = [], {}, [], {}
     stored, to_encode = {}, {}  # position in keep -> (2, C, T, F) latents / [chosen, rejected] waveforms
@@ -357,6 +359,24 @@ def build_cache(pipe, ds, dataset: str, audio_length_in_s: float, latent_posteri
     save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})
     os.replace(tmp, cache_file)
     return {**tensors, **meta}
+
+
+def check_cache(cache: dict, shape: tuple[int, int, int]) -> None:
+    """Raise ``ValueError`` unless a loaded cache is one ``build_cache`` could have written for latents of
+    ``shape``: one (chosen, rejected) mean and std per row, one prompt and one embedding span per row
+    (offsets from 0, never decreasing, ending at the last token), every number finite."""
+    rows = len(cache["rows"])
+    mean, std, embeds, offsets = (cache[name] for name in ("mean", "std", "embeds", "embed_offsets"))
+    if tuple(mean.shape) != (rows, 2, *shape) or std.shape != mean.shape:
+        raise ValueError(f"latents of shape {tuple(mean.shape)} for {rows} rows of {shape}")
+    if len(cache["prompts"]) != rows or embeds.ndim != 2 or tuple(offsets.shape) != (rows + 1,):
+        raise ValueError(f"{len(cache['prompts'])} prompts and {tuple(offsets.shape)} offsets for {rows} rows")
+    if offsets.is_floating_point() or offsets[0] != 0 or offsets[-1] != len(embeds) or (offsets.diff() < 0).any():
+        raise ValueError("embedding offsets do not span the embeddings in order")
+    if not all(torch.isfinite(t).all() for t in (mean, std, embeds)) or (std < 0).any():
+        raise ValueError("non-finite latents or embeddings")
+    if not math.isfinite(cache["scaling_factor"]):
+        raise ValueError(f"scaling factor {cache['scaling_factor']}")
 
 
 def collate(indices: list[int], cache: dict, generator: torch.Generator):
@@ -463,6 +483,18 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed from."""
 
 
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss or non-finite weights: the run stops, and nothing non-finite is saved."""
+
+
+def check_finite_weights(model, what: str) -> None:
+    """Raise ``TrainingDiverged`` before ``what`` is saved if any weight of ``model`` is NaN or infinite."""
+    bad = sum(int((~torch.isfinite(p)).sum()) for p in model.parameters())
+    if bad:
+        raise TrainingDiverged(f"{bad} non-finite UNet weights: not saving {what}; lower --learning_rate or "
+                               "check the dataset, then start again (or resume from the last checkpoint)")
+
+
 def complete_checkpoints(output_dir: Path) -> list[Path]:
     """``checkpoint-N`` folders that were completed (renamed into place with their config), oldest first."""
     found = [p for p in output_dir.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
@@ -470,8 +502,10 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def save_checkpoint(accelerator, output_dir: Path, step: int, config: dict, history: dict, limit: int) -> None:
-    """Every rank writes its part into a temporary folder; the main process renames it into place when complete."""
+def save_checkpoint(accelerator, model, output_dir: Path, step: int, config: dict, history: dict, limit: int) -> None:
+    """Every rank writes its part into a temporary folder; the main process renames it into place when complete.
+    ``model`` (the policy) must have finite weights: a non-finite one is never checkpointed."""
+    check_finite_weights(model, f"checkpoint-{step}")
     final = output_dir / f"checkpoint-{step}"
     partial = output_dir / f".partial-checkpoint-{step}"
     if accelerator.is_main_process and partial.exists():
@@ -705,6 +739,7 @@ def main(argv: list[str] | None = None) -> int:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 unet = merged_unet(copy.deepcopy(accelerator.unwrap_model(policy)), args.lora_rank > 0)
+                check_finite_weights(unet, "best/")
                 save_pipeline_atomically(pipe.with_components(unet=unet), output_dir / "best")
                 (output_dir / "best" / "validation.json").write_text(json.dumps(record, indent=1))
 
@@ -742,12 +777,15 @@ def main(argv: list[str] | None = None) -> int:
             window = []
             step += 1
             stats = {**dict(zip(names, values.tolist())), "lr": lr_scheduler.get_last_lr()[0]}
+            if not math.isfinite(stats["loss"]):  # the same on every process (reduced): all stop here
+                raise TrainingDiverged(f"the loss is {stats['loss']} at step {step}: stopping, nothing saved since "
+                                       "the last checkpoint; check the dataset or lower --learning_rate")
             history["train"].append({"step": step, "epoch": epoch, **stats})
             progress.update(1)
             progress.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['implicit_acc']:.2f}")
             accelerator.log(stats, step=step)
             if step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, step, config, history, args.checkpoints_total_limit)
+                save_checkpoint(accelerator, policy, output_dir, step, config, history, args.checkpoints_total_limit)
             if step >= max_steps:
                 break
         skip_batches = 0
@@ -762,6 +800,7 @@ def main(argv: list[str] | None = None) -> int:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         unet = accelerator.unwrap_model(policy)
+        check_finite_weights(unet, "the trained pipeline")
         if args.lora_rank > 0:
             unet.save_lora_adapter(str(output_dir / "lora"))
         pipe.with_components(unet=merged_unet(unet, args.lora_rank > 0)).save_pretrained(output_dir, safe_serialization=True)
@@ -793,6 +832,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (DatasetError, ConfigMismatch, CheckpointError, SpecError) as err:
+    except (DatasetError, ConfigMismatch, CheckpointError, TrainingDiverged, SpecError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -141,8 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("gold", gold, "add gold tasks: a render of each sound-world prompt against renders of others")
     sub.add_argument("--prompts", required=True, help="text file of sound-world prompts, one per line")
-    sub.add_argument("--distractors", type=int, default=2, help="renders of other prompts per gold task")
-    sub.add_argument("--seed", type=int, default=0, help="seed of the renders and of the distractors' choice")
+    sub.add_argument("--distractors", type=int, default=None,
+                     help="renders of other prompts per gold task; none: as many as make gold tasks as large as "
+                          "the store's other tasks (renders use secret random seeds)")
+    sub.add_argument("--seed", type=int, default=0, help="seed of the distractors' choice")
 
     sub = command("verdict", verdict, "win rates and Bradley-Terry scores per model, with 95%% intervals")
     sub.add_argument("--source", choices=["human", "auto"], default="human", help="human rankings or the auto ranker")

@@ -6,6 +6,10 @@ event types (correctly below it, tied among themselves). The store mixes gold ta
 each annotator's queue (``Store(gold_share=...)``); they never reach the verdict or the
 export.
 
+Gold tasks must look like the others: they hold as many clips as the store's regular tasks,
+and every render uses a seed drawn at random (stored with the clip, never shown), so nobody
+can tell the truth by rendering the prompt with a public seed and comparing.
+
 A gold vote is *correct* when every strict preference of the answer is matched strictly
 (the truth above each distractor; how the distractors are ordered among themselves does
 not matter). An all-bad vote on a gold task is wrong (the truth was acceptable); a skip
@@ -16,6 +20,8 @@ gold accuracy is below it, once they answered at least ``min_answers`` gold task
 from __future__ import annotations
 
 import random
+import secrets
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +33,8 @@ GOLD_TRUTH_MODEL = "gold: render of this prompt"
 GOLD_STEPS, GOLD_GUIDANCE = 1, 0.0  # renders have no denoising settings; one fixed value keeps them one task
 MIN_GOLD_ANSWERS = 3
 DISTRACTOR_POOL = 400  # sampled prompts to draw distractors from
+REGULAR_TASK_CLIPS = 4  # what a pool makes by default (two models, two clips each): gold tasks' size in an empty store
+RENDER_SEEDS = 2**31  # render seeds are drawn at random below this
 
 
 def distractor_model(other_prompt: str) -> str:
@@ -89,28 +97,53 @@ def trusted_rankings(rankings: Sequence[Ranking], answers: Mapping[int, Mapping[
     return kept, TrustReport(min_accuracy, scores, flagged, len(rankings) - len(kept))
 
 
-def add_gold_tasks(store: Store, prompts: Sequence[str], *, distractors: int = 2, seed: int = 0) -> list[int]:
+def regular_task_clips(store: Store) -> int:
+    """How many clips the store's regular (non-gold) tasks hold most often; ``REGULAR_TASK_CLIPS`` with none."""
+    gold = store.gold_answers()
+    sizes = Counter(len(clips) for task_id, clips in store.task_clips().items() if task_id not in gold)
+    return sizes.most_common(1)[0][0] if sizes else REGULAR_TASK_CLIPS
+
+
+def gold_task_of(store: Store) -> dict[str, int]:
+    """Prompt -> the id of its gold task."""
+    tasks = {}
+    for task_id, answer in store.gold_answers().items():
+        truth = next(clip_id for clip_id, rank in answer.items() if rank == 1)
+        tasks[store.candidates([truth])[truth].prompt] = task_id
+    return tasks
+
+
+def add_gold_tasks(store: Store, prompts: Sequence[str], *, distractors: int | None = None, seed: int = 0) -> list[int]:
     """One gold task per sound-world prompt: its render first, ``distractors`` renders of other prompts tied below.
 
-    Distractor prompts are drawn (reproducibly, from ``seed`` and the prompt) among sampled
-    sound-world prompts with no event type in common with the prompt. Idempotent.
-    Raises ``soundworld.PromptError`` for a prompt outside the sound world.
+    ``distractors`` None: as many as make the task as large as the store's regular tasks
+    (``regular_task_clips``). Every clip is rendered with a secret random seed. Distractor
+    prompts are drawn (reproducibly, from ``seed`` and the prompt) among sampled sound-world
+    prompts with no event type in common with the prompt. A prompt that has a gold task keeps
+    it (idempotent). Raises ``soundworld.PromptError`` for a prompt outside the sound world.
     """
     from soundworld import parse, render, sample_prompt_specs
 
+    if distractors is None:
+        distractors = regular_task_clips(store) - 1
     if distractors < 1:
         raise ValueError(f"`distractors` must be >= 1, got {distractors}")
     pool = sample_prompt_specs("train", DISTRACTOR_POOL, seed)
+    existing = gold_task_of(store)
     task_ids = []
     for prompt in prompts:
         types = set(parse(prompt).types)
+        if prompt in existing:
+            task_ids.append(existing[prompt])
+            continue
         unrelated = sorted({spec.text for spec in pool if not types & set(spec.types)})
         others = random.Random(f"{seed}\x00{prompt}").sample(unrelated, distractors)
         answer = {}
         for i, (source, model) in enumerate([(prompt, GOLD_TRUTH_MODEL)] + [(o, distractor_model(o)) for o in others]):
-            waveform, rate, _ = render(source, seed + i)
-            clip = store.add_candidate(prompt, waveform, sample_rate=rate, model=model, seed=seed + i,
+            render_seed = secrets.randbelow(RENDER_SEEDS)
+            waveform, rate, _ = render(source, render_seed)
+            clip = store.add_candidate(prompt, waveform, sample_rate=rate, model=model, seed=render_seed,
                                        steps=GOLD_STEPS, guidance=GOLD_GUIDANCE)
             answer[clip.id] = 1 if i == 0 else 2
-        task_ids.append(store.add_gold_task(answer))
+        task_ids.append(existing.setdefault(prompt, store.add_gold_task(answer)))
     return task_ids

@@ -200,10 +200,23 @@ def auto_votes(task_clips: Mapping[int, Sequence[str]], clips: Mapping[str, Cand
     return votes
 
 
+def published_rankings(rankings: Sequence[Ranking], gold: Mapping[int, object], every: int) -> list[Ranking]:
+    """The rankings (oldest first) as they stood after the last whole batch of ``every`` usable model votes:
+    what a public verdict shows, so that its change after a vote says nothing about that one vote.
+    Gold votes up to that point stay (the gold-accuracy filter needs them)."""
+    counted = model_votes(rankings, gold)
+    published = len(counted) - len(counted) % every
+    if not published:
+        return []
+    last = counted[published - 1].id
+    return [r for r in rankings if r.id <= last]
+
+
 def compute_verdict(store: Store, source: str = "human", *, min_gold_accuracy: float | None = None,
                     category: Callable[[str], str | None] = prompt_category, n_boot: int = BOOTSTRAP_SAMPLES,
-                    seed: int = 0) -> Verdict:
-    """The verdict of the human rankings or of the automatic ranker, from what ``store`` holds now.
+                    seed: int = 0, rankings: Sequence[Ranking] | None = None) -> Verdict:
+    """The verdict of the human rankings (``rankings``, all the store holds when None) or of the automatic
+    ranker, from what ``store`` holds now.
 
     With ``min_gold_accuracy``, the votes of annotators below it on gold tasks are left out
     (as the export leaves them out).
@@ -214,7 +227,7 @@ def compute_verdict(store: Store, source: str = "human", *, min_gold_accuracy: f
     model_of = {clip_id: clip.model for clip_id, clip in clips.items()}
     left_out, excluded = 0, ()
     if source == "human":
-        kept, trust = trusted_rankings(store.rankings(), gold, min_gold_accuracy)
+        kept, trust = trusted_rankings(store.rankings() if rankings is None else rankings, gold, min_gold_accuracy)
         left_out, excluded = trust.left_out_votes, trust.left_out_annotators
         tasks = [(r.task_id, r.ranks) for r in model_votes(kept, gold)]
     else:

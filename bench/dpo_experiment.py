@@ -80,6 +80,7 @@ def write_subsets(pairs: list[Path], out: Path, seed: int) -> dict:
 
 def evaluate(model: str, split: str, n: int, seed: int, out: Path, compare: Path | None = None) -> dict:
     if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "soundworld.evaluate", "--model", model, "--prompts", split, "--n", str(n),
                    "--seed", str(seed), "--out", str(out)] + (["--compare", str(compare)] if compare else [])
         run(command, out.with_suffix(".log"))

@@ -11,7 +11,7 @@ from annotate.export import ExportResult, export_human_pairs, push_to_hub
 from annotate.pairs import aggregate_pairs
 from annotate.stats import dataset_stats
 from annotate.store import WithdrawnTask
-from annotate.verdict import Verdict, compute_verdict, ranker_agreement, verdict_markdown
+from annotate.verdict import Verdict, compute_verdict, published_rankings, ranker_agreement, verdict_markdown
 
 from .config import StudioConfig
 from .identity import IdentityError
@@ -100,20 +100,31 @@ def dataset_overview(store: Store, config: StudioConfig, preview: int = PREVIEW_
     )
 
 
+def public_rankings(store: Store, config: StudioConfig) -> list:
+    """The human rankings the public results show: as of the last whole batch of ``config.leaderboard_every``
+    model votes (``annotate.verdict.published_rankings``), so no single vote's effect can be read off them."""
+    return published_rankings(store.rankings(), store.gold_answers(), config.leaderboard_every)
+
+
 def leaderboard(store: Store, config: StudioConfig) -> list[dict]:
     """``/leaderboard``: per model (strongest first) ``model``, ``win_rate``, ``win_rate_interval``, ``bt_score``,
-    ``bt_interval``, ``comparisons``, from the human rankings (gold-accuracy threshold applied)."""
-    return compute_verdict(store, "human", min_gold_accuracy=config.min_gold_accuracy).rows
+    ``bt_interval``, ``comparisons``, from the published human rankings (``public_rankings``; gold-accuracy
+    threshold applied)."""
+    return compute_verdict(store, "human", min_gold_accuracy=config.min_gold_accuracy,
+                           rankings=public_rankings(store, config)).rows
 
 
 def results_markdown(store: Store, config: StudioConfig) -> str:
-    """The public Results view: the verdicts with the models named (the Annotate tab never names them)."""
-    verdicts = [compute_verdict(store, source, min_gold_accuracy=config.min_gold_accuracy)
+    """The public Results view: the verdicts with the models named (the Annotate tab never names them), from the
+    published human rankings (``public_rankings``)."""
+    rankings = public_rankings(store, config)
+    verdicts = [compute_verdict(store, source, min_gold_accuracy=config.min_gold_accuracy, rankings=rankings)
                 for source in ("human", "auto")]
-    agreement = ranker_agreement(store.rankings(), store.candidates(), store.gold_answers())
+    agreement = ranker_agreement(rankings, store.candidates(), store.gold_answers())
     return ("Which model do the blind rankings prefer? Win rate over head-to-head clip pairs (two clips of "
             "different models in one ranking; ties count half) and Bradley-Terry score (Elo scale, 1000 = "
-            "average), with 95 % bootstrap intervals.\n\n" + verdict_markdown(verdicts, agreement))
+            "average), with 95 % bootstrap intervals. The human results are updated after every "
+            f"{config.leaderboard_every} rankings, not after each one.\n\n" + verdict_markdown(verdicts, agreement))
 
 
 def export_dataset(store: Store, config: StudioConfig) -> ExportResult:

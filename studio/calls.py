@@ -1,4 +1,8 @@
-"""What an API call must send: exactly as many values as its endpoint takes.
+"""What an API call must send: exactly as many values as its endpoint takes, in a small body, and no uploads.
+
+``RequestLimits`` refuses uploads (the app has no upload input; gradio would take 64 MB or
+300 files per request into its cache) and any request body over ``MAX_BODY_BYTES``, before
+gradio reads it (two 9.5 MB votes stalled every other request for 24 s).
 
 Gradio drops the values a call sends beyond what its endpoint takes (a vote sent with eight
 arguments was stored as if it had five) and answers a call short of them with an error whose
@@ -14,8 +18,10 @@ import json
 import re
 from collections.abc import Mapping
 
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 
+MAX_BODY_BYTES = 1 << 20  # the largest request body taken: an API call or a log-in is a few kB
+UPLOAD_PATH = re.compile(r"/gradio_api/upload/?$")
 CALL_PATH = re.compile(r"/gradio_api/(?:call/(?P<name>[^/]+)/?|queue/join)$")
 
 
@@ -75,3 +81,41 @@ class ArgumentCount:
             return None
         return (f"/{endpoint} takes {len(expected)} argument(s) ({', '.join(expected) or 'none'}), "
                 f"got {len(payload['data'])}")
+
+
+class RequestLimits:
+    """Answers 403 to ``POST /gradio_api/upload`` and 413 to a request whose body exceeds ``max_body``."""
+
+    def __init__(self, app, max_body: int = MAX_BODY_BYTES):
+        self.app, self.max_body = app, max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if UPLOAD_PATH.search(scope["path"]):
+            return await PlainTextResponse("this app takes no uploads", status_code=403)(scope, receive, send)
+        declared = dict(scope.get("headers", [])).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.max_body:
+            return await self.too_large(scope, receive, send)
+        taken = 0
+
+        async def counted():
+            nonlocal taken
+            message = await receive()
+            taken += len(message.get("body", b""))
+            if taken > self.max_body:  # a body longer than it said (or chunked without a length)
+                raise BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except BodyTooLarge:
+            await self.too_large(scope, receive, send)
+
+    async def too_large(self, scope, receive, send):
+        await PlainTextResponse(f"request bodies are limited to {self.max_body} bytes", status_code=413)(
+            scope, receive, send)
+
+
+class BodyTooLarge(Exception):
+    """A request body went past ``RequestLimits.max_body`` while it was read."""

@@ -43,6 +43,7 @@ class StudioConfig:
     reveal_models: bool = False  # show the annotator the models behind the clips after each vote
     informative_first: bool = False  # hand out the tasks the automatic ranker is least sure about first
     trust_proxy: bool = False  # a proxy in front of the app sets X-Forwarded-For (studio.limits.visitor_of)
+    leaderboard_every: int = 20  # the public results count human rankings in whole batches of this many
 
     @property
     def export_dir(self) -> Path:
@@ -81,9 +82,11 @@ _FLAGS = {
                             "scores closest"),
     "--trust-proxy": ("TANGO_TRUST_PROXY", "the app runs behind a proxy that sets X-Forwarded-For (a Space does): "
                       "count visitors by the address it saw, not by the connection's"),
+    "--leaderboard-every": ("TANGO_LEADERBOARD_EVERY", "the public results (Results tab, /leaderboard) take in "
+                            "human rankings in batches of this many, so a vote's effect cannot be read off them"),
 }
 _INT_FLAGS = {"port": (0, 65535), "max_steps": (1, 1000), "max_candidates": (1, 4), "generate_per_minute": (1, 10**6),
-              "generate_queue": (0, 1000), "generate_threads": (0, 1024)}
+              "generate_queue": (0, 1000), "generate_threads": (0, 1024), "leaderboard_every": (1, 10**6)}
 # on/off flags: `--reveal-models` alone, or the variable = 1/true
 _SWITCHES = {"reveal_models", "informative_first", "allow_shrinking_backup", "trust_proxy"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")

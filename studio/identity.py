@@ -12,15 +12,36 @@ Three modes, fixed at start:
 
 Auth file format: one ``name:password`` per line (the name may not contain ``:``);
 blank lines and lines starting with ``#`` are ignored. Keep the file out of git.
+
+Log-ins are throttled (``LoginThrottle``): after ``MAX_LOGIN_FAILURES`` wrong passwords within
+``LOGIN_WINDOW_S`` for one name or from one address, every attempt for that name or from that
+address is refused, the right password too, for a delay that doubles with each further failure.
+The address comes from ``LoginAddress``, an ASGI middleware in front of gradio's ``/login``.
 """
 
 from __future__ import annotations
 
+import contextvars
 import hmac
-from collections.abc import Callable
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from annotate.validation import InvalidInput, check_name
+
+from .limits import visitor_of
+
+logger = logging.getLogger(__name__)
+
+MAX_LOGIN_FAILURES = 5  # wrong passwords within LOGIN_WINDOW_S before a name or an address is locked
+LOGIN_WINDOW_S = 600
+FIRST_LOCK_S = 30  # doubled with each further failure while locked, up to MAX_LOCK_S
+MAX_LOCK_S = 3600
+
+# The address of the log-in being checked (set by ``LoginAddress``; gradio passes the check name and password only).
+LOGIN_ADDRESS: contextvars.ContextVar[str | None] = contextvars.ContextVar("login_address", default=None)
 
 
 class IdentityError(ValueError):
@@ -49,14 +70,87 @@ def read_auth_file(path: str | Path) -> dict[str, str]:
     return users
 
 
-def password_check(users: dict[str, str]) -> Callable[[str, str], bool]:
-    """The ``auth`` callable for ``launch``: constant-time password comparison."""
+class LoginThrottle:
+    """Failed log-ins per key (a name, an address): ``locked_s`` says how long a key is still refused (thread-safe).
+
+    Failures count in a row while each comes within ``window_s`` of the previous one (or of the end of the
+    last lock); the ``max_failures``-th locks the key for ``first_lock_s``, each further one for twice as long
+    as the last, up to ``max_lock_s``. A right password clears the key."""
+
+    def __init__(self, max_failures: int = MAX_LOGIN_FAILURES, window_s: float = LOGIN_WINDOW_S,
+                 first_lock_s: float = FIRST_LOCK_S, max_lock_s: float = MAX_LOCK_S, clock=time.monotonic):
+        self.max_failures, self.window_s, self.clock = max_failures, window_s, clock
+        self.first_lock_s, self.max_lock_s = first_lock_s, max_lock_s
+        self._lock = threading.Lock()
+        self._failures: dict[str, tuple[int, float]] = {}  # key -> (failures in a row, when the last one was)
+        self._locked_until: dict[str, float] = {}
+
+    def locked_s(self, keys: Iterable[str]) -> float:
+        """Seconds until every one of ``keys`` may try again; 0 when none is locked."""
+        now = self.clock()
+        with self._lock:
+            return max([0.0, *(self._locked_until.get(key, now) - now for key in keys)])
+
+    def failed(self, keys: Iterable[str]) -> None:
+        now = self.clock()
+        with self._lock:
+            for key in keys:
+                count, last = self._failures.get(key, (0, now))
+                if now - max(last, self._locked_until.get(key, last)) > self.window_s:
+                    count = 0
+                count += 1
+                self._failures[key] = (count, now)
+                if count >= self.max_failures:
+                    lock_s = self.first_lock_s * 2 ** min(count - self.max_failures, 30)
+                    self._locked_until[key] = now + min(self.max_lock_s, lock_s)
+
+    def succeeded(self, keys: Iterable[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._failures.pop(key, None)
+                self._locked_until.pop(key, None)
+
+
+def password_check(users: dict[str, str], throttle: LoginThrottle | None = None,
+                   address: Callable[[], str | None] = LOGIN_ADDRESS.get) -> Callable[[str, str], bool]:
+    """The ``auth`` callable for ``launch``: constant-time password comparison, refused while the name or the
+    address (``address()``, set by ``LoginAddress``) is locked by ``throttle`` (a new one when None)."""
+    throttle = LoginThrottle() if throttle is None else throttle
 
     def check(name: str, password: str) -> bool:
+        keys = [f"name:{name}", f"address:{address() or 'unknown'}"]
+        wait = throttle.locked_s(keys)
+        if wait > 0:
+            logger.warning("log-in refused for %r from %s: too many wrong passwords, locked for %.0f s more",
+                           name, keys[1], wait)
+            return False
         expected = users.get(name)
-        return expected is not None and hmac.compare_digest(expected.encode(), password.encode())
+        if expected is not None and hmac.compare_digest(expected.encode(), password.encode()):
+            throttle.succeeded(keys)
+            return True
+        throttle.failed(keys)
+        return False
 
     return check
+
+
+class LoginAddress:
+    """ASGI middleware: a request to gradio's ``/login`` runs with ``LOGIN_ADDRESS`` set to the client's address
+    (``studio.limits.visitor_of``: ``X-Forwarded-For`` only with ``trust_proxy``)."""
+
+    def __init__(self, app, trust_proxy: bool):
+        self.app, self.trust_proxy = app, trust_proxy
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].rstrip("/").endswith("/login"):
+            return await self.app(scope, receive, send)
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope.get("headers", [])}
+        client = scope.get("client") or (None, None)
+        token = LOGIN_ADDRESS.set(visitor_of(None, client[0], headers.get("x-forwarded-for"), self.trust_proxy))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            LOGIN_ADDRESS.reset(token)
 
 
 def resolve_name(mode: str, *, typed: str | None, username: str | None, oauth_username: str | None) -> str:

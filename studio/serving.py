@@ -8,10 +8,15 @@ opening the database). A clip an annotator must hear is copied to ``<token>.wav`
 random token per assignment, in a folder outside the data folder; its name says nothing
 about the clip's content, model or seed. Only regular files inside the store's clip folder
 are copied: a clip replaced by a link (to the database, say) is refused, not served.
+
+Copies go after ``keep_s`` and, oldest first, whenever they hold more than ``max_bytes``, so
+visitors typing new names cannot fill the disk (the page already holds gradio's own copy of
+what it plays; a task handed out again gets fresh copies).
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import secrets
 import shutil
@@ -21,6 +26,7 @@ import time
 from pathlib import Path
 
 KEEP_SERVED_S = 6 * 3600  # copies older than this are deleted (an assignment left open longer gets new ones)
+MAX_SERVED_BYTES = 256 << 20  # beyond this, the oldest copies are deleted
 
 
 class NotAClip(OSError):
@@ -30,13 +36,15 @@ class NotAClip(OSError):
 class ClipServer:
     """Copies clips from ``clips`` (the store's clip folder) to ``folder`` under random names; prunes old copies."""
 
-    def __init__(self, folder: str | Path, clips: str | Path, keep_s: float = KEEP_SERVED_S):
+    def __init__(self, folder: str | Path, clips: str | Path, keep_s: float = KEEP_SERVED_S,
+                 max_bytes: int = MAX_SERVED_BYTES):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.clips = Path(clips).resolve()
-        self.keep_s = keep_s
+        self.keep_s, self.max_bytes = keep_s, max_bytes
         self._lock = threading.Lock()
-        self._last_prune = time.monotonic()
+        self._copies: collections.OrderedDict[Path, tuple[int, float]] = collections.OrderedDict()  # oldest first
+        self._bytes = 0
 
     def serve(self, source: str | Path) -> str:
         """A copy of ``source`` named by a random token; the path to hand to gradio. ``NotAClip`` (no path
@@ -55,18 +63,18 @@ class ClipServer:
                 raise NotAClip("a stored clip is not a regular file: it is not served")
             with open(target, "wb") as copy:
                 shutil.copyfileobj(clip, copy)
-        self._prune()
+        self._keep(target)
         return str(target)
 
-    def _prune(self) -> None:
+    def _keep(self, copy: Path) -> None:
+        """Count a new copy; delete the oldest ones while they are too old or hold more than ``max_bytes``."""
         with self._lock:
-            if time.monotonic() - self._last_prune < 60:
-                return
-            self._last_prune = time.monotonic()
-        cutoff = time.time() - self.keep_s
-        for path in self.folder.glob("*.wav"):
-            try:
-                if path.stat().st_mtime < cutoff:
-                    path.unlink()
-            except FileNotFoundError:
-                pass
+            self._copies[copy] = (copy.stat().st_size, time.monotonic())
+            self._bytes += self._copies[copy][0]
+            while self._copies:
+                oldest, (size, made) = next(iter(self._copies.items()))
+                if self._bytes <= self.max_bytes and time.monotonic() - made < self.keep_s:
+                    break
+                del self._copies[oldest]
+                self._bytes -= size
+                oldest.unlink(missing_ok=True)

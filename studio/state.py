@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -61,7 +63,8 @@ class Studio:
                 config.export_dir, config.hub_dataset, every=config.push_every, api=hub_api, store=self.store,
                 before_push=lambda: export_dataset(self.store, config),
                 allow_shrinking_backup=config.allow_shrinking_backup)
-        self.generated_dir = Path(tempfile.mkdtemp(prefix="tango-studio-"))
+        self.generated_dir = Path(tempfile.mkdtemp(prefix="tango-studio-"))  # removed by close (at exit too)
+        atexit.register(self.close)
         # Clips leave the data folder only as copies with random names (see studio.serving).
         self.clip_server = ClipServer(self.generated_dir / "served", self.store.audio_dir)
         self.annotation = AnnotationSession(self.store, self.secret, self.clip_server.serve)
@@ -72,6 +75,10 @@ class Studio:
             self.identity_mode = "oauth"
         else:
             self.identity_mode = "name"
+        if self.identity_mode == "name" and config.admins:
+            logger.warning("admins (%s) are recognised by the name typed, which nothing checks: anyone who types "
+                           "one can export and push; use --auth-file (or a Space's log-in) where others can reach "
+                           "this app", ", ".join(sorted(config.admins)))
 
     @property
     def device(self):
@@ -99,7 +106,9 @@ class Studio:
         return 0 if self.ranker is None else score_unscored(self.store, self.ranker)
 
     def close(self) -> None:
-        """Stop the background pushes (a last one still runs at interpreter exit)."""
+        """Stop the background pushes (a last one still runs at interpreter exit) and remove the app's temporary
+        folder (generated and served clips). Called again at interpreter exit: safe to call twice."""
         if self.scheduled_push is not None:
             self.scheduled_push.stop()
+        shutil.rmtree(self.generated_dir, ignore_errors=True)
 

@@ -40,6 +40,28 @@ def test_gold_tasks_rank_a_render_of_the_prompt_above_renders_of_unrelated_promp
     assert store.task_progress() == []  # gold tasks are no work towards the target
 
 
+def test_gold_tasks_look_like_the_regular_tasks_and_cannot_be_rendered_again(tmp_path):
+    """Bar (issue 19): a gold task held 3 clips where regular ones held 4, and render(prompt, 0) found its truth."""
+    import soundfile
+
+    from soundworld import render
+
+    store = Store(tmp_path / "data")
+    [empty_store_task] = add_gold_tasks(store, ["two knocks"])
+    assert len(store.gold_answers()[empty_store_task]) == 4  # a pool's default size: two models, two clips
+    make_tasks(store, 3, clips=3)
+    [task_id] = add_gold_tasks(store, ["a rising chirp"])
+    answer = store.gold_answers()[task_id]
+    assert len(answer) == 3  # as large as the regular tasks
+    for clip in store.candidates(answer).values():
+        heard = soundfile.read(clip.audio_path, dtype="float32")[0]
+        source = "a rising chirp" if clip.model == GOLD_TRUTH_MODEL else clip.model.split("render of ")[1].strip("'")
+        for public_seed in range(20):
+            rendered = render(source, public_seed)[0]
+            assert abs(np.corrcoef(heard[:len(rendered)], rendered[:len(heard)])[0, 1]) < 0.9
+    assert add_gold_tasks(store, ["a rising chirp", "two knocks"]) == [task_id, empty_store_task]  # idempotent
+
+
 def test_gold_tasks_are_mixed_into_each_annotators_queue(tmp_path):
     store = Store(tmp_path / "data", gold_share=0.25)
     make_tasks(store, 12)

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's ch
 @pytest.fixture(scope="module")
 def url(app_models, tmp_path_factory):
     config = StudioConfig(base_model=str(app_models[0]), dpo_model=str(app_models[1]), device="cpu",
-                          data_dir=tmp_path_factory.mktemp("browser-data"), port=free_port())
+                          data_dir=tmp_path_factory.mktemp("browser-data"), port=free_port(),
+                          leaderboard_every=1)  # the Results tab shows the one ranking made below
     studio = Studio(config)
     demo = app.build_app(studio)
     app.launch(studio, demo, prevent_thread_lock=True, quiet=True)

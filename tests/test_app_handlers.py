@@ -117,7 +117,7 @@ def test_dataset_tab_outcomes_in_place(studio):
 def test_leaderboard_results_and_reveal_after_vote(studio, tmp_path):
     from dataclasses import replace
 
-    studio.config = replace(studio.config, reveal_models=True)
+    studio.config = replace(studio.config, reveal_models=True, leaderboard_every=1)
     assert app.public_leaderboard(studio) == []
     for name in ("ann", "bo"):
         _, _, task = app.next_task(studio, name, None, None)

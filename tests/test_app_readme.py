@@ -1,4 +1,4 @@
-"""The README's API example, run as written against `python app.py --admins you` (the embedded models)
+"""The README's API example, run as written against `python app.py --admins you --leaderboard-every 1` (the embedded models)
 with a pool made by the README's own command; and what a second app on the same port says."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def served(tmp_path_factory):
                    if line.startswith("python -m annotate pool")]
     command = pool_line.replace("--data-dir data", f"--data-dir {data}").replace("prompts.txt", str(prompts))
     subprocess.run([sys.executable, *command.split()[1:]], cwd=REPO, check=True, capture_output=True, timeout=600)
-    with AppProcess("--data-dir", str(data), "--admins", "you", timeout_s=300) as app:
+    with AppProcess("--data-dir", str(data), "--admins", "you", "--leaderboard-every", "1", timeout_s=300) as app:
         yield app, data
 
 

@@ -4,6 +4,7 @@ progress counters, reveal-after-vote, the prompt check, duration, and the Hub ba
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -11,6 +12,7 @@ import soundfile as sf
 
 from annotate import InvalidVote, Store
 from annotate.gold import add_gold_tasks
+from annotate.verdict import compute_verdict, model_votes
 from soundworld import render
 from studio import Studio, StudioConfig, parse_config
 from studio.admin import dataset_overview, leaderboard, results_markdown
@@ -78,7 +80,7 @@ def test_models_are_revealed_after_the_vote_and_never_before(tmp_path):
 
 
 def test_leaderboard_and_results_name_the_models_the_dataset_tab_adds_gold_accuracy(tmp_path):
-    config = StudioConfig(data_dir=tmp_path / "data", min_gold_accuracy=0.8)
+    config = StudioConfig(data_dir=tmp_path / "data", min_gold_accuracy=0.8, leaderboard_every=1)
     studio = Studio(config, models=[])
     assert leaderboard(studio.store, config) == []
     make_pool(studio.store, ["two knocks", "three beeps", "a hiss then a click"])
@@ -95,6 +97,28 @@ def test_leaderboard_and_results_name_the_models_the_dataset_tab_adds_gold_accur
     assert "1 gold task(s)" in overview.as_markdown()
     assert "gold accuracy threshold**: 80%" in overview.as_markdown() and f"| {DPO} |" in overview.as_markdown()
     assert [row[-2:] for row in overview.annotator_rows()] == [[1.0, 1], [1.0, 1]]
+
+
+def test_the_public_results_take_in_votes_in_whole_batches(tmp_path):
+    """Bar (issue 19): after a vote, the change in /leaderboard's win counts pinned which clips were whose."""
+    config = StudioConfig(data_dir=tmp_path / "data", leaderboard_every=4)
+    studio = Studio(config, models=[])
+    make_pool(studio.store, [f"two knocks {i}" for i in range(6)])
+    add_gold_tasks(studio.store, ["a low hum"])
+    models = {clip_id: clip.model for clip_id, clip in studio.store.candidates().items()}
+    published = []
+    for name in ("ann", "bob"):
+        while (task := studio.store.next_task(name)) is not None:
+            ids = [clip.id for clip in task.candidates]
+            studio.store.submit(name, task.id, dict(zip(ids, dpo_first(ids, [models[i] for i in ids]))))
+            published.append(sum(row["comparisons"] for row in leaderboard(studio.store, config)))
+    counted = model_votes(studio.store.rankings(), studio.store.gold_answers())
+    assert len(counted) == 12 and len(published) == 14  # two gold votes among them
+    changes = [i for i in range(1, len(published)) if published[i] != published[i - 1]]
+    assert published[0] == 0 and len(changes) == 3  # after the 4th, 8th and 12th model vote only
+    assert published[-1] == sum(row["comparisons"] for row in compute_verdict(studio.store).rows)
+    assert "after every 4 rankings" in results_markdown(studio.store, config)
+    assert dataset_overview(studio.store, config).verdicts[0].votes == 12  # the admins see every vote
 
 
 def test_out_of_vocabulary_prompts_are_refused_for_sound_world_models_only(app_models, tmp_path):
@@ -182,7 +206,7 @@ def test_duration_sets_the_clip_length(app_models, tmp_path):
 def test_a_restarted_studio_with_an_empty_data_folder_gets_its_votes_back_from_the_hub(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "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123")
     hub = LocalHub(tmp_path / "hub")
-    config = StudioConfig(data_dir=tmp_path / "data", hub_dataset="me/prefs", push_every=60)
+    config = StudioConfig(data_dir=tmp_path / "data", hub_dataset="me/prefs", push_every=60, leaderboard_every=1)
     studio = Studio(config, models=SOUND_WORLD, hub_api=hub)
     for prompt in ("two knocks", "a hiss then a click"):  # clips the judge can score
         ids = [studio.store.add_candidate(prompt, render(prompt, seed)[0], sample_rate=16000, model=model,
@@ -226,3 +250,42 @@ def test_a_mistyped_local_model_folder_is_reported_as_such(tmp_path, monkeypatch
     base, dpo = load_models(StudioConfig(base_model="runs/my-dpoo", dpo_model="./runs/nothing-here"))
     assert "'runs/my-dpoo' names a local folder that does not exist; did you mean 'runs/my-dpo'?" in base.error
     assert "names a local folder that does not exist" in dpo.error and "internet" not in base.error + dpo.error
+
+
+def test_uploads_and_large_bodies_are_refused_before_the_app_reads_them():
+    """Bar (issue 19): /gradio_api/upload took 64 MB or 300 files; two 9.5 MB /vote bodies stalled everyone."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from studio.calls import MAX_BODY_BYTES, RequestLimits
+
+    async def echo(request):
+        return PlainTextResponse(str(len(await request.body())))
+
+    served = TestClient(Starlette(routes=[Route("/{path:path}", echo, methods=["POST"])],
+                                  middleware=[Middleware(RequestLimits)]))
+    assert served.post("/gradio_api/upload", files={"files": ("a.wav", b"x")}).status_code == 403
+    assert served.post("/gradio_api/call/vote", content=b"x" * (MAX_BODY_BYTES + 1)).status_code == 413
+    chunked = served.post("/gradio_api/queue/join", content=iter([b"x" * MAX_BODY_BYTES, b"y"]))
+    assert chunked.status_code == 413  # no length said: counted as it comes
+    assert served.post("/gradio_api/call/vote", content=b"{}").text == "2"
+
+
+def test_served_copies_are_bounded_and_the_temporary_folder_goes_at_close(tmp_path):
+    from studio.serving import ClipServer
+
+    studio = Studio(StudioConfig(data_dir=tmp_path / "data"), models=[])
+    make_tasks(studio.store, 1)
+    clip = next(iter(studio.store.candidates().values())).audio_path
+    size = Path(clip).stat().st_size
+    server = ClipServer(tmp_path / "served", studio.store.audio_dir, max_bytes=3 * size)
+    copies = [server.serve(clip) for _ in range(10)]  # as ten new names would each get theirs
+    assert sorted(p.name for p in (tmp_path / "served").iterdir()) == sorted(Path(c).name for c in copies[-3:])
+    folder = studio.generated_dir
+    assert folder.name.startswith("tango-studio-") and folder.is_dir()
+    studio.close()
+    assert not folder.exists()
+    studio.close()  # again at exit: nothing to do

@@ -344,3 +344,72 @@ def test_overfitting_is_the_held_out_loss_above_log_2_while_training_accuracy_cl
     assert not train_dpo.overfitting({"val_loss": 0.65}, [0.6, 0.9])  # held-out prompts still improve
     assert not train_dpo.overfitting({"val_loss": 0.75}, [0.5, 0.4])  # nothing learned either
     assert not train_dpo.overfitting({"judge_mean_score": 0.3}, [0.9])  # no held-out pairs, no verdict
+
+
+def rewrite_cache(cache_file, **changes):
+    """The cache file with some tensors (or metadata entries) replaced, as a planted or damaged file would be."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(cache_file), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["meta"])
+    tensors = load_file(str(cache_file))
+    for name, value in changes.items():
+        (tensors if name in tensors else meta)[name] = value
+    save_file(tensors, str(cache_file), metadata={"meta": json.dumps(meta)})
+
+
+def test_a_cache_with_non_finite_or_inconsistent_tensors_is_rebuilt(tmp_path, pairs_dir, caplog):
+    import torch
+    from safetensors.torch import load_file
+
+    pipe = load_pipeline(str(FIXTURE_DIR), device="cpu")
+    ds, cache_file = train_dpo.load_pairs(str(pairs_dir), "train"), tmp_path / "pairs.safetensors"
+    build = lambda: train_dpo.build_cache(pipe, ds, str(pairs_dir), 0.64, "mode", cache_file)  # noqa: E731
+    good = build()
+    mean, offsets = good["mean"], good["embed_offsets"]
+    plantings = {
+        "nan latents": {"mean": torch.full_like(mean, float("nan"))},
+        "inf embeddings": {"embeds": torch.full_like(good["embeds"], float("inf"))},
+        "fewer latents than rows": {"mean": mean[:2].contiguous(), "std": good["std"][:2].contiguous()},
+        "latents of another length": {"mean": mean[..., :8, :].contiguous(), "std": good["std"][..., :8, :].contiguous()},
+        "offsets past the embeddings": {"embed_offsets": offsets + 5},
+        "offsets out of order": {"embed_offsets": offsets.flip(0).contiguous()},
+        "rows without prompts": {"prompts": ["one"]},
+    }
+    caplog.set_level("WARNING", logger="train_dpo")
+    for what, changes in plantings.items():
+        rewrite_cache(cache_file, **changes)
+        caplog.clear()
+        rebuilt = build()
+        assert "ignoring unusable cache" in caplog.text, what
+        assert torch.equal(rebuilt["mean"], mean) and torch.equal(load_file(str(cache_file))["mean"], mean), what
+    caplog.clear()
+    assert torch.equal(build()["embed_offsets"], offsets) and not caplog.text  # a sound cache is read as it is
+
+
+def test_a_non_finite_loss_stops_the_run_before_anything_is_saved(tmp_path, pairs_dir, monkeypatch):
+    import torch
+
+    real_collate = train_dpo.collate
+
+    def poisoned(indices, cache, generator):
+        latents_w, latents_l, embeds, masks = real_collate(indices, cache, generator)
+        return latents_w * float("nan"), latents_l, embeds, masks
+
+    monkeypatch.setattr(train_dpo, "collate", poisoned)
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    out = tmp_path / "out"
+    with pytest.raises(train_dpo.TrainingDiverged, match="the loss is nan at step 1") as caught:
+        train_dpo.main([*FAST, "--dataset", str(pairs_dir), "--output_dir", str(out), "--max_train_steps", "2",
+                        "--train_batch_size", "3", "--checkpointing_steps", "1"])
+    assert "\n" not in str(caught.value)
+    assert not list(out.glob("checkpoint-*")) and not (out / "unet").exists() and not (out / "train_metrics.json").exists()
+
+    unet = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        unet.weight[0, 0] = float("inf")
+    with pytest.raises(train_dpo.TrainingDiverged, match="1 non-finite UNet weights: not saving best/"):
+        train_dpo.check_finite_weights(unet, "best/")
