@@ -87,14 +87,35 @@ def evaluate(model: str, split: str, n: int, seed: int, out: Path, compare: Path
     return json.loads(out.read_text())
 
 
+def difference(compared: dict, metric: str) -> str:
+    """'+0.012 [-0.003, +0.027]': a paired difference and its 95 % bootstrap interval."""
+    entry = compared.get(metric)
+    if not entry:
+        return "-"
+    low, high = entry["interval"]
+    return f"{entry['difference']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def summarize(out: Path, summary: dict) -> None:
+    """summary.json, and summary.md: validation per run (held-out-prompt pairs, judged prompts), the evaluation."""
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    lines = ["| run | val pairs acc | val DPO loss | " + " | ".join(METRICS) + " |",
-             "|---|---|---|" + "---|" * len(METRICS)]
+    compared = ("event_recall", "order_accuracy", "mean_score")
+    lines = ["| run | pairs (train) | steps | held-out-prompt DPO loss | held-out-prompt accuracy | "
+             + " | ".join(METRICS) + " | " + " | ".join(f"{m} minus base" for m in compared) + " |",
+             "|---|---|---|---|---|" + "---|" * (len(METRICS) + len(compared))]
     for name, row in summary.get("validation", {}).items():
         cells = [row.get(m) for m in METRICS]
-        lines.append(f"| {name} | {row.get('val_implicit_acc', '-')} | {row.get('val_loss', '-')} | "
-                     + " | ".join(f"{c:.3f}" if isinstance(c, float) else "-" for c in cells) + " |")
+        report = out / "eval" / f"val-{name}.json"
+        against = json.loads(report.read_text()).get("compared_to", {}) if report.is_file() else {}
+        lines.append(f"| {name} | {row.get('pairs', '-')} ({row.get('train_pairs', '-')}) | {row.get('steps', '-')} | "
+                     + " | ".join(f"{row[k]:.3f}" if isinstance(row.get(k), float) else "-"
+                                  for k in ("val_loss", "val_implicit_acc")) + " | "
+                     + " | ".join(f"{c:.3f}" if isinstance(c, float) else "-" for c in cells) + " | "
+                     + " | ".join(difference(against, m) for m in compared) + " |")
+    for split, against in summary.get("evaluation", {}).items():
+        lines += ["", f"{summary['chosen']} minus base, {split} split: "
+                  + ", ".join(f"{m} {difference(against, m)}" for m in ("event_recall", "order_accuracy",
+                                                                        "count_accuracy", "mean_score"))]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 
