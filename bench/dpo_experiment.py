@@ -173,19 +173,20 @@ def main(argv: list[str] | None = None) -> int:
     summary["beta"] = beta
     for name, (subset, loss) in COMPARISONS.items():
         train(f"{name}-b{beta}", subset, ["--loss", loss, "--beta_dpo", str(beta)])
-    runs = [name for name in summary["validation"] if name != "base"]
     if args.stage == "sweep":
         return 0
     base_val = evaluate(args.model, "train", args.val_n, VALIDATION_SEED, out / "eval" / "val-base.json")
     summary.setdefault("validation", {}).setdefault("base", {}).update({m: base_val.get(m) for m in METRICS})
-    for name in runs:
+    # The β sweep is read on held-out-prompt pairs; the judge scores the sweep's first β and the comparisons.
+    judged = [f"mixed-dpo-b{BETAS[0]}"] + [f"{name}-b{beta}" for name in COMPARISONS]
+    for name in judged:
         report = evaluate(str(out / "runs" / name), "train", args.val_n, VALIDATION_SEED,
                           out / "eval" / f"val-{name}.json", out / "eval" / "val-base.json")
         summary["validation"][name].update({m: report.get(m) for m in METRICS})
         summarize(out, summary)
     if args.stage == "validate":
         return 0
-    chosen = max(runs, key=lambda name: summary["validation"][name]["mean_score"])
+    chosen = max(judged, key=lambda name: summary["validation"][name]["mean_score"])
     summary["chosen"] = chosen
     for split in ("test", "heldout"):
         base = out / "eval" / f"{split}-base.json"
