@@ -57,7 +57,8 @@ def test_kill_the_app_delete_its_data_restart_and_every_pushed_vote_is_back(tmp_
     data, hub = tmp_path / "data", tmp_path / "hub"
     make_tasks(Store(data), 3)
     flags = ["--data-dir", str(data), "--hub-dataset", REPO_ID, "--push-every", "0.1",  # every 6 s
-             "--base-model", "./no-model", "--dpo-model", "./no-model"]  # no model needed to rank stored clips
+             "--base-model", "./no-model", "--dpo-model", "./no-model",  # no model needed to rank stored clips
+             "--leaderboard-every", "1"]  # the public results count every vote here
     program = ("-c", LAUNCH.format(repo=str(REPO), hub=str(hub)))
     env = {"HF_TOKEN": "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123"}
 

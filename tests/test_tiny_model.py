@@ -46,7 +46,7 @@ def test_embedded_models_ship_small_safetensors_and_their_sampling_steps(spec):
 @pytest.mark.parametrize("spec", ["tiny", "tiny-dpo"])
 def test_shipped_models_load_every_weight_and_sample_as_before(spec):
     """Every saved tensor is a parameter of the loaded UNet and none is missing; a seeded generation gives the
-    latents recorded before the time-position hooks changed."""
+    latents recorded for it (tiny: before the time-position hooks changed; tiny-dpo: when it was shipped)."""
     from safetensors import safe_open
 
     with safe_open(str(EMBEDDED[spec] / "unet" / "diffusion_pytorch_model.safetensors"), framework="pt") as saved:
