@@ -825,7 +825,10 @@ def main(argv: list[str] | None = None) -> int:
             api.create_repo(args.hub_model_id, exist_ok=True)
             api.upload_folder(repo_id=args.hub_model_id, folder_path=output_dir,
                               ignore_patterns=["checkpoint-*", ".partial-*", "cache/*", "lora/*", "best/*"])
+    accelerator.wait_for_everyone()
     accelerator.end_training()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # shut gloo down cleanly: exiting with it open could hang a rank
     return 0
 
 
