@@ -144,6 +144,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 
+from annotate.clips import latent_from_bytes  # noqa: E402
 from pipeline import load_pipeline  # noqa: E402
 from pipeline.audio import AudioError, load_audio, wav_to_fbank  # noqa: E402
 
@@ -259,8 +260,6 @@ def expected_latent_shape(pipe, audio_length_in_s: float) -> tuple[int, int, int
 def stored_pair_latents(row: dict, fingerprint: str, shape: tuple[int, int, int]) -> tuple[torch.Tensor | None, str]:
     """The (2, C, T, F) latents a row's model sampled for its chosen and rejected clip, when they belong to
     this model's latent space (``fingerprint``) and training length; else ``None`` and why not."""
-    from annotate.clips import latent_from_bytes
-
     chosen, rejected = row.get("chosen_latent"), row.get("rejected_latent")
     if chosen is None or rejected is None:
         return None, "no stored latents"

@@ -36,6 +36,7 @@ import argparse
 import logging
 import sys
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
@@ -115,10 +116,13 @@ class AutorankReport:
     """What a run did: prompts scored, pairs kept (per strategy), prompts whose inference pairs all failed the filter."""
 
     prompts: int = 0
-    pairs: int = 0
     below_margin: int = 0
     margins: list[float] = field(default_factory=list)  # best minus worst of the prompt's own clips, one per prompt
-    pairs_by_strategy: dict[str, int] = field(default_factory=dict)
+    pairs_by_strategy: Counter = field(default_factory=Counter)
+
+    @property
+    def pairs(self) -> int:
+        return sum(self.pairs_by_strategy.values())
 
 
 @dataclass(frozen=True)
@@ -231,8 +235,7 @@ def autorank_pairs(
                 pairs = ranked_pairs(scores, keep, pairing)
                 report.below_margin += not pairs
                 for chosen, rejected in pairs:
-                    report.pairs += 1
-                    report.pairs_by_strategy["inference"] = report.pairs_by_strategy.get("inference", 0) + 1
+                    report.pairs_by_strategy["inference"] += 1
                     yield row("inference", prompt, clip(own, j * k + chosen, seeds[chosen], prompt),
                               clip(own, j * k + rejected, seeds[rejected], prompt), own.latent_fingerprint)
         for strategy in strategies:
@@ -250,8 +253,7 @@ def autorank_pairs(
                 best, worst = int(np.argmax(scores)), int(np.argmin(theirs))
                 if not keep(scores[best], theirs[worst]):
                     continue
-                report.pairs += 1
-                report.pairs_by_strategy[strategy] = report.pairs_by_strategy.get(strategy, 0) + 1
+                report.pairs_by_strategy[strategy] += 1
                 yield row(strategy, prompt, clip(own, j * k + best, seeds[best], prompt),
                           clip(made, n * k + worst, contrast_seeds[strategy][worst], perturbation.prompt),
                           own.latent_fingerprint if own.latent_fingerprint == made.latent_fingerprint else None)
@@ -380,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = write_preference_dataset(rows, args.out, how_made=how_made, stats={
             "prompts": report.prompts, "prompts without an inference pair": report.below_margin,
-            "pairs by strategy": report.pairs_by_strategy,
+            "pairs by strategy": dict(report.pairs_by_strategy),
             "mean best-worst margin": round(float(np.mean(report.margins)), 4) if report.margins else None,
         })
     except EmptyDataset:

@@ -85,14 +85,21 @@ def stored_clip_ids(studio, name):
     return [clip.id for clip in studio.store.next_task(name).candidates]
 
 
-def test_admin_handlers(studio):
-    for name in ("ann", "bo"):
+def vote_in_agreement(studio, names) -> list[str]:
+    """Each annotator plays every clip of a task and ranks them by the store's clip id (all agree, though their
+    shown orders are shuffled apart); returns the store's clip ids in rank order."""
+    for name in names:
         _, _, task = app.next_task(studio, name, None, None)
-        for position in range(3):
+        for position in range(len(task.labels)):
             app.play_clip(studio, position, name, task, None, None)
         shown = stored_clip_ids(studio, name)
-        by_clip = sorted(shown)  # both annotators agree (their shown orders are shuffled apart)
+        by_clip = sorted(shown)
         app.vote(studio, name, task.task_id, {label: by_clip.index(clip_id) + 1 for label, clip_id in zip(task.labels, shown)})
+    return by_clip
+
+
+def test_admin_handlers(studio):
+    vote_in_agreement(studio, ("ann", "bo"))
     overview, rows, *previews = app.show_dataset(studio, "admin", None, None)
     assert "**votes**: 2" in overview and [row[0] for row in rows] == ["ann", "bo"]
     assert len(previews) == 3 * app.PREVIEW_PAIRS
@@ -191,13 +198,7 @@ def test_a_failing_copy_withdraws_nothing(studio, monkeypatch):
 
 
 def test_the_dataset_tab_shows_with_a_clip_missing(studio):
-    for name in ("ann", "bo"):
-        _, _, task = app.next_task(studio, name, None, None)
-        for position in range(3):
-            app.play_clip(studio, position, name, task, None, None)
-        shown = stored_clip_ids(studio, name)
-        by_clip = sorted(shown)  # both agree: three pairs, 2 votes to 0
-        app.vote(studio, name, task.task_id, {label: by_clip.index(clip_id) + 1 for label, clip_id in zip(task.labels, shown)})
+    by_clip = vote_in_agreement(studio, ("ann", "bo"))  # three pairs, 2 votes to 0
     Path(studio.store.candidates()[by_clip[0]].audio_path).unlink()
     overview, rows, *previews = app.show_dataset(studio, "admin", None, None)
     assert "**votes**: 2" in overview and len(rows) == 2
