@@ -350,7 +350,8 @@ class Store:
         if latent is not None:
             latent_fingerprint = check_text(latent_fingerprint, "latent_fingerprint", 64)
             try:
-                latent_bytes = latent_to_bytes(latent_from_bytes(latent_to_bytes(np.asarray(latent))))
+                latent_bytes = latent_to_bytes(np.asarray(latent))
+                latent_from_bytes(latent_bytes)  # the checks a reader makes: finite, (channels, frames, bins)
             except ValueError as err:
                 raise InvalidInput(f"`latent`: {err}") from None
         path = write_clip(self.audio_dir, clip)
