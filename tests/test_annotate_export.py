@@ -347,8 +347,10 @@ def test_pool_clips_keep_their_latents_through_votes_and_export(tmp_path):
     assert all(Path(c.latent_path).is_file() for c in clips.values())
     assert all(c.read_latent()[0, 0, 0] == c.seed for c in clips.values())
     for annotator in ("ann", "bob"):
-        vote(store, annotator)
-        vote(store, annotator)
+        for _ in range(2):  # both rank by (model, seed), so they agree and pairs within one model exist
+            task = store.next_task(annotator)
+            order = sorted((clips[shown.id] for shown in task.candidates), key=lambda clip: (clip.model, clip.seed))
+            store.submit(annotator, task.id, {clip.id: rank for rank, clip in enumerate(order, 1)})
     export_human_pairs(store, tmp_path / "export")
     ds = load_dataset(str(tmp_path / "export"), split="train", download_mode="force_redownload",
                       verification_mode="no_checks")

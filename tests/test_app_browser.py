@@ -41,6 +41,26 @@ def page():
         browser.close()
 
 
+def press_until_playing(page, letter: str, tries: int = 15):
+    """Press a clip's key until its player plays: a player ignores play until its waveform has loaded (it then
+    shows the clip's duration), which can take a while on a loaded machine; the user's remedy too: press again."""
+    import re
+
+    from playwright.sync_api import expect
+
+    expect(page.locator(f"#clip-{letter} #duration")).to_have_text(re.compile(r"^0:0[1-9]|^[1-9]"), timeout=30_000)
+    button = page.locator(f"#clip-{letter} .play-pause-button")
+    for _ in range(tries):
+        if button.get_attribute("aria-label") != "Pause":
+            page.keyboard.press(letter)
+        try:
+            expect(button).to_have_attribute("aria-label", "Pause", timeout=2_000)
+            return
+        except AssertionError:
+            continue
+    expect(button).to_have_attribute("aria-label", "Pause", timeout=1)
+
+
 def test_generate_then_rank_in_the_browser(url, page, tmp_path):
     from playwright.sync_api import expect
 
@@ -109,8 +129,7 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
     page.locator("body").click(position={"x": 5, "y": 5})  # keys go to the page, not the Next-task button
     previous = None
     for letter, rank in zip("abcd", "123 "):  # D played, not ranked yet
-        page.keyboard.press(letter)
-        expect(page.locator(f"#clip-{letter} .play-pause-button")).to_have_attribute("aria-label", "Pause", timeout=10_000)
+        press_until_playing(page, letter)
         if previous is not None:
             expect(page.locator(f"#clip-{previous} .play-pause-button")).to_have_attribute("aria-label", "Play",
                                                                                           timeout=10_000)
