@@ -1,5 +1,8 @@
-"""Time generation for a model spec: seconds per clip, real-time factor, batched vs separate calls.
+"""Time generation for a model spec: seconds per clip, real-time factor, batched vs separate calls, where the time
+goes (text encoder, UNet, VAE, vocoder, the app's WAV, spectrogram and judge work), and the app's own overhead.
 
+    python bench/generate.py --model tiny                  # the embedded model at its shipped default
+    python bench/generate.py --model tiny --sampler "DPM-Solver++" --steps 25 --guidance-interval 0 inf   # another setting
     python bench/generate.py --model tests/fixtures/tango-original-tiny --steps 10 --batch 4
     python bench/generate.py --model declare-lab/tango2 --steps 100 --batch 4 --device cuda
     python bench/generate.py --model full-size-random --steps 100 --device cuda   # Tango's real sizes, random weights
@@ -14,9 +17,13 @@ import json
 import platform
 import re
 import sys
+import tempfile
 import time
+from collections import defaultdict
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +32,7 @@ from pipeline import TangoPipeline, load_pipeline  # noqa: E402
 from pipeline.registry import default_device_and_dtype  # noqa: E402
 
 PROMPT = "A dog barks in the distance while rain falls"
+PROMPT_SOUND_WORLD = "two knocks then a hiss"  # what the embedded models can read
 
 
 def full_size_random_tango() -> TangoPipeline:
@@ -66,14 +74,93 @@ def timed(fn, repeats: int) -> float:
     return best
 
 
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+@contextmanager
+def stage_seconds(pipe: TangoPipeline):
+    """Yield a dict that fills with the seconds spent in each component's forward while the block runs."""
+    seconds: dict[str, float] = defaultdict(float)
+    stages = {"text encoder": pipe.text_encoder, "UNet": pipe.unet, "VAE decoder": pipe.vae.decoder,
+              "vocoder": pipe.vocoder}
+    handles = []
+    for name, module in stages.items():
+        def before(_module, _inputs, name=name):
+            synchronize()
+            seconds[name] -= time.perf_counter()
+
+        def after(_module, _inputs, _output, name=name):
+            synchronize()
+            seconds[name] += time.perf_counter()
+
+        handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+    try:
+        yield seconds
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def app_work_seconds(pipe: TangoPipeline, audios: np.ndarray, latents: torch.Tensor, prompt: str) -> dict[str, float]:
+    """What the app does with each generated clip besides generating it (studio.generation.generate_both)."""
+    from annotate.store import latent_path
+    from pipeline.audio import save_audio
+    from soundworld.judge import judge
+    from studio.spectrogram import save_spectrogram
+
+    seconds: dict[str, float] = defaultdict(float)
+    with tempfile.TemporaryDirectory() as folder:
+        for i, waveform in enumerate(audios):
+            audio_path = Path(folder) / f"clip-{i}.wav"
+            work = {"WAV + latent files": lambda: (save_audio(audio_path, waveform, pipe.sampling_rate),
+                                                   np.save(latent_path(audio_path), latents[i].numpy())),
+                    "spectrogram PNG": lambda: save_spectrogram(waveform, pipe.sampling_rate, audio_path.with_suffix(".png"))}
+            if pipe.reads_only_the_sound_world:
+                work["judge"] = lambda: judge(waveform, pipe.sampling_rate, prompt)
+            for name, run in work.items():
+                start = time.perf_counter()
+                run()
+                seconds[name] += time.perf_counter() - start
+    return dict(seconds)
+
+
+def app_overhead(models_spec: tuple[str, str], steps: int | None, candidates: int, device: str | None) -> dict:
+    """The Demo's Generate as the app runs it (studio.generation.generate_both: both columns, files, spectrograms,
+    judge) against the pipelines' own seconds; what is left is the app's overhead."""
+    from studio.config import StudioConfig
+    from studio.generation import GenerationSettings, generate_both, load_models
+
+    models = load_models(StudioConfig(base_model=models_spec[0], dpo_model=models_spec[1], device=device))
+    steps = steps or models[0].default_steps
+    settings = GenerationSettings(PROMPT_SOUND_WORLD, steps, 3.0, 0, candidates)
+    with tempfile.TemporaryDirectory() as folder:
+        generate_both(models, settings, folder, secret=b"warm-up")
+        start = time.perf_counter()
+        generation = generate_both(models, settings, folder, secret=b"bench")
+        total = time.perf_counter() - start
+    pipeline = sum(column.seconds_per_clip * len(column.clips) for column in generation.columns)
+    return {"models": list(models_spec), "candidates_per_column": candidates, "steps": steps,
+            "seconds_generate_both": round(total, 4), "seconds_in_pipelines": round(pipeline, 4),
+            "app_overhead_share": round((total - pipeline) / total, 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's own)")
+    parser.add_argument("--sampler", default=None, help="one of the app's samplers (default: the model's own)")
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="guide only steps with LOW <= t <= HIGH (default: the model's own; 0 inf: every step)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast around the call")
     parser.add_argument("--batch", type=int, default=4, help="K candidates per prompt")
     parser.add_argument("--length", type=float, default=None, help="seconds (default: the model's own)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--app", nargs=2, metavar=("BASE", "DPO"), default=None,
+                        help="also time the Demo's Generate with these two models (default for --model tiny: tiny tiny-dpo)")
     parser.add_argument("--out", default=None, help="results JSON (default bench/results/generate-<model>.json)")
     args = parser.parse_args()
 
@@ -86,31 +173,49 @@ def main() -> None:
     else:
         pipe = load_pipeline(args.model, device=args.device)
     load_seconds = time.perf_counter() - load_start
+    if args.sampler:
+        from studio.generation import with_sampler
+
+        pipe = with_sampler(pipe, args.sampler)
     pipe.set_progress_bar_config(disable=True)
     args.steps = args.steps or pipe.config.default_num_inference_steps
     length = args.length or pipe.default_audio_length_in_s
-    call = dict(num_inference_steps=args.steps, audio_length_in_s=length)
-    pipe(PROMPT, **{**call, "num_inference_steps": 1})  # warm-up: first-call allocations
-
-    single = timed(lambda: pipe(PROMPT, **call, generator=pipe.clip_generators([0])), args.repeats)
-    separate = timed(
-        lambda: [pipe(PROMPT, **call, generator=pipe.clip_generators([i])) for i in range(args.batch)],
-        args.repeats,
-    )
-    batched = timed(
-        lambda: pipe(
-            PROMPT, **call, num_waveforms_per_prompt=args.batch,
-            generator=pipe.clip_generators(range(args.batch)),
-        ),
-        args.repeats,
-    )
+    prompt = PROMPT_SOUND_WORLD if pipe.reads_only_the_sound_world else PROMPT
+    call = dict(num_inference_steps=args.steps, audio_length_in_s=length, guidance_scale=args.guidance,
+                guidance_interval=args.guidance_interval)
+    precision = torch.autocast(pipe.device.type, dtype=torch.bfloat16) if args.bf16 else nullcontext()
+    with precision:
+        pipe(prompt, **{**call, "num_inference_steps": 1})  # warm-up: first-call allocations
+        single = timed(lambda: pipe(prompt, **call, generator=pipe.clip_generators([0])), args.repeats)
+        separate = timed(
+            lambda: [pipe(prompt, **call, generator=pipe.clip_generators([i])) for i in range(args.batch)],
+            args.repeats,
+        )
+        batched = timed(
+            lambda: pipe(prompt, **call, num_waveforms_per_prompt=args.batch,
+                         generator=pipe.clip_generators(range(args.batch))),
+            args.repeats,
+        )
+        with stage_seconds(pipe) as stages:
+            profiled_start = time.perf_counter()
+            output = pipe(prompt, **call, num_waveforms_per_prompt=args.batch,
+                          generator=pipe.clip_generators(range(args.batch)))
+            profiled = time.perf_counter() - profiled_start
+    stages = {name: round(value, 4) for name, value in stages.items()}
+    stages["scheduler and the rest"] = round(profiled - sum(stages.values()), 4)
+    app_work = {name: round(value, 4) for name, value in
+                app_work_seconds(pipe, output.audios, output.latents, prompt).items()}
     results = {
         "model": args.model,
         "device": str(pipe.device),
         "dtype": str(pipe.unet.dtype),
+        "bf16_autocast": args.bf16,
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
+        "scheduler": type(pipe.scheduler).__name__,
         "steps": args.steps,
+        "guidance_scale": args.guidance,
+        "guidance_interval": args.guidance_interval or pipe.config.get("default_guidance_interval"),  # None: every step
         "audio_length_in_s": length,
         "load_seconds": round(load_seconds, 3),
         "seconds_per_clip_single": round(single, 4),
@@ -120,9 +225,19 @@ def main() -> None:
         "seconds_k_batched": round(batched, 4),
         "seconds_per_clip_batched": round(batched / args.batch, 4),
         "batched_speedup": round(separate / batched, 3),
+        "stage_seconds_k_batched": stages,
+        "app_work_seconds_k_clips": app_work,
     }
+    app_models = args.app or (("tiny", "tiny-dpo") if args.model == "tiny" else None)
+    if app_models:
+        results["app_generate"] = app_overhead(tuple(app_models), None, 2, args.device)
     for key, value in results.items():
-        print(f"{key:28s} {value}")
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for name, seconds in value.items():
+                print(f"  {name:26s} {seconds}")
+        else:
+            print(f"{key:28s} {value}")
     safe_name = re.sub(r"[^\w.-]+", "_", args.model)
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"generate-{safe_name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,19 +1,24 @@
-"""Judge score and seconds per clip of one model under each sampler and step count, same prompts and seeds.
+"""Judge score, UNet evaluations and seconds per clip of one model under each sampler setting, same prompts and seeds.
 
     python bench/samplers.py --model tiny --prompts train --n 200 --seed 5 --out bench/results/samplers-tiny.json
-    python bench/samplers.py --model tiny --only "DPM-Solver++ 10,DDPM (Tango's own) 100" --n 32   # timing a few on this machine
+    python bench/samplers.py --model tiny --only "DPM-Solver++ 25,UniPC 12" --n 32   # a few rows on this machine
 
-Rows (the app's sampler labels): DDPM 100 and 200 (Tango's own sampler and step counts), DDIM and DPM-Solver++ at 5, 10, 25 and 50 steps.
-The default to ship is the fewest steps whose mean score is within ``--tolerance`` of the best row; choose it on
-training-split prompts (``--prompts train``), never on the test or held-out splits. Prints a table, writes JSON.
+A row is a sampler (the app's labels), a step count, optionally a guidance interval (classifier-free guidance only on
+the steps whose training timestep lies within it; the others evaluate the UNet once instead of twice) and
+optionally bf16 autocast. Every row is compared clip by clip with the first, today's default (paired bootstrap).
+The default to ship is the row with the fewest UNet evaluations whose mean score is within ``--tolerance`` of the
+best row; choose it on training-split prompts (``--prompts train``), never on the test or held-out splits.
+Prints a table, writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -22,10 +27,40 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from pipeline import load_pipeline  # noqa: E402
 from soundworld import sample_prompts  # noqa: E402
-from soundworld.evaluate import evaluate_pipeline, summarize  # noqa: E402
+from soundworld.evaluate import evaluate_pipeline, paired_bootstrap, summarize  # noqa: E402
 from studio.generation import with_sampler  # noqa: E402  the app's own sampler swap and labels
 
-ROWS = [("DDPM (Tango's own)", 100), ("DDPM (Tango's own)", 200)] + [(name, steps) for name in ("DDIM", "DPM-Solver++") for steps in (5, 10, 25, 50)]
+
+@dataclass(frozen=True)
+class Row:
+    sampler: str
+    steps: int
+    guidance_interval: tuple[int, int] | None = None
+    bf16: bool = False
+
+    @property
+    def label(self) -> str:
+        interval = f" guided {self.guidance_interval[0]}-{self.guidance_interval[1]}" if self.guidance_interval else ""
+        return f"{self.sampler} {self.steps}{interval}{' bf16' if self.bf16 else ''}"
+
+
+BASELINE = Row("DPM-Solver++", 25)  # the embedded models' default before this sweep
+SOLVERS = ("DPM-Solver++", "DPM-Solver++ Karras", "DPM-Solver++ 3M", "UniPC", "DEIS")
+INTERVALS = ((0, 700), (200, 1000), (200, 800))  # skip guidance early (high noise), late, or both
+ROWS = ([BASELINE]
+        + [Row(solver, steps) for solver in SOLVERS for steps in (8, 10, 12, 16, 25) if Row(solver, steps) != BASELINE]
+        + [Row(sampler, steps, interval) for sampler, steps in (("DPM-Solver++", 25), ("UniPC", 16))
+           for interval in INTERVALS]
+        + [Row("DPM-Solver++", 25, bf16=True), Row("UniPC", 12, bf16=True)])
+
+
+def unet_evaluations_per_clip(pipe, row: Row, guidance: float) -> int:
+    """UNet evaluations one clip costs: two per guided step (prompt and unconditional), one per other step."""
+    scheduler = with_sampler(pipe, row.sampler).scheduler
+    scheduler.set_timesteps(row.steps)
+    low, high = row.guidance_interval or (0, float("inf"))
+    guided = sum(low <= float(t) <= high for t in scheduler.timesteps) if guidance > 1 else 0
+    return len(scheduler.timesteps) + guided
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -37,38 +72,69 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
     parser.add_argument("--batch", type=int, default=16, help="clips per pipeline call")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--only", default="", help='comma-separated rows, e.g. "DPM-Solver++ 10,DDIM 25"')
+    parser.add_argument("--only", default="", help='comma-separated row labels, e.g. "DPM-Solver++ 25,UniPC 12"')
     parser.add_argument("--tolerance", type=float, default=0.01, help="score gap to the best row that still counts")
-    parser.add_argument("--out", type=Path, help="JSON file")
+    parser.add_argument("--out", type=Path, help="JSON file; rows already in it are kept, not rerun")
     args = parser.parse_args(argv)
 
     pipe = load_pipeline(args.model, device=args.device, dtype=torch.float32)  # the numbers a CPU user gets
     pipe.set_progress_bar_config(disable=True)
     prompts = sample_prompts(args.prompts, args.n, args.seed)
     seeds = [args.seed * 100_003 + i for i in range(args.n)]
-    rows = [row for row in ROWS if not args.only or f"{row[0]} {row[1]}" in args.only.split(",")]
-    report = {"model": args.model, "prompts": args.prompts, "n": args.n, "seed": args.seed, "device": args.device,
-              "guidance": args.guidance, "torch_threads": torch.get_num_threads(), "rows": []}
-    for sampler, steps in rows:
-        view = with_sampler(pipe, sampler)
+    rows = [row for row in ROWS if not args.only or row.label in args.only.split(",")]
+    if BASELINE not in rows:
+        rows.insert(0, BASELINE)  # every row is read against it
+    settings = {"model": args.model, "prompts": args.prompts, "n": args.n, "seed": args.seed, "device": args.device,
+                "guidance": args.guidance}
+    report = {**settings, "torch_threads": torch.get_num_threads(), "rows": []}
+    if args.out and args.out.is_file():  # resume a sweep that was stopped (same settings only)
+        previous = json.loads(args.out.read_text())
+        if {key: previous.get(key) for key in settings} == settings:
+            report["rows"] = [row for row in previous["rows"] if row["label"] in {r.label for r in rows}]
+    done = {row["label"] for row in report["rows"]}
+    for row in rows:
+        if row.label in done:
+            continue
+        view = with_sampler(pipe, row.sampler)
+        precision = torch.autocast(args.device, dtype=torch.bfloat16) if row.bf16 else contextlib.nullcontext()
         started = time.perf_counter()
-        results, _ = evaluate_pipeline(view, prompts, seeds, steps=steps, guidance=args.guidance,
-                                       batch_size=args.batch, progress=False)
+        with precision:
+            results, _ = evaluate_pipeline(view, prompts, seeds, steps=row.steps, guidance=args.guidance,
+                                           batch_size=args.batch, progress=False,
+                                           guidance_interval=row.guidance_interval or (0, float("inf")))
         seconds = (time.perf_counter() - started) / args.n  # judging included: a few ms per clip
         summary = summarize(results)
-        row = {"sampler": sampler, "steps": steps, "seconds_per_clip": round(seconds, 4),
-               **{key: summary[key] for key in ("mean_score", "event_recall", "extra_events_per_clip",
-                                                "count_accuracy", "order_accuracy")},
-               "score_interval": summary["intervals"]["mean_score"]}
-        report["rows"].append(row)
-        print(f"{sampler:>13} {steps:>4} steps  score {row['mean_score']:.3f}  recall {row['event_recall']:.3f}  "
-              f"{seconds:.3f} s/clip", flush=True)
-    best = max(row["mean_score"] for row in report["rows"])
-    good = [row for row in report["rows"] if row["mean_score"] >= best - args.tolerance]
-    report["fewest_steps_within_tolerance"] = min(good, key=lambda row: (row["steps"], -row["mean_score"]))
-    print("fewest steps within", args.tolerance, "of the best:", report["fewest_steps_within_tolerance"])
+        record = {**asdict(row), "label": row.label,
+                  "unet_evaluations_per_clip": unet_evaluations_per_clip(pipe, row, args.guidance),
+                  "seconds_per_clip": round(seconds, 4),
+                  **{key: summary[key] for key in ("mean_score", "event_recall", "extra_events_per_clip",
+                                                   "count_accuracy", "order_accuracy")},
+                  "score_interval": summary["intervals"]["mean_score"],
+                  "scores": [result.score for result in results]}
+        report["rows"].append(record)
+        print(f"{row.label:>36}  score {record['mean_score']:.3f}  recall {record['event_recall']:.3f}  "
+              f"{record['unet_evaluations_per_clip']:>3} UNet evals  {seconds:.3f} s/clip", flush=True)
+        if args.out:  # after every row: a stopped sweep resumes here
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=1) + "\n")
+
+    baseline = next(row for row in report["rows"] if row["label"] == BASELINE.label)
+    for record in report["rows"]:
+        record["score_minus_baseline"] = paired_bootstrap(record["scores"], baseline["scores"], seed=args.seed)
+        record["evaluations_ratio_to_baseline"] = round(
+            record["unet_evaluations_per_clip"] / baseline["unet_evaluations_per_clip"], 3)
+    best = max(record["mean_score"] for record in report["rows"])
+    good = [record for record in report["rows"] if record["mean_score"] >= best - args.tolerance]
+    report["cheapest_within_tolerance"] = min(
+        good, key=lambda record: (record["unet_evaluations_per_clip"], record["bf16"], -record["mean_score"]))["label"]
+    print(f"\n{'row':>36}  score  vs {BASELINE.label} [95 %]       UNet evals (ratio)")
+    for record in report["rows"]:
+        delta = record["score_minus_baseline"]
+        print(f"{record['label']:>36}  {record['mean_score']:.3f}  {delta['difference']:+.3f} "
+              f"[{delta['interval'][0]:+.3f}, {delta['interval'][1]:+.3f}]  "
+              f"{record['unet_evaluations_per_clip']:>3} ({record['evaluations_ratio_to_baseline']:.2f})")
+    print(f"best {best:.3f}; the cheapest row within {args.tolerance} of it: {report['cheapest_within_tolerance']}")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1) + "\n")
     return report
 

@@ -13,6 +13,7 @@ Diffusion 2.1's v-prediction schedule.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,6 +69,19 @@ def clip_seeds(seed: int, count: int) -> list[int]:
 
 
 LATENT_POSTERIORS = ("mode", "sample")
+# Settings saved in model_index.json beside the components: they travel with the weights.
+SAVED_SETTINGS = ("default_num_inference_steps", "latent_posterior", "default_guidance_interval")
+
+
+def checked_guidance_interval(interval) -> tuple[float, float]:
+    """``(low, high)`` training timesteps with 0 <= low <= high, or a ValueError saying what is wrong."""
+    try:
+        low, high = (float(bound) for bound in interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"`guidance_interval` must be two numbers (low, high), got {interval!r:.80}") from None
+    if math.isnan(low) or math.isnan(high) or not 0 <= low <= high:
+        raise ValueError(f"`guidance_interval` must have 0 <= low <= high, got {interval!r:.80}")
+    return low, high
 
 
 @dataclass
@@ -108,6 +122,10 @@ class TangoPipeline(DiffusionPipeline):
         latent_posterior (`str`, defaults to `"sample"`):
             How the UNet's training latents were drawn from the VAE posterior: `"sample"` (Tango and Tango 2
             sample it) or `"mode"` (the embedded tiny models). Fine-tuning on audio encodes it the same way.
+        default_guidance_interval (`dict`, *optional*):
+            `{"low": low, "high": high}`: the training timesteps outside which classifier-free guidance is skipped
+            when a call names no `guidance_interval`; `None` (Tango's way) guides every step. Saved in
+            `model_index.json` (a dict: diffusers reads a two-item list there as a component).
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae->vocoder"
@@ -123,10 +141,17 @@ class TangoPipeline(DiffusionPipeline):
         scheduler: SchedulerMixin,
         default_num_inference_steps: int = 100,
         latent_posterior: str = "sample",
+        default_guidance_interval: dict[str, float] | None = None,
     ):
         super().__init__()
         if latent_posterior not in LATENT_POSTERIORS:
             raise ValueError(f"`latent_posterior` must be one of {LATENT_POSTERIORS}, got {latent_posterior!r}")
+        if default_guidance_interval is not None:
+            bounds = default_guidance_interval
+            if not isinstance(bounds, dict) or set(bounds) != {"low", "high"}:
+                raise ValueError(f"`default_guidance_interval` must be {{'low': ..., 'high': ...}}, got {bounds!r:.80}")
+            low, high = checked_guidance_interval((bounds["low"], bounds["high"]))
+            default_guidance_interval = {"low": low, "high": high}
         self.register_modules(
             tokenizer=tokenizer,
             text_encoder=text_encoder,
@@ -136,12 +161,12 @@ class TangoPipeline(DiffusionPipeline):
             scheduler=scheduler,
         )
         self.register_to_config(default_num_inference_steps=default_num_inference_steps,
-                                latent_posterior=latent_posterior)
+                                latent_posterior=latent_posterior, default_guidance_interval=default_guidance_interval)
 
     def with_components(self, **components) -> "TangoPipeline":
         """A pipeline sharing this one's components and settings, with ``components`` replaced (a tuned UNet,
         another scheduler): the settings saved in ``model_index.json`` travel with it."""
-        settings = {name: self.config[name] for name in ("default_num_inference_steps", "latent_posterior")}
+        settings = {name: self.config[name] for name in SAVED_SETTINGS}
         return type(self)(**{**self.components, **components}, **settings)
 
     # -- sizes read from the component configs --------------------------------------------
@@ -376,6 +401,7 @@ class TangoPipeline(DiffusionPipeline):
         negative_prompt: str | list[str] | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float = 3.0,
+        guidance_interval: tuple[float, float] | None = None,
         num_waveforms_per_prompt: int = 1,
         audio_length_in_s: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -398,6 +424,11 @@ class TangoPipeline(DiffusionPipeline):
                 200 for best quality).
             guidance_scale (`float`, defaults to 3.0):
                 Classifier-free guidance weight; guidance is used when it is above 1.
+            guidance_interval (`tuple[float, float]`, *optional*):
+                `(low, high)`: guide only the steps whose training timestep t has low <= t <= high; the others
+                run the UNet on the prompt alone, half the work (Kynkäänniemi et al. 2024: guidance matters
+                in the middle of the trajectory). Defaults to `config.default_guidance_interval`; `(0, inf)`
+                guides every step.
             num_waveforms_per_prompt (`int`, defaults to 1):
                 Clips per prompt. All prompts x clips run as one batched forward (CFG batched too).
             audio_length_in_s (`float`, *optional*):
@@ -470,6 +501,10 @@ class TangoPipeline(DiffusionPipeline):
             prompts, device, num_waveforms_per_prompt, do_classifier_free_guidance, negative_prompt
         )
         prompt_embeds = prompt_embeds.to(self.unet.dtype)
+        if guidance_interval is None:
+            saved = self.config.get("default_guidance_interval")
+            guidance_interval = (saved["low"], saved["high"]) if saved else (0, math.inf)
+        guidance_low, guidance_high = checked_guidance_interval(guidance_interval)
 
         # 4. Prepare timesteps
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -479,21 +514,25 @@ class TangoPipeline(DiffusionPipeline):
         # update keeps its precision, and the same seed draws the same noise in fp16 and fp32.
         latents = self.prepare_latents(batch_size, latent_frames, torch.float32, device, generator, latents)
 
-        # 6. Denoising loop
+        # 6. Denoising loop. Stochastic schedulers (DDPM) draw from the generator; deterministic ones take none.
+        step_options = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
-                latent_model_input = torch.cat([latents] * 2) if do_classifier_free_guidance else latents
+                guided = do_classifier_free_guidance and guidance_low <= float(t) <= guidance_high
+                latent_model_input = torch.cat([latents] * 2) if guided else latents
                 latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
+                # Unguided steps of a guided call see the prompt half only (the unconditional half comes first).
+                conditional = slice(-batch_size, None) if do_classifier_free_guidance and not guided else slice(None)
                 noise_pred = self.unet(
                     latent_model_input.to(self.unet.dtype),
                     t,
-                    encoder_hidden_states=prompt_embeds,
-                    encoder_attention_mask=attention_mask,
+                    encoder_hidden_states=prompt_embeds[conditional],
+                    encoder_attention_mask=attention_mask[conditional],
                 ).sample.float()
-                if do_classifier_free_guidance:
+                if guided:
                     noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
                     noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
-                latents = self.scheduler.step(noise_pred, t, latents, generator=generator).prev_sample
+                latents = self.scheduler.step(noise_pred, t, latents, **step_options).prev_sample
 
                 if callback_on_step_end is not None:
                     available = {"latents": latents, "prompt_embeds": prompt_embeds}

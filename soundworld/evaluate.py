@@ -146,11 +146,13 @@ def evaluate_pipeline(
     batch_size: int,
     baseline_seed: int = 0,
     progress: bool = True,
+    **call_options,
 ) -> tuple[list[JudgeResult], list[JudgeResult]]:
     """Generate one clip per (prompt, seed) in batches and judge it.
 
     ``pipe`` is a text-to-audio pipeline called as ``pipe(prompts, num_inference_steps=...,
     guidance_scale=..., generator=pipe.clip_generators(seeds)).audios`` -> (batch, samples).
+    ``call_options`` go to every call (e.g. ``guidance_interval``).
     Returns (results, shuffled): each clip judged against its own prompt, and
     against its ``shuffled_partners(len(prompts), baseline_seed)`` prompt.
     """
@@ -163,7 +165,7 @@ def evaluate_pipeline(
         for start in range(0, len(prompts), batch_size):
             batch = slice(start, start + batch_size)
             output = pipe(prompts[batch], num_inference_steps=steps, guidance_scale=guidance,
-                          generator=pipe.clip_generators(seeds[batch]))
+                          generator=pipe.clip_generators(seeds[batch]), **call_options)
             audios = output.audios
             for offset, audio in enumerate(np.asarray(audios, dtype=np.float32)):
                 index = start + offset

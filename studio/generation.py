@@ -54,13 +54,18 @@ except ImportError:
 logger = logging.getLogger(__name__)
 
 MODEL_DEFAULT = "model default"
-# label -> diffusers scheduler class (None: the model's own scheduler)
-SAMPLERS: dict[str, str | None] = {
+# label -> (diffusers scheduler class, settings over the model's scheduler config); None: the model's own scheduler
+_DPM_2M = {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False}
+SAMPLERS: dict[str, tuple[str, dict] | None] = {
     MODEL_DEFAULT: None,
-    "DPM-Solver++": "DPMSolverMultistepScheduler",
-    "DDIM": "DDIMScheduler",
-    "Euler": "EulerDiscreteScheduler",
-    "DDPM (Tango's own)": "DDPMScheduler",
+    "DPM-Solver++": ("DPMSolverMultistepScheduler", _DPM_2M),
+    "DPM-Solver++ Karras": ("DPMSolverMultistepScheduler", {**_DPM_2M, "use_karras_sigmas": True}),
+    "DPM-Solver++ 3M": ("DPMSolverMultistepScheduler", {**_DPM_2M, "solver_order": 3}),
+    "UniPC": ("UniPCMultistepScheduler", {"solver_order": 2, "use_karras_sigmas": False}),
+    "DEIS": ("DEISMultistepScheduler", {"solver_order": 2, "use_karras_sigmas": False}),
+    "DDIM": ("DDIMScheduler", {}),
+    "Euler": ("EulerDiscreteScheduler", {"use_karras_sigmas": False}),
+    "DDPM (Tango's own)": ("DDPMScheduler", {}),
 }
 MAX_CANDIDATES = 4
 MAX_STEPS = 1000  # the training schedule's length
@@ -260,8 +265,8 @@ def example_prompts(models: list[LoadedModel]) -> list[str]:
 
 def with_sampler(pipe: TangoPipeline, sampler: str) -> TangoPipeline:
     """A view of ``pipe`` (same weights) with a fresh scheduler of the chosen kind; ``pipe`` is untouched."""
-    class_name = SAMPLERS[sampler] or type(pipe.scheduler).__name__
-    scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config)
+    class_name, settings = SAMPLERS[sampler] or (type(pipe.scheduler).__name__, {})
+    scheduler = getattr(diffusers, class_name).from_config({**pipe.scheduler.config, **settings})
     view = pipe.with_components(scheduler=scheduler)
     view.set_progress_bar_config(disable=True)
     return view
@@ -279,11 +284,16 @@ def check_steps(pipe: TangoPipeline, settings: GenerationSettings) -> None:
 
 
 def sampler_model_label(model: LoadedModel, sampler: str) -> str:
-    """The model name stored with a clip: the spec, plus the scheduler when it is not the model's own."""
-    class_name = SAMPLERS[sampler]
-    if class_name is None or class_name == type(model.pipe.scheduler).__name__:
+    """The model name stored with a clip: the spec, plus the scheduler (and the settings it changes) when it is
+    not the model's own."""
+    if SAMPLERS[sampler] is None:
         return model.spec
-    return f"{model.spec}+{class_name}"
+    class_name, settings = SAMPLERS[sampler]
+    own = model.pipe.scheduler.config
+    changed = {key: value for key, value in settings.items() if own.get(key) != value}
+    if class_name == type(model.pipe.scheduler).__name__ and not changed:
+        return model.spec
+    return f"{model.spec}+{class_name}" + "".join(f"[{key}={value}]" for key, value in changed.items())
 
 
 def _run_pipeline(pipe: TangoPipeline, settings: GenerationSettings, seeds: list[int],

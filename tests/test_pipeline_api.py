@@ -104,6 +104,9 @@ def test_over_long_prompt_is_truncated_with_a_warning(fixture_pipe, caplog):
         ({"output_type": "wav"}, ValueError, "`output_type`"),
         ({"generator": generators(1, 2, 3)}, ValueError, "generators"),
         ({"latents": torch.zeros(1, 8, 3, 16)}, ValueError, "`latents`"),
+        ({"guidance_interval": (800, 200)}, ValueError, "`guidance_interval`"),
+        ({"guidance_interval": (-1, 200)}, ValueError, "`guidance_interval`"),
+        ({"guidance_interval": "early"}, ValueError, "`guidance_interval`"),
     ],
 )
 def test_bad_input_gets_a_clear_error(fixture_pipe, kwargs, error, message):
@@ -254,3 +257,36 @@ def test_latent_space_fingerprint_and_posterior_travel_with_the_model(fixture_pi
     assert load_pipeline("tiny").config.latent_posterior == "mode"  # the embedded models trained on the mode
     with pytest.raises(ValueError, match="latent_posterior"):
         TangoPipeline(**fixture_pipe.components, latent_posterior="median")
+
+
+def test_guidance_interval_guides_only_the_steps_within_it(fixture_pipe, tmp_path):
+    """Steps outside the interval run the UNet on the prompt alone (half the batch); an interval that holds no step
+    is the unguided sampler, one that holds them all is the default; a saved default travels with the model."""
+    call = dict(prompt=PROMPTS[0], num_inference_steps=4, audio_length_in_s=SHORT, num_waveforms_per_prompt=2)
+    batches = []
+    hook = fixture_pipe.unet.register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
+    try:
+        timesteps = [int(t) for t in (fixture_pipe.scheduler.set_timesteps(4) or fixture_pipe.scheduler.timesteps)]
+        low, high = sorted(timesteps)[1], sorted(timesteps)[2]  # the two middle steps
+        middle = fixture_pipe(**call, guidance_interval=(low, high), generator=generators(1, 2)).audios
+    finally:
+        hook.remove()
+    assert batches == [4 if low <= t <= high else 2 for t in timesteps]
+    full = fixture_pipe(**call, generator=generators(1, 2)).audios
+    everywhere = fixture_pipe(**call, guidance_interval=(0, float("inf")), generator=generators(1, 2)).audios
+    nowhere = fixture_pipe(**call, guidance_interval=(5000, 6000), generator=generators(1, 2)).audios
+    unguided = fixture_pipe(**{**call, "guidance_scale": 1.0}, generator=generators(1, 2)).audios
+    np.testing.assert_array_equal(full, everywhere)
+    np.testing.assert_allclose(nowhere, unguided, atol=1e-6)
+    assert not np.allclose(middle, full) and not np.allclose(middle, unguided)
+
+    saved = {"low": low, "high": high}
+    TangoPipeline(**fixture_pipe.components, default_guidance_interval=saved).save_pretrained(tmp_path)
+    reloaded = load_pipeline(str(tmp_path), device="cpu")
+    assert reloaded.config.default_guidance_interval == saved
+    reloaded.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(reloaded(**call, generator=generators(1, 2)).audios, middle)
+    assert reloaded.with_components(unet=reloaded.unet).config.default_guidance_interval == saved
+    for bad in ([low, high], {"low": high, "high": low}):
+        with pytest.raises(ValueError, match="guidance_interval"):
+            TangoPipeline(**fixture_pipe.components, default_guidance_interval=bad)

@@ -289,3 +289,30 @@ def test_served_copies_are_bounded_and_the_temporary_folder_goes_at_close(tmp_pa
     studio.close()
     assert not folder.exists()
     studio.close()  # again at exit: nothing to do
+
+
+def test_every_sampler_makes_finite_audio_and_names_itself_in_the_stored_model(app_models):
+    """Each sampler the Demo offers is its scheduler with its settings over the model's config; the model name stored
+    with a clip tells a changed setting (Karras sigmas) from the model's own sampler; the shared pipeline is untouched."""
+    import diffusers
+    import numpy as np
+
+    from pipeline import load_pipeline
+    from studio.generation import SAMPLERS, sampler_model_label, with_sampler
+
+    model = LoadedModel("base", "Base", str(app_models[0]), load_pipeline(str(app_models[0]), device="cpu"))
+    own = dict(model.pipe.scheduler.config)
+    labels = set()
+    for sampler, choice in SAMPLERS.items():
+        view = with_sampler(model.pipe, sampler)
+        if choice is not None:
+            class_name, settings = choice
+            assert isinstance(view.scheduler, getattr(diffusers, class_name))
+            assert all(view.scheduler.config[key] == value for key, value in settings.items())
+        audio = view("a knock", num_inference_steps=8, generator=view.clip_generators([0])).audios
+        assert np.isfinite(audio).all() and np.abs(audio).max() > 0, sampler
+        labels.add(sampler_model_label(model, sampler))
+    assert dict(model.pipe.scheduler.config) == own
+    assert sampler_model_label(model, "DPM-Solver++ Karras").endswith("[use_karras_sigmas=True]")
+    # The model's own sampler and its explicit name store the same model; every other sampler is told apart.
+    assert len(labels) == len(SAMPLERS) - 1
