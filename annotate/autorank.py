@@ -22,7 +22,9 @@ teach. Every pair passes Tango 2's filter: the gap at least ``--min-margin`` (Au
 
 * ``judge``: the sound world's judge; scores in [0, 1];
 * ``clap``: cosine similarity of CLAP text and audio embeddings (``laion/larger_clap_general``
-  by default; any transformers CLAP checkpoint).
+  by default; any transformers CLAP checkpoint);
+* ``reward:PATH``: a preference model learned from human rankings (``annotate.reward``); its
+  scores are Bradley-Terry logits, so a margin m means P(better) = σ(m).
 
 Clip ``i`` of every prompt is generated with seed ``seed + i`` (``pipeline.clip_seeds``); the
 perturbed and temporal clips with the seeds after those. Every pair keeps the latents its clips
@@ -302,11 +304,36 @@ def strategy_list(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def ranker_spec(text: str) -> str:
+    """``judge``, ``clap`` or ``reward:PATH`` (checked here, loaded by ``load_ranker`` after the heavy imports)."""
+    if text in ("judge", "clap"):
+        return text
+    if text.startswith("reward:") and text[len("reward:"):]:
+        folder = Path(text[len("reward:"):])
+        if not (folder / "reward" / "config.json").is_file():
+            raise argparse.ArgumentTypeError(f"{folder} is not a preference model folder (no reward/config.json); "
+                                             "train one with `python -m annotate.reward train`")
+        return text
+    raise argparse.ArgumentTypeError(f"must be judge, clap or reward:PATH, got {text!r}")
+
+
+def load_ranker(spec: str, clap_model: str = "laion/larger_clap_general", device: str | None = None):
+    """The ranker a ``ranker_spec`` names: called as ``ranker(waveforms, sample_rate, prompt) -> scores``."""
+    if spec == "judge":
+        return JudgeRanker()
+    if spec == "clap":
+        return ClapRanker.from_pretrained(clap_model, device=device)
+    from .reward import PreferenceModel
+
+    return PreferenceModel.from_pretrained(spec[len("reward:"):])
+
+
 def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
     """How candidates become pairs: the flags ``annotate.autorank`` and ``annotate.rounds`` share."""
     group = parser.add_argument_group("pairs (Tango 2's strategies and filter)")
     group.add_argument("--k", type=int, default=4, help="candidates per prompt (and per perturbed prompt)")
-    group.add_argument("--ranker", choices=["judge", "clap"], default="judge", help="who scores the candidates")
+    group.add_argument("--ranker", type=ranker_spec, default="judge",
+                       help="who scores the candidates: judge, clap, or reward:PATH (a model from annotate.reward)")
     group.add_argument("--clap-model", default="laion/larger_clap_general", help="CLAP checkpoint for --ranker clap")
     group.add_argument("--strategies", type=strategy_list, default=["inference"],
                        help="comma-separated: inference (several clips of the prompt), perturbed (loser from a prompt "
@@ -369,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     from .pool import PipelineGenerator
 
     prompts = read_prompts(args.prompts, args.n, args.seed)
-    ranker = JudgeRanker() if args.ranker == "judge" else ClapRanker.from_pretrained(args.clap_model)
+    ranker = load_ranker(args.ranker, args.clap_model)
     report = AutorankReport()
     generator = PipelineGenerator(args.model)
     args.steps = args.steps or generator.default_steps

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .autorank import (AutorankReport, ClapRanker, JudgeRanker, add_pair_arguments, autorank_pairs, pair_filter,
+from .autorank import (AutorankReport, add_pair_arguments, autorank_pairs, load_ranker, pair_filter,
                        pairing_rule)
 from .dataset import EmptyDataset, write_preference_dataset
 from .perturb import load_perturbations
@@ -88,7 +88,7 @@ def make_pairs(state, args, model: str, round_index: int, folder: Path) -> dict:
 
     seed = args.seed + 1000 * round_index
     prompts = sample_prompts("train", args.prompts, seed)
-    ranker = JudgeRanker() if args.ranker == "judge" else ClapRanker.from_pretrained(args.clap_model, device=str(state.device))
+    ranker = load_ranker(args.ranker, args.clap_model, device=str(state.device))
     generator = PipelineGenerator(model, device=state.device)
     steps = args.steps or generator.default_steps
     report = AutorankReport()

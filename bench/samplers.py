@@ -47,11 +47,12 @@ class Row:
 BASELINE = Row("DPM-Solver++", 25)  # the embedded models' default before this sweep
 SOLVERS = ("DPM-Solver++", "DPM-Solver++ Karras", "DPM-Solver++ 3M", "UniPC", "DEIS")
 INTERVALS = ((0, 700), (200, 1000), (200, 800))  # skip guidance early (high noise), late, or both
-ROWS = ([BASELINE]
-        + [Row(solver, steps) for solver in SOLVERS for steps in (8, 10, 12, 16, 25) if Row(solver, steps) != BASELINE]
-        + [Row(sampler, steps, interval) for sampler, steps in (("DPM-Solver++", 25), ("UniPC", 16))
-           for interval in INTERVALS]
-        + [Row("DPM-Solver++", 25, bf16=True), Row("UniPC", 12, bf16=True)])
+# Below 12 steps every solver lost more than 0.01 in the earlier sweep (DPM-Solver++ 10: -0.034), so the grid
+# spends its time on 12 and 16 steps (and UniPC 10), where a solver could match 25 at half the UNet evaluations.
+ROWS = ([BASELINE, Row("UniPC", 10)]
+        + [Row(solver, steps) for steps in (16, 12) for solver in SOLVERS]
+        + [Row("UniPC", 16, interval) for interval in INTERVALS]
+        + [Row("DPM-Solver++", 25, (200, 800)), Row("DPM-Solver++", 25, bf16=True)])
 
 
 def unet_evaluations_per_clip(pipe, row: Row, guidance: float) -> int:

@@ -1,0 +1,466 @@
+"""A preference model learned from the votes: a few hundred human rankings become a ranker for thousands of clips.
+
+    python -m annotate.reward train    --data-dir data --base tiny --out reward-model      # the store's rankings
+    python -m annotate.reward train    --dataset exports/human-pairs --base tiny --out reward-model
+    python -m annotate.reward evaluate --model reward-model --data-dir data
+    python -m annotate.autorank --model tiny --ranker reward:reward-model --out pairs     # rank new candidates
+
+Every two clips of a ranking with different ranks are a comparison (``annotate.pairs.ordered_pairs``; ties say
+nothing, skips and all-bad votes carry no preference, as in the export and the verdict). The model gives a clip a
+reward r(prompt, clip) and is trained with the Bradley-Terry loss
+
+    L = -log σ(r(p, better) - r(p, worse))
+
+averaged over comparisons (each annotator's vote counts on its own: disagreement is the noise the loss expects).
+Inputs are what the pipeline already computes: the clip's VAE latent of its log-mel (the mode of the posterior) and
+the prompt's hidden states from the pipeline's text encoder, both frozen; a small transformer reads the audio,
+the prompt's tokens attend to it, and a linear layer turns the pooled tokens into the reward. Validation holds
+out whole prompts, and the epoch with the lowest held-out loss is kept.
+
+``save_pretrained`` writes the head (``reward/``), the encoders it reads through (``tokenizer/``,
+``text_encoder/``, ``vae/``) and a card (``README.md``, ``training.json``) with the data it saw and its held-out
+accuracy; ``from_pretrained`` reads it back. A model is a ranker: ``model(waveforms, sample_rate, prompt)`` gives
+one reward per clip, higher is better.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .pairs import ordered_pairs, usable
+from .validation import InvalidInput
+
+if TYPE_CHECKING:
+    import torch
+
+    from .store import Store
+
+logger = logging.getLogger(__name__)
+
+TRAINING_FILE = "training.json"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One annotator preferred clip ``better`` over clip ``worse`` (keys into the clips' audio) for ``prompt``."""
+
+    prompt: str
+    better: str
+    worse: str
+
+
+@dataclass
+class Comparisons:
+    """Comparisons and the audio of every clip they name (16 kHz mono float32)."""
+
+    items: list[Comparison]
+    audio: dict[str, np.ndarray]
+
+    @property
+    def prompts(self) -> list[str]:
+        return list(dict.fromkeys(c.prompt for c in self.items))
+
+    def of_prompts(self, prompts: Iterable[str]) -> "Comparisons":
+        keep = set(prompts)
+        return Comparisons([c for c in self.items if c.prompt in keep], self.audio)
+
+
+def comparisons_from_rankings(rankings, prompt_of_task: Mapping[int, str]) -> list[Comparison]:
+    """Every (better, worse) of every usable ranking, each vote on its own."""
+    return [Comparison(prompt_of_task[ranking.task_id], better, worse)
+            for ranking in rankings if usable(ranking) for better, worse in ordered_pairs(ranking.ranks)]
+
+
+def comparisons_from_store(store: "Store") -> Comparisons:
+    """The store's human rankings (gold tasks included: they are real votes) as comparisons."""
+    from pipeline.audio import load_audio
+
+    rankings = store.rankings()
+    clips = store.candidates({clip_id for ranking in rankings for clip_id in ranking.ranks})
+    prompt_of_task = {ranking.task_id: clips[next(iter(ranking.ranks))].prompt for ranking in rankings}
+    items = comparisons_from_rankings(rankings, prompt_of_task)
+    audio = {key: load_audio(clips[key].audio_path) for key in {k for c in items for k in (c.better, c.worse)}}
+    return Comparisons(items, audio)
+
+
+def comparisons_from_dataset(dataset: str, split: str = "train") -> Comparisons:
+    """An exported preference dataset (Audio-Alpaca's columns; a folder or Hub id): each row is one comparison,
+    chosen over rejected. Rows whose audio cannot be read are left out (with a warning), as ``train_dpo.py`` does."""
+    from pipeline.audio import AudioError
+    from train_dpo import DatasetError, decode_audio, load_pairs
+
+    try:
+        rows = load_pairs(dataset, split)
+    except DatasetError as err:
+        raise InvalidInput(str(err)) from None
+    base_dir = Path(dataset) if Path(dataset).is_dir() else None
+    items, audio, bad = [], {}, 0
+    for row in rows:
+        try:
+            clips = [decode_audio(row[column], base_dir) for column in ("chosen", "rejected")]
+        except (AudioError, DatasetError) as err:
+            bad += 1
+            logger.warning("left out a row of %s: %s", dataset, err)
+            continue
+        keys = [hashlib.sha256(clip.tobytes()).hexdigest()[:16] for clip in clips]
+        audio.update(zip(keys, clips))
+        items.append(Comparison(row["prompt"], *keys))
+    if not items:
+        raise InvalidInput(f"{dataset}: no preference pairs to learn from ({bad} unreadable row(s))")
+    return Comparisons(items, audio)
+
+
+def _sinusoids(length: int, width: int) -> "torch.Tensor":
+    import torch
+
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10_000.0) / width))
+    table = torch.zeros(length, width)
+    table[:, 0::2], table[:, 1::2] = torch.sin(position * frequency), torch.cos(position * frequency)
+    return table
+
+
+def _head_class():
+    """The head's class, defined on first use: torch and diffusers load only when a model is built."""
+    global PreferenceHead
+    if "PreferenceHead" in globals():
+        return PreferenceHead
+    import torch
+    from diffusers import ConfigMixin, ModelMixin
+    from diffusers.configuration_utils import register_to_config
+    from torch import nn
+
+    class PreferenceHead(ModelMixin, ConfigMixin):
+        """r(prompt, clip): the audio latents through a small transformer; the prompt's tokens attend to them."""
+
+        @register_to_config
+        def __init__(self, audio_dim: int = 128, text_dim: int = 64, width: int = 128, heads: int = 4,
+                     audio_layers: int = 2, text_layers: int = 2, dropout: float = 0.1):
+            super().__init__()
+            self.audio_in = nn.Linear(audio_dim, width)
+            self.text_in = nn.Linear(text_dim, width)
+            layer = dict(d_model=width, nhead=heads, dim_feedforward=2 * width, dropout=dropout, batch_first=True,
+                         norm_first=True)
+            self.audio_encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer), audio_layers,
+                                                       enable_nested_tensor=False)
+            self.text_decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer), text_layers)
+            self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 1))
+
+        def forward(self, audio: torch.Tensor, audio_mask: torch.Tensor, text: torch.Tensor,
+                    text_mask: torch.Tensor) -> torch.Tensor:
+            """audio (B, frames, audio_dim), text (B, tokens, text_dim); masks True where valid. Returns (B,)."""
+            hidden = self.audio_in(audio) + _sinusoids(audio.shape[1], self.config.width).to(audio)
+            hidden = self.audio_encoder(hidden, src_key_padding_mask=~audio_mask)
+            tokens = self.text_decoder(self.text_in(text), hidden, tgt_key_padding_mask=~text_mask,
+                                       memory_key_padding_mask=~audio_mask)
+            weights = text_mask.unsqueeze(-1).to(tokens)
+            return self.out((tokens * weights).sum(1) / weights.sum(1)).squeeze(-1)
+
+    globals()["PreferenceHead"] = PreferenceHead
+    return PreferenceHead
+
+
+@dataclass
+class TrainingReport:
+    """What the model saw and how well it does on prompts it never saw; written to ``training.json``."""
+
+    base: str
+    source: str
+    comparisons: int
+    prompts: int
+    validation_prompts: int
+    epochs_run: int
+    best_epoch: int
+    validation_loss: float | None
+    validation_accuracy: float | None
+    trained_at: str
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+    evaluations: dict = field(default_factory=dict)  # name -> evaluate() result, e.g. against the judge
+
+
+class PreferenceModel:
+    """The pipeline's frozen encoders and a trained ``PreferenceHead``; a ranker (``name`` is ``"reward"``)."""
+
+    name = "reward"
+
+    def __init__(self, head, tokenizer, text_encoder, vae, report: TrainingReport | None = None):
+        self.head, self.tokenizer, self.text_encoder, self.vae = head.eval(), tokenizer, text_encoder.eval(), vae.eval()
+        self.report = report
+
+    @classmethod
+    def untrained(cls, base: str = "tiny", **head_config) -> "PreferenceModel":
+        """A fresh head over the encoders of the pipeline ``base`` names (a spec or a folder)."""
+        from pipeline import load_pipeline
+
+        pipe = load_pipeline(base, device="cpu", dtype=None)
+        audio_dim = pipe.vae.config.latent_channels * pipe.latent_mel_bins
+        head = _head_class()(audio_dim=audio_dim, text_dim=pipe.text_encoder.config.d_model, **head_config)
+        return cls(head, pipe.tokenizer, pipe.text_encoder, pipe.vae)
+
+    # -- features -------------------------------------------------------------------------
+
+    def audio_features(self, waveform: np.ndarray) -> "torch.Tensor":
+        """A 16 kHz clip's VAE latent (mode of the posterior, times the scaling factor) as (frames, channels x bins)."""
+        import torch
+
+        from pipeline.audio import TANGO_MEL, wav_to_fbank
+
+        frames_per_latent = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        frames = math.ceil(len(waveform) / TANGO_MEL.hop_length / frames_per_latent) * frames_per_latent
+        fbank, _, _ = wav_to_fbank(np.asarray(waveform, np.float32), target_length=max(frames, frames_per_latent))
+        with torch.no_grad():
+            latent = self.vae.encode(fbank.unsqueeze(1).to(self.vae.dtype)).latent_dist.mode()
+        latent = latent.float()[0] * float(self.vae.config.scaling_factor)  # (channels, frames, bins)
+        return latent.permute(1, 0, 2).flatten(1)
+
+    def text_features(self, prompt: str) -> "torch.Tensor":
+        """The prompt's hidden states from the pipeline's text encoder, (tokens, width)."""
+        import torch
+
+        inputs = self.tokenizer([prompt], truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            return self.text_encoder(input_ids=inputs.input_ids).last_hidden_state[0].float()
+
+    def rewards(self, audio: Sequence["torch.Tensor"], text: Sequence["torch.Tensor"]) -> "torch.Tensor":
+        """r for each (audio features, text features), batched with padding masks."""
+        import torch
+        from torch.nn.utils.rnn import pad_sequence
+
+        audio_mask = pad_sequence([torch.ones(len(a), dtype=torch.bool) for a in audio], batch_first=True)
+        text_mask = pad_sequence([torch.ones(len(t), dtype=torch.bool) for t in text], batch_first=True)
+        return self.head(pad_sequence(list(audio), batch_first=True), audio_mask,
+                         pad_sequence(list(text), batch_first=True), text_mask)
+
+    # -- a ranker -------------------------------------------------------------------------
+
+    def __call__(self, waveforms: np.ndarray, sample_rate: int, prompt: str) -> list[float]:
+        import torch
+
+        from pipeline.audio import as_mono_16k
+
+        audio = [self.audio_features(as_mono_16k(np.asarray(w, np.float32), sample_rate)) for w in waveforms]
+        text = self.text_features(prompt)
+        with torch.no_grad():
+            return [float(r) for r in self.rewards(audio, [text] * len(audio))]
+
+    # -- saving ---------------------------------------------------------------------------
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        self.head.save_pretrained(folder / "reward")
+        self.tokenizer.save_pretrained(folder / "tokenizer")
+        self.text_encoder.save_pretrained(folder / "text_encoder")
+        self.vae.save_pretrained(folder / "vae")
+        if self.report is not None:
+            (folder / TRAINING_FILE).write_text(json.dumps(asdict(self.report), indent=1) + "\n")
+            (folder / "README.md").write_text(model_card(self.report))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> "PreferenceModel":
+        from diffusers import AutoencoderKL
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        folder = Path(folder)
+        if not (folder / "reward" / "config.json").is_file():
+            raise InvalidInput(f"{folder} is not a preference model folder (no reward/config.json): train one with "
+                               "`python -m annotate.reward train`")
+        report = None
+        if (folder / TRAINING_FILE).is_file():
+            report = TrainingReport(**json.loads((folder / TRAINING_FILE).read_text()))
+        return cls(_head_class().from_pretrained(folder / "reward"), AutoTokenizer.from_pretrained(folder / "tokenizer"),
+                   T5EncoderModel.from_pretrained(folder / "text_encoder"),
+                   AutoencoderKL.from_pretrained(folder / "vae"), report)
+
+
+def model_card(report: TrainingReport) -> str:
+    evaluations = "".join(
+        f"| {name} | {result['pairs']} | {result['accuracy']:.3f} [{result['interval'][0]:.3f}, "
+        f"{result['interval'][1]:.3f}] |\n" for name, result in report.evaluations.items())
+    return (f"# Preference model\n\nBradley-Terry reward r(prompt, clip) over the frozen encoders of `{report.base}` "
+            f"(`annotate.reward`).\n\n- Data: {report.comparisons} comparisons on {report.prompts} prompts from "
+            f"{report.source}\n- Validation: {report.validation_prompts} held-out prompts; best epoch "
+            f"{report.best_epoch} of {report.epochs_run}, loss {report.validation_loss}, pair accuracy "
+            f"{report.validation_accuracy}\n- Trained {report.trained_at} in {report.seconds:.0f} s\n\n"
+            + (f"| evaluation | pairs | accuracy [95 %] |\n|---|---|---|\n{evaluations}" if evaluations else ""))
+
+
+# -- training and evaluation ------------------------------------------------------------------
+
+
+def _featurize(model: PreferenceModel, comparisons: Comparisons, progress: bool = True):
+    from tqdm.auto import tqdm
+
+    keys = sorted({key for c in comparisons.items for key in (c.better, c.worse)})
+    audio = {key: model.audio_features(comparisons.audio[key]) for key in tqdm(keys, desc="audio features",
+                                                                               disable=not progress)}
+    text = {prompt: model.text_features(prompt) for prompt in comparisons.prompts}
+    return audio, text
+
+
+def _loss_and_accuracy(model: PreferenceModel, items: Sequence[Comparison], audio, text, batch_size: int = 256):
+    import torch
+    import torch.nn.functional as F
+
+    losses, correct = [], []
+    with torch.no_grad():
+        for start in range(0, len(items), batch_size):
+            batch = items[start:start + batch_size]
+            margin = _margins(model, batch, audio, text)
+            losses.append(-F.logsigmoid(margin))
+            correct.append((margin > 0).float() + 0.5 * (margin == 0).float())
+    return float(torch.cat(losses).mean()), float(torch.cat(correct).mean())
+
+
+def _margins(model: PreferenceModel, batch: Sequence[Comparison], audio, text) -> "torch.Tensor":
+    rewards = model.rewards([audio[c.better] for c in batch] + [audio[c.worse] for c in batch],
+                            [text[c.prompt] for c in batch] * 2)
+    return rewards[:len(batch)] - rewards[len(batch):]
+
+
+def split_prompts(prompts: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(training, held-out) prompts: whole prompts are held out, so accuracy is measured on prompts never seen."""
+    order = np.random.default_rng(seed).permutation(len(prompts))
+    held = max(1, round(len(prompts) * fraction)) if fraction > 0 and len(prompts) > 1 else 0
+    return [prompts[i] for i in order[held:]], [prompts[i] for i in order[:held]]
+
+
+def train_preference_model(comparisons: Comparisons, *, base: str = "tiny", source: str = "", epochs: int = 40,
+                           batch_size: int = 64, learning_rate: float = 3e-4, weight_decay: float = 0.01,
+                           validation_fraction: float = 0.1, patience: int = 8, seed: int = 0,
+                           progress: bool = True) -> PreferenceModel:
+    """Fit a Bradley-Terry head on ``comparisons``; keep the epoch with the lowest loss on held-out prompts."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    if not comparisons.items:
+        raise InvalidInput("no comparisons to learn from: rank some clips first (ties, skips and all-bad votes "
+                           "carry no preference)")
+    torch.manual_seed(seed)
+    model = PreferenceModel.untrained(base)
+    audio, text = _featurize(model, comparisons, progress)
+    train_prompts, held_prompts = split_prompts(comparisons.prompts, validation_fraction, seed)
+    train_items = comparisons.of_prompts(train_prompts).items
+    held_items = comparisons.of_prompts(held_prompts).items
+    optimizer = torch.optim.AdamW(model.head.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    rng = np.random.default_rng(seed)
+    started, history = time.perf_counter(), []
+    best = (math.inf, 0, None, None)  # loss, epoch, accuracy, state
+    for epoch in range(1, epochs + 1):
+        model.head.train()
+        order = rng.permutation(len(train_items))
+        running = 0.0
+        for start in range(0, len(order), batch_size):
+            batch = [train_items[i] for i in order[start:start + batch_size]]
+            loss = -F.logsigmoid(_margins(model, batch, audio, text)).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.head.parameters(), 1.0)
+            optimizer.step()
+            running += loss.item() * len(batch)
+        model.head.eval()
+        record = {"epoch": epoch, "train_loss": round(running / len(train_items), 4)}
+        if held_items:
+            held_loss, held_accuracy = _loss_and_accuracy(model, held_items, audio, text)
+            record.update(validation_loss=round(held_loss, 4), validation_accuracy=round(held_accuracy, 4))
+            if held_loss < best[0]:
+                best = (held_loss, epoch, held_accuracy, copy.deepcopy(model.head.state_dict()))
+        history.append(record)
+        if progress:
+            print(json.dumps(record), flush=True)
+        if held_items and epoch - best[1] >= patience:
+            break
+    if best[3] is not None:
+        model.head.load_state_dict(best[3])
+    model.report = TrainingReport(
+        base=base, source=source, comparisons=len(comparisons.items), prompts=len(comparisons.prompts),
+        validation_prompts=len(held_prompts), epochs_run=len(history), best_epoch=best[1] or len(history),
+        validation_loss=None if best[3] is None else round(best[0], 4),
+        validation_accuracy=None if best[3] is None else round(best[2], 4),
+        trained_at=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), seconds=round(time.perf_counter() - started, 1),
+        history=history)
+    return model
+
+
+def evaluate(model: PreferenceModel, comparisons: Comparisons, *, seed: int = 0, n_boot: int = 2000,
+             progress: bool = False) -> dict:
+    """Pair accuracy (a tie counts half) with a 95 % bootstrap interval that resamples whole prompts."""
+    import torch
+
+    audio, text = _featurize(model, comparisons, progress)
+    with torch.no_grad():
+        margins = torch.cat([_margins(model, comparisons.items[start:start + 256], audio, text)
+                             for start in range(0, len(comparisons.items), 256)]).numpy()
+    correct = (margins > 0) + 0.5 * (margins == 0)
+    prompts = comparisons.prompts
+    index = {prompt: i for i, prompt in enumerate(prompts)}
+    cluster = np.array([index[c.prompt] for c in comparisons.items])
+    sums, counts = np.bincount(cluster, correct, len(prompts)), np.bincount(cluster, minlength=len(prompts))
+    draws = np.random.default_rng(seed).integers(0, len(prompts), (n_boot, len(prompts)))
+    resampled = sums[draws].sum(1) / np.maximum(counts[draws].sum(1), 1)
+    return {"pairs": len(correct), "prompts": len(prompts), "accuracy": round(float(correct.mean()), 4),
+            "interval": [round(float(np.percentile(resampled, 2.5)), 4), round(float(np.percentile(resampled, 97.5)), 4)]}
+
+
+# -- command line -----------------------------------------------------------------------------------
+
+
+def _comparisons(args: argparse.Namespace) -> tuple[Comparisons, str]:
+    if args.dataset:
+        return comparisons_from_dataset(args.dataset), f"the dataset {args.dataset}"
+    from . import __main__ as cli
+
+    return comparisons_from_store(cli._existing_store(args.data_dir)), f"the rankings in {args.data_dir}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m annotate.reward", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("train", "learn a preference model from rankings or pairs"),
+                            ("evaluate", "pair accuracy of a preference model on rankings or pairs")):
+        command = commands.add_parser(name, help=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        source = command.add_mutually_exclusive_group(required=True)
+        source.add_argument("--data-dir", help="the annotation store's folder (its human rankings)")
+        source.add_argument("--dataset", help="an exported preference dataset (folder or Hub id)")
+    train = commands.choices["train"]
+    train.add_argument("--base", default="tiny", help="the pipeline whose VAE and text encoder the model reads through")
+    train.add_argument("--out", required=True, help="folder for the model")
+    train.add_argument("--epochs", type=int, default=40)
+    train.add_argument("--validation-fraction", type=float, default=0.1, help="share of prompts held out")
+    train.add_argument("--seed", type=int, default=0)
+    commands.choices["evaluate"].add_argument("--model", required=True, help="a folder written by `train`")
+    args = parser.parse_args(argv)
+    try:
+        comparisons, source = _comparisons(args)
+        if args.command == "train":
+            model = train_preference_model(comparisons, base=args.base, source=source, epochs=args.epochs,
+                                           validation_fraction=args.validation_fraction, seed=args.seed)
+            model.save_pretrained(args.out)
+            report = model.report
+            print(f"trained on {report.comparisons} comparisons ({report.prompts} prompts); held-out prompts: "
+                  f"accuracy {report.validation_accuracy} -> {args.out}")
+        else:
+            result = evaluate(PreferenceModel.from_pretrained(args.model), comparisons)
+            print(json.dumps(result))
+    except InvalidInput as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""How many human rankings a preference model needs: simulated annotators, a learning curve, held-out prompts.
+
+    python bench/reward_curve.py --out runs/reward                       # generate, rank, train, evaluate
+    python bench/reward_curve.py --out runs/reward --sizes 200,1000      # other curve points (clips are reused)
+
+1. Clips: ``--prompts`` training-split prompts (one ranking task each) and ``--eval-prompts`` other ones, K = 4
+   clips per prompt (two of ``tiny``, two of ``tiny-dpo``, independent seeds), every clip scored by the judge.
+   Stored in chunks under ``--out`` (a stopped run resumes).
+2. Simulated annotators rank each training task by the judge's score plus Gaussian noise whose scale makes
+   ``--error`` of the pairs the judge tells apart come out reversed (20 %: a careless human); a task whose clips
+   the judge scores all zero gets an all-bad vote (no preference), as a person would give.
+3. For each N in ``--sizes``, a preference model (``annotate.reward``) trains on the first N rankings; its pair
+   accuracy against the judge is measured on the held-out prompts (every two clips the judge scores differently),
+   with a 95 % interval over prompts. The model of the largest N is saved to ``--out``/model-<N>.
+
+Writes ``--out``/curve.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from annotate.reward import Comparison, Comparisons, evaluate, train_preference_model  # noqa: E402
+from soundworld import judge, sample_prompts  # noqa: E402
+
+K_PER_MODEL = 2
+MODELS = ("tiny", "tiny-dpo")
+CHUNK = 50  # prompts per stored chunk
+
+
+def generate(prompts: list[str], out: Path, name: str, steps: int | None, seed: int) -> dict:
+    """Clips and judge scores for ``prompts``, stored in chunks; returns the arrays of all chunks."""
+    import torch
+
+    from pipeline import load_pipeline
+
+    pipes = {}
+    chunks = []
+    for first in range(0, len(prompts), CHUNK):
+        path = out / f"{name}-{first:05d}.npz"
+        if not path.is_file():
+            if not pipes:
+                pipes = {model: load_pipeline(model, device="cpu", dtype=torch.float32) for model in MODELS}
+                for pipe in pipes.values():
+                    pipe.set_progress_bar_config(disable=True)
+            batch = prompts[first:first + CHUNK]
+            audio, scores, models, seeds = [], [], [], []
+            for m, (model, pipe) in enumerate(pipes.items()):
+                clip_seeds = [seed + (first + i) * 100 + m * 10 + j for i in range(len(batch)) for j in range(K_PER_MODEL)]
+                output = pipe(batch, num_inference_steps=steps, num_waveforms_per_prompt=K_PER_MODEL,
+                              generator=pipe.clip_generators(clip_seeds)).audios
+                audio.append(output.reshape(len(batch), K_PER_MODEL, -1))
+                scores.append(np.array([[judge(clip, pipe.sampling_rate, prompt).score for clip in clips]
+                                        for prompt, clips in zip(batch, audio[-1])]))
+                models.append(np.full((len(batch), K_PER_MODEL), m))
+                seeds.append(np.array(clip_seeds).reshape(len(batch), K_PER_MODEL))
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, audio=(np.clip(np.concatenate(audio, 1), -1, 1) * 32767).astype(np.int16),
+                     scores=np.concatenate(scores, 1), models=np.concatenate(models, 1),
+                     seeds=np.concatenate(seeds, 1), prompts=np.array(batch))
+            tmp.replace(path)  # a chunk is there whole or not at all
+            print(f"{name}: {first + len(batch)}/{len(prompts)} prompts", flush=True)
+        chunks.append(dict(np.load(path)))
+    return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]}
+
+
+def clip_key(split: str, task: int, clip: int) -> str:
+    return f"{split}-{task}-{clip}"
+
+
+def audio_of(split: str, data: dict) -> dict[str, np.ndarray]:
+    return {clip_key(split, t, c): data["audio"][t, c].astype(np.float32) / 32767
+            for t in range(len(data["prompts"])) for c in range(data["audio"].shape[1])}
+
+
+def noise_for_error(scores: np.ndarray, error: float, seed: int) -> float:
+    """The noise scale at which ``error`` of the judge-distinct pairs within a task come out reversed."""
+    rng = np.random.default_rng(seed)
+    draws = rng.standard_normal((20, *scores.shape))
+    pairs = [(a, b) for a, b in combinations(range(scores.shape[1]), 2)]
+
+    def flipped(sigma: float) -> float:
+        noisy = scores[None] + sigma * draws
+        rates = []
+        for a, b in pairs:
+            distinct = scores[:, a] != scores[:, b]
+            judge_says = scores[:, a] > scores[:, b]
+            rates.append(((noisy[:, :, a] > noisy[:, :, b]) != judge_says)[:, distinct])
+        return float(np.concatenate([r.ravel() for r in rates]).mean())
+
+    low, high = 0.0, 10.0
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (middle, high) if flipped(middle) < error else (low, middle)
+    return (low + high) / 2
+
+
+def simulated_rankings(data: dict, sigma: float, seed: int) -> list[Comparison]:
+    """One noisy annotator's ranking per task, as comparisons (all-zero tasks: an all-bad vote, no comparison)."""
+    from annotate.pairs import ordered_pairs
+
+    rng = np.random.default_rng(seed)
+    items = []
+    for task, (prompt, scores) in enumerate(zip(data["prompts"], data["scores"])):
+        noisy = scores + sigma * rng.standard_normal(len(scores))
+        if not scores.any():
+            continue
+        ranks = {clip_key("train", task, c): int(r) + 1 for c, r in enumerate(np.argsort(np.argsort(-noisy)))}
+        items += [Comparison(str(prompt), better, worse) for better, worse in ordered_pairs(ranks)]
+    return items
+
+
+def judge_comparisons(split: str, data: dict) -> list[Comparison]:
+    """Every two clips of a task the judge scores differently, the higher one better."""
+    items = []
+    for task, (prompt, scores) in enumerate(zip(data["prompts"], data["scores"])):
+        for a, b in combinations(range(len(scores)), 2):
+            if scores[a] != scores[b]:
+                better, worse = (a, b) if scores[a] > scores[b] else (b, a)
+                items.append(Comparison(str(prompt), clip_key(split, task, better), clip_key(split, task, worse)))
+    return items
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/reward"))
+    parser.add_argument("--prompts", type=int, default=1000, help="training tasks (one simulated ranking each)")
+    parser.add_argument("--eval-prompts", type=int, default=200, help="held-out prompts the accuracy is read on")
+    parser.add_argument("--sizes", default="200,500,1000", help="rankings per curve point")
+    parser.add_argument("--error", type=float, default=0.2, help="share of judge-distinct pairs an annotator reverses")
+    parser.add_argument("--steps", type=int, default=12, help="sampling steps of the clips (model's sampler)")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--generate-only", action="store_true")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    unique = list(dict.fromkeys(sample_prompts("train", 3 * (args.prompts + args.eval_prompts), args.seed)))
+    if len(unique) < args.prompts + args.eval_prompts:
+        raise SystemExit(f"only {len(unique)} distinct training-split prompts for seed {args.seed}")
+    train = generate(unique[:args.prompts], args.out, "train", args.steps, args.seed * 1_000_003)
+    held = generate(unique[args.prompts:args.prompts + args.eval_prompts], args.out, "eval", args.steps,
+                    args.seed * 1_000_003 + 500_000_000)
+    if args.generate_only:
+        return {}
+    sigma = noise_for_error(train["scores"], args.error, args.seed)
+    annotated = simulated_rankings(train, sigma, args.seed)
+    audio = {**audio_of("train", train), **audio_of("eval", held)}
+    against_judge = Comparisons(judge_comparisons("eval", held), audio)
+    report = {"settings": {key: str(value) for key, value in vars(args).items()}, "noise_sigma": sigma,
+              "all_bad_tasks": int((~train["scores"].any(1)).sum()),
+              "mean_judge_score_train": float(train["scores"].mean()), "points": []}
+    sizes = [int(size) for size in args.sizes.split(",")]
+    for size in sizes:
+        prompts = set(map(str, train["prompts"][:size]))
+        comparisons = Comparisons([c for c in annotated if c.prompt in prompts], audio)
+        model = train_preference_model(comparisons, base="tiny", epochs=args.epochs, seed=args.seed, progress=False,
+                                       source=f"{size} simulated rankings ({args.error:.0%} annotator error)")
+        result = evaluate(model, against_judge, seed=args.seed)
+        model.report.evaluations["held-out prompts vs judge"] = result
+        point = {"rankings": size, "comparisons": len(comparisons.items), "epochs": model.report.epochs_run,
+                 "validation_accuracy_vs_annotators": model.report.validation_accuracy, "heldout_vs_judge": result}
+        report["points"].append(point)
+        print(f"{size:>5} rankings ({len(comparisons.items)} comparisons): held-out accuracy vs judge "
+              f"{result['accuracy']:.3f} [{result['interval'][0]:.3f}, {result['interval'][1]:.3f}] on "
+              f"{result['pairs']} pairs", flush=True)
+        if size == max(sizes):
+            model.save_pretrained(args.out / f"model-{size}")
+        (args.out / "curve.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

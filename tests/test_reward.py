@@ -1,0 +1,135 @@
+"""The preference model learned from votes (annotate.reward): comparisons from rankings, Bradley-Terry training that
+generalises to unseen prompts, save/load, the CLI, and `--ranker reward:PATH` feeding train_dpo.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import annotate.autorank as autorank
+from annotate import Store
+from annotate.reward import (Comparison, Comparisons, PreferenceModel, comparisons_from_rankings,
+                             comparisons_from_store, evaluate, main, split_prompts, train_preference_model)
+from soundworld import render, sample_prompts
+from tests.test_autorank import RenderGenerator
+
+RATE = 16000
+
+
+def noise_clip(seed: int, seconds: float = 3.84) -> np.ndarray:
+    return (0.3 * np.random.default_rng(seed).standard_normal(int(seconds * RATE))).astype(np.float32)
+
+
+def event_clip(prompt: str, seed: int) -> np.ndarray:
+    return render(prompt, seed)[0].astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def ranked_store(tmp_path_factory):
+    """24 prompts, each a task of three clips: the prompt's events (ranked first) and two noise clips (tied last)."""
+    store = Store(tmp_path_factory.mktemp("reward-store"))
+    for p, prompt in enumerate(dict.fromkeys(sample_prompts("train", 40, seed=3))):
+        if p == 24:
+            break
+        clips = [event_clip(prompt, p), noise_clip(2 * p), noise_clip(2 * p + 1)]
+        ids = [store.add_candidate(prompt, clip, model="m", seed=j, steps=1, guidance=1.0, sample_rate=RATE).id
+               for j, clip in enumerate(clips)]
+        task = store.add_task(ids)
+        shown = store.next_task("ann")
+        assert shown.id == task
+        store.submit("ann", task, {ids[0]: 1, ids[1]: 2, ids[2]: 2})
+    return store
+
+
+def test_every_usable_ranking_gives_its_strict_preferences_ties_skips_and_all_bad_none():
+    from annotate.store import Ranking
+
+    def ranking(ranks, **flags):
+        return Ranking(id=0, task_id=7, annotator="a", ranks=ranks, all_bad=flags.get("all_bad", False),
+                       skipped=flags.get("skipped", False), shown_order=list(ranks), play_counts={},
+                       time_spent_s=None, created_at=0.0)
+
+    rankings = [ranking({"x": 1, "y": 2, "z": 2}), ranking({"x": None, "y": None}, skipped=True),
+                ranking({"x": None, "y": None}, all_bad=True), ranking({"x": 2, "y": 1})]
+    assert comparisons_from_rankings(rankings, {7: "p"}) == [
+        Comparison("p", "x", "y"), Comparison("p", "x", "z"), Comparison("p", "y", "x")]
+
+
+def test_the_store_rankings_become_comparisons_with_their_audio(ranked_store):
+    comparisons = comparisons_from_store(ranked_store)
+    assert len(comparisons.items) == 2 * 24 and len(comparisons.prompts) == 24  # first beats each tied noise clip
+    assert all(comparisons.audio[c.better].std() > 0 for c in comparisons.items)
+
+
+def test_held_out_prompts_are_whole_prompts():
+    prompts = [f"p{i}" for i in range(50)]
+    train, held = split_prompts(prompts, 0.2, seed=1)
+    assert len(held) == 10 and not set(train) & set(held) and set(train) | set(held) == set(prompts)
+
+
+def test_a_model_trained_on_rankings_ranks_unseen_prompts_and_round_trips(ranked_store, tmp_path):
+    comparisons = comparisons_from_store(ranked_store)
+    train_prompts, held_prompts = split_prompts(comparisons.prompts, 0.25, seed=0)
+    model = train_preference_model(comparisons.of_prompts(train_prompts), epochs=12, validation_fraction=0.2,
+                                   progress=False, source="test rankings")
+    history = model.report.history
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    # Unseen prompts, fresh clips: the prompt's events beat noise.
+    unseen = Comparisons([], {})
+    for i, prompt in enumerate(held_prompts):
+        unseen.audio[f"good{i}"], unseen.audio[f"bad{i}"] = event_clip(prompt, 100 + i), noise_clip(100 + i)
+        unseen.items.append(Comparison(prompt, f"good{i}", f"bad{i}"))
+    result = evaluate(model, unseen)
+    assert result["accuracy"] >= 0.8 and result["pairs"] == len(held_prompts)
+    assert result["interval"][0] <= result["accuracy"] <= result["interval"][1]
+
+    model.save_pretrained(tmp_path / "model")
+    reloaded = PreferenceModel.from_pretrained(tmp_path / "model")
+    clips = np.stack([unseen.audio["good0"], unseen.audio["bad0"]])
+    assert reloaded(clips, RATE, held_prompts[0]) == pytest.approx(model(clips, RATE, held_prompts[0]), abs=1e-5)
+    # Another rate is resampled, not misread: half the samples at 8 kHz are the same clip.
+    assert reloaded(clips[:, ::2], 8000, held_prompts[0])[0] > reloaded(clips[:, ::2], 8000, held_prompts[0])[1]
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert f"{model.report.comparisons} comparisons on {model.report.prompts} prompts from test rankings" in card
+    assert json.loads((tmp_path / "model" / "training.json").read_text())["best_epoch"] >= 1
+
+
+def test_cli_trains_and_evaluates_on_a_store_and_refuses_what_it_cannot_use(ranked_store, tmp_path, capsys):
+    data_dir = str(ranked_store.data_dir)
+    assert main(["train", "--data-dir", data_dir, "--out", str(tmp_path / "m"), "--epochs", "2"]) == 0
+    assert "trained on 48 comparisons (24 prompts)" in capsys.readouterr().out
+    assert main(["evaluate", "--data-dir", data_dir, "--model", str(tmp_path / "m")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["pairs"] == 48
+    assert main(["train", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
+    assert "no annotation store" in capsys.readouterr().err
+    assert main(["evaluate", "--data-dir", data_dir, "--model", str(tmp_path)]) == 2
+    assert "not a preference model folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        autorank.main(["--prompts", "train", "--out", str(tmp_path / "o"), "--ranker", f"reward:{tmp_path}"])
+    assert "not a preference model folder" in capsys.readouterr().err
+
+
+def test_autorank_with_a_learned_ranker_writes_pairs_train_dpo_trains_on(ranked_store, tmp_path, monkeypatch, capsys):
+    import train_dpo
+    from tests.test_train_dpo import FAST
+
+    assert main(["train", "--data-dir", str(ranked_store.data_dir), "--out", str(tmp_path / "m"), "--epochs", "3"]) == 0
+    monkeypatch.setattr("annotate.pool.PipelineGenerator", lambda spec: RenderGenerator())
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a rising chirp then two knocks\na siren followed by a hiss\n")
+    assert autorank.main(["--prompts", str(prompts), "--k", "3", "--ranker", f"reward:{tmp_path / 'm'}",
+                          "--min-margin", "0", "--out", str(tmp_path / "pairs")]) == 0
+    from datasets import load_dataset
+
+    rows = load_dataset(str(tmp_path / "pairs"), split="train", download_mode="force_redownload",
+                        verification_mode="no_checks")
+    assert len(rows) == 2 and set(rows["ranker"]) == {"reward"}
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    out = tmp_path / "tuned"
+    assert train_dpo.main([*FAST, "--dataset", str(tmp_path / "pairs"), "--output_dir", str(out),
+                           "--max_train_steps", "2", "--train_batch_size", "2"]) == 0
+    assert json.loads((out / "train_metrics.json").read_text())["pairs"] == 2
