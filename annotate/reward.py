@@ -2,7 +2,7 @@
 
     python -m annotate.reward train    --data-dir data --base tiny --out reward-model      # the store's rankings
     python -m annotate.reward train    --dataset exports/human-pairs --base tiny --out reward-model
-    python -m annotate.reward evaluate --model reward-model --data-dir data
+    python -m annotate.reward evaluate --model reward-model --data-dir data     # agreement with the human majority
     python -m annotate.autorank --model tiny --ranker reward:reward-model --out pairs     # rank new candidates
 
 Every two clips of a ranking with different ranks are a comparison (``annotate.pairs.ordered_pairs``; ties say
@@ -82,14 +82,21 @@ def comparisons_from_rankings(rankings, prompt_of_task: Mapping[int, str]) -> li
             for ranking in rankings if usable(ranking) for better, worse in ordered_pairs(ranking.ranks)]
 
 
-def comparisons_from_store(store: "Store") -> Comparisons:
-    """The store's human rankings (gold tasks included: they are real votes) as comparisons."""
+def comparisons_from_store(store: "Store", *, majority: bool = False) -> Comparisons:
+    """The store's human rankings (gold tasks included: they are real votes) as comparisons: every vote on its own
+    (for training), or with ``majority`` one per pair of clips, the majority's preference (for agreement with the
+    human majority; ties across annotators say nothing)."""
     from pipeline.audio import load_audio
+
+    from .pairs import aggregate_pairs
 
     rankings = store.rankings()
     clips = store.candidates({clip_id for ranking in rankings for clip_id in ranking.ranks})
-    prompt_of_task = {ranking.task_id: clips[next(iter(ranking.ranks))].prompt for ranking in rankings}
-    items = comparisons_from_rankings(rankings, prompt_of_task)
+    if majority:
+        items = [Comparison(clips[pair.chosen].prompt, pair.chosen, pair.rejected) for pair in aggregate_pairs(rankings)]
+    else:
+        prompt_of_task = {ranking.task_id: clips[next(iter(ranking.ranks))].prompt for ranking in rankings}
+        items = comparisons_from_rankings(rankings, prompt_of_task)
     audio = {key: load_audio(clips[key].audio_path) for key in {k for c in items for k in (c.better, c.worse)}}
     return Comparisons(items, audio)
 
@@ -419,11 +426,13 @@ def evaluate(model: PreferenceModel, comparisons: Comparisons, *, seed: int = 0,
 
 
 def _comparisons(args: argparse.Namespace) -> tuple[Comparisons, str]:
+    """Training reads every vote; evaluation the majority's pairs (agreement with the human majority)."""
     if args.dataset:
         return comparisons_from_dataset(args.dataset), f"the dataset {args.dataset}"
     from . import __main__ as cli
 
-    return comparisons_from_store(cli._existing_store(args.data_dir)), f"the rankings in {args.data_dir}"
+    store = cli._existing_store(args.data_dir)
+    return comparisons_from_store(store, majority=args.command == "evaluate"), f"the rankings in {args.data_dir}"
 
 
 def main(argv: list[str] | None = None) -> int:
