@@ -1,17 +1,19 @@
 """How many human rankings a preference model needs: simulated annotators, a learning curve, held-out prompts.
 
     python bench/reward_curve.py --out runs/reward                       # generate, rank, train, evaluate
-    python bench/reward_curve.py --out runs/reward --sizes 200,1000      # other curve points (clips are reused)
+    python bench/reward_curve.py --out runs/reward --sizes 201,1002      # other curve points (clips are reused)
 
 1. Clips: ``--prompts`` training-split prompts (one ranking task each) and ``--eval-prompts`` other ones, K = 4
    clips per prompt (two of ``tiny``, two of ``tiny-dpo``, independent seeds), every clip scored by the judge.
    Stored in chunks under ``--out`` (a stopped run resumes).
-2. Simulated annotators rank each training task by the judge's score plus Gaussian noise whose scale makes
-   ``--error`` of the pairs the judge tells apart come out reversed (20 %: a careless human); a task whose clips
-   the judge scores all zero gets an all-bad vote (no preference), as a person would give.
-3. For each N in ``--sizes``, a preference model (``annotate.reward``) trains on the first N rankings; its pair
-   accuracy against the judge is measured on the held-out prompts (every two clips the judge scores differently),
-   with a 95 % interval over prompts. The model of the largest N is saved to ``--out``/model-<N>.
+2. ``--annotators`` simulated annotators rank each training task (the app's default target is three rankings per
+   task), each by the judge's score plus their own Gaussian noise, its scale set so that ``--error`` of the pairs
+   the judge tells apart come out reversed (20 %: a careless human); a task whose clips the judge scores all zero
+   gets all-bad votes (no preference), as a person would give.
+3. For each N in ``--sizes``, a preference model (``annotate.reward``) trains on the rankings of the first
+   N / annotators tasks; its pair accuracy against the judge is measured on the held-out prompts (every two clips
+   the judge scores differently), with a 95 % interval over prompts. The model of the largest N is saved to
+   ``--out``/model-<N>.
 
 Writes ``--out``/curve.json and prints a table.
 """
@@ -34,6 +36,7 @@ from soundworld import judge, sample_prompts  # noqa: E402
 K_PER_MODEL = 2
 MODELS = ("tiny", "tiny-dpo")
 CHUNK = 50  # prompts per stored chunk
+PROMPT_DRAW = 3600  # training-split prompts drawn (about 2600 distinct): the same list whatever the sizes asked
 
 
 def generate(prompts: list[str], out: Path, name: str, steps: int | None, seed: int) -> dict:
@@ -103,19 +106,21 @@ def noise_for_error(scores: np.ndarray, error: float, seed: int) -> float:
     return (low + high) / 2
 
 
-def simulated_rankings(data: dict, sigma: float, seed: int) -> list[Comparison]:
-    """One noisy annotator's ranking per task, as comparisons (all-zero tasks: an all-bad vote, no comparison)."""
+def simulated_rankings(data: dict, sigma: float, annotators: int, seed: int) -> list[list[Comparison]]:
+    """Per task, each noisy annotator's ranking as comparisons (all-zero tasks: all-bad votes, no comparison)."""
     from annotate.pairs import ordered_pairs
 
     rng = np.random.default_rng(seed)
-    items = []
+    tasks = []
     for task, (prompt, scores) in enumerate(zip(data["prompts"], data["scores"])):
-        noisy = scores + sigma * rng.standard_normal(len(scores))
-        if not scores.any():
-            continue
-        ranks = {clip_key("train", task, c): int(r) + 1 for c, r in enumerate(np.argsort(np.argsort(-noisy)))}
-        items += [Comparison(str(prompt), better, worse) for better, worse in ordered_pairs(ranks)]
-    return items
+        items = []
+        for _ in range(annotators):
+            noisy = scores + sigma * rng.standard_normal(len(scores))
+            if scores.any():
+                ranks = {clip_key("train", task, c): int(r) + 1 for c, r in enumerate(np.argsort(np.argsort(-noisy)))}
+                items += [Comparison(str(prompt), better, worse) for better, worse in ordered_pairs(ranks)]
+        tasks.append(items)
+    return tasks
 
 
 def judge_comparisons(split: str, data: dict) -> list[Comparison]:
@@ -132,9 +137,10 @@ def judge_comparisons(split: str, data: dict) -> list[Comparison]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/reward"))
-    parser.add_argument("--prompts", type=int, default=1000, help="training tasks (one simulated ranking each)")
-    parser.add_argument("--eval-prompts", type=int, default=200, help="held-out prompts the accuracy is read on")
-    parser.add_argument("--sizes", default="200,500,1000", help="rankings per curve point")
+    parser.add_argument("--prompts", type=int, default=334, help="training tasks")
+    parser.add_argument("--annotators", type=int, default=3, help="simulated rankings per training task")
+    parser.add_argument("--eval-prompts", type=int, default=100, help="held-out prompts the accuracy is read on")
+    parser.add_argument("--sizes", default="201,501,1002", help="rankings per curve point (multiples of --annotators)")
     parser.add_argument("--error", type=float, default=0.2, help="share of judge-distinct pairs an annotator reverses")
     parser.add_argument("--steps", type=int, default=12, help="sampling steps of the clips (model's sampler)")
     parser.add_argument("--epochs", type=int, default=40)
@@ -143,16 +149,16 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    unique = list(dict.fromkeys(sample_prompts("train", 3 * (args.prompts + args.eval_prompts), args.seed)))
+    unique = list(dict.fromkeys(sample_prompts("train", PROMPT_DRAW, args.seed)))
     if len(unique) < args.prompts + args.eval_prompts:
         raise SystemExit(f"only {len(unique)} distinct training-split prompts for seed {args.seed}")
     train = generate(unique[:args.prompts], args.out, "train", args.steps, args.seed * 1_000_003)
-    held = generate(unique[args.prompts:args.prompts + args.eval_prompts], args.out, "eval", args.steps,
+    held = generate(unique[len(unique) - args.eval_prompts:], args.out, "eval", args.steps,  # from the other end
                     args.seed * 1_000_003 + 500_000_000)
     if args.generate_only:
         return {}
     sigma = noise_for_error(train["scores"], args.error, args.seed)
-    annotated = simulated_rankings(train, sigma, args.seed)
+    annotated = simulated_rankings(train, sigma, args.annotators, args.seed)
     audio = {**audio_of("train", train), **audio_of("eval", held)}
     against_judge = Comparisons(judge_comparisons("eval", held), audio)
     report = {"settings": {key: str(value) for key, value in vars(args).items()}, "noise_sigma": sigma,
@@ -160,13 +166,14 @@ def main(argv: list[str] | None = None) -> dict:
               "mean_judge_score_train": float(train["scores"].mean()), "points": []}
     sizes = [int(size) for size in args.sizes.split(",")]
     for size in sizes:
-        prompts = set(map(str, train["prompts"][:size]))
-        comparisons = Comparisons([c for c in annotated if c.prompt in prompts], audio)
+        tasks = annotated[:size // args.annotators]
+        comparisons = Comparisons([c for items in tasks for c in items], audio)
         model = train_preference_model(comparisons, base="tiny", epochs=args.epochs, seed=args.seed, progress=False,
                                        source=f"{size} simulated rankings ({args.error:.0%} annotator error)")
         result = evaluate(model, against_judge, seed=args.seed)
         model.report.evaluations["held-out prompts vs judge"] = result
-        point = {"rankings": size, "comparisons": len(comparisons.items), "epochs": model.report.epochs_run,
+        point = {"rankings": size, "tasks": len(tasks), "comparisons": len(comparisons.items),
+                 "epochs": model.report.epochs_run,
                  "validation_accuracy_vs_annotators": model.report.validation_accuracy, "heldout_vs_judge": result}
         report["points"].append(point)
         print(f"{size:>5} rankings ({len(comparisons.items)} comparisons): held-out accuracy vs judge "
