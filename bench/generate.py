@@ -6,6 +6,7 @@ goes (text encoder, UNet, VAE, vocoder, the app's WAV, spectrogram and judge wor
     python bench/generate.py --model tests/fixtures/tango-original-tiny --steps 10 --batch 4
     python bench/generate.py --model declare-lab/tango2 --steps 100 --batch 4 --device cuda
     python bench/generate.py --model full-size-random --steps 100 --device cuda   # Tango's real sizes, random weights
+    python bench/generate.py --model full-size-random --flops   # counts per clip on the meta device, computes nothing
 
 Prints a table and writes bench/results/generate-<model>.json.
 """
@@ -126,6 +127,44 @@ def app_work_seconds(pipe: TangoPipeline, audios: np.ndarray, latents: torch.Ten
     return dict(seconds)
 
 
+# Dense tensor throughput of one H100/H200 (SXM) in bf16/fp16 without sparsity, TFLOP/s: the limit a clip is held to.
+PEAK_TFLOPS = 989.0
+
+
+def flop_counts(pipe: TangoPipeline, steps_list=(100, 200), interval_share: float | None = None) -> dict:
+    """TFLOPs one 10.24 s clip costs at each step count, stage by stage, for a pipeline on the meta device; with
+    ``interval_share`` (the share of steps a guidance interval guides) also the guided-interval cost."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def counted(fn) -> float:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            fn()
+        return counter.get_total_flops() / 1e12
+
+    frames = int(pipe.default_audio_length_in_s * pipe.sampling_rate / pipe.hop_length)
+    latent_shape = (1, pipe.unet.config.in_channels, frames // pipe.vae_scale_factor, pipe.latent_mel_bins)
+    ids = pipe.tokenizer(["A dog barks in the distance while rain falls"], return_tensors="pt").input_ids.to("meta")
+    hidden = torch.zeros(1, ids.shape[1], pipe.text_encoder.config.d_model, device="meta")
+    mask = torch.ones(1, ids.shape[1], dtype=torch.bool, device="meta")
+    unet_call = counted(lambda: pipe.unet(torch.zeros(latent_shape, device="meta"), 500, encoder_hidden_states=hidden,
+                                          encoder_attention_mask=mask))
+    text = counted(lambda: pipe.text_encoder(input_ids=ids)) * 2  # prompt and the empty unconditional text
+    vae = counted(lambda: pipe.vae.decode(torch.zeros(1, pipe.vae.config.latent_channels, *latent_shape[2:],
+                                                      device="meta")))
+    vocoder = counted(lambda: pipe.vocoder(torch.zeros(1, frames, pipe.vocoder.config.model_in_dim, device="meta")))
+    counts = {"tflops_unet_call_per_clip": round(unet_call, 4), "tflops_text_encoder": round(text, 4),
+              "tflops_vae_decode": round(vae, 4), "tflops_vocoder": round(vocoder, 4), "peak_tflops_assumed": PEAK_TFLOPS}
+    for steps in steps_list:
+        guided_steps = steps if interval_share is None else round(steps * interval_share)
+        for name, guided in (("", steps), ("_guidance_interval", guided_steps)):
+            if name and interval_share is None:
+                continue
+            total = unet_call * (steps + guided) + text + vae + vocoder
+            counts[f"tflops_per_clip_{steps}_steps{name}"] = round(total, 2)
+            counts[f"seconds_at_peak_{steps}_steps{name}"] = round(total / PEAK_TFLOPS, 4)
+    return counts
+
+
 def app_overhead(models_spec: tuple[str, str], steps: int | None, candidates: int, device: str | None) -> dict:
     """The Demo's Generate as the app runs it (studio.generation.generate_both: both columns, files, spectrograms,
     judge) against the pipelines' own seconds; what is left is the app's overhead."""
@@ -161,8 +200,25 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--app", nargs=2, metavar=("BASE", "DPO"), default=None,
                         help="also time the Demo's Generate with these two models (default for --model tiny: tiny tiny-dpo)")
+    parser.add_argument("--flops", action="store_true", help="count TFLOPs per clip (with --model full-size-random, "
+                        "built on the meta device: nothing is computed) instead of timing")
     parser.add_argument("--out", default=None, help="results JSON (default bench/results/generate-<model>.json)")
     args = parser.parse_args()
+    if args.flops:
+        if args.model != "full-size-random":
+            parser.error("--flops builds the model on the meta device: use it with --model full-size-random")
+        with torch.device("meta"):
+            pipe = full_size_random_tango()
+        pipe.scheduler.set_timesteps(100)
+        low, high = args.guidance_interval or (0, float("inf"))
+        share = sum(low <= float(t) <= high for t in pipe.scheduler.timesteps) / 100 if args.guidance_interval else None
+        results = {"model": args.model, "guidance_interval": args.guidance_interval, **flop_counts(pipe, interval_share=share)}
+        for key, value in results.items():
+            print(f"{key:40s} {value}")
+        out = Path(args.out) if args.out else Path(__file__).parent / "results" / "generate-flops-full-size.json"
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {out}")
+        return
 
     load_start = time.perf_counter()
     if args.model == "full-size-random":
