@@ -316,3 +316,30 @@ def test_every_sampler_makes_finite_audio_and_names_itself_in_the_stored_model(a
     assert sampler_model_label(model, "DPM-Solver++ Karras").endswith("[use_karras_sigmas=True]")
     # The model's own sampler and its explicit name store the same model; every other sampler is told apart.
     assert len(labels) == len(SAMPLERS) - 1
+
+
+def test_spectrograms_show_each_clip_where_its_sound_is(tmp_path):
+    """Pictures reuse their drawn frame per duration: each still shows its own clip (sound bright, silence dark),
+    at the same size whatever the clip's length."""
+    import numpy as np
+    from PIL import Image
+
+    from studio.spectrogram import save_spectrogram
+
+    rate, seconds = 16000, 2.0
+    t = np.arange(int(rate * seconds)) / rate
+    tone = (0.5 * np.sin(2 * np.pi * 800 * t)).astype(np.float32)
+    early, late = tone * (t < 0.5), tone * (t > 1.5)
+
+    def brightness(path, start, stop):
+        picture = np.asarray(Image.open(path).convert("L"), dtype=float)
+        left, right = 48 + int(start / seconds * 422), 48 + int(stop / seconds * 422)  # inside the axes box
+        return picture[20:130, left:right].mean()
+
+    for name, clip in (("early", early), ("late", late), ("early-again", early)):
+        save_spectrogram(clip, rate, tmp_path / f"{name}.png")
+    assert brightness(tmp_path / "early.png", 0.1, 0.4) > brightness(tmp_path / "early.png", 1.6, 1.9) + 20
+    assert brightness(tmp_path / "late.png", 1.6, 1.9) > brightness(tmp_path / "late.png", 0.1, 0.4) + 20
+    assert (tmp_path / "early.png").read_bytes() == (tmp_path / "early-again.png").read_bytes()
+    save_spectrogram(tone[: rate // 2], rate, tmp_path / "short.png")
+    assert Image.open(tmp_path / "short.png").size == Image.open(tmp_path / "early.png").size == (480, 180)
