@@ -55,24 +55,26 @@ def generate(prompts: list[str], out: Path, name: str, steps: int | None, seed: 
                 for pipe in pipes.values():
                     pipe.set_progress_bar_config(disable=True)
             batch = prompts[first:first + CHUNK]
-            audio, scores, models, seeds = [], [], [], []
+            audio, latents, scores, models, seeds = [], [], [], [], []
             for m, (model, pipe) in enumerate(pipes.items()):
                 clip_seeds = [seed + (first + i) * 100 + m * 10 + j for i in range(len(batch)) for j in range(K_PER_MODEL)]
                 output = pipe(batch, num_inference_steps=steps, num_waveforms_per_prompt=K_PER_MODEL,
-                              generator=pipe.clip_generators(clip_seeds)).audios
-                audio.append(output.reshape(len(batch), K_PER_MODEL, -1))
+                              generator=pipe.clip_generators(clip_seeds))
+                audio.append(output.audios.reshape(len(batch), K_PER_MODEL, -1))
+                latents.append(output.latents.numpy().reshape(len(batch), K_PER_MODEL, *output.latents.shape[1:]))
                 scores.append(np.array([[judge(clip, pipe.sampling_rate, prompt).score for clip in clips]
                                         for prompt, clips in zip(batch, audio[-1])]))
                 models.append(np.full((len(batch), K_PER_MODEL), m))
                 seeds.append(np.array(clip_seeds).reshape(len(batch), K_PER_MODEL))
             tmp = path.with_suffix(".tmp.npz")
             np.savez(tmp, audio=(np.clip(np.concatenate(audio, 1), -1, 1) * 32767).astype(np.int16),
+                     latents=np.concatenate(latents, 1).astype(np.float16),  # what DPO would train on
                      scores=np.concatenate(scores, 1), models=np.concatenate(models, 1),
                      seeds=np.concatenate(seeds, 1), prompts=np.array(batch))
             tmp.replace(path)  # a chunk is there whole or not at all
             print(f"{name}: {first + len(batch)}/{len(prompts)} prompts", flush=True)
         chunks.append(dict(np.load(path)))
-    return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]}
+    return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[-1] if key in chunks[0]}
 
 
 def clip_key(split: str, task: int, clip: int) -> str:
