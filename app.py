@@ -56,8 +56,9 @@ import torch  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from studio.state import START_REFUSALS, Studio  # noqa: E402
-from studio.admin import (ANNOTATOR_COLUMNS, PREVIEW_PAIRS, dataset_overview, describe_export,  # noqa: E402
-                          export_dataset, hub_url, leaderboard, push_dataset, require_admin, results_markdown)
+from studio.admin import (ANNOTATOR_COLUMNS, PREVIEW_PAIRS, PairPreview, dataset_overview,  # noqa: E402
+                          describe_export, export_dataset, export_download, export_preview, hub_url, leaderboard,
+                          push_dataset, require_admin, results_markdown)
 from studio.annotation import GUIDELINES, LABELS, MAX_SHOWN_CLIPS, SHORTCUTS, ShownTask  # noqa: E402
 from studio.calls import ArgumentCount, RequestLimits, endpoint_arguments  # noqa: E402
 from studio.generation import (MAX_CANDIDATES, MODEL_DEFAULT, SAMPLERS, Generation,  # noqa: E402
@@ -362,26 +363,33 @@ def admin_name(studio: Studio, typed: str | None, request: gr.Request | None, pr
     return name
 
 
-def show_dataset(studio: Studio, admin: str, request: gr.Request, profile: gr.OAuthProfile | None):
-    """Counts, agreement, the verdict and gold accuracy as markdown, the per-annotator table, and the strongest
-    pairs with audio; a refusal (not an admin) is said in place of the overview."""
-    try:
-        admin_name(studio, admin, request, profile)
-    except ValueError as err:
-        hidden = [gr.update(visible=False, value=None)] * (3 * PREVIEW_PAIRS)
-        return f"**Not shown:** {err}", [], *hidden
-    overview = dataset_overview(studio.store, studio.config)
-    previews = []
+def show_pairs(studio: Studio, title: str, pairs: list[PairPreview]) -> list:
+    """The pair preview's title and, per row, what was preferred over what with the votes and both clips to play
+    (copies, see studio.serving); rows without a pair are hidden. With no title, all of it is hidden."""
+    updates = [gr.update(visible=bool(title), value=title)]
     for i in range(PREVIEW_PAIRS):
-        pair = overview.preview[i] if i < len(overview.preview) else None
-        previews += [
+        pair = pairs[i] if i < len(pairs) else None
+        updates += [
             gr.update(visible=pair is not None, value=pair and (
                 f"**{pair.prompt}**: `{pair.chosen_model}` preferred over `{pair.rejected_model}` "
                 f"({pair.votes_for} vs {pair.votes_against} votes)")),
             gr.update(visible=pair is not None, value=pair and studio.clip_server.serve(pair.chosen_audio)),
             gr.update(visible=pair is not None, value=pair and studio.clip_server.serve(pair.rejected_audio)),
         ]
-    return overview.as_markdown(), overview.annotator_rows(), *previews
+    return updates
+
+
+def show_dataset(studio: Studio, admin: str, request: gr.Request, profile: gr.OAuthProfile | None):
+    """Counts, agreement, the verdict and gold accuracy as markdown, the per-annotator table, and the strongest
+    pairs with audio; a refusal (not an admin) is said in place of the overview."""
+    try:
+        admin_name(studio, admin, request, profile)
+    except ValueError as err:
+        return f"**Not shown:** {err}", [], *show_pairs(studio, "", [])
+    overview = dataset_overview(studio.store, studio.config)
+    return (overview.as_markdown(), overview.annotator_rows(),
+            *show_pairs(studio, "**Strongest pairs so far** (largest majorities of all votes)",
+                        overview.preview))
 
 
 @visible_errors
@@ -401,9 +409,24 @@ def push(studio: Studio, admin: str = "", request: gr.Request = None, profile: g
     return {"url": url, "message": f"Pushed the latest export to [{url}]({url})."}
 
 
-def export_message(studio: Studio, admin: str, request: gr.Request, profile: gr.OAuthProfile | None) -> str:
-    """Export pressed: what was written, or why not, in place."""
-    return outcome(export, "Export", studio, admin, request, profile)
+@visible_errors
+def export_to_download(studio: Studio, admin: str, request: gr.Request, profile: gr.OAuthProfile | None):
+    """Admins only: export, then (what was written, the export as a zip, its first pairs)."""
+    admin_name(studio, admin, request, profile)
+    result = export_dataset(studio.store, studio.config)
+    return (describe_export(result), str(export_download(result, studio.generated_dir / "downloads")),
+            export_preview(studio.store, result.out_dir))
+
+
+def export_on_page(studio: Studio, admin: str, request: gr.Request, profile: gr.OAuthProfile | None):
+    """Export pressed: what was written, the zip to download and the export's first pairs with audio; or why not,
+    in place, with the download and the preview hidden (a refused visitor gets neither)."""
+    try:
+        message, download, pairs = export_to_download(studio, admin, request, profile)
+    except gr.Error as err:
+        return f"**Export failed:** {err.message}", gr.update(visible=False, value=None), *show_pairs(studio, "", [])
+    return (message, gr.update(visible=True, value=download),
+            *show_pairs(studio, "**First pairs of the export**, as the zip holds them", pairs))
 
 
 def push_message(studio: Studio, admin: str, request: gr.Request, profile: gr.OAuthProfile | None) -> str:
@@ -553,28 +576,31 @@ def results_tab(studio: Studio) -> None:
 
 
 def dataset_tab(studio: Studio, name_box: gr.Textbox) -> None:
-    """Admins only: overview, annotator table, strongest pairs, Export and Push; /export, /push."""
+    """Admins only: overview, annotator table, Export (with its zip to download) and Push, the strongest pairs or the
+    export's first ones with audio; /export, /push."""
     gr.Markdown("For admins (" + ("by log-in name" if studio.identity_mode != "name" else "by the name above")
                 + "). " + (f"Hub dataset: [{studio.config.hub_dataset}]({hub_url(studio.config.hub_dataset)})"
                            if studio.config.hub_dataset else "No Hub dataset configured (--hub-dataset)."))
     refresh_button = gr.Button("Show dataset", elem_id="dataset-refresh")
     overview_md = gr.Markdown(elem_id="dataset-overview")
     annotators_table = gr.Dataframe(headers=ANNOTATOR_COLUMNS, interactive=False, label="Annotators")
-    pair_rows = []
-    for _ in range(PREVIEW_PAIRS):
-        with gr.Row():
-            pair_rows.append((gr.Markdown(visible=False),
-                              gr.Audio(label="chosen", type="filepath", interactive=False, visible=False),
-                              gr.Audio(label="rejected", type="filepath", interactive=False, visible=False)))
     with gr.Row():
         export_button = gr.Button("Export", elem_id="export-button")
         push_button = gr.Button("Push to the Hub", elem_id="push-button", interactive=bool(studio.config.hub_dataset))
     admin_outcome = gr.Markdown(elem_id="admin-outcome")
+    download_button = gr.DownloadButton("Download the export (zip: parquet + card)", visible=False,
+                                        elem_id="export-download")
+    preview = [gr.Markdown(visible=False, elem_id="pairs-title")]  # then per pair: what over what, chosen, rejected
+    for i in range(PREVIEW_PAIRS):
+        with gr.Row(elem_id=f"pair-{i}"):
+            preview += [gr.Markdown(visible=False),
+                        gr.Audio(label="chosen", type="filepath", interactive=False, visible=False),
+                        gr.Audio(label="rejected", type="filepath", interactive=False, visible=False)]
 
-    refresh_button.click(bind(show_dataset, studio), [name_box],
-                         [overview_md, annotators_table, *[c for row in pair_rows for c in row]],
+    refresh_button.click(bind(show_dataset, studio), [name_box], [overview_md, annotators_table, *preview],
                          api_visibility="private")
-    export_button.click(bind(export_message, studio), [name_box], [admin_outcome], api_visibility="private")
+    export_button.click(bind(export_on_page, studio), [name_box], [admin_outcome, download_button, *preview],
+                        api_visibility="private")
     push_button.click(bind(push_message, studio), [name_box], [admin_outcome], api_visibility="private")
     gr.api(bind(export, studio), api_name="export")
     gr.api(bind(push, studio), api_name="push")

@@ -10,7 +10,11 @@ import difflib
 import re
 from pathlib import Path
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+# The embedded models: inside the package once installed (a wheel carries the repository's assets/ as
+# pipeline/assets, see pyproject.toml), else at the top of the checkout this package runs from (a clone, an
+# editable install).
+_PACKAGED_ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS_DIR = _PACKAGED_ASSETS if _PACKAGED_ASSETS.is_dir() else Path(__file__).resolve().parent.parent / "assets"
 EMBEDDED = {"tiny": ASSETS_DIR / "tango-tiny", "tiny-dpo": ASSETS_DIR / "tango-tiny-dpo"}
 DEFAULT_SPEC = "tiny"  # the base model wherever none is named
 DEFAULT_DPO_SPEC = "tiny-dpo"  # its DPO-tuned version (the app's right column, the default pool)

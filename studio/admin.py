@@ -1,12 +1,19 @@
-"""The Dataset tab (who may use it, what the dataset looks like, export and push) and the public results."""
+"""The Dataset tab (who may use it, what the dataset looks like, export, its download and push) and the public
+results."""
 
 from __future__ import annotations
 
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from annotate import Store
+from annotate.clips import clip_path
+from annotate.dataset import export_lock
 from annotate.export import ExportResult, export_human_pairs, push_to_hub
 from annotate.pairs import aggregate_pairs
 from annotate.stats import dataset_stats
@@ -16,7 +23,7 @@ from annotate.verdict import Verdict, compute_verdict, published_rankings, ranke
 from .config import StudioConfig
 from .identity import IdentityError
 
-PREVIEW_PAIRS = 3
+PREVIEW_PAIRS = 3  # pairs the Dataset tab plays: the strongest so far, or the first of an export
 
 
 def require_admin(name: str, config: StudioConfig) -> None:
@@ -130,6 +137,54 @@ def results_markdown(store: Store, config: StudioConfig) -> str:
 def export_dataset(store: Store, config: StudioConfig) -> ExportResult:
     """``python -m annotate export`` into ``<data dir>/export`` (raises ``EmptyDataset`` with no pairs yet)."""
     return export_human_pairs(store, config.export_dir, min_gold_accuracy=config.min_gold_accuracy)
+
+
+def export_zip(export_dir: Path, zip_path: Path) -> Path:
+    """The export folder as one zip: its card (README.md) and ``data/*.parquet``, laid out as in the folder, so the
+    unzipped folder loads with ``datasets.load_dataset``. The shards are read under the export's lock: a
+    background push's re-export cannot swap the folder out half-way."""
+    # Stored, not deflated: the shards' audio hardly shrinks, and a large export zips at disk speed.
+    with export_lock(export_dir), zipfile.ZipFile(zip_path, "w") as archive:
+        archive.write(export_dir / "README.md", "README.md")
+        for shard in sorted((export_dir / "data").glob("*.parquet")):
+            archive.write(shard, f"data/{shard.name}")
+    return zip_path
+
+
+def export_download(result: ExportResult, downloads_dir: Path) -> Path:
+    """``result``'s export zipped into ``downloads_dir`` (outside the data folder: the app serves nothing from there),
+    named after the export; the zips of earlier exports there go, as the export folder keeps only the latest."""
+    downloads_dir.mkdir(parents=True, exist_ok=True)
+    for earlier in downloads_dir.glob("*.zip"):
+        earlier.unlink(missing_ok=True)
+    return export_zip(result.out_dir, downloads_dir / f"tango-preferences-export-{result.export_id}.zip")
+
+
+PREVIEW_COLUMNS = ["prompt", "chosen_model", "rejected_model", "votes_for", "votes_against", "chosen.path",
+                   "rejected.path"]  # the clips' file names only: their audio stays unread
+
+
+def exported_rows(export_dir: Path, columns: list[str]) -> Iterator[dict]:
+    """The export's rows in order (shard by shard), ``columns`` only (a nested field by its dotted path)."""
+    for shard in sorted((export_dir / "data").glob("*.parquet")):
+        for batch in pq.ParquetFile(shard).iter_batches(batch_size=64, columns=columns):
+            yield from batch.to_pylist()
+
+
+def export_preview(store: Store, export_dir: Path, count: int = PREVIEW_PAIRS) -> list[PairPreview]:
+    """The first ``count`` pairs of the export at ``export_dir`` (what its zip holds) whose clips the store still
+    has, each played from the store's file: the dataset names a clip by its content hash, as the store files it."""
+    previews = []
+    with export_lock(export_dir):  # as export_zip: no re-export swaps the folder out half-way
+        for row in exported_rows(export_dir, PREVIEW_COLUMNS):
+            chosen, rejected = (clip_path(store.audio_dir, Path(row[side]["path"]).stem)
+                                for side in ("chosen", "rejected"))
+            if chosen.is_file() and rejected.is_file():
+                previews.append(PairPreview(row["prompt"], str(chosen), str(rejected), row["chosen_model"],
+                                            row["rejected_model"], row["votes_for"], row["votes_against"]))
+            if len(previews) == count:
+                break
+    return previews
 
 
 def describe_export(result: ExportResult) -> str:

@@ -3,6 +3,7 @@ them to annotation, play and rank the clips with the keyboard shortcuts, vote, a
 
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -164,8 +165,8 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def admin_url(tmp_path_factory):
-    """An app with an admin, no Hub dataset and no models (the Dataset tab needs none), one task."""
+def admin_app(tmp_path_factory):
+    """(url, studio): an app with an admin, no Hub dataset and no models (the Dataset tab needs none), one task."""
     from studio.generation import LoadedModel
     from tests.annotate_helpers import make_tasks
 
@@ -176,13 +177,16 @@ def admin_url(tmp_path_factory):
     make_tasks(studio.store, 1)
     demo = app.build_app(studio)
     app.launch(studio, demo, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{config.port}/"
+    yield f"http://127.0.0.1:{config.port}/", studio
     demo.close()
 
 
-def test_dataset_tab_says_every_outcome_in_place(admin_url, page):
+def test_dataset_tab_says_every_outcome_in_place(admin_app, page, tmp_path):
     from playwright.sync_api import expect
 
+    from tests.annotate_helpers import vote
+
+    admin_url, studio = admin_app
     page.goto(admin_url)
     page.get_by_role("tab", name="Dataset").click()
     expect(page.locator("#push-button")).to_be_disabled()  # no Hub dataset configured
@@ -191,6 +195,7 @@ def test_dataset_tab_says_every_outcome_in_place(admin_url, page):
     expect(page.locator("#dataset-overview")).to_contain_text("Not shown: 'visitor' is not an admin", timeout=30_000)
     page.locator("#export-button").click()
     expect(page.locator("#admin-outcome")).to_contain_text("Export failed: 'visitor' is not an admin", timeout=30_000)
+    expect(page.locator("#export-download")).to_be_hidden()
 
     page.locator("#annotator-name input").fill("admin")
     page.locator("#dataset-refresh").click()
@@ -198,3 +203,15 @@ def test_dataset_tab_says_every_outcome_in_place(admin_url, page):
     page.locator("#export-button").click()
     expect(page.locator("#admin-outcome")).to_contain_text("Export failed: no preference pairs", timeout=30_000)
     expect(page.locator(".toast-body, [data-testid=toast-body]")).to_have_count(0)  # said in place, no fading toast
+
+    # One ranking makes a pair: Export offers the zip (parquet + card) and plays the export's first pair.
+    vote(studio.store, "ann")
+    page.locator("#export-button").click()
+    expect(page.locator("#admin-outcome")).to_contain_text("1 pairs", timeout=30_000)
+    expect(page.locator("#pairs-title")).to_contain_text("First pairs of the export")
+    expect(page.locator("#pair-0")).to_contain_text("(1 vs 0 votes)")
+    expect(page.locator("#pair-0 .play-pause-button")).to_have_count(2)
+    with page.expect_download() as download:
+        page.locator("#export-download").click()
+    download.value.save_as(tmp_path / "export.zip")
+    assert zipfile.ZipFile(tmp_path / "export.zip").namelist() == ["README.md", "data/train-00000-of-00001.parquet"]

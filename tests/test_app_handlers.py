@@ -2,6 +2,7 @@
 after, and refused input comes out as a gr.Error with the reason."""
 
 import inspect
+import zipfile
 from pathlib import Path
 
 import gradio as gr
@@ -100,11 +101,28 @@ def vote_in_agreement(studio, names) -> list[str]:
 
 def test_admin_handlers(studio):
     vote_in_agreement(studio, ("ann", "bo"))
-    overview, rows, *previews = app.show_dataset(studio, "admin", None, None)
+    overview, rows, title, *previews = app.show_dataset(studio, "admin", None, None)
     assert "**votes**: 2" in overview and [row[0] for row in rows] == ["ann", "bo"]
-    assert len(previews) == 3 * app.PREVIEW_PAIRS
+    assert title["value"].startswith("**Strongest pairs so far**") and len(previews) == 3 * app.PREVIEW_PAIRS
     result = app.export(studio, "admin")
-    assert result["pairs"] >= 1 and app.export_message(studio, "admin", None, None).startswith("Export ")
+    assert result["pairs"] >= 1
+
+
+def test_export_offers_a_zip_and_plays_its_first_pairs_to_admins_only(studio):
+    vote_in_agreement(studio, ("ann", "bo"))  # three pairs, 2 votes to 0
+    message, download, title, *previews = app.export_on_page(studio, "cy", None, None)
+    assert message.startswith("**Export failed:** 'cy' is not an admin")
+    assert download == {"__type__": "update", "visible": False, "value": None}
+    assert not title["visible"] and not any(update["visible"] for update in previews)
+    assert not (studio.generated_dir / "downloads").exists()
+
+    message, download, title, *previews = app.export_on_page(studio, "admin", None, None)
+    assert message.startswith("Export 1: **3 pairs**") and download["visible"]
+    assert zipfile.ZipFile(download["value"]).namelist() == ["README.md", "data/train-00000-of-00001.parquet"]
+    assert title["value"].startswith("**First pairs of the export**")
+    texts, chosen, rejected = previews[0::3], previews[1::3], previews[2::3]
+    assert all(text["value"].endswith("(2 vs 0 votes)") for text in texts)
+    assert all(Path(clip["value"]).read_bytes()[:4] == b"RIFF" for clip in chosen + rejected)
 
 
 def test_expected_errors_log_one_line_and_no_traceback(studio):
@@ -115,9 +133,10 @@ def test_expected_errors_log_one_line_and_no_traceback(studio):
 
 
 def test_dataset_tab_outcomes_in_place(studio):
-    overview, rows, *previews = app.show_dataset(studio, "cy", None, None)
+    overview, rows, title, *previews = app.show_dataset(studio, "cy", None, None)
     assert overview.startswith("**Not shown:**") and "'cy' is not an admin" in overview and rows == []
-    assert app.export_message(studio, "admin", None, None).startswith("**Export failed:** no preference pairs")
+    assert not title["visible"] and not any(update["visible"] for update in previews)
+    assert app.export_on_page(studio, "admin", None, None)[0].startswith("**Export failed:** no preference pairs")
     assert app.push_message(studio, "admin", None, None).startswith("**Push failed:** no Hub dataset configured")
 
 
@@ -200,7 +219,7 @@ def test_a_failing_copy_withdraws_nothing(studio, monkeypatch):
 def test_the_dataset_tab_shows_with_a_clip_missing(studio):
     by_clip = vote_in_agreement(studio, ("ann", "bo"))  # three pairs, 2 votes to 0
     Path(studio.store.candidates()[by_clip[0]].audio_path).unlink()
-    overview, rows, *previews = app.show_dataset(studio, "admin", None, None)
+    overview, rows, _, *previews = app.show_dataset(studio, "admin", None, None)
     assert "**votes**: 2" in overview and len(rows) == 2
     shown = [update["value"] for update in previews[1::3] + previews[2::3] if update["visible"]]
     assert len(shown) == 2 and all(Path(path).is_file() for path in shown)  # the one pair whose clips both play

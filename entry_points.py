@@ -1,0 +1,18 @@
+"""The console commands ``pip install .`` makes (pyproject.toml's ``[project.scripts]``).
+
+``tango-studio`` and ``tango-train-dpo`` run ``app.py`` and ``train_dpo.py`` exactly as ``python app.py``
+and ``python train_dpo.py`` do, as ``__main__``: those files read and check their flags before they
+import torch, gradio and diffusers, which an ordinary import of them would load first, so ``--help``
+answers in a second either way. (``tango-annotate`` is ``annotate.__main__.main`` itself: its
+heavy imports already wait for the subcommand.)
+"""
+
+import runpy
+
+
+def studio() -> None:
+    runpy.run_module("app", run_name="__main__", alter_sys=True)
+
+
+def train_dpo() -> None:
+    runpy.run_module("train_dpo", run_name="__main__", alter_sys=True)
