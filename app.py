@@ -97,7 +97,7 @@ document.addEventListener("play", (event) => {
       event.preventDefault();
     } else if (key >= "1" && key <= "8") {
       const option = document.querySelector(`#rank-${current} input[value="${key}"]`);
-      if (visible(option)) { option.click(); event.preventDefault(); }
+      if (option && visible(document.querySelector(`#rank-${current}`))) { option.click(); event.preventDefault(); }
     } else if (key in buttons && visible(document.querySelector(buttons[key]))) {
       document.querySelector(buttons[key]).click(); event.preventDefault();
     }
