@@ -288,8 +288,8 @@ def show_task(task: ShownTask | None, task_info: dict):
     count = len(task.clip_ids)
     audio = [gr.update(value=task.audio_paths[i] if i < count else None, visible=i < count)
              for i in range(MAX_SHOWN_CLIPS)]
-    ranks = [gr.update(choices=[str(r) for r in range(1, count + 1)], value=None, visible=i < count and not task.is_pair)
-             for i in range(MAX_SHOWN_CLIPS)]
+    ranks = [gr.update(choices=[str(r) for r in range(1, count + 1)], value=None,
+                       visible=i < count and not task.is_pair) for i in range(MAX_SHOWN_CLIPS)]
     hint = "Play both clips, then say which is better." if task.is_pair else "Play every clip, then rank them."
     return (task_info["progress"], f"**Prompt:** {task.prompt}", *audio, *ranks,
             *form_buttons(task, task.all_played), "", hint)
@@ -377,8 +377,9 @@ def undo_from_form(studio: Studio, annotator: str, request: gr.Request, profile:
 
 
 def public_leaderboard(studio: Studio) -> list[dict]:
-    """Per model, strongest first: model, win_rate, win_rate_interval, bt_score, bt_interval, comparisons
-    (from the human rankings; 95 % bootstrap intervals)."""
+    """Per model, strongest first: model, win_rate, win_rate_interval, bt_score, bt_interval, comparisons,
+    too_few_votes (from the human rankings; 95 % bootstrap intervals; a model in fewer than --min-comparisons
+    comparisons comes last, too_few_votes true and its numbers None)."""
     return leaderboard(studio.store, studio.config)
 
 

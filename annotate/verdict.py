@@ -311,7 +311,8 @@ def verdict_markdown(verdicts: Sequence[Verdict], agreement: Mapping | None = No
                      + leaderboard_table(verdict.rows, min_comparisons))
         for name, rows in verdict.by_category.items():
             if rows:
-                parts.append(f"*{verdict.source}, prompts of kind `{name}`*:\n\n{leaderboard_table(rows, min_comparisons)}")
+                parts.append(f"*{verdict.source}, prompts of kind `{name}`*:\n\n"
+                             + leaderboard_table(rows, min_comparisons))
     if agreement is not None and agreement.get("pairs"):
         parts.append(f"**Automatic ranker vs the human majority**: same winner in {agreement['agreed']} of "
                      f"{agreement['pairs']} pairs ({agreement['rate']:.0%}).")

@@ -94,7 +94,8 @@ class ShownTask:
         return len(self.clip_ids) == 2
 
     def revealed(self, models: dict[str, str]) -> str:
-        """The models behind the clips (``AnnotationSession.reveal``) in the annotator's letters: "**A** was `m`, ..."."""
+        """The models behind the clips (``AnnotationSession.reveal``) in the annotator's letters:
+        "**A** was `m`, ..."."""
         return ", ".join(f"**{label}** was `{models[clip_id]}`" for label, clip_id in zip(self.labels, self.clip_ids))
 
     def as_dict(self) -> dict:
