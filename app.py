@@ -8,7 +8,7 @@ export the rankings as a preference dataset.
 Every flag has an environment variable (``python app.py --help``). Handlers are plain module
 functions taking the ``Studio`` first (bound with ``bind``), so a test calls them without a
 server; they only translate between widgets and ``studio`` (which holds the logic). The UI is
-declared in ``build_app`` and its three ``*_tab`` helpers, which also wire the events.
+declared in ``build_app`` and its ``*_tab`` helpers, which also wire the events.
 """
 
 import functools
@@ -59,7 +59,8 @@ from studio.state import START_REFUSALS, Studio  # noqa: E402
 from studio.admin import (ANNOTATOR_COLUMNS, PREVIEW_PAIRS, PairPreview, dataset_overview,  # noqa: E402
                           describe_export, export_dataset, export_download, export_preview, hub_url, leaderboard,
                           push_dataset, require_admin, results_markdown)
-from studio.annotation import GUIDELINES, LABELS, MAX_SHOWN_CLIPS, SHORTCUTS, ShownTask  # noqa: E402
+from studio.annotation import (GUIDELINES, LABELS, MAX_SHOWN_CLIPS, RANKING_VERDICTS, SHORTCUTS,  # noqa: E402
+                               VERDICT_NAMES, ShownTask)
 from studio.calls import ArgumentCount, RequestLimits, endpoint_arguments  # noqa: E402
 from studio.generation import (MAX_CANDIDATES, MODEL_DEFAULT, SAMPLERS, Generation,  # noqa: E402
                                GenerationSettings, duration_note, duration_range, evaluation_line, example_prompts,
@@ -81,11 +82,14 @@ document.addEventListener("play", (event) => {
 (() => {
   let current = "a";
   const visible = (el) => el && el.offsetParent !== null;
+  // Buttons, by key; a hidden one (the A/B buttons of a ranking, Vote of an A/B task) does nothing.
+  const buttons = {enter: "#vote-button", x: "#all-bad-button", s: "#skip-button",
+                   arrowleft: "#ab-a-button", arrowright: "#ab-b-button", t: "#ab-tie-button"};
   document.addEventListener("keydown", (event) => {
     const target = event.target;
     if (event.ctrlKey || event.metaKey || event.altKey) return;
     if (target && (target.tagName === "TEXTAREA" || (target.tagName === "INPUT" && target.type !== "radio"))) return;
-    if (!visible(document.querySelector("#vote-button"))) return;
+    if (!visible(document.querySelector("#skip-button"))) return;  // Skip always shows on the Annotate tab
     const key = event.key.toLowerCase();
     if (key.length === 1 && key >= "a" && key <= "h" && visible(document.querySelector(`#clip-${key}`))) {
       current = key;
@@ -94,13 +98,9 @@ document.addEventListener("play", (event) => {
       event.preventDefault();
     } else if (key >= "1" && key <= "8") {
       const option = document.querySelector(`#rank-${current} input[value="${key}"]`);
-      if (option) { option.click(); event.preventDefault(); }
-    } else if (key === "enter") {
-      document.querySelector("#vote-button")?.click(); event.preventDefault();
-    } else if (key === "x") {
-      document.querySelector("#all-bad-button")?.click(); event.preventDefault();
-    } else if (key === "s") {
-      document.querySelector("#skip-button")?.click(); event.preventDefault();
+      if (option && visible(document.querySelector(`#rank-${current}`))) { option.click(); event.preventDefault(); }
+    } else if (key in buttons && visible(document.querySelector(buttons[key]))) {
+      document.querySelector(buttons[key]).click(); event.preventDefault();
     }
   });
 })();
@@ -247,35 +247,53 @@ def send(studio: Studio, generation: Generation | None) -> str:
 
 # ---------------------------------------------------------------------------------------------- Annotate handlers
 
+# The A/B form of a two-clip task: (verdict, button label, element id); "Both bad" is the All bad button renamed.
+AB_BUTTONS = (("a_better", "A is better", "ab-a-button"), ("tie", "Tie", "ab-tie-button"),
+              ("b_better", "B is better", "ab-b-button"))
+
+
+def progress_text(studio: Studio, name: str) -> str:
+    """The annotator's own view: their votes and the tasks' progress, and their gold accuracy where the owner
+    shows it (--show-gold-accuracy)."""
+    return studio.annotation.progress(name, show_gold=studio.config.show_gold_accuracy).as_markdown()
+
+
 @visible_errors
 def next_task(studio: Studio, annotator: str, request: gr.Request, profile: gr.OAuthProfile | None):
     """The annotator's open task or a new one: (task JSON, its WAVs in the order shown, ShownTask)."""
     name = who(studio, annotator, request, profile)
     task = studio.annotation.next_task(name)
-    progress_text = studio.annotation.progress(name).as_markdown()
+    progress = progress_text(studio, name)
     if task is None:
-        return {"task_id": None, "message": "no task left for you", "progress": progress_text}, None, None
-    return {**task.as_dict(), "progress": progress_text}, task.audio_paths, task
+        return {"task_id": None, "message": "no task left for you", "progress": progress}, None, None
+    return {**task.as_dict(), "progress": progress}, task.audio_paths, task
 
 
-def vote_buttons(all_played: bool):
-    """Vote and All bad need every clip played; Skip always works."""
-    return gr.update(interactive=all_played), gr.update(interactive=all_played), gr.update(interactive=True)
+def form_buttons(task: ShownTask | None, all_played: bool):
+    """Vote, All bad, the A/B buttons and Skip: a two-clip task shows the A/B buttons (and "Both bad") in place of
+    Vote; every verdict but Skip needs every clip played; Skip always works."""
+    pair = task is not None and task.is_pair
+    return (gr.update(visible=not pair, interactive=all_played),
+            gr.update(value="Both bad" if pair else "All bad", interactive=all_played),
+            *[gr.update(visible=pair, interactive=all_played)] * len(AB_BUTTONS),
+            gr.update(interactive=True))
 
 
 def show_task(task: ShownTask | None, task_info: dict):
-    """Progress, prompt, one player and rank control per clip, the vote buttons, an empty comment and the status."""
+    """Progress, prompt, one player per clip with its rank control (none for an A/B task), the form's buttons, an
+    empty comment and the status."""
     if task is None:
         hidden = [gr.update(value=None, visible=False)] * MAX_SHOWN_CLIPS
         return (task_info["progress"], "**No task left for you.** Thank you!", *hidden, *hidden,
-                *vote_buttons(False), "", "")
+                *form_buttons(None, False), "", "")
     count = len(task.clip_ids)
     audio = [gr.update(value=task.audio_paths[i] if i < count else None, visible=i < count)
              for i in range(MAX_SHOWN_CLIPS)]
-    ranks = [gr.update(choices=[str(r) for r in range(1, count + 1)], value=None, visible=i < count)
-             for i in range(MAX_SHOWN_CLIPS)]
+    ranks = [gr.update(choices=[str(r) for r in range(1, count + 1)], value=None,
+                       visible=i < count and not task.is_pair) for i in range(MAX_SHOWN_CLIPS)]
+    hint = "Play both clips, then say which is better." if task.is_pair else "Play every clip, then rank them."
     return (task_info["progress"], f"**Prompt:** {task.prompt}", *audio, *ranks,
-            *vote_buttons(task.all_played), "", "Play every clip, then rank them.")
+            *form_buttons(task, task.all_played), "", hint)
 
 
 def show_next_task(task: ShownTask | None, task_info: dict):
@@ -288,20 +306,21 @@ def play_clip(studio: Studio, position: int, annotator: str, task: ShownTask | N
               profile: gr.OAuthProfile | None):
     """The player at ``position`` started: count the play; unlock voting once every clip was played."""
     if task is None or position >= len(task.clip_ids):
-        return *vote_buttons(False), gr.update()
+        return *form_buttons(task, False), gr.update()
     plays = studio.annotation.record_play(who(studio, annotator, request, profile), task.task_id,
                                           task.clip_ids[position])
     unplayed = [label for label, clip_id in zip(LABELS, task.clip_ids) if not plays.get(clip_id)]
-    message = f"Still to play: {', '.join(unplayed)}" if unplayed else "All clips played: rank them and vote."
-    return *vote_buttons(not unplayed), message
+    message = (f"Still to play: {', '.join(unplayed)}" if unplayed else
+               "All clips played: which is better?" if task.is_pair else "All clips played: rank them and vote.")
+    return *form_buttons(task, not unplayed), message
 
 
 @visible_errors
 def vote_from_form(studio: Studio, verdict: str, annotator: str, task: ShownTask | None, comment: str,
                    request: gr.Request, profile: gr.OAuthProfile | None, *ranks):
-    """Vote, All bad or Skip pressed: the ranks chosen in the form (one per shown clip) and the comment become
-    the vote; with --reveal-models a ranking is followed by the model behind each clip. Skip works whenever a task
-    is assigned, shown on this page or not."""
+    """Vote, All bad, Skip or an A/B button pressed: the ranks chosen in the form (one per shown clip; none for an
+    A/B answer) and the comment become the vote; with --reveal-models a ranking is followed by the model behind
+    each clip. Skip works whenever a task is assigned, shown on this page or not."""
     if task is None and verdict != "skip":
         raise ValueError("no task loaded: press Next task")
     name = who(studio, annotator, request, profile)
@@ -314,11 +333,9 @@ def vote_from_form(studio: Studio, verdict: str, annotator: str, task: ShownTask
             raise ValueError(f"give every clip a rank; missing: {', '.join(missing)}")
         ranking = {label: int(rank) for label, rank in zip(task.labels, ranks)}
     vote_id = studio.annotation.vote(name, task.task_id, ranking, verdict, comment=comment)
-    message = f"Vote {vote_id} stored ({verdict.replace('_', ' ')})."
-    if studio.config.reveal_models and verdict == "rank":
-        models = studio.annotation.reveal(name, task.task_id)
-        message += " The clips you just ranked came from: " + ", ".join(
-            f"**{label}** `{models[clip_id]}`" for label, clip_id in zip(task.labels, task.clip_ids)) + "."
+    message = f"Vote {vote_id} stored ({VERDICT_NAMES[verdict]})."
+    if studio.config.reveal_models and verdict in RANKING_VERDICTS:
+        message += f" Revealed: {task.revealed(studio.annotation.reveal(name, task.task_id))}."
     return message
 
 
@@ -333,20 +350,37 @@ def played(studio: Studio, annotator: str, task_id: int, clip: str, request: gr.
 def vote(studio: Studio, annotator: str, task_id: int, ranking: dict | None = None, verdict: str = "rank",
          comment: str | None = None, request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
     """Vote on your open task: ranking maps clip letters (or clip ids) to ranks, 1 = best, ties allowed;
-    verdict 'rank', 'all_bad' or 'skip' (the last two with no ranking); an optional comment. Every clip must
-    have been played. The same vote sent again returns its vote_id. With --reveal-models the answer to a
-    ranking names the model behind each clip id."""
+    verdict 'rank', 'all_bad' or 'skip', or for a two-clip task 'a_better', 'b_better' or 'tie' (all but 'rank'
+    with no ranking); an optional comment. Every clip must have been played. The same vote sent again returns
+    its vote_id. With --reveal-models the answer to a ranking names the model behind each clip id."""
     name = who(studio, annotator, request, profile)
     vote_id = studio.annotation.vote(name, task_id, ranking, verdict, comment=comment)
-    answer = {"vote_id": vote_id, "progress": studio.annotation.progress(name).as_markdown()}
-    if studio.config.reveal_models and verdict == "rank":
+    answer = {"vote_id": vote_id, "progress": progress_text(studio, name)}
+    if studio.config.reveal_models and verdict in RANKING_VERDICTS:
         answer["models"] = studio.annotation.reveal(name, task_id)
     return answer
 
 
+@visible_errors
+def undo(studio: Studio, annotator: str, request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
+    """Undo your last vote within a minute of casting it (annotate.store.UNDO_WINDOW_S), unless --reveal-models
+    showed you its models: returns the undone vote_id, its task_id (yours to vote again: /next_task gives it back)
+    and your progress."""
+    name = who(studio, annotator, request, profile)
+    undone = studio.annotation.undo_last_vote(name, reveal_models=studio.config.reveal_models)
+    return {"vote_id": undone.id, "task_id": undone.task_id, "progress": progress_text(studio, name)}
+
+
+def undo_from_form(studio: Studio, annotator: str, request: gr.Request, profile: gr.OAuthProfile | None) -> str:
+    """Undo last vote pressed: what was undone (its task loads again next), or a refusal (gr.Error)."""
+    undone = undo(studio, annotator, request, profile)
+    return f"Vote {undone['vote_id']} undone: its task is back; play its clips and vote again."
+
+
 def public_leaderboard(studio: Studio) -> list[dict]:
-    """Per model, strongest first: model, win_rate, win_rate_interval, bt_score, bt_interval, comparisons
-    (from the human rankings; 95 % bootstrap intervals)."""
+    """Per model, strongest first: model, win_rate, win_rate_interval, bt_score, bt_interval, comparisons,
+    too_few_votes (from the human rankings; 95 % bootstrap intervals; a model in fewer than --min-comparisons
+    comparisons comes last, too_few_votes true and its numbers None)."""
     return leaderboard(studio.store, studio.config)
 
 
@@ -445,7 +479,7 @@ def outcome(action, title: str, *args) -> str:
 # ---------------------------------------------------------------------------------------------- layout and wiring
 
 def build_app(studio: Studio) -> gr.Blocks:
-    """The whole UI: Demo, Annotate and Dataset tabs, their events and the named API endpoints."""
+    """The whole UI: Demo, Annotate, Results and Dataset tabs, their events and the named API endpoints."""
     with gr.Blocks(title="Tango DPO Studio", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# Tango DPO Studio\nBase model vs its Diffusion-DPO-tuned version, blind ranking of clips, "
                     "and the preference dataset they make.")
@@ -458,8 +492,8 @@ def build_app(studio: Studio) -> gr.Blocks:
             demo_tab(studio)
         with gr.Tab("Annotate", id="annotate"):
             annotate_tab(studio, name_box)
-        with gr.Tab("Results", id="results"):
-            results_tab(studio)
+        with gr.Tab("Results", id="results") as results:
+            results_tab(studio, results)
         admins = bool(studio.config.admins)  # without admins nobody may use the tab: it is shown disabled
         with gr.Tab("Dataset" if admins else "Dataset (no admins configured)", id="dataset", interactive=admins):
             dataset_tab(studio, name_box)
@@ -542,36 +576,48 @@ def annotate_tab(studio: Studio, name_box: gr.Textbox) -> None:
                                           elem_id=f"rank-{label.lower()}", scale=2))
     with gr.Row():
         vote_button = gr.Button("Vote", variant="primary", interactive=False, elem_id="vote-button")
+        ab_buttons = [gr.Button(label, variant="primary", interactive=False, visible=False, elem_id=elem_id)
+                      for _, label, elem_id in AB_BUTTONS]
         all_bad_button = gr.Button("All bad", interactive=False, elem_id="all-bad-button")
         skip_button = gr.Button("Skip", elem_id="skip-button")  # always: it skips whatever task is assigned
     comment_box = gr.Textbox(label="Comment (optional)", max_lines=3, elem_id="vote-comment")
     annotate_status = gr.Markdown(elem_id="annotate-status")
+    undo_button = gr.Button(f"Undo last vote (within {studio.store.undo_window_s:.0f} s)", size="sm",
+                            elem_id="undo-button")
     task_json = gr.JSON(visible=False, label="task")
     task_files = gr.File(file_count="multiple", visible=False, label="task clips")
     task_state = gr.State()
 
-    task_outputs = [progress_md, task_prompt, *clip_players, *rank_controls, vote_button, all_bad_button,
-                    skip_button, comment_box, annotate_status]
+    form = [vote_button, all_bad_button, *ab_buttons, skip_button]  # in form_buttons' order
+    task_outputs = [progress_md, task_prompt, *clip_players, *rank_controls, *form, comment_box, annotate_status]
     next_button.click(bind(next_task, studio), [name_box], [task_json, task_files, task_state], api_name="next_task") \
         .success(show_task, [task_state, task_json], task_outputs, api_visibility="private")
     for position, player in enumerate(clip_players):
-        player.play(bind(play_clip, studio, position), [name_box, task_state],
-                    [vote_button, all_bad_button, skip_button, annotate_status], api_visibility="private")
-    for button, verdict in ((vote_button, "rank"), (all_bad_button, "all_bad"), (skip_button, "skip")):
-        voted = button.click(bind(vote_from_form, studio, verdict), [name_box, task_state, comment_box, *rank_controls],
-                             [annotate_status], api_visibility="private")
-        voted.success(None, js=DISMISS_TOASTS, api_visibility="private")
-        voted.success(bind(next_task, studio), [name_box], [task_json, task_files, task_state], api_visibility="private") \
+        player.play(bind(play_clip, studio, position), [name_box, task_state], [*form, annotate_status],
+                    api_visibility="private")
+    verdicts = [(vote_button, "rank"), (all_bad_button, "all_bad"), (skip_button, "skip"),
+                *((button, verdict) for button, (verdict, _, _) in zip(ab_buttons, AB_BUTTONS))]
+    changes = [button.click(bind(vote_from_form, studio, verdict), [name_box, task_state, comment_box, *rank_controls],
+                            [annotate_status], api_visibility="private") for button, verdict in verdicts]
+    changes.append(undo_button.click(bind(undo_from_form, studio), [name_box], [annotate_status],
+                                     api_visibility="private"))
+    # After a vote or an undo: the next task (after an undo, the undone one), the outcome left in the status line.
+    for done in changes:
+        done.success(None, js=DISMISS_TOASTS, api_visibility="private")
+        done.success(bind(next_task, studio), [name_box], [task_json, task_files, task_state], api_visibility="private") \
             .success(show_next_task, [task_state, task_json], task_outputs[:-1], api_visibility="private")
     gr.api(bind(played, studio), api_name="played", concurrency_limit=ANNOTATION_CONCURRENCY)
     gr.api(bind(vote, studio), api_name="vote", concurrency_limit=ANNOTATION_CONCURRENCY)
+    gr.api(bind(undo, studio), api_name="undo", concurrency_limit=ANNOTATION_CONCURRENCY)
 
 
-def results_tab(studio: Studio) -> None:
-    """Public: which model the rankings prefer (the only place that names the models); /leaderboard."""
+def results_tab(studio: Studio, tab: gr.Tab) -> None:
+    """Public: which model the rankings prefer (the only place that names the models), shown when the tab opens;
+    /leaderboard."""
     results_md = gr.Markdown(elem_id="results")
     refresh = gr.Button("Refresh results", elem_id="results-refresh")
-    refresh.click(bind(show_results, studio), None, [results_md], api_visibility="private")
+    for event in (tab.select, refresh.click):
+        event(bind(show_results, studio), None, [results_md], api_visibility="private")
     gr.api(bind(public_leaderboard, studio), api_name="leaderboard", concurrency_limit=ANNOTATION_CONCURRENCY)
 
 

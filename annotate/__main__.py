@@ -1,6 +1,7 @@
 """Annotation backend from the command line.
 
     python -m annotate pool   --data-dir data --prompts prompts.txt --models tiny,tiny-dpo --k 2
+    python -m annotate pool   --data-dir data --prompts prompts.txt --k 3 --ab      # two-clip A/B tasks
     python -m annotate gold   --data-dir data --prompts prompts.txt                  # sound-world prompts only
     python -m annotate stats  --data-dir data
     python -m annotate verdict --data-dir data --source human
@@ -41,7 +42,7 @@ def pool(args: argparse.Namespace) -> int:
 
     models = args.models.split(",") if args.models else DEFAULT_MODELS
     report = build_pool(Store(args.data_dir), _read_prompts(args.prompts), models, k=args.k, seed=args.seed,
-                        steps=args.steps, guidance=args.guidance, batch_size=args.batch_size)
+                        steps=args.steps, guidance=args.guidance, batch_size=args.batch_size, ab=args.ab)
     print(f"{len(report.task_ids)} tasks ready; {report.generated} clips generated, {report.reused} already stored")
     return 0
 
@@ -98,7 +99,8 @@ def stats(args: argparse.Namespace) -> int:
     alpha = summary["krippendorff_alpha_ordinal"]
     print(f"tasks: {summary['tasks']} ({summary['tasks_at_target']} at target overlap, {summary['tasks_untouched']} "
           f"untouched; {summary['tasks_withdrawn']} withdrawn: a clip could not be read)")
-    print(f"votes: {summary['votes']} ({summary['skipped']} skipped, {summary['all_bad']} all bad)")
+    print(f"votes: {summary['votes']} ({summary['skipped']} skipped, {summary['all_bad']} all bad; "
+          f"{summary['undone']} more undone, left out)")
     print(f"Krippendorff's alpha (ordinal): {'n/a' if alpha is None else f'{alpha:.3f}'}")
     print(f"{'annotator':<24} {'votes':>6} {'skips':>6} {'all bad':>8} {'gold':>10}  agreement with the others' majority")
     for name, row in sorted(summary["annotators"].items()):
@@ -130,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--steps", type=int, default=None, help="denoising steps; none: each model's own")
     sub.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
     sub.add_argument("--batch-size", type=int, default=4, help="prompts per generation call (k clips each)")
+    sub.add_argument("--ab", action="store_true",
+                     help="two-clip tasks, voted A/B on the Annotate tab: k per prompt, clip i of the first model "
+                          "against clip i of the second (two models only); two models with --k 1 make them too")
 
     sub = command("export", export, "write the human-ranked pairs as a dataset folder (atomically)")
     sub.add_argument("--out", required=True, help="dataset folder to (re)write")

@@ -1,4 +1,4 @@
-"""Candidate pools: ``k`` clips per prompt from each model, stored as one blind ranking task per prompt.
+"""Candidate pools: ``k`` clips per prompt from each model, stored as blind ranking tasks.
 
 Seeds: every clip of a task has a seed of its own (no two clips of a task share one, across
 models too) and is drawn with its own generator on the pipeline's device
@@ -16,6 +16,9 @@ within 0..``MAX_POOL_SEED``; the app's Demo only ever seeds above it (``studio.g
 Task composition: a task holds all ``len(models) * k`` clips of its prompt (default two
 models x k=2: a 4-way ranking). Every clip of one model is ranked against every clip of
 the other, and same-model comparisons are kept too: they are valid preference pairs.
+Two-clip tasks are voted in the app's arena-style A/B form: two models with ``k=1`` make
+one per prompt, and ``ab=True`` makes ``k`` per prompt (clip i of the first model against
+clip i of the second).
 
 Idempotent: a prompt that already has its clips under these models and settings (the seeds
 derived from ``seed``; without it, any pool clips stored for the prompt, model, steps and
@@ -152,7 +155,7 @@ class PoolReport:
 
     generated: int  # clips made by this run
     reused: int  # clips already in the store
-    task_ids: list[int]  # one per prompt, in prompt order
+    task_ids: list[int]  # one per prompt (``ab``: k per prompt), in prompt order
 
 
 def build_pool(
@@ -167,8 +170,10 @@ def build_pool(
     make_generator: Callable[[str], ClipGenerator] = PipelineGenerator,
     batch_size: int = 4,
     progress: bool = True,
+    ab: bool = False,
 ) -> PoolReport:
-    """Generate what is missing of ``k`` clips per prompt per model and make one task per prompt.
+    """Generate what is missing of ``k`` clips per prompt per model and make one task per prompt (with ``ab``:
+    ``k`` two-clip tasks per prompt, clip i of one model against clip i of the other; two models only).
 
     ``steps=None`` samples each model with its own default steps (which loads that model).
     ``seed=None`` draws every clip's seed from a secret source (clips already pooled under these settings
@@ -184,7 +189,9 @@ def build_pool(
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     if not prompts:
         raise InvalidInput("`prompts` is empty")
-    if not 2 <= len(models) * k <= MAX_TASK_CLIPS:
+    if ab and len(models) != 2:
+        raise InvalidInput(f"A/B tasks pit two models against each other; got {len(models)}: {', '.join(models)}")
+    if not ab and not 2 <= len(models) * k <= MAX_TASK_CLIPS:
         raise InvalidInput(f"a task would hold {len(models)} models x k={k} clips; it must be 2..{MAX_TASK_CLIPS}")
 
     generators: dict[str, ClipGenerator] = {}
@@ -223,6 +230,10 @@ def build_pool(
                                         latent_fingerprint=None if latent is None else made.latent_fingerprint)
                 bar.update(len(batch))
 
-    task_ids = [store.add_task([stored(p, model, s).id for model in models for s in seeds[p, model]]) for p in prompts]
+    if ab:
+        clip_sets = [[stored(p, model, seeds[p, model][i]).id for model in models] for p in prompts for i in range(k)]
+    else:
+        clip_sets = [[stored(p, model, s).id for model in models for s in seeds[p, model]] for p in prompts]
+    task_ids = [store.add_task(ids) for ids in clip_sets]
     logger.info("pool: %d clips generated, %d tasks", todo, len(task_ids))
     return PoolReport(generated=todo, reused=len(prompts) * len(models) * k - todo, task_ids=task_ids)

@@ -2,9 +2,11 @@
 
 ``PRAGMA user_version`` records how many have run; ``Store`` applies the missing ones in
 one transaction when it opens a database, and refuses a database newer than this code.
-Assignments, rankings and ranking entries are insert-only (triggers refuse UPDATE and
-DELETE); ``open_assignments`` is the mutable work queue and ``tasks.votes`` a counter
-kept in the same transaction as each vote.
+Assignments, rankings, ranking entries and undos are insert-only (triggers refuse UPDATE
+and DELETE); ``open_assignments`` is the mutable work queue and ``tasks.votes`` a counter
+kept in the same transaction as each vote (and each undo). Migrations run with foreign keys
+off, so one may rebuild a table others reference (SQLite's way to drop a constraint); the
+store checks every foreign key before it commits.
 """
 
 from __future__ import annotations
@@ -132,5 +134,34 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # The latent a clip was decoded from is kept beside its audio (<sha>.latent.npy); this names the
         # latent space it belongs to (the model's VAE and scaling), NULL for clips stored without one.
         "ALTER TABLE candidates ADD COLUMN latent_fingerprint TEXT",
+    ),
+    (
+        # Undo: a vote is never rewritten; a row in `vote_undos` supersedes it, and the assignment may then
+        # hold a new vote. `rankings` loses UNIQUE (assignment_id) for that, rebuilt as SQLite rebuilds a table,
+        # with the rule kept by a trigger: an assignment holds at most one vote that is not undone.
+        """CREATE TABLE rankings_rebuilt (
+            id INTEGER PRIMARY KEY,
+            assignment_id INTEGER NOT NULL REFERENCES assignments(id),
+            all_bad INTEGER NOT NULL CHECK (all_bad IN (0, 1)),
+            skipped INTEGER NOT NULL CHECK (skipped IN (0, 1)),
+            time_spent_s REAL,
+            created_at REAL NOT NULL,
+            comment TEXT
+        )""",
+        """INSERT INTO rankings_rebuilt (id, assignment_id, all_bad, skipped, time_spent_s, created_at, comment)
+           SELECT id, assignment_id, all_bad, skipped, time_spent_s, created_at, comment FROM rankings""",
+        "DROP TABLE rankings",
+        "ALTER TABLE rankings_rebuilt RENAME TO rankings",
+        "CREATE INDEX rankings_by_assignment ON rankings (assignment_id)",
+        *_insert_only("rankings"),
+        """CREATE TABLE vote_undos (
+            ranking_id INTEGER PRIMARY KEY REFERENCES rankings(id),
+            created_at REAL NOT NULL
+        )""",
+        *_insert_only("vote_undos"),
+        """CREATE TRIGGER rankings_one_standing_vote BEFORE INSERT ON rankings
+           WHEN EXISTS (SELECT 1 FROM rankings r WHERE r.assignment_id = NEW.assignment_id
+                        AND r.id NOT IN (SELECT ranking_id FROM vote_undos))
+           BEGIN SELECT RAISE(ABORT, 'an assignment holds one standing vote: undo it first'); END""",
     ),
 ]

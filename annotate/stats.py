@@ -11,9 +11,10 @@ def dataset_stats(store: Store) -> dict:
     """Tasks, votes, Krippendorff's alpha and per-annotator counts, leave-one-out agreement and gold accuracy.
 
     Task counts are of model tasks (gold tasks are not work towards the target), withdrawn
-    tasks (a clip could not be read) apart.
+    tasks (a clip could not be read) apart. Undone votes count only as ``undone``.
     """
-    rankings, progress, answers = store.rankings(), store.task_progress(), store.gold_answers()
+    everything, progress, answers = store.rankings(include_undone=True), store.task_progress(), store.gold_answers()
+    rankings = [r for r in everything if r.undone_at is None]
     agreement = {a.annotator: a for a in annotator_agreement(r for r in rankings if r.task_id not in answers)}
     gold = gold_accuracy(rankings, answers)
     per_annotator: dict[str, dict] = {}
@@ -36,6 +37,7 @@ def dataset_stats(store: Store) -> dict:
         "votes": len(rankings),
         "skipped": sum(r.skipped for r in rankings),
         "all_bad": sum(r.all_bad for r in rankings),
+        "undone": len(everything) - len(rankings),
         "krippendorff_alpha_ordinal": ranking_alpha(r for r in rankings if r.task_id not in answers),
         "target_overlap": max((target for _, _, target in progress), default=store.target_overlap),
         "gold_tasks": len(answers),

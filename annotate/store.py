@@ -13,7 +13,8 @@ Guarantees:
   registrations, clips' rows) use ``NORMAL``, which survives a killed process; a power
   loss may forget the last of them, which costs nothing (an assignment is re-issued);
 - votes are insert-only: triggers refuse UPDATE/DELETE on assignments, rankings and
-  their entries, so a vote can never be rewritten, only added;
+  their entries, so a vote can never be rewritten, only added; an undo (``undo_vote``) is
+  a new row that supersedes the vote;
 - every input is checked before the transaction writes; a refused call raises an
   ``InvalidInput`` (a ``ValueError``) and leaves the database and the audio folder as
   they were;
@@ -41,6 +42,12 @@ given are gold, their next new task is a gold one they have not seen (if any is 
 Gold tasks never count as "tasks at target" and never reach the verdict or the export.
 
 Each vote may carry a free-text ``comment`` (kept with the vote, never compared).
+
+Undo (``undo_vote``): an annotator may take back their last vote within ``undo_window_s``
+(``UNDO_WINDOW_S``). The vote stays in the database, superseded by a row of ``vote_undos``;
+``rankings()`` and ``vote_of`` no longer return it, so the export, the verdict, gold
+accuracy and every count leave it out, and the task is open to that annotator again (same
+clip order) until they vote anew.
 
 A task whose clips cannot be read (a file missing or unreadable) is withdrawn
 (``withdraw_task``): it is never assigned again, open assignments of it are closed, and it
@@ -91,6 +98,7 @@ DB_NAME = "annotate.sqlite"
 EXPORT_DIR = "export"  # the data folder's own export folder (the app's Export writes there)
 MAX_TASK_CLIPS = 8  # what one screen can rank (the app shows A..H); larger tasks are never assigned
 MAX_TIME_SPENT_S = 24 * 3600.0
+UNDO_WINDOW_S = 60.0  # how long after a vote its annotator may take it back: a slip is noticed at once
 
 
 class UnusableStore(ValueError):
@@ -164,6 +172,14 @@ class Ranking:
     time_spent_s: float | None
     created_at: float
     comment: str | None = None
+    undone_at: float | None = None  # when its annotator took it back (``Store.undo_vote``); None: it stands
+
+
+def reveals_models(vote: Ranking) -> bool:
+    """Whether this vote earns its annotator the models behind the clips: a ranking (not a skip or an all-bad
+    vote, which cost no judgement) made with every clip played, not undone."""
+    return (vote.undone_at is None and not (vote.skipped or vote.all_bad)
+            and all(vote.play_counts.get(clip_id) for clip_id in vote.shown_order))
 
 
 @dataclass(frozen=True)
@@ -200,6 +216,7 @@ class Store:
         gold_share: the share of each annotator's tasks that are gold tasks, while any are left.
         assignment_ttl_s: an open assignment older than this stops counting towards its
             task's overlap (its owner left), so the task goes to someone else too.
+        undo_window_s: how long after a vote its annotator may undo it.
         busy_timeout_s: how long a write waits for the lock before giving up.
     """
 
@@ -211,6 +228,7 @@ class Store:
         informative_first: bool = False,
         gold_share: float = 0.2,
         assignment_ttl_s: float = 1800.0,
+        undo_window_s: float = UNDO_WINDOW_S,
         busy_timeout_s: float = 30.0,
     ):
         self.data_dir = Path(data_dir)
@@ -222,6 +240,7 @@ class Store:
         if not 0 <= self.gold_share <= 1:
             raise InvalidInput(f"`gold_share` must be within 0..1, got {self.gold_share}")
         self.assignment_ttl_s = float(assignment_ttl_s)
+        self.undo_window_s = float(undo_window_s)
         self.busy_timeout_s = float(busy_timeout_s)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
@@ -292,17 +311,27 @@ class Store:
         self._local.conn = None
 
     def _migrate(self) -> None:
-        with self._write() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(MIGRATIONS):
-                raise UnusableStore(
-                    f"{self.db_path} has schema version {version}; this code knows up to {len(MIGRATIONS)}: upgrade it"
-                )
-            for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in statements:
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version = {number}")
-                logger.info("migrated %s to schema version %d", self.db_path, number)
+        conn = self._connection()
+        # Off while migrating: a migration may drop and rebuild a table others reference (the pragma only
+        # takes effect outside a transaction); every reference is checked before the migration commits.
+        conn.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with self._write() as db:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version > len(MIGRATIONS):
+                    raise UnusableStore(
+                        f"{self.db_path} has schema version {version}; this code knows up to {len(MIGRATIONS)}: upgrade it"
+                    )
+                for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+                    for statement in statements:
+                        db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {number}")
+                    logger.info("migrated %s to schema version %d", self.db_path, number)
+                broken = db.execute("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise UnusableStore(f"{self.db_path} has rows naming rows that do not exist: {broken[:3]}")
+        finally:
+            conn.execute("PRAGMA foreign_keys = ON")
 
     @property
     def schema_version(self) -> int:
@@ -637,7 +666,7 @@ class Store:
             ranks = {clip_id: None for clip_id in shown} if (skip or all_bad) else check_ranking(pairs, shown)
             plays = check_play_counts(play_counts, shown)
 
-            existing = db.execute("SELECT id FROM rankings WHERE assignment_id = ?", (assignment_id,)).fetchone()
+            existing = db.execute(_STANDING_VOTE_SQL, (assignment_id,)).fetchone()
             if existing is not None:
                 [stored] = _load_rankings(db, existing[0])
                 if (stored.ranks, stored.all_bad, stored.skipped) == (ranks, all_bad, skip):
@@ -666,31 +695,80 @@ class Store:
             return ranking_id
 
     def vote_of(self, annotator: str, task_id: int) -> Ranking | None:
-        """This annotator's stored vote on the task, if any."""
+        """This annotator's standing vote on the task (not undone), if any."""
         name = check_name(annotator)
         task_id = check_int(task_id, "task_id", error=InvalidVote)
         with self._read() as db:
             row = db.execute(
-                """SELECT r.id FROM rankings r JOIN assignments a ON a.id = r.assignment_id
-                   JOIN annotators n ON n.id = a.annotator_id WHERE n.name = ? AND a.task_id = ?""",
+                f"""SELECT r.id FROM rankings r JOIN assignments a ON a.id = r.assignment_id
+                    JOIN annotators n ON n.id = a.annotator_id WHERE n.name = ? AND a.task_id = ? AND {_STANDS}""",
                 (name, task_id),
             ).fetchone()
             return None if row is None else _load_rankings(db, row[0])[0]
 
+    def last_vote(self, annotator: str) -> Ranking | None:
+        """The vote this annotator cast last (undone or not), if any: the only one ``undo_vote`` takes back."""
+        name = check_name(annotator)
+        with self._read() as db:
+            row = db.execute(_LAST_VOTE_SQL, (name,)).fetchone()
+            return None if row[0] is None else _load_rankings(db, row[0])[0]
+
+    def undo_vote(self, annotator: str, vote_id: int) -> Ranking:
+        """Take back ``annotator``'s vote ``vote_id``: their last one, cast within ``undo_window_s``; return it, undone.
+
+        Insert-only: the vote stays, superseded by a row of ``vote_undos`` (kept by backups like every vote). The
+        task is open to the annotator again (same clip order; a withdrawn task stays withdrawn) and its count of
+        votes drops by one. Raises ``InvalidVote`` naming the reason (and writes nothing) for another annotator's
+        vote, an older one, one already undone or one past the window.
+        """
+        name = check_name(annotator)
+        vote_id = check_int(vote_id, "vote_id", minimum=1, error=InvalidVote)
+        with self._write(durable=True) as db:
+            row = db.execute(
+                """SELECT n.name, a.id, a.task_id, a.annotator_id, r.skipped, r.created_at, u.ranking_id IS NOT NULL
+                   FROM rankings r JOIN assignments a ON a.id = r.assignment_id JOIN annotators n ON n.id = a.annotator_id
+                   LEFT JOIN vote_undos u ON u.ranking_id = r.id WHERE r.id = ?""",
+                (vote_id,),
+            ).fetchone()
+            if row is None:
+                raise InvalidVote(f"there is no vote {vote_id}")
+            owner, assignment_id, task_id, annotator_id, skipped, cast_at, undone = row
+            if owner != name:
+                raise InvalidVote(f"vote {vote_id} was cast by another annotator: only the annotator who cast a vote "
+                                  "can undo it")
+            if undone:
+                raise InvalidVote(f"vote {vote_id} is undone already")
+            last = db.execute(_LAST_VOTE_SQL, (name,)).fetchone()[0]
+            if last != vote_id:
+                raise InvalidVote(f"only your last vote can be undone: vote {vote_id} is older than vote {last}")
+            now = time.time()
+            if now - cast_at > self.undo_window_s:
+                raise InvalidVote(f"vote {vote_id} was cast {now - cast_at:.0f} s ago; a vote can be undone within "
+                                  f"{self.undo_window_s:.0f} s only")
+            db.execute("INSERT INTO vote_undos (ranking_id, created_at) VALUES (?, ?)", (vote_id, now))
+            if db.execute("SELECT 1 FROM withdrawn_tasks WHERE task_id = ?", (task_id,)).fetchone() is None:
+                db.execute(
+                    "INSERT INTO open_assignments (assignment_id, task_id, annotator_id, assigned_at) VALUES (?, ?, ?, ?)",
+                    (assignment_id, task_id, annotator_id, now),
+                )
+            if not skipped:
+                db.execute("UPDATE tasks SET votes = votes - 1 WHERE id = ?", (task_id,))
+            return _load_rankings(db, vote_id)[0]
+
     def reveal(self, annotator: str, task_id: int) -> dict[str, str]:
         """Clip id -> model, in the order shown, once this annotator has ranked the task with every clip played
-        (their vote's play counts); never before, nor after a skip or an all-bad vote, which cost no judgement."""
+        (``reveals_models``); never before, nor after a skip or an all-bad vote, which cost no judgement."""
         vote = self.vote_of(annotator, task_id)
-        if vote is None or vote.skipped or vote.all_bad or not all(vote.play_counts.get(c) for c in vote.shown_order):
+        if vote is None or not reveals_models(vote):
             raise InvalidVote(f"annotator {preview(annotator)} has not ranked task {preview(task_id)} after playing "
                               "every clip: models stay hidden")
         models = {clip_id: clip.model for clip_id, clip in self.candidates(vote.shown_order).items()}
         return {clip_id: models[clip_id] for clip_id in vote.shown_order}
 
-    def rankings(self) -> list[Ranking]:
-        """Every stored vote, oldest first."""
+    def rankings(self, *, include_undone: bool = False) -> list[Ranking]:
+        """Every standing vote, oldest first; with ``include_undone`` the undone ones too (``undone_at`` set)."""
         with self._read() as db:
-            return _load_rankings(db)
+            return [r for r in _load_rankings(db) if include_undone or r.undone_at is None]
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -764,7 +842,14 @@ class Store:
 
 _TABLES = ("prompts", "candidates", "tasks", "task_candidates", "annotators",
            "assignments", "open_assignments", "rankings", "ranking_entries", "exports", "gold_tasks",
-           "withdrawn_tasks")
+           "withdrawn_tasks", "vote_undos")
+
+_STANDS = "r.id NOT IN (SELECT ranking_id FROM vote_undos)"  # a vote not undone
+
+_STANDING_VOTE_SQL = f"SELECT r.id FROM rankings r WHERE r.assignment_id = ? AND {_STANDS}"
+
+_LAST_VOTE_SQL = """SELECT MAX(r.id) FROM rankings r JOIN assignments a ON a.id = r.assignment_id
+                    JOIN annotators n ON n.id = a.annotator_id WHERE n.name = ?"""
 
 _CANDIDATE_SQL = """SELECT c.public_id, p.text, c.model, c.seed, c.steps, c.guidance, c.sha256,
                            c.duration_s, c.sample_rate, c.auto_score, c.latent_fingerprint
@@ -811,8 +896,9 @@ def _load_rankings(db: sqlite3.Connection, ranking_id: int | None = None) -> lis
         entries.setdefault(rid, []).append((clip_id, rank, plays))
     rows = db.execute(
         f"""SELECT r.id, a.task_id, n.name, r.all_bad, r.skipped, a.shown_order, r.time_spent_s, r.created_at,
-                   r.comment
+                   r.comment, u.created_at
             FROM rankings r JOIN assignments a ON a.id = r.assignment_id JOIN annotators n ON n.id = a.annotator_id
+            LEFT JOIN vote_undos u ON u.ranking_id = r.id
             {where} ORDER BY r.id""",
         {"id": ranking_id},
     )
@@ -822,7 +908,7 @@ def _load_rankings(db: sqlite3.Connection, ranking_id: int | None = None) -> lis
             ranks={clip_id: rank for clip_id, rank, _ in entries[rid]},
             all_bad=bool(all_bad), skipped=bool(skipped), shown_order=json.loads(shown),
             play_counts={clip_id: plays for clip_id, _, plays in entries[rid]},
-            time_spent_s=spent, created_at=created, comment=comment,
+            time_spent_s=spent, created_at=created, comment=comment, undone_at=undone_at,
         )
-        for rid, task_id, name, all_bad, skipped, shown, spent, created, comment in rows
+        for rid, task_id, name, all_bad, skipped, shown, spent, created, comment, undone_at in rows
     ]

@@ -23,6 +23,10 @@ sound world: the grammar's construction, e.g. ``then`` or ``count``).
 
 ``ranker_agreement`` says how often the automatic ranker picks the human majority's
 winner of a pair, so an owner can decide where machine ranking suffices.
+
+``with_minimum`` hides the numbers of a model compared fewer than a minimum number of
+times (the public results: a handful of votes gives intervals of zero width that look
+certain); its row says "too few votes" instead.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ PRIOR_TIES = 1.0
 ELO_BASE, ELO_SCALE = 1000.0, 400.0
 MM_ITERATIONS = 500
 AUTO_RANKER = "auto-ranker"
+TOO_FEW_VOTES = "too few votes"
+NUMBERS = ("win_rate", "win_rate_interval", "bt_score", "bt_interval")  # what ``with_minimum`` hides
 
 Vote = Mapping[str, int]  # clip id -> dense rank, 1 = best
 
@@ -167,6 +173,16 @@ def leaderboard(votes: Iterable[Vote], model_of: Mapping[str, str], *, n_boot: i
     return sorted(rows, key=lambda row: (-row["bt_score"], row["model"]))
 
 
+def with_minimum(rows: Sequence[Mapping], min_comparisons: int) -> list[dict]:
+    """Leaderboard rows with ``too_few_votes``: a model in fewer than ``min_comparisons`` comparisons keeps its name
+    and count, its numbers become None and it goes after the models that have enough (strongest first)."""
+    shown = [{**row, "too_few_votes": row["comparisons"] < min_comparisons} for row in rows]
+    for row in shown:
+        if row["too_few_votes"]:
+            row.update(dict.fromkeys(NUMBERS))
+    return sorted(shown, key=lambda row: row["too_few_votes"])  # stable: each group keeps its order
+
+
 @dataclass(frozen=True)
 class Verdict:
     """The leaderboard from one source of rankings, overall and per prompt category."""
@@ -269,17 +285,20 @@ def _interval(values: Sequence[float], digits: int) -> str:
     return f"[{values[0]:.{digits}f}, {values[1]:.{digits}f}]"
 
 
-def leaderboard_table(rows: Sequence[Mapping]) -> str:
-    """A Markdown table of leaderboard rows."""
+def leaderboard_table(rows: Sequence[Mapping], min_comparisons: int = 0) -> str:
+    """A Markdown table of leaderboard rows; a model in fewer than ``min_comparisons`` comparisons shows
+    "too few votes" instead of its numbers (``with_minimum``)."""
     lines = ["| model | win rate | 95 % interval | Bradley-Terry | 95 % interval | comparisons |",
              "|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['win_rate']:.3f} | {_interval(r['win_rate_interval'], 3)} | {r['bt_score']:.0f} | "
-              f"{_interval(r['bt_interval'], 0)} | {r['comparisons']} |" for r in rows]
+    lines += [f"| {r['model']} | {TOO_FEW_VOTES} | | | | {r['comparisons']} |" if r["too_few_votes"] else
+              f"| {r['model']} | {r['win_rate']:.3f} | {_interval(r['win_rate_interval'], 3)} | {r['bt_score']:.0f} | "
+              f"{_interval(r['bt_interval'], 0)} | {r['comparisons']} |" for r in with_minimum(rows, min_comparisons)]
     return "\n".join(lines)
 
 
-def verdict_markdown(verdicts: Sequence[Verdict], agreement: Mapping | None = None) -> str:
-    """The verdicts as Markdown: overall and per-category tables, and the ranker's agreement."""
+def verdict_markdown(verdicts: Sequence[Verdict], agreement: Mapping | None = None, min_comparisons: int = 0) -> str:
+    """The verdicts as Markdown: overall and per-category tables (numbers only for models in at least
+    ``min_comparisons`` comparisons, ``with_minimum``), and the ranker's agreement."""
     parts = []
     for verdict in verdicts:
         who = "human rankings" if verdict.source == "human" else "the automatic ranker"
@@ -288,10 +307,12 @@ def verdict_markdown(verdicts: Sequence[Verdict], agreement: Mapping | None = No
             continue
         note = (f" ({verdict.left_out_votes} vote(s) of {len(verdict.left_out_annotators)} annotator(s) below the "
                 f"gold-accuracy threshold left out)" if verdict.left_out_votes else "")
-        parts.append(f"**From {who}** ({verdict.votes} ranked task(s){note}):\n\n{leaderboard_table(verdict.rows)}")
+        parts.append(f"**From {who}** ({verdict.votes} ranked task(s){note}):\n\n"
+                     + leaderboard_table(verdict.rows, min_comparisons))
         for name, rows in verdict.by_category.items():
             if rows:
-                parts.append(f"*{verdict.source}, prompts of kind `{name}`*:\n\n{leaderboard_table(rows)}")
+                parts.append(f"*{verdict.source}, prompts of kind `{name}`*:\n\n"
+                             + leaderboard_table(rows, min_comparisons))
     if agreement is not None and agreement.get("pairs"):
         parts.append(f"**Automatic ranker vs the human majority**: same winner in {agreement['agreed']} of "
                      f"{agreement['pairs']} pairs ({agreement['rate']:.0%}).")

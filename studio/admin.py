@@ -18,7 +18,8 @@ from annotate.export import ExportResult, export_human_pairs, push_to_hub
 from annotate.pairs import aggregate_pairs
 from annotate.stats import dataset_stats
 from annotate.store import WithdrawnTask
-from annotate.verdict import Verdict, compute_verdict, published_rankings, ranker_agreement, verdict_markdown
+from annotate.verdict import (Verdict, compute_verdict, published_rankings, ranker_agreement, verdict_markdown,
+                              TOO_FEW_VOTES, with_minimum)
 
 from .config import StudioConfig
 from .identity import IdentityError
@@ -61,7 +62,8 @@ class DatasetOverview:
         return "\n".join([
             f"- **tasks**: {s['tasks']} ({s['tasks_at_target']} ranked by {s['target_overlap']} annotators, the target; "
             f"{s['tasks_untouched']} untouched); {s['gold_tasks']} gold task(s)",
-            f"- **votes**: {s['votes']} ({s['skipped']} skipped, {s['all_bad']} all bad)",
+            f"- **votes**: {s['votes']} ({s['skipped']} skipped, {s['all_bad']} all bad; {s['undone']} more undone "
+            "by their annotators, left out everywhere)",
             f"- **preference pairs** (majority, margin >= 1): {self.pairs}",
             f"- **agreement** (Krippendorff's alpha, ordinal): {'n/a' if alpha is None else f'{alpha:.3f}'}",
             f"- **gold accuracy threshold**: " + ("none (every annotator counts)" if self.min_gold_accuracy is None
@@ -115,10 +117,11 @@ def public_rankings(store: Store, config: StudioConfig) -> list:
 
 def leaderboard(store: Store, config: StudioConfig) -> list[dict]:
     """``/leaderboard``: per model (strongest first) ``model``, ``win_rate``, ``win_rate_interval``, ``bt_score``,
-    ``bt_interval``, ``comparisons``, from the published human rankings (``public_rankings``; gold-accuracy
-    threshold applied)."""
-    return compute_verdict(store, "human", min_gold_accuracy=config.min_gold_accuracy,
-                           rankings=public_rankings(store, config)).rows
+    ``bt_interval``, ``comparisons``, ``too_few_votes``, from the published human rankings (``public_rankings``;
+    gold-accuracy threshold applied); a model in fewer than ``config.min_comparisons`` comparisons comes last,
+    its numbers None (``with_minimum``)."""
+    return with_minimum(compute_verdict(store, "human", min_gold_accuracy=config.min_gold_accuracy,
+                                        rankings=public_rankings(store, config)).rows, config.min_comparisons)
 
 
 def results_markdown(store: Store, config: StudioConfig) -> str:
@@ -131,7 +134,9 @@ def results_markdown(store: Store, config: StudioConfig) -> str:
     return ("Which model do the blind rankings prefer? Win rate over head-to-head clip pairs (two clips of "
             "different models in one ranking; ties count half) and Bradley-Terry score (Elo scale, 1000 = "
             "average), with 95 % bootstrap intervals. The human results are updated after every "
-            f"{config.leaderboard_every} rankings, not after each one.\n\n" + verdict_markdown(verdicts, agreement))
+            f"{config.leaderboard_every} rankings, not after each one. A model's numbers show once it was in "
+            f"{config.min_comparisons} comparisons; before, its row says \"{TOO_FEW_VOTES}\".\n\n"
+            + verdict_markdown(verdicts, agreement, config.min_comparisons))
 
 
 def export_dataset(store: Store, config: StudioConfig) -> ExportResult:

@@ -13,6 +13,14 @@ The play log lives in memory, per (annotator, task): a restarted app forgets it 
 annotator plays the clips again. ``vote`` refuses a ranking or an all-bad vote until every
 clip of the task was played (a skip needs no listening); the counts go into the store with
 the vote (``play_counts``).
+
+A two-clip task is voted in the arena's A/B form: A is better, B is better, tie, both bad.
+Each answer is a ranking of the two clips (``AB_RANKINGS``; both bad is an all-bad vote),
+so it goes through the same checks and the same ``Store.submit`` as any ranking.
+
+An annotator may undo their last vote within the store's window (``undo_last_vote``), unless
+the models behind its clips were shown to them after it (``--reveal-models``): a vote made
+knowing them would no longer be blind.
 """
 
 from __future__ import annotations
@@ -30,8 +38,9 @@ from dataclasses import dataclass
 from collections.abc import Callable
 from pathlib import Path
 
-from annotate import InvalidVote, Store, Task
-from annotate.store import MAX_TASK_CLIPS, MAX_TIME_SPENT_S
+from annotate import InvalidVote, Ranking, Store, Task
+from annotate.gold import GoldScore, gold_accuracy
+from annotate.store import MAX_TASK_CLIPS, MAX_TIME_SPENT_S, reveals_models
 from annotate.validation import check_int, check_ranking
 
 from .serving import NotAClip
@@ -41,16 +50,24 @@ logger = logging.getLogger(__name__)
 # One player per clip: the store never makes (nor assigns) a task with more.
 MAX_SHOWN_CLIPS = MAX_TASK_CLIPS
 LABELS = string.ascii_uppercase[:MAX_SHOWN_CLIPS]
-VERDICTS = ("rank", "all_bad", "skip")
+# The A/B form's answers as rankings of clips A and B (1 = better, equal = tie); "both bad" is the all_bad verdict.
+AB_RANKINGS = {"a_better": {"A": 1, "B": 2}, "b_better": {"A": 2, "B": 1}, "tie": {"A": 1, "B": 1}}
+VERDICT_NAMES = {"rank": "rank", "all_bad": "all bad", "skip": "skip",
+                 "a_better": "A is better", "b_better": "B is better", "tie": "tie"}
+VERDICTS = tuple(VERDICT_NAMES)
+RANKING_VERDICTS = ("rank", *AB_RANKINGS)  # the verdicts that rank the clips (and earn a reveal)
 
 GUIDELINES = """**How to rank.** Play every clip (all of them, to the end if you can), then rank them:
 1 = best. Judge how well each clip matches the prompt (every sound it names, in the order and
 number it says), then audio quality. Equal ranks are ties; use them when you cannot hear a difference.
 **All bad** when no clip is acceptable; **Skip** when you cannot judge (broken audio, unclear prompt).
-The models behind the clips are hidden and their order is shuffled for you."""
+A task of two clips asks which is better: **A is better**, **B is better**, **Tie** or **Both bad**.
+The models behind the clips are hidden and their order is shuffled for you. **Undo last vote** takes your
+last vote back within a minute; the task then comes back to you."""
 
 SHORTCUTS = ("Keys: **a**-**h** play clip A-H · **1**-**8** rank the clip played last · **Enter** vote · "
-             "**x** all bad · **s** skip")
+             "**x** all bad · **s** skip. Two clips: **←** A is better · **→** B is better · **t** tie · "
+             "**x** both bad")
 
 
 @dataclass(frozen=True)
@@ -71,6 +88,16 @@ class ShownTask:
     def all_played(self) -> bool:
         return all(self.plays.get(clip_id, 0) > 0 for clip_id in self.clip_ids)
 
+    @property
+    def is_pair(self) -> bool:
+        """Two clips: voted in the A/B form."""
+        return len(self.clip_ids) == 2
+
+    def revealed(self, models: dict[str, str]) -> str:
+        """The models behind the clips (``AnnotationSession.reveal``) in the annotator's letters:
+        "**A** was `m`, ..."."""
+        return ", ".join(f"**{label}** was `{models[clip_id]}`" for label, clip_id in zip(self.labels, self.clip_ids))
+
     def as_dict(self) -> dict:
         """JSON for the API: what a scripted annotator needs to play and rank the clips."""
         return {
@@ -83,18 +110,25 @@ class ShownTask:
 
 @dataclass(frozen=True)
 class Progress:
-    ranked_by_you: int  # your votes that were not skips
+    ranked_by_you: int  # your standing votes that were not skips
     skipped_by_you: int
     tasks_done: int  # tasks that reached their target number of annotators
     tasks_started: int  # tasks with at least one (non-skip) vote
     tasks: int
     target: int  # annotators wanted per task
+    gold: GoldScore | None = None  # your gold-task answers, where the owner shows them (--show-gold-accuracy)
 
     def as_markdown(self) -> str:
         skipped = f" (and skipped {self.skipped_by_you})" if self.skipped_by_you else ""
-        return (f"You have ranked **{self.ranked_by_you}** task(s){skipped}. Of {self.tasks} tasks, "
+        text = (f"You have ranked **{self.ranked_by_you}** task(s){skipped}. Of {self.tasks} tasks, "
                 f"**{self.tasks_started}** have at least one ranking and **{self.tasks_done}** have the "
                 f"{self.target} rankings each task is meant to get.")
+        if self.gold is None:
+            return text
+        if not self.gold.answered:
+            return text + " Your accuracy on check tasks (their answer is known): none answered yet."
+        return (text + f" Your accuracy on check tasks (their answer is known): **{self.gold.accuracy:.0%}** "
+                f"({self.gold.correct} of {self.gold.answered} right).")
 
 
 class AnnotationSession:
@@ -226,12 +260,25 @@ class AnnotationSession:
         ranks = check_ranking(list(by_letter.items()), list(LABELS[:len(shown)]))
         return {shown[LABELS.index(letter)]: rank for letter, rank in ranks.items()}
 
+    @staticmethod
+    def _ab_ranking(verdict: str, ranking: object, clips: int) -> object:
+        """The ranking an A/B answer stands for (``AB_RANKINGS``); any other verdict's ranking as given."""
+        if verdict not in AB_RANKINGS:
+            return ranking
+        if ranking:
+            raise InvalidVote(f"`ranking` must be empty with `verdict` {verdict!r}: the verdict says how A and B rank")
+        if clips != 2:
+            raise InvalidVote(f"`verdict` {verdict!r} is for two-clip tasks; this one has {clips} clips: rank them "
+                              "(`verdict` 'rank')")
+        return AB_RANKINGS[verdict]
+
     def vote(self, annotator: str, task_id: int, ranking: dict[str, int] | None, verdict: str = "rank",
              comment: str | None = None) -> int:
         """Store a vote and return its id; refuse (``InvalidVote``, nothing written) what is not valid.
 
         ``ranking`` maps clip letters (or public ids) to dense ranks, 1 = best, ties allowed; it must be
-        empty for ``verdict`` ``all_bad`` or ``skip``. Ranking and all-bad need every clip played.
+        empty for ``verdict`` ``all_bad`` or ``skip``, and for the A/B answers of a two-clip task
+        (``a_better``, ``b_better``, ``tie``: ``AB_RANKINGS``). Every verdict but skip needs every clip played.
         ``comment`` is optional free text kept with the vote. The same vote sent again (its answer lost)
         gets the stored vote's id back; a different one is refused (``VoteConflict``).
         """
@@ -244,12 +291,13 @@ class AnnotationSession:
         if shown is None:  # voted already, or open in the store only (e.g. after an app restart)
             stored = self.store.vote_of(*key)
             if stored is not None:
+                ranking = self._ab_ranking(verdict, ranking, len(stored.shown_order))
                 return self.store.submit(*key, self._ranking(ranking, key, stored.shown_order),
                                          all_bad=verdict == "all_bad", skip=verdict == "skip")
             if verdict == "skip" and not ranking:  # a skip needs no plays: the store knows the assignment
                 return self.store.submit(*key, skip=True)
             raise self._not_open(*key)
-        by_id = self._ranking(ranking, key, shown)
+        by_id = self._ranking(self._ab_ranking(verdict, ranking, len(shown)), key, shown)
         unplayed = [label for label, clip_id in zip(LABELS, shown) if not plays.get(clip_id)]
         if verdict != "skip" and unplayed:
             raise InvalidVote(f"play every clip before voting: not played yet: {', '.join(unplayed)}")
@@ -262,10 +310,26 @@ class AnnotationSession:
                 table.pop(key, None)
         return vote_id
 
-    def progress(self, annotator: str) -> Progress:
-        """Your votes, and how far the (model) tasks are from their target number of annotators."""
+    def undo_last_vote(self, annotator: str, reveal_models: bool = False) -> Ranking:
+        """Take back the annotator's last vote (``Store.undo_vote``: theirs, within the window) and return it; its
+        task is theirs to vote again, every clip played anew. With ``reveal_models`` a vote that showed them the
+        models (``reveals_models``) stays: voting again knowing the models would not be blind."""
+        last = self.store.last_vote(annotator)
+        if last is None:
+            raise InvalidVote("you have no vote to undo")
+        if reveal_models and reveals_models(last):
+            raise InvalidVote(f"vote {last.id} showed you the models behind its clips, so it stays: "
+                              "a vote made knowing them would not be blind")
+        return self.store.undo_vote(annotator, last.id)
+
+    def progress(self, annotator: str, show_gold: bool = False) -> Progress:
+        """Your votes (and with ``show_gold`` your gold-task accuracy), and how far the (model) tasks are from their
+        target number of annotators. Undone votes count nowhere."""
         yours = [r for r in self.store.rankings() if r.annotator == annotator]
         tasks = self.store.task_progress()
+        gold = None
+        if show_gold:
+            gold = gold_accuracy(yours, self.store.gold_answers()).get(annotator, GoldScore(annotator, 0, 0))
         return Progress(
             ranked_by_you=sum(not r.skipped for r in yours),
             skipped_by_you=sum(r.skipped for r in yours),
@@ -273,6 +337,7 @@ class AnnotationSession:
             tasks_started=sum(votes > 0 for _, votes, _ in tasks),
             tasks=len(tasks),
             target=max((target for _, _, target in tasks), default=self.store.target_overlap),
+            gold=gold,
         )
 
     def reveal(self, annotator: str, task_id: int) -> dict[str, str]:

@@ -41,9 +41,11 @@ class StudioConfig:
     allow_shrinking_backup: bool = False  # a push may replace a Hub backup holding votes or clips the store lacks
     min_gold_accuracy: float | None = None  # annotators below it on gold tasks are left out of export and verdict
     reveal_models: bool = False  # show the annotator the models behind the clips after each vote
+    show_gold_accuracy: bool = False  # show each annotator their own accuracy on gold tasks
     informative_first: bool = False  # hand out the tasks the automatic ranker is least sure about first
     trust_proxy: bool = False  # a proxy in front of the app sets X-Forwarded-For (studio.limits.visitor_of)
     leaderboard_every: int = 20  # the public results count human rankings in whole batches of this many
+    min_comparisons: int = 10  # the public results show a model's numbers once it was in this many comparisons
 
     @property
     def export_dir(self) -> Path:
@@ -77,18 +79,24 @@ _FLAGS = {
                                  "that holds votes or clips this store lacks (the repo's history keeps the old one)"),
     "--min-gold-accuracy": ("TANGO_MIN_GOLD_ACCURACY", "leave out annotators whose gold-task accuracy is below this "
                             "(0..1) from the export and the verdict; none: keep everyone"),
-    "--reveal-models": ("TANGO_REVEAL_MODELS", "show annotators which model made each clip after they vote"),
+    "--reveal-models": ("TANGO_REVEAL_MODELS", "show annotators which model made each clip after they vote "
+                        "(such a vote can no longer be undone)"),
+    "--show-gold-accuracy": ("TANGO_SHOW_GOLD_ACCURACY", "show each annotator their own accuracy on gold tasks "
+                             "(they may then tell a gold task by the change after their vote)"),
     "--informative-first": ("TANGO_INFORMATIVE_FIRST", "hand out first the tasks whose clips the automatic ranker "
                             "scores closest"),
     "--trust-proxy": ("TANGO_TRUST_PROXY", "the app runs behind a proxy that sets X-Forwarded-For (a Space does): "
                       "count visitors by the address it saw, not by the connection's"),
     "--leaderboard-every": ("TANGO_LEADERBOARD_EVERY", "the public results (Results tab, /leaderboard) take in "
                             "human rankings in batches of this many, so a vote's effect cannot be read off them"),
+    "--min-comparisons": ("TANGO_MIN_COMPARISONS", "the public results show a model's win rate, score and intervals "
+                          "once it took part in this many comparisons; fewer: 'too few votes'"),
 }
 _INT_FLAGS = {"port": (0, 65535), "max_steps": (1, 1000), "max_candidates": (1, 4), "generate_per_minute": (1, 10**6),
-              "generate_queue": (0, 1000), "generate_threads": (0, 1024), "leaderboard_every": (1, 10**6)}
+              "generate_queue": (0, 1000), "generate_threads": (0, 1024), "leaderboard_every": (1, 10**6),
+              "min_comparisons": (0, 10**9)}
 # on/off flags: `--reveal-models` alone, or the variable = 1/true
-_SWITCHES = {"reveal_models", "informative_first", "allow_shrinking_backup", "trust_proxy"}
+_SWITCHES = {"reveal_models", "show_gold_accuracy", "informative_first", "allow_shrinking_backup", "trust_proxy"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
@@ -172,6 +180,7 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         allow_shrinking_backup=_switch(parser, args.allow_shrinking_backup, "--allow-shrinking-backup"),
         min_gold_accuracy=_number(parser, args.min_gold_accuracy, "--min-gold-accuracy", 0, 1),
         reveal_models=_switch(parser, args.reveal_models, "--reveal-models"),
+        show_gold_accuracy=_switch(parser, args.show_gold_accuracy, "--show-gold-accuracy"),
         informative_first=_switch(parser, args.informative_first, "--informative-first"),
         trust_proxy=_switch(parser, args.trust_proxy, "--trust-proxy"),
     )

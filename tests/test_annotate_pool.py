@@ -54,6 +54,26 @@ def test_pool_makes_one_task_per_prompt_with_k_clips_from_each_model(tmp_path, g
     np.testing.assert_array_equal(decode_wav(Path(clip.audio_path).read_bytes())[0], expected)
 
 
+def test_pool_of_ab_tasks_pits_clip_i_of_one_model_against_clip_i_of_the_other(tmp_path, generators):
+    """Issue 20: two-clip tasks for the Annotate tab's A/B form, k per prompt; two models with k=1 make them too."""
+    store = Store(tmp_path)
+    report = build_pool(store, PROMPTS[:2], ["tiny", "tiny-dpo"], k=3, seed=5, steps=20, ab=True,
+                        make_generator=factory(generators), progress=False)
+    assert (report.generated, report.task_ids) == (12, [1, 2, 3, 4, 5, 6])
+    clips = store.candidates()
+    for task_id, ids in store.task_clips().items():
+        task = [clips[clip_id] for clip_id in ids]
+        assert sorted(c.model for c in task) == ["tiny", "tiny-dpo"] and len({c.prompt for c in task}) == 1
+        index = (task_id - 1) % 3
+        assert {c.seed for c in task} == {derived_seed(5, "tiny", index), derived_seed(5, "tiny-dpo", index)}
+    assert len({frozenset(ids) for ids in store.task_clips().values()}) == 6  # no clip in two tasks
+    single = build_pool(Store(tmp_path / "k1"), PROMPTS, k=1, steps=20, make_generator=factory(generators),
+                        progress=False)
+    assert [len(Store(tmp_path / "k1").task_clips()[t]) for t in single.task_ids] == [2, 2, 2]
+    with pytest.raises(InvalidInput, match="A/B tasks pit two models against each other; got 3"):
+        build_pool(store, PROMPTS, ["a", "b", "c"], k=1, ab=True, make_generator=factory(generators), progress=False)
+
+
 def test_pool_rerun_is_idempotent_and_loads_no_model(tmp_path, generators):
     store = Store(tmp_path)
     first = build_pool(store, PROMPTS, k=2, steps=20, make_generator=factory(generators), progress=False)

@@ -11,7 +11,8 @@ import yaml
 
 from annotate import Store
 from annotate.export import export_human_pairs
-from annotate.verdict import bradley_terry, compute_verdict, leaderboard, prompt_category, ranker_agreement
+from annotate.verdict import (TOO_FEW_VOTES, bradley_terry, compute_verdict, leaderboard, leaderboard_table,
+                              prompt_category, ranker_agreement, with_minimum)
 from soundworld import sample_prompts
 from tests.annotate_helpers import tone
 
@@ -54,6 +55,24 @@ def test_hand_computed_win_rate_and_bradley_terry():
     assert list(rows["x"]) == ["model", "win_rate", "win_rate_interval", "bt_score", "bt_interval", "comparisons"]
     lo, hi = rows["x"]["win_rate_interval"]
     assert lo <= rows["x"]["win_rate"] <= hi and lo < hi
+
+
+def test_a_model_short_of_the_minimum_shows_too_few_votes_not_a_zero_width_interval():
+    """Issue 20: one vote gave intervals of zero width that looked certain."""
+    model_of = {"a": "x", "b": "y", "c": "z"}
+    rows = leaderboard([{"a": 1, "b": 2}, {"a": 1, "c": 2}, {"a": 2, "c": 1}, {"a": 1, "c": 1}], model_of)
+    assert {r["model"]: r["comparisons"] for r in rows} == {"x": 4, "y": 1, "z": 3}
+    assert next(r for r in rows if r["model"] == "y")["win_rate_interval"] == [0.0, 0.0]  # what a reader mistakes
+    shown = with_minimum(rows, 3)
+    assert [(r["model"], r["too_few_votes"]) for r in shown][-1] == ("y", True)  # after the models that have enough
+    [short] = [r for r in shown if r["too_few_votes"]]
+    assert short["comparisons"] == 1 and all(short[key] is None for key in
+                                             ("win_rate", "win_rate_interval", "bt_score", "bt_interval"))
+    assert all(r["win_rate"] is not None for r in shown if not r["too_few_votes"])
+    table = leaderboard_table(rows, min_comparisons=3)
+    assert f"| y | {TOO_FEW_VOTES} | | | | 1 |" in table and "[0.000, 0.000]" not in table
+    assert TOO_FEW_VOTES not in leaderboard_table(rows)  # no minimum: every number, as the admins see them
+    assert all(r["too_few_votes"] for r in with_minimum(rows, 5)) and with_minimum(rows, 0) == with_minimum(rows, 1)
 
 
 def test_bradley_terry_is_the_maximum_likelihood_fit():

@@ -101,7 +101,7 @@ def test_models_are_named_only_after_a_ranking_of_clips_all_played(studio):
     with pytest.raises(InvalidVote, match="models stay hidden"):
         studio.annotation.reveal("ann", task.task_id)
     message = app.vote_from_form(studio, "skip", "ann", app.next_task(studio, "ann", None, None)[2], "", None, None)
-    assert "came from" not in message
+    assert "Revealed" not in message
 
     _, _, task = app.next_task(studio, "bo", None, None)
     play_all(studio, "bo", task)
@@ -112,7 +112,7 @@ def test_models_are_named_only_after_a_ranking_of_clips_all_played(studio):
     for position in range(3):
         app.play_clip(studio, position, "cy", other, None, None)
     message = app.vote_from_form(studio, "rank", "cy", other, "", None, None, "1", "1", "2")
-    assert "came from: **A** `" in message and "**C** `" in message
+    assert "Revealed: **A** was `" in message and "**C** was `" in message
 
 
 def test_a_vote_sent_again_gets_its_id_back_and_refusals_speak_in_letters(studio):

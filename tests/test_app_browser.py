@@ -215,3 +215,78 @@ def test_dataset_tab_says_every_outcome_in_place(admin_app, page, tmp_path):
         page.locator("#export-download").click()
     download.value.save_as(tmp_path / "export.zip")
     assert zipfile.ZipFile(tmp_path / "export.zip").namelist() == ["README.md", "data/train-00000-of-00001.parquet"]
+
+@pytest.fixture(scope="module")
+def arena(tmp_path_factory):
+    """An app without models whose tasks hold two clips (base vs dpo, 2 s each); public results after every
+    ranking, numbers from 3 comparisons on."""
+    from studio.generation import LoadedModel
+    from tests.annotate_helpers import SAMPLE_RATE, tone
+
+    config = StudioConfig(data_dir=tmp_path_factory.mktemp("arena-data"), port=free_port(), leaderboard_every=1,
+                          min_comparisons=3)
+    studio = Studio(config, models=[LoadedModel("base", "Base", "none-a", None, "not loaded in this test"),
+                                    LoadedModel("dpo", "DPO-tuned", "none-b", None, "not loaded in this test")])
+    for p, prompt in enumerate(("two knocks", "a hiss")):
+        studio.store.add_task([studio.store.add_candidate(prompt, tone(220 + 110 * p + 55 * i, seconds=2.0),
+                                                          model=model, seed=i, steps=10, guidance=3.0,
+                                                          sample_rate=SAMPLE_RATE).id
+                               for i, model in enumerate(("base", "dpo"))])
+    demo = app.build_app(studio)
+    app.launch(studio, demo, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{config.port}/", studio
+    demo.close()
+
+
+def test_a_two_clip_task_is_voted_a_b_with_the_keyboard_undone_and_the_results_say_too_few_votes(arena, page):
+    from playwright.sync_api import expect
+
+    url, studio = arena
+    page.goto(url)
+    page.locator("#annotator-name input").fill("arena-annotator")
+    page.get_by_role("tab", name="Annotate").click()
+    page.locator("#next-task-button").click()
+    expect(page.locator("#task-prompt")).to_contain_text("two knocks", timeout=30_000)
+    # The A/B form: no rank controls, no Vote; its buttons locked until both clips were played.
+    expect(page.locator("[id^=clip-] .play-pause-button")).to_have_count(2)
+    expect(page.locator("#ab-a-button")).to_be_disabled()
+    expect(page.locator("#all-bad-button")).to_have_text("Both bad")
+    expect(page.locator("#vote-button")).to_be_hidden()
+    expect(page.locator("#rank-a")).to_be_hidden()
+
+    page.locator("body").click(position={"x": 5, "y": 5})  # keys go to the page
+    page.keyboard.press("ArrowLeft")  # not played yet: nothing happens
+    for letter in "ab":
+        press_until_playing(page, letter)
+    expect(page.locator("#annotate-status")).to_contain_text("All clips played: which is better?", timeout=30_000)
+    expect(page.locator("#ab-a-button")).to_be_enabled()
+    assert studio.store.rankings() == []
+    page.keyboard.press("ArrowLeft")
+    expect(page.locator("#annotate-status")).to_contain_text("stored (A is better)", timeout=30_000)
+    [first] = studio.store.rankings()
+    assert first.ranks == dict(zip(first.shown_order, (1, 2)))
+    expect(page.locator("#task-prompt")).to_contain_text("a hiss", timeout=30_000)  # the next task loaded
+    expect(page.locator("#annotate-progress")).to_contain_text("You have ranked 1 task(s)")
+
+    # Undo: the vote is taken back (a new row, never a rewrite) and its task comes back, to be played again.
+    page.locator("#undo-button").click()
+    expect(page.locator("#annotate-status")).to_contain_text(f"Vote {first.id} undone", timeout=30_000)
+    expect(page.locator("#task-prompt")).to_contain_text("two knocks", timeout=30_000)
+    expect(page.locator("#annotate-progress")).to_contain_text("You have ranked 0 task(s)")
+    expect(page.locator("#ab-tie-button")).to_be_disabled()
+    assert studio.store.rankings() == [] and studio.store.counts()["vote_undos"] == 1
+    page.locator("body").click(position={"x": 5, "y": 5})
+    for letter in "ab":
+        press_until_playing(page, letter)
+    expect(page.locator("#ab-tie-button")).to_be_enabled(timeout=30_000)
+    page.keyboard.press("t")
+    expect(page.locator("#annotate-status")).to_contain_text("stored (tie)", timeout=30_000)
+    [tie] = studio.store.rankings()
+    assert tie.task_id == first.task_id and set(tie.ranks.values()) == {1}
+
+    # The Results tab shows its content when opened (no Refresh pressed): one comparison per model, below the 3
+    # the owner asked for.
+    page.get_by_role("tab", name="Results").click()
+    expect(page.locator("#results")).to_contain_text("too few votes", timeout=30_000)
+    expect(page.locator("#results")).to_contain_text("once it was in 3 comparisons")
+    expect(page.locator("#results table").first).not_to_contain_text("[0.000, 0.000]")

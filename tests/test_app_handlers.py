@@ -42,7 +42,7 @@ def test_rank_a_task_through_the_handlers(studio):
     assert shown[1] == f"**Prompt:** {task.prompt}"
     # Voting is locked until every clip was played; the form's Vote says which ranks are missing.
     for position in range(2):
-        vote_enabled, _, skip_enabled, message = app.play_clip(studio, position, "ann", task, None, None)
+        vote_enabled, *_, skip_enabled, message = app.play_clip(studio, position, "ann", task, None, None)
         assert vote_enabled["interactive"] is False and skip_enabled["interactive"] is True
     assert message == "Still to play: C"
     with pytest.raises(gr.Error, match="not played yet: C"):

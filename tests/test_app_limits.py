@@ -86,6 +86,8 @@ MALFORMED = [  # (endpoint, arguments, what the message must say)
     ("/vote", ("mal", 1, {"A": 1}, "maybe"), "`verdict` must be one of"),
     ("/vote", ("mal", 1, None, None), "`verdict` must be one of"),
     ("/vote", ("", 1, None, "skip"), "type your annotator name first"),
+    ("/undo", ("mal",), "you have no vote to undo"),
+    ("/undo", (5,), "`annotator` must be a string, got int"),
     ("/export", ("mal",), "'mal' is not an admin"),
     ("/export", ("",), "type your annotator name first"),
     ("/push", ("mal",), "'mal' is not an admin"),

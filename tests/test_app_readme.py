@@ -1,5 +1,6 @@
-"""The README's API example, run as written against `python app.py --admins you --leaderboard-every 1` (the embedded models)
-with a pool made by the README's own command; and what a second app on the same port says."""
+"""The README's API example, run as written against `python app.py --admins you --leaderboard-every 1
+--min-comparisons 1` (the embedded models) with a pool made by the README's own command; and what a second app on
+the same port says."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def served(tmp_path_factory):
                    if line.startswith("python -m annotate pool")]
     command = pool_line.replace("--data-dir data", f"--data-dir {data}").replace("prompts.txt", str(prompts))
     subprocess.run([sys.executable, *command.split()[1:]], cwd=REPO, check=True, capture_output=True, timeout=600)
-    with AppProcess("--data-dir", str(data), "--admins", "you", "--leaderboard-every", "1", timeout_s=300) as app:
+    with AppProcess("--data-dir", str(data), "--admins", "you", "--leaderboard-every", "1", "--min-comparisons", "1",
+                    timeout_s=300) as app:
         yield app, data
 
 
@@ -39,6 +41,7 @@ def test_the_readme_api_example_runs_as_written(served, capsys):
     exec(compile(code.replace("http://127.0.0.1:7860/", app.url), "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "'model': 'tiny-dpo'" in out and "'win_rate_interval'" in out and "'bt_score'" in out
+    assert "'too_few_votes': False" in out
     assert "'pairs': 6" in out  # one 4-clip ranking: every two clips ranked differently
     [vote] = Store(data).rankings()
     assert vote.annotator == "alice" and sorted(vote.ranks.values()) == [1, 2, 3, 4]

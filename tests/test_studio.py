@@ -43,9 +43,13 @@ def test_new_flags_and_their_environment_variables(tmp_path):
     assert not parse_config([], {}).allow_shrinking_backup
     assert parse_config(["--allow-shrinking-backup"], {}).allow_shrinking_backup
     assert parse_config([], {"TANGO_ALLOW_SHRINKING_BACKUP": "yes"}).allow_shrinking_backup
+    assert (parse_config([], {}).min_comparisons, parse_config([], {}).show_gold_accuracy) == (10, False)
+    assert parse_config(["--min-comparisons", "30", "--show-gold-accuracy"], {}).min_comparisons == 30
+    config = parse_config([], {"TANGO_MIN_COMPARISONS": "0", "TANGO_SHOW_GOLD_ACCURACY": "1"})
+    assert (config.min_comparisons, config.show_gold_accuracy) == (0, True)
     for bad in (["--push-every", "5"], ["--hub-dataset", "a/b", "--push-every", "soon"],
                 ["--min-gold-accuracy", "80"], ["--reveal-models", "maybe"], ["--generate-threads", "-1"],
-                ["--generate-threads", "1.5"]):
+                ["--generate-threads", "1.5"], ["--min-comparisons", "-1"], ["--show-gold-accuracy", "maybe"]):
         with pytest.raises(SystemExit):
             parse_config(bad, {})
 
@@ -80,7 +84,7 @@ def test_models_are_revealed_after_the_vote_and_never_before(tmp_path):
 
 
 def test_leaderboard_and_results_name_the_models_the_dataset_tab_adds_gold_accuracy(tmp_path):
-    config = StudioConfig(data_dir=tmp_path / "data", min_gold_accuracy=0.8, leaderboard_every=1)
+    config = StudioConfig(data_dir=tmp_path / "data", min_gold_accuracy=0.8, leaderboard_every=1, min_comparisons=1)
     studio = Studio(config, models=[])
     assert leaderboard(studio.store, config) == []
     make_pool(studio.store, ["two knocks", "three beeps", "a hiss then a click"])
@@ -90,7 +94,8 @@ def test_leaderboard_and_results_name_the_models_the_dataset_tab_adds_gold_accur
              else dpo_first(ids, models))
     rows = leaderboard(studio.store, config)
     assert [row["model"] for row in rows] == [DPO, BASE]
-    assert set(rows[0]) == {"model", "win_rate", "win_rate_interval", "bt_score", "bt_interval", "comparisons"}
+    assert set(rows[0]) == {"model", "win_rate", "win_rate_interval", "bt_score", "bt_interval", "comparisons",
+                            "too_few_votes"}
     results = results_markdown(studio.store, config)
     assert f"| {DPO} | 1.000 |" in results and "gold:" not in results
     overview = dataset_overview(studio.store, config)
