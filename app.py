@@ -421,7 +421,7 @@ def show_dataset(studio: Studio, admin: str, request: gr.Request, profile: gr.OA
     except ValueError as err:
         return f"**Not shown:** {err}", [], *show_pairs(studio, "", [])
     overview = dataset_overview(studio.store, studio.config)
-    return (overview.as_markdown(), overview.annotator_rows(),
+    return (f"{overview.as_markdown()}\n\n{studio.ranker_summary()}", overview.annotator_rows(),
             *show_pairs(studio, "**Strongest pairs so far** (largest majorities of all votes)",
                         overview.preview))
 

@@ -55,7 +55,7 @@ class Studio:
                 logger.info("restored %d votes from the backup in %s", restored, config.hub_dataset)
         self.store = Store(config.data_dir, informative_first=config.informative_first)
         self.secret = server_secret(config.data_dir)
-        self.ranker = JudgeRanker() if any(m.is_sound_world for m in self.models) else None
+        self.ranker = self._automatic_ranker()
         self.score_clips()
         self.scheduled_push = None
         if config.push_every is not None:
@@ -91,6 +91,29 @@ class Studio:
     def who(self, typed: str | None, username: str | None, oauth_username: str | None) -> str:
         """The name of whoever sent a request (see ``studio.identity.resolve_name``)."""
         return resolve_name(self.identity_mode, typed=typed, username=username, oauth_username=oauth_username)
+
+    def _automatic_ranker(self):
+        """The owner's preference model, else the judge for sound-world models, else none (human verdict only)."""
+        if self.config.reward_model is not None:
+            from annotate.reward import PreferenceModel
+
+            return PreferenceModel.from_pretrained(self.config.reward_model)
+        return JudgeRanker() if any(m.is_sound_world for m in self.models) else None
+
+    def ranker_summary(self) -> str:
+        """One line for the Dataset tab: who scores the clips, and for a learned model what it saw and how well."""
+        if self.ranker is None:
+            return "Automatic ranker: none (no sound-world model, no --reward-model)"
+        report = getattr(self.ranker, "report", None)
+        if getattr(self.ranker, "name", "") != "reward":
+            return "Automatic ranker: the sound world's judge (exact)"
+        if report is None:
+            return f"Automatic ranker: preference model {self.config.reward_model} (no training record)"
+        measured = "; ".join(f"{name}: pair accuracy {result['accuracy']:.3f} [{result['interval'][0]:.3f}, "
+                             f"{result['interval'][1]:.3f}]" for name, result in report.evaluations.items())
+        return (f"Automatic ranker: preference model trained {report.trained_at} on {report.comparisons} comparisons "
+                f"({report.prompts} prompts, {report.source}); held-out prompts: pair accuracy "
+                f"{report.validation_accuracy}" + (f"; {measured}" if measured else ""))
 
     def generate(self, settings: GenerationSettings, progress: Callable[[float, str], None] | None = None) -> Generation:
         return generate_both(self.models, settings, self.generated_dir, progress, secret=self.secret)

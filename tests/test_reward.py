@@ -4,6 +4,7 @@ generalises to unseen prompts, save/load, the CLI, and `--ranker reward:PATH` fe
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -133,3 +134,26 @@ def test_autorank_with_a_learned_ranker_writes_pairs_train_dpo_trains_on(ranked_
     assert train_dpo.main([*FAST, "--dataset", str(tmp_path / "pairs"), "--output_dir", str(out),
                            "--max_train_steps", "2", "--train_batch_size", "2"]) == 0
     assert json.loads((out / "train_metrics.json").read_text())["pairs"] == 2
+
+
+def test_the_app_ranks_with_the_owners_preference_model_and_says_what_it_learned_from(ranked_store, tmp_path):
+    """--reward-model: the model scores every stored clip (the automatic verdict, informative-first) and the Dataset
+    tab says when it was trained, on what, and how well it does on held-out prompts; a wrong folder stops the start."""
+    from studio import Studio, parse_config
+    from studio.generation import LoadedModel
+
+    assert main(["train", "--data-dir", str(ranked_store.data_dir), "--out", str(tmp_path / "m"), "--epochs", "2"]) == 0
+    data = tmp_path / "data"
+    shutil.copytree(ranked_store.data_dir, data)
+    config = parse_config(["--data-dir", str(data), "--reward-model", str(tmp_path / "m")], {})
+    studio = Studio(config, models=[LoadedModel("base", "Base", "none-a", None, "not loaded in this test")])
+    try:
+        assert studio.ranker.name == "reward"
+        scores = [clip.auto_score for clip in studio.store.candidates().values()]
+        assert len(scores) == 72 and all(score is not None for score in scores)
+        summary = studio.ranker_summary()
+        assert "preference model trained" in summary and "on 48 comparisons (24 prompts" in summary
+    finally:
+        studio.close()
+    with pytest.raises(SystemExit):
+        parse_config(["--reward-model", str(tmp_path)], {})
