@@ -346,8 +346,9 @@ def split_prompts(prompts: Sequence[str], fraction: float, seed: int) -> tuple[l
 def train_preference_model(comparisons: Comparisons, *, base: str = "tiny", source: str = "", epochs: int = 40,
                            batch_size: int = 64, learning_rate: float = 3e-4, weight_decay: float = 0.01,
                            validation_fraction: float = 0.1, patience: int = 8, seed: int = 0,
-                           progress: bool = True) -> PreferenceModel:
-    """Fit a Bradley-Terry head on ``comparisons``; keep the epoch with the lowest loss on held-out prompts."""
+                           progress: bool = True, **head_config) -> PreferenceModel:
+    """Fit a Bradley-Terry head on ``comparisons``; keep the epoch with the lowest loss on held-out prompts.
+    ``head_config`` sizes the head (``width``, ``dropout``, layers: see ``PreferenceHead``)."""
     import copy
 
     import torch
@@ -357,7 +358,7 @@ def train_preference_model(comparisons: Comparisons, *, base: str = "tiny", sour
         raise InvalidInput("no comparisons to learn from: rank some clips first (ties, skips and all-bad votes "
                            "carry no preference)")
     torch.manual_seed(seed)
-    model = PreferenceModel.untrained(base)
+    model = PreferenceModel.untrained(base, **head_config)
     audio, text = _featurize(model, comparisons, progress)
     train_prompts, held_prompts = split_prompts(comparisons.prompts, validation_fraction, seed)
     train_items = comparisons.of_prompts(train_prompts).items

@@ -15,7 +15,8 @@
    the judge scores differently), with a 95 % interval over prompts. The model of the largest N is saved to
    ``--out``/model-<N>.
 
-Writes ``--out``/curve.json and prints a table.
+Writes ``--out``/curve.json (``--name``) and prints a table. ``--width``, ``--dropout``, ``--weight-decay`` and
+``--learning-rate`` set the head and its optimiser.
 """
 
 from __future__ import annotations
@@ -146,6 +147,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--error", type=float, default=0.2, help="share of judge-distinct pairs an annotator reverses")
     parser.add_argument("--steps", type=int, default=12, help="sampling steps of the clips (model's sampler)")
     parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--width", type=int, default=128, help="the preference head's width")
+    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--name", default="curve", help="results go to OUT/NAME.json and OUT/NAME-model-<N>")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--generate-only", action="store_true")
     args = parser.parse_args(argv)
@@ -171,7 +177,9 @@ def main(argv: list[str] | None = None) -> dict:
         tasks = annotated[:size // args.annotators]
         comparisons = Comparisons([c for items in tasks for c in items], audio)
         model = train_preference_model(comparisons, base="tiny", epochs=args.epochs, seed=args.seed, progress=False,
-                                       source=f"{size} simulated rankings ({args.error:.0%} annotator error)")
+                                       source=f"{size} simulated rankings ({args.error:.0%} annotator error)",
+                                       learning_rate=args.learning_rate, weight_decay=args.weight_decay,
+                                       width=args.width, dropout=args.dropout)
         result = evaluate(model, against_judge, seed=args.seed)
         model.report.evaluations["held-out prompts vs judge"] = result
         point = {"rankings": size, "tasks": len(tasks), "comparisons": len(comparisons.items),
@@ -182,8 +190,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"{result['accuracy']:.3f} [{result['interval'][0]:.3f}, {result['interval'][1]:.3f}] on "
               f"{result['pairs']} pairs", flush=True)
         if size == max(sizes):
-            model.save_pretrained(args.out / f"model-{size}")
-        (args.out / "curve.json").write_text(json.dumps(report, indent=1) + "\n")
+            model.save_pretrained(args.out / (f"model-{size}" if args.name == "curve" else f"{args.name}-model-{size}"))
+        (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
 
 
