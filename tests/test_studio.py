@@ -182,7 +182,7 @@ def test_each_clip_says_what_the_judge_heard_and_each_column_its_mean_score(app_
 
 def test_the_demo_states_the_measured_difference_and_no_more():
     embedded = [LoadedModel("base", "Base", "tiny", None), LoadedModel("dpo", "DPO-tuned", "tiny-dpo", None)]
-    assert evaluation_line(embedded) == EVALUATION_LINE and "+0.045" in EVALUATION_LINE
+    assert evaluation_line(embedded) == EVALUATION_LINE and "+0.027" in EVALUATION_LINE
     assert "not" in EVALUATION_LINE and "order" in EVALUATION_LINE  # says what did not move, too
     others = [LoadedModel("base", "Base", "tiny", None), LoadedModel("dpo", "DPO-tuned", "runs/mine", None)]
     assert "No evaluation of these two models" in evaluation_line(others)
