@@ -274,14 +274,17 @@ def with_sampler(pipe: TangoPipeline, sampler: str) -> TangoPipeline:
 
 
 def check_steps(pipe: TangoPipeline, settings: GenerationSettings) -> None:
-    """Refuse (``GenerationError``) a step count the chosen sampler cannot take with this model: one
-    whose timesteps repeat (DPM-Solver++ at ~1000 steps), which would end in NaN audio."""
+    """Refuse (``GenerationError``) a step count the chosen sampler cannot take with this model: one whose noise
+    levels repeat (DPM-Solver++ at ~1000 steps), which would end in NaN audio. Noise levels are the scheduler's
+    sigmas where it has them (Karras sigmas may round to a repeated timestep and still be distinct levels, which
+    sample fine), else its timesteps."""
     scheduler = with_sampler(pipe, settings.sampler).scheduler
     scheduler.set_timesteps(settings.steps)
-    timesteps = scheduler.timesteps
-    if len(torch.unique(timesteps)) != len(timesteps):
+    sigmas = getattr(scheduler, "sigmas", None)
+    levels = scheduler.timesteps if sigmas is None else torch.as_tensor(sigmas)
+    if len(torch.unique(levels)) != len(levels):
         raise GenerationError(f"`steps` {settings.steps} is too many for the {settings.sampler!r} sampler with this "
-                              "model (its timesteps repeat): use fewer steps or another sampler")
+                              "model (its noise levels repeat): use fewer steps or another sampler")
 
 
 def sampler_model_label(model: LoadedModel, sampler: str) -> str:

@@ -61,7 +61,7 @@ MALFORMED = [  # (endpoint, arguments, what the message must say)
         (("a beep", 2, 3.0, 0, 5), "`candidates` must be a whole number"),
         (("a beep", 2, 3.0, 0, 1.5), "`candidates` must be a whole number"),
         (("a beep", 2, 3.0, 0, [1]), "`candidates` must be a whole number"),
-        (("a beep", 1000, 3.0, 0, 1, "DPM-Solver++"), "timesteps repeat"),
+        (("a beep", 1000, 3.0, 0, 1, "DPM-Solver++"), "noise levels repeat"),
         (("a beep", 2, 3.0, 0, 1, "Heun"), "Heun is not in the list of choices"),
         # Issue 19: a duration of the wrong type answered an error without a message; the limit is the models'.
         (("a beep", 2, 3.0, 0, 1, "DDIM", "5"), "`duration` must be 0 or none (each model's own length) or seconds"),
