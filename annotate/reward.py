@@ -316,18 +316,25 @@ def _featurize(model: PreferenceModel, comparisons: Comparisons, progress: bool 
     return audio, text
 
 
-def _loss_and_accuracy(model: PreferenceModel, items: Sequence[Comparison], audio, text, batch_size: int = 256):
+def _all_margins(model: PreferenceModel, items: Sequence[Comparison], audio, text, batch_size: int = 256):
+    """r(better) - r(worse) of every comparison, without gradients, in batches."""
     import torch
+
+    with torch.no_grad():
+        return torch.cat([_margins(model, items[start:start + batch_size], audio, text)
+                          for start in range(0, len(items), batch_size)])
+
+
+def _correct(margins: "torch.Tensor") -> "torch.Tensor":
+    """1 where the better clip gets the higher reward, a half for a tie."""
+    return (margins > 0).float() + 0.5 * (margins == 0).float()
+
+
+def _loss_and_accuracy(model: PreferenceModel, items: Sequence[Comparison], audio, text):
     import torch.nn.functional as F
 
-    losses, correct = [], []
-    with torch.no_grad():
-        for start in range(0, len(items), batch_size):
-            batch = items[start:start + batch_size]
-            margin = _margins(model, batch, audio, text)
-            losses.append(-F.logsigmoid(margin))
-            correct.append((margin > 0).float() + 0.5 * (margin == 0).float())
-    return float(torch.cat(losses).mean()), float(torch.cat(correct).mean())
+    margins = _all_margins(model, items, audio, text)
+    return float(-F.logsigmoid(margins).mean()), float(_correct(margins).mean())
 
 
 def _margins(model: PreferenceModel, batch: Sequence[Comparison], audio, text) -> "torch.Tensor":
@@ -406,13 +413,8 @@ def train_preference_model(comparisons: Comparisons, *, base: str = "tiny", sour
 def evaluate(model: PreferenceModel, comparisons: Comparisons, *, seed: int = 0, n_boot: int = 2000,
              progress: bool = False) -> dict:
     """Pair accuracy (a tie counts half) with a 95 % bootstrap interval that resamples whole prompts."""
-    import torch
-
     audio, text = _featurize(model, comparisons, progress)
-    with torch.no_grad():
-        margins = torch.cat([_margins(model, comparisons.items[start:start + 256], audio, text)
-                             for start in range(0, len(comparisons.items), 256)]).numpy()
-    correct = (margins > 0) + 0.5 * (margins == 0)
+    correct = _correct(_all_margins(model, comparisons.items, audio, text)).numpy()
     prompts = comparisons.prompts
     index = {prompt: i for i, prompt in enumerate(prompts)}
     cluster = np.array([index[c.prompt] for c in comparisons.items])

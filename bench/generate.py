@@ -65,12 +65,10 @@ def timed(fn, repeats: int) -> float:
     """Best of `repeats` wall-clock seconds (best, not mean: other processes only ever add time)."""
     best = float("inf")
     for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        synchronize()
         start = time.perf_counter()
         fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        synchronize()
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -131,9 +129,9 @@ def app_work_seconds(pipe: TangoPipeline, audios: np.ndarray, latents: torch.Ten
 PEAK_TFLOPS = 989.0
 
 
-def flop_counts(pipe: TangoPipeline, steps_list=(100, 200), interval_share: float | None = None) -> dict:
+def flop_counts(pipe: TangoPipeline, steps_list=(100, 200), guidance_interval: tuple[float, float] | None = None) -> dict:
     """TFLOPs one 10.24 s clip costs at each step count, stage by stage, for a pipeline on the meta device; with
-    ``interval_share`` (the share of steps a guidance interval guides) also the guided-interval cost."""
+    ``guidance_interval`` also the cost when only the steps within it are guided."""
     from torch.utils.flop_counter import FlopCounterMode
 
     def counted(fn) -> float:
@@ -143,7 +141,7 @@ def flop_counts(pipe: TangoPipeline, steps_list=(100, 200), interval_share: floa
 
     frames = int(pipe.default_audio_length_in_s * pipe.sampling_rate / pipe.hop_length)
     latent_shape = (1, pipe.unet.config.in_channels, frames // pipe.vae_scale_factor, pipe.latent_mel_bins)
-    ids = pipe.tokenizer(["A dog barks in the distance while rain falls"], return_tensors="pt").input_ids.to("meta")
+    ids = pipe.tokenizer([PROMPT], return_tensors="pt").input_ids.to("meta")
     hidden = torch.zeros(1, ids.shape[1], pipe.text_encoder.config.d_model, device="meta")
     mask = torch.ones(1, ids.shape[1], dtype=torch.bool, device="meta")
     unet_call = counted(lambda: pipe.unet(torch.zeros(latent_shape, device="meta"), 500, encoder_hidden_states=hidden,
@@ -154,25 +152,25 @@ def flop_counts(pipe: TangoPipeline, steps_list=(100, 200), interval_share: floa
     vocoder = counted(lambda: pipe.vocoder(torch.zeros(1, frames, pipe.vocoder.config.model_in_dim, device="meta")))
     counts = {"tflops_unet_call_per_clip": round(unet_call, 4), "tflops_text_encoder": round(text, 4),
               "tflops_vae_decode": round(vae, 4), "tflops_vocoder": round(vocoder, 4), "peak_tflops_assumed": PEAK_TFLOPS}
+    intervals = {"": (0, float("inf"))} | ({"_guidance_interval": guidance_interval} if guidance_interval else {})
     for steps in steps_list:
-        guided_steps = steps if interval_share is None else round(steps * interval_share)
-        for name, guided in (("", steps), ("_guidance_interval", guided_steps)):
-            if name and interval_share is None:
-                continue
+        pipe.scheduler.set_timesteps(steps)
+        for name, interval in intervals.items():
+            guided = sum(pipe.guided_steps(pipe.scheduler.timesteps, interval))
             total = unet_call * (steps + guided) + text + vae + vocoder
             counts[f"tflops_per_clip_{steps}_steps{name}"] = round(total, 2)
             counts[f"seconds_at_peak_{steps}_steps{name}"] = round(total / PEAK_TFLOPS, 4)
     return counts
 
 
-def app_overhead(models_spec: tuple[str, str], steps: int | None, candidates: int, device: str | None) -> dict:
+def app_overhead(models_spec: tuple[str, str], candidates: int, device: str | None) -> dict:
     """The Demo's Generate as the app runs it (studio.generation.generate_both: both columns, files, spectrograms,
     judge) against the pipelines' own seconds; what is left is the app's overhead."""
     from studio.config import StudioConfig
     from studio.generation import GenerationSettings, generate_both, load_models
 
     models = load_models(StudioConfig(base_model=models_spec[0], dpo_model=models_spec[1], device=device))
-    steps = steps or models[0].default_steps
+    steps = models[0].default_steps
     settings = GenerationSettings(PROMPT_SOUND_WORLD, steps, 3.0, 0, candidates)
     with tempfile.TemporaryDirectory() as folder:
         generate_both(models, settings, folder, secret=b"warm-up")
@@ -209,10 +207,8 @@ def main() -> None:
             parser.error("--flops builds the model on the meta device: use it with --model full-size-random")
         with torch.device("meta"):
             pipe = full_size_random_tango()
-        pipe.scheduler.set_timesteps(100)
-        low, high = args.guidance_interval or (0, float("inf"))
-        share = sum(low <= float(t) <= high for t in pipe.scheduler.timesteps) / 100 if args.guidance_interval else None
-        results = {"model": args.model, "guidance_interval": args.guidance_interval, **flop_counts(pipe, interval_share=share)}
+        results = {"model": args.model, "guidance_interval": args.guidance_interval,
+                   **flop_counts(pipe, guidance_interval=args.guidance_interval)}
         for key, value in results.items():
             print(f"{key:40s} {value}")
         out = Path(args.out) if args.out else Path(__file__).parent / "results" / "generate-flops-full-size.json"
@@ -286,7 +282,7 @@ def main() -> None:
     }
     app_models = args.app or (("tiny", "tiny-dpo") if args.model == "tiny" else None)
     if app_models:
-        results["app_generate"] = app_overhead(tuple(app_models), None, 2, args.device)
+        results["app_generate"] = app_overhead(tuple(app_models), 2, args.device)
     for key, value in results.items():
         if isinstance(value, dict):
             print(f"{key}:")

@@ -82,8 +82,13 @@ def clip_key(split: str, task: int, clip: int) -> str:
     return f"{split}-{task}-{clip}"
 
 
+def as_float(samples: np.ndarray) -> np.ndarray:
+    """Stored int16 clips back to float32 waveforms."""
+    return samples.astype(np.float32) / 32767
+
+
 def audio_of(split: str, data: dict) -> dict[str, np.ndarray]:
-    return {clip_key(split, t, c): data["audio"][t, c].astype(np.float32) / 32767
+    return {clip_key(split, t, c): as_float(data["audio"][t, c])
             for t in range(len(data["prompts"])) for c in range(data["audio"].shape[1])}
 
 

@@ -13,29 +13,22 @@ paired differences against the base. Stages resume; writes ``OUT/summary.json``.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from dpo_experiment import COMMON, METRICS, difference, evaluate, run  # noqa: E402  (bench/)
 
+from annotate.clips import encode_wav  # noqa: E402
 from annotate.dataset import PreferenceRow, write_preference_dataset  # noqa: E402
 from annotate.reward import PreferenceModel  # noqa: E402
-from reward_curve import MODELS  # noqa: E402  (bench/)
+from reward_curve import MODELS, as_float  # noqa: E402  (bench/)
 
 RANKERS = ("judge", "reward")
-
-
-def wav_bytes(audio: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, audio, 16000, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
 
 
 def write_pairs(clips: dict, rewards: np.ndarray, ranker: str, out: Path, fingerprint: str) -> int:
@@ -46,9 +39,9 @@ def write_pairs(clips: dict, rewards: np.ndarray, ranker: str, out: Path, finger
         if clips["scores"][task].max() == clips["scores"][task].min():
             continue  # no pair anyone could prefer for sure: left out for every ranker alike
         best, worst = int(np.argmax(scores[task])), int(np.argmin(scores[task]))
-        audio = clips["audio"][task].astype(np.float32) / 32767
+        audio = as_float(clips["audio"][task])
         rows.append(PreferenceRow(
-            prompt=str(prompt), chosen_wav=wav_bytes(audio[best]), rejected_wav=wav_bytes(audio[worst]),
+            prompt=str(prompt), chosen_wav=encode_wav(audio[best]), rejected_wav=encode_wav(audio[worst]),
             strategy="inference", ranker=ranker,
             chosen_model=MODELS[clips["models"][task, best]], rejected_model=MODELS[clips["models"][task, worst]],
             chosen_seed=int(clips["seeds"][task, best]), rejected_seed=int(clips["seeds"][task, worst]),
@@ -77,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"{args.clips}: no held-out clips with latents; run bench/reward_curve.py first")
     clips = {key: np.concatenate([np.load(path)[key] for path in eval_chunks]) for key in np.load(eval_chunks[0]).files}
     model = PreferenceModel.from_pretrained(args.reward)
-    rewards = np.array([model(task.astype(np.float32) / 32767, 16000, str(prompt))
+    rewards = np.array([model(as_float(task), 16000, str(prompt))
                         for prompt, task in zip(clips["prompts"], clips["audio"])])
     fingerprint = load_pipeline(args.model, device="cpu").latent_fingerprint
     judged = clips["scores"]

@@ -59,13 +59,13 @@ ROWS = ([BASELINE, Row("UniPC", 10)]
         + [Row(solver, 12, (200, 1000)) for solver in ("DPM-Solver++ Karras", "UniPC")])
 
 
-def unet_evaluations_per_clip(pipe, row: Row, guidance: float) -> int:
-    """UNet evaluations one clip costs: two per guided step (prompt and unconditional), one per other step."""
-    scheduler = with_sampler(pipe, row.sampler).scheduler
-    scheduler.set_timesteps(row.steps)
-    low, high = row.guidance_interval or (0, float("inf"))
-    guided = sum(low <= float(t) <= high for t in scheduler.timesteps) if guidance > 1 else 0
-    return len(scheduler.timesteps) + guided
+def unet_evaluations_per_clip(view, row: Row, guidance: float) -> int:
+    """UNet evaluations one clip costs with the sampler ``view``: two per guided step (prompt and unconditional),
+    one per other step."""
+    view.scheduler.set_timesteps(row.steps)
+    timesteps = view.scheduler.timesteps
+    guided = sum(view.guided_steps(timesteps, row.guidance_interval or (0, float("inf")))) if guidance > 1 else 0
+    return len(timesteps) + guided
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
         seconds = (time.perf_counter() - started) / args.n  # judging included: a few ms per clip
         summary = summarize(results)
         record = {**asdict(row), "label": row.label,
-                  "unet_evaluations_per_clip": unet_evaluations_per_clip(pipe, row, args.guidance),
+                  "unet_evaluations_per_clip": unet_evaluations_per_clip(view, row, args.guidance),
                   "seconds_per_clip": round(seconds, 4),
                   **{key: summary[key] for key in ("mean_score", "event_recall", "extra_events_per_clip",
                                                    "count_accuracy", "order_accuracy")},

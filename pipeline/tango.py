@@ -249,6 +249,15 @@ class TangoPipeline(DiffusionPipeline):
         for reason in dict.fromkeys(filter(None, map(why_unreadable, texts))):
             logger.warning(f"this model cannot read the prompt: {reason}")
 
+    def guided_steps(self, timesteps, guidance_interval: tuple[float, float] | None = None) -> list[bool]:
+        """For each timestep, whether classifier-free guidance runs there: within ``guidance_interval`` (low, high),
+        by default ``config.default_guidance_interval``; every step when neither names one."""
+        if guidance_interval is None:
+            saved = self.config.get("default_guidance_interval")
+            guidance_interval = (saved["low"], saved["high"]) if saved else (0, math.inf)
+        low, high = checked_guidance_interval(guidance_interval)
+        return [low <= float(t) <= high for t in timesteps]
+
     def _encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, device) -> torch.Tensor:
         return self.text_encoder(
             input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)
@@ -501,14 +510,11 @@ class TangoPipeline(DiffusionPipeline):
             prompts, device, num_waveforms_per_prompt, do_classifier_free_guidance, negative_prompt
         )
         prompt_embeds = prompt_embeds.to(self.unet.dtype)
-        if guidance_interval is None:
-            saved = self.config.get("default_guidance_interval")
-            guidance_interval = (saved["low"], saved["high"]) if saved else (0, math.inf)
-        guidance_low, guidance_high = checked_guidance_interval(guidance_interval)
 
         # 4. Prepare timesteps
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
+        guided_steps = self.guided_steps(timesteps, guidance_interval)
 
         # 5. Prepare latents. They stay float32 whatever the UNet's dtype: the scheduler's
         # update keeps its precision, and the same seed draws the same noise in fp16 and fp32.
@@ -518,7 +524,7 @@ class TangoPipeline(DiffusionPipeline):
         step_options = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
-                guided = do_classifier_free_guidance and guidance_low <= float(t) <= guidance_high
+                guided = do_classifier_free_guidance and guided_steps[i]
                 latent_model_input = torch.cat([latents] * 2) if guided else latents
                 latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
                 # Unguided steps of a guided call see the prompt half only (the unconditional half comes first).
