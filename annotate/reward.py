@@ -34,7 +34,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
@@ -70,10 +70,6 @@ class Comparisons:
     @property
     def prompts(self) -> list[str]:
         return list(dict.fromkeys(c.prompt for c in self.items))
-
-    def of_prompts(self, prompts: Iterable[str]) -> "Comparisons":
-        keep = set(prompts)
-        return Comparisons([c for c in self.items if c.prompt in keep], self.audio)
 
 
 def comparisons_from_rankings(rankings, prompt_of_task: Mapping[int, str]) -> list[Comparison]:
@@ -343,13 +339,6 @@ def _margins(model: PreferenceModel, batch: Sequence[Comparison], audio, text) -
     return rewards[:len(batch)] - rewards[len(batch):]
 
 
-def split_prompts(prompts: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """(training, held-out) prompts: whole prompts are held out, so accuracy is measured on prompts never seen."""
-    order = np.random.default_rng(seed).permutation(len(prompts))
-    held = max(1, round(len(prompts) * fraction)) if fraction > 0 and len(prompts) > 1 else 0
-    return [prompts[i] for i in order[held:]], [prompts[i] for i in order[:held]]
-
-
 def train_preference_model(comparisons: Comparisons, *, base: str = "tiny", source: str = "", epochs: int = 40,
                            batch_size: int = 64, learning_rate: float = 3e-4, weight_decay: float = 0.01,
                            validation_fraction: float = 0.1, patience: int = 8, seed: int = 0,
@@ -361,15 +350,18 @@ def train_preference_model(comparisons: Comparisons, *, base: str = "tiny", sour
     import torch
     import torch.nn.functional as F
 
+    from train_dpo import split_validation  # whole prompts held out, as train_dpo.py validates
+
     if not comparisons.items:
         raise InvalidInput("no comparisons to learn from: rank some clips first (ties, skips and all-bad votes "
                            "carry no preference)")
     torch.manual_seed(seed)
     model = PreferenceModel.untrained(base, **head_config)
     audio, text = _featurize(model, comparisons, progress)
-    train_prompts, held_prompts = split_prompts(comparisons.prompts, validation_fraction, seed)
-    train_items = comparisons.of_prompts(train_prompts).items
-    held_items = comparisons.of_prompts(held_prompts).items
+    fraction = validation_fraction if len(comparisons.prompts) > 1 else 0  # one prompt: nothing to hold out
+    train_index, held_index = split_validation([c.prompt for c in comparisons.items], fraction, seed)
+    train_items = [comparisons.items[i] for i in train_index]
+    held_items = [comparisons.items[i] for i in held_index]
     optimizer = torch.optim.AdamW(model.head.parameters(), lr=learning_rate, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
     started, history = time.perf_counter(), []
@@ -402,7 +394,7 @@ def train_preference_model(comparisons: Comparisons, *, base: str = "tiny", sour
         model.head.load_state_dict(best[3])
     model.report = TrainingReport(
         base=base, source=source, comparisons=len(comparisons.items), prompts=len(comparisons.prompts),
-        validation_prompts=len(held_prompts), epochs_run=len(history), best_epoch=best[1] or len(history),
+        validation_prompts=len({c.prompt for c in held_items}), epochs_run=len(history), best_epoch=best[1] or len(history),
         validation_loss=None if best[3] is None else round(best[0], 4),
         validation_accuracy=None if best[3] is None else round(best[2], 4),
         trained_at=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), seconds=round(time.perf_counter() - started, 1),

@@ -12,9 +12,10 @@ import pytest
 import annotate.autorank as autorank
 from annotate import Store
 from annotate.reward import (Comparison, Comparisons, PreferenceModel, comparisons_from_rankings,
-                             comparisons_from_store, evaluate, main, split_prompts, train_preference_model)
+                             comparisons_from_store, evaluate, main, train_preference_model)
 from soundworld import render, sample_prompts
 from tests.test_autorank import RenderGenerator
+from train_dpo import split_validation
 
 RATE = 16000
 
@@ -64,16 +65,12 @@ def test_the_store_rankings_become_comparisons_with_their_audio(ranked_store):
     assert all(comparisons.audio[c.better].std() > 0 for c in comparisons.items)
 
 
-def test_held_out_prompts_are_whole_prompts():
-    prompts = [f"p{i}" for i in range(50)]
-    train, held = split_prompts(prompts, 0.2, seed=1)
-    assert len(held) == 10 and not set(train) & set(held) and set(train) | set(held) == set(prompts)
-
-
 def test_a_model_trained_on_rankings_ranks_unseen_prompts_and_round_trips(ranked_store, tmp_path):
     comparisons = comparisons_from_store(ranked_store)
-    train_prompts, held_prompts = split_prompts(comparisons.prompts, 0.25, seed=0)
-    model = train_preference_model(comparisons.of_prompts(train_prompts), epochs=12, validation_fraction=0.2,
+    train_index, held_index = split_validation([c.prompt for c in comparisons.items], 0.25, seed=0)
+    held_prompts = list(dict.fromkeys(comparisons.items[i].prompt for i in held_index))
+    train_items = Comparisons([comparisons.items[i] for i in train_index], comparisons.audio)
+    model = train_preference_model(train_items, epochs=12, validation_fraction=0.2,
                                    progress=False, source="test rankings")
     history = model.report.history
     assert history[-1]["train_loss"] < history[0]["train_loss"]
