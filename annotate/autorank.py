@@ -7,11 +7,11 @@
 This is how Audio-Alpaca was made for Tango 2 (and CRPO's data for TangoFlux). Tango 2 made
 its rejected clips three ways (``--strategies``, the dataset's ``strategy`` column):
 
-* ``inference``: several clips of the prompt itself; the best against the worst (or with
+* ``inference``: several clips of the prompt itself; the best against the worst that passes the filter (or with
   ``--pairs all`` every two candidates far enough apart);
 * ``perturbed``: clips generated from a perturbed prompt (an event dropped, replaced, or its
   count changed: ``annotate.perturb``), scored against the *original* prompt; the best clip
-  of the original prompt against the worst of these;
+  of the original prompt against the worst of these that passes the filter;
 * ``temporal``: the same with a temporally perturbed prompt (events in another order).
 
 The losers of the last two miss a concept or have the wrong order: exactly what DPO should
@@ -147,18 +147,27 @@ PAIRINGS = ("best-worst", "all")
 def ranked_pairs(scores: Sequence[float], keep: PairFilter | float, pairing: str = "best-worst") -> list[tuple[int, int]]:
     """(chosen, rejected) candidate indices whose scores pass ``keep`` (a ``PairFilter``, or a minimum margin).
 
-    ``best-worst``: at most one pair, the best against the worst (Audio-Alpaca). ``all``: every
-    two candidates that pass, the better one chosen: up to K(K-1)/2 pairs from the same K clips.
+    ``best-worst``: at most one pair, the best against the worst that passes (Audio-Alpaca; with
+    ``max_margin`` the band can leave out the very worst, and a closer loser is the hard negative the
+    band asks for). ``all``: every two candidates that pass, the better one chosen: up to K(K-1)/2
+    pairs from the same K clips.
     """
     if pairing not in PAIRINGS:
         raise ValueError(f"`pairing` must be one of {PAIRINGS}, got {pairing!r}")
     keep = keep if isinstance(keep, PairFilter) else PairFilter(min_margin=keep)
     order = sorted(range(len(scores)), key=lambda i: -scores[i])  # best first; stable on ties
     if pairing == "best-worst":
-        candidates = [(order[0], order[-1])]
-    else:
-        candidates = [(order[a], order[b]) for a in range(len(order)) for b in range(a + 1, len(order))]
+        loser = band_loser(scores[order[0]], scores, keep)
+        return [] if loser is None else [(order[0], loser)]
+    candidates = [(order[a], order[b]) for a in range(len(order)) for b in range(a + 1, len(order))]
     return [(chosen, rejected) for chosen, rejected in candidates if keep(scores[chosen], scores[rejected])]
+
+
+def band_loser(chosen_score: float, scores: Sequence[float], keep: PairFilter) -> int | None:
+    """The index of the lowest of ``scores`` that ``keep`` pairs with a winner of ``chosen_score`` (the last
+    such on ties), or ``None``."""
+    passing = [i for i in range(len(scores)) if keep(chosen_score, scores[i])]
+    return min(reversed(passing), key=lambda i: scores[i]) if passing else None
 
 
 def pick_perturbation(prompt: str, strategy: str, seed: int,
@@ -252,8 +261,9 @@ def autorank_pairs(
             for n, (j, perturbation) in enumerate(picked):
                 prompt, scores = batch[j], own_scores[j]
                 theirs = ranker(made.waveforms[n * k : (n + 1) * k], generate.sampling_rate, prompt)
-                best, worst = int(np.argmax(scores)), int(np.argmin(theirs))
-                if not keep(scores[best], theirs[worst]):
+                best = int(np.argmax(scores))
+                worst = band_loser(scores[best], theirs, keep)
+                if worst is None:
                     continue
                 report.pairs_by_strategy[strategy] += 1
                 yield row(strategy, prompt, clip(own, j * k + best, seeds[best], prompt),

@@ -203,7 +203,9 @@ def test_pair_filter_is_tango2s_band():
     assert not keep(1.0, 0.3)  # gap too large (0.7)
     assert not keep(0.65, 0.3)  # winner below its bar
     assert not keep(0.9, 0.45)  # loser above its bar
-    assert ranked_pairs([0.8, 0.3, 0.1], keep) == []  # best (0.8) vs worst (0.1): gap 0.7 > 0.6
+    # best (0.8) vs worst (0.1): gap 0.7 > 0.6, so the closest loser in the band is the hard negative
+    assert ranked_pairs([0.8, 0.3, 0.1], keep) == [(0, 1)]
+    assert ranked_pairs([0.8, 0.75, 0.1], keep) == []  # nothing in the band
 
 
 def test_perturbations_file_replaces_the_built_in_perturber(tmp_path):
