@@ -72,6 +72,53 @@ class Comparisons:
         return list(dict.fromkeys(c.prompt for c in self.items))
 
 
+@dataclass
+class CaptionGroup:
+    """A captioned clip and its contrasts: clips of perturbed captions (an event dropped, replaced or recounted,
+    or the events reordered: ``annotate.perturb``). Keys into ``CaptionedClips.audio``."""
+
+    prompt: str
+    clip: str
+    contrasts: list[tuple[str, str]]  # (perturbed prompt, its clip)
+
+
+@dataclass
+class CaptionedClips:
+    """What an audio-text encoder is pretrained on before any ranking: captioned audio, as CLAP was."""
+
+    groups: list[CaptionGroup]
+    audio: dict[str, np.ndarray]
+
+    @property
+    def prompts(self) -> list[str]:
+        return list(dict.fromkeys(g.prompt for g in self.groups))
+
+
+def sound_world_captions(n: int, *, contrasts: int = 3, seed: int = 0) -> CaptionedClips:
+    """``n`` training-split prompts of the sound world rendered (the kind of captioned clips the generator was
+    trained on), each with clips of up to ``contrasts`` of its perturbations, a reordering first where there is
+    one. Only the renderer and the prompts' own words are used: no judge."""
+    from soundworld import render, sample_prompts
+
+    from .perturb import perturb
+
+    rng = np.random.default_rng(seed)
+    groups, audio = [], {}
+
+    def clip(prompt: str) -> str:
+        key = f"w{len(audio)}"
+        audio[key] = render(prompt, seed=int(rng.integers(2**31)))[0]
+        return key
+
+    for prompt in dict.fromkeys(sample_prompts("train", n, seed)):
+        options = perturb(prompt, seed=int(rng.integers(2**31)))
+        temporal = [p for p in options if p.strategy == "temporal"][:1]
+        others = [p for p in options if p not in temporal]
+        chosen = temporal + [others[i] for i in rng.permutation(len(others))[:contrasts - len(temporal)]]
+        groups.append(CaptionGroup(prompt, clip(prompt), [(p.prompt, clip(p.prompt)) for p in chosen]))
+    return CaptionedClips(groups, audio)
+
+
 def comparisons_from_rankings(rankings, prompt_of_task: Mapping[int, str]) -> list[Comparison]:
     """Every (better, worse) of every usable ranking, each vote on its own."""
     return [Comparison(prompt_of_task[ranking.task_id], better, worse)
@@ -191,6 +238,7 @@ class TrainingReport:
     seconds: float
     history: list[dict] = field(default_factory=list)
     evaluations: dict = field(default_factory=dict)  # name -> evaluate() result, e.g. against the judge
+    pretrained_on: str = ""  # the captioned clips its head learned from before these comparisons, if any
 
 
 class PreferenceModel:
@@ -293,7 +341,9 @@ def model_card(report: TrainingReport) -> str:
         f"{result['interval'][1]:.3f}] |\n" for name, result in report.evaluations.items())
     return (f"# Preference model\n\nBradley-Terry reward r(prompt, clip) over the frozen encoders of `{report.base}` "
             f"(`annotate.reward`).\n\n- Data: {report.comparisons} comparisons on {report.prompts} prompts from "
-            f"{report.source}\n- Validation: {report.validation_prompts} held-out prompts; best epoch "
+            f"{report.source}\n"
+            + (f"- Pretrained on: {report.pretrained_on}\n" if report.pretrained_on else "")
+            + f"- Validation: {report.validation_prompts} held-out prompts; best epoch "
             f"{report.best_epoch} of {report.epochs_run}, loss {report.validation_loss}, pair accuracy "
             f"{report.validation_accuracy}\n- Trained {report.trained_at} in {report.seconds:.0f} s\n\n"
             + (f"| evaluation | pairs | accuracy [95 %] |\n|---|---|---|\n{evaluations}" if evaluations else ""))
@@ -302,14 +352,18 @@ def model_card(report: TrainingReport) -> str:
 # -- training and evaluation ------------------------------------------------------------------
 
 
-def _featurize(model: PreferenceModel, comparisons: Comparisons, progress: bool = True):
+def _featurize(model: PreferenceModel, audio: Mapping[str, np.ndarray], keys, prompts, progress: bool = True):
+    """Features of the clips ``keys`` (of ``audio``) and of ``prompts``."""
     from tqdm.auto import tqdm
 
-    keys = sorted({key for c in comparisons.items for key in (c.better, c.worse)})
-    audio = {key: model.audio_features(comparisons.audio[key]) for key in tqdm(keys, desc="audio features",
-                                                                               disable=not progress)}
-    text = {prompt: model.text_features(prompt) for prompt in comparisons.prompts}
-    return audio, text
+    features = {key: model.audio_features(audio[key]) for key in tqdm(sorted(set(keys)), desc="audio features",
+                                                                      disable=not progress)}
+    return features, {prompt: model.text_features(prompt) for prompt in dict.fromkeys(prompts)}
+
+
+def _featurize_comparisons(model: PreferenceModel, comparisons: Comparisons, progress: bool = True):
+    keys = [key for c in comparisons.items for key in (c.better, c.worse)]
+    return _featurize(model, comparisons.audio, keys, comparisons.prompts, progress)
 
 
 def _all_margins(model: PreferenceModel, items: Sequence[Comparison], audio, text, batch_size: int = 256):
@@ -326,53 +380,47 @@ def _correct(margins: "torch.Tensor") -> "torch.Tensor":
     return (margins > 0).float() + 0.5 * (margins == 0).float()
 
 
-def _loss_and_accuracy(model: PreferenceModel, items: Sequence[Comparison], audio, text):
-    import torch.nn.functional as F
-
-    margins = _all_margins(model, items, audio, text)
-    return float(-F.logsigmoid(margins).mean()), float(_correct(margins).mean())
-
-
 def _margins(model: PreferenceModel, batch: Sequence[Comparison], audio, text) -> "torch.Tensor":
     rewards = model.rewards([audio[c.better] for c in batch] + [audio[c.worse] for c in batch],
                             [text[c.prompt] for c in batch] * 2)
     return rewards[:len(batch)] - rewards[len(batch):]
 
 
-def train_preference_model(comparisons: Comparisons, *, base: str = "tiny", source: str = "", epochs: int = 40,
-                           batch_size: int = 64, learning_rate: float = 3e-4, weight_decay: float = 0.01,
-                           validation_fraction: float = 0.1, patience: int = 8, seed: int = 0,
-                           progress: bool = True, **head_config) -> PreferenceModel:
-    """Fit a Bradley-Terry head on ``comparisons``; keep the epoch with the lowest loss on held-out prompts.
-    ``head_config`` sizes the head (``width``, ``dropout``, layers: see ``PreferenceHead``)."""
+def caption_contrast_loss(own: "torch.Tensor", by_clip: "torch.Tensor", by_caption: "torch.Tensor") -> "torch.Tensor":
+    """Pretraining loss of each captioned clip c of caption p, against clips c_j of its perturbed captions p_j
+    and against those captions for the clip itself:
+
+        L = -log softmax([r(p, c), r(p, c_1), ..., r(p, c_m)])_0 - log softmax([r(p, c), r(p_1, c), ..., r(p_m, c)])_0
+
+    ``own`` (B,) is r(p, c); ``by_clip`` and ``by_caption`` (B, m) are r(p, c_j) and r(p_j, c), -inf where a
+    group has fewer than m contrasts. Returns (B,)."""
+    import torch
+
+    def cross_entropy(contrasts):
+        return torch.logsumexp(torch.cat([own[:, None], contrasts], 1), 1) - own
+
+    return cross_entropy(by_clip) + cross_entropy(by_caption)
+
+
+def _fit(model: PreferenceModel, train_items: list, held_items: list, batch_loss, *, epochs: int, batch_size: int,
+         learning_rate: float, weight_decay: float, patience: int, seed: int, progress: bool):
+    """Train ``model.head`` on ``batch_loss(items) -> (mean loss, per-item correctness)``; keep the epoch with the
+    lowest held-out loss. Returns (history, best epoch, its loss, its accuracy), the last three None without
+    held-out items."""
     import copy
 
     import torch
-    import torch.nn.functional as F
 
-    from train_dpo import split_validation  # whole prompts held out, as train_dpo.py validates
-
-    if not comparisons.items:
-        raise InvalidInput("no comparisons to learn from: rank some clips first (ties, skips and all-bad votes "
-                           "carry no preference)")
-    torch.manual_seed(seed)
-    model = PreferenceModel.untrained(base, **head_config)
-    audio, text = _featurize(model, comparisons, progress)
-    fraction = validation_fraction if len(comparisons.prompts) > 1 else 0  # one prompt: nothing to hold out
-    train_index, held_index = split_validation([c.prompt for c in comparisons.items], fraction, seed)
-    train_items = [comparisons.items[i] for i in train_index]
-    held_items = [comparisons.items[i] for i in held_index]
     optimizer = torch.optim.AdamW(model.head.parameters(), lr=learning_rate, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
-    started, history = time.perf_counter(), []
-    best = (math.inf, 0, None, None)  # loss, epoch, accuracy, state
+    history, best = [], (math.inf, None, None, None)  # loss, epoch, accuracy, state
     for epoch in range(1, epochs + 1):
         model.head.train()
         order = rng.permutation(len(train_items))
         running = 0.0
         for start in range(0, len(order), batch_size):
             batch = [train_items[i] for i in order[start:start + batch_size]]
-            loss = -F.logsigmoid(_margins(model, batch, audio, text)).mean()
+            loss, _ = batch_loss(batch)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.head.parameters(), 1.0)
@@ -381,7 +429,10 @@ def train_preference_model(comparisons: Comparisons, *, base: str = "tiny", sour
         model.head.eval()
         record = {"epoch": epoch, "train_loss": round(running / len(train_items), 4)}
         if held_items:
-            held_loss, held_accuracy = _loss_and_accuracy(model, held_items, audio, text)
+            with torch.no_grad():
+                results = [batch_loss(held_items[i:i + 256]) for i in range(0, len(held_items), 256)]
+            held_loss = sum(float(loss) * len(correct) for loss, correct in results) / len(held_items)
+            held_accuracy = float(torch.cat([correct for _, correct in results]).mean())
             record.update(validation_loss=round(held_loss, 4), validation_accuracy=round(held_accuracy, 4))
             if held_loss < best[0]:
                 best = (held_loss, epoch, held_accuracy, copy.deepcopy(model.head.state_dict()))
@@ -392,20 +443,128 @@ def train_preference_model(comparisons: Comparisons, *, base: str = "tiny", sour
             break
     if best[3] is not None:
         model.head.load_state_dict(best[3])
+    return history, best[1], None if best[1] is None else round(best[0], 4), None if best[1] is None else round(best[2], 4)
+
+
+def _starting_model(base: str, init: "PreferenceModel | str | Path | None", head_config: dict) -> PreferenceModel:
+    """A fresh head over ``base``'s encoders, or a copy of ``init`` (a model or its folder) to go on from."""
+    import copy
+
+    if init is None:
+        return PreferenceModel.untrained(base, **head_config)
+    if head_config:
+        raise ValueError("a model trained on from `init` keeps its head's size; leave out the head settings")
+    init = PreferenceModel.from_pretrained(init) if isinstance(init, (str, Path)) else init
+    return PreferenceModel(copy.deepcopy(init.head), init.tokenizer, init.text_encoder, init.vae, init.report)
+
+
+def train_preference_model(comparisons: Comparisons, *, base: str = "tiny", source: str = "", epochs: int = 40,
+                           batch_size: int = 64, learning_rate: float = 3e-4, weight_decay: float = 0.01,
+                           validation_fraction: float = 0.1, patience: int = 8, seed: int = 0,
+                           progress: bool = True, init: "PreferenceModel | str | Path | None" = None,
+                           **head_config) -> PreferenceModel:
+    """Fit a Bradley-Terry head on ``comparisons``; keep the epoch with the lowest loss on held-out prompts.
+    ``init`` goes on from a model (e.g. ``pretrain_preference_model``'s) instead of a fresh head, whose size
+    ``head_config`` sets (``width``, ``dropout``, layers: see ``PreferenceHead``)."""
+    import torch
+    import torch.nn.functional as F
+
+    from train_dpo import split_validation  # whole prompts held out, as train_dpo.py validates
+
+    if not comparisons.items:
+        raise InvalidInput("no comparisons to learn from: rank some clips first (ties, skips and all-bad votes "
+                           "carry no preference)")
+    torch.manual_seed(seed)
+    model = _starting_model(base, init, head_config)
+    if init is not None and model.report is not None:  # it reads through the encoders it was pretrained with
+        base, pretraining = model.report.base, model.report.source
+    else:
+        pretraining = ""
+    audio, text = _featurize_comparisons(model, comparisons, progress)
+    fraction = validation_fraction if len(comparisons.prompts) > 1 else 0  # one prompt: nothing to hold out
+    train_index, held_index = split_validation([c.prompt for c in comparisons.items], fraction, seed)
+    held_items = [comparisons.items[i] for i in held_index]
+
+    def batch_loss(batch):
+        margins = _margins(model, batch, audio, text)
+        return -F.logsigmoid(margins).mean(), _correct(margins)
+
+    started = time.perf_counter()
+    history, best_epoch, loss, accuracy = _fit(
+        model, [comparisons.items[i] for i in train_index], held_items, batch_loss, epochs=epochs,
+        batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay, patience=patience, seed=seed,
+        progress=progress)
     model.report = TrainingReport(
         base=base, source=source, comparisons=len(comparisons.items), prompts=len(comparisons.prompts),
-        validation_prompts=len({c.prompt for c in held_items}), epochs_run=len(history), best_epoch=best[1] or len(history),
-        validation_loss=None if best[3] is None else round(best[0], 4),
-        validation_accuracy=None if best[3] is None else round(best[2], 4),
+        validation_prompts=len({c.prompt for c in held_items}), epochs_run=len(history),
+        best_epoch=best_epoch or len(history), validation_loss=loss, validation_accuracy=accuracy,
         trained_at=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), seconds=round(time.perf_counter() - started, 1),
-        history=history)
+        history=history, pretrained_on=pretraining)
+    return model
+
+
+def pretrain_preference_model(captions: CaptionedClips, *, base: str = "tiny", source: str = "", epochs: int = 20,
+                              batch_size: int = 32, learning_rate: float = 3e-4, weight_decay: float = 0.01,
+                              validation_fraction: float = 0.05, patience: int = 4, seed: int = 0,
+                              progress: bool = True, **head_config) -> PreferenceModel:
+    """Teach a fresh head which clip goes with which caption before it sees a ranking, as CLAP learns from
+    captioned audio (and T-CLAP from reordered captions). Each group is contrasted both ways:
+
+        L = CE([r(p, c), r(p, c_1), ..., r(p, c_m)], 0) + CE([r(p, c), r(p_1, c), ..., r(p_m, c)], 0)
+
+    for a clip c of caption p and clips c_j of its perturbed captions p_j. The first term is what ranking clips
+    for a prompt needs; the second makes the clip's own caption outscore captions that miss an event or its order.
+    Validation holds out whole captions; its accuracy is the share of held-out clips that outscore all their
+    contrasts for their caption. Fine-tune on rankings with ``train_preference_model(init=...)``."""
+    import torch
+    import torch.nn.functional as F
+
+    from train_dpo import split_validation
+
+    groups = [g for g in captions.groups if g.contrasts]
+    if not groups:
+        raise InvalidInput("no captioned clips with contrasts to pretrain on")
+    torch.manual_seed(seed)
+    model = PreferenceModel.untrained(base, **head_config)
+    keys = [key for g in groups for key in (g.clip, *(clip for _, clip in g.contrasts))]
+    audio, text = _featurize(model, captions.audio, keys,
+                             [p for g in groups for p in (g.prompt, *(prompt for prompt, _ in g.contrasts))], progress)
+    train_index, held_index = split_validation([g.prompt for g in groups], validation_fraction, seed)
+
+    def batch_loss(batch):
+        width = max(len(g.contrasts) for g in batch)
+        pairs = [(g.prompt, g.clip) for g in batch]
+        for g in batch:
+            pairs += [(g.prompt, clip) for _, clip in g.contrasts] + [(prompt, g.clip) for prompt, _ in g.contrasts]
+        rewards = model.rewards([audio[clip] for _, clip in pairs], [text[prompt] for prompt, _ in pairs])
+        by_clip = torch.full((len(batch), width), -math.inf)
+        by_caption = torch.full((len(batch), width), -math.inf)
+        at = len(batch)
+        for row, g in enumerate(batch):
+            m = len(g.contrasts)
+            by_clip[row, :m], by_caption[row, :m] = rewards[at:at + m], rewards[at + m:at + 2 * m]
+            at += 2 * m
+        own = rewards[:len(batch)]
+        return caption_contrast_loss(own, by_clip, by_caption).mean(), (own[:, None] > by_clip).all(1).float()
+
+    started = time.perf_counter()
+    history, best_epoch, loss, accuracy = _fit(
+        model, [groups[i] for i in train_index], [groups[i] for i in held_index], batch_loss, epochs=epochs,
+        batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay, patience=patience, seed=seed,
+        progress=progress)
+    model.report = TrainingReport(
+        base=base, source=source or f"{len(groups)} captioned clips and {len(keys) - len(groups)} contrasts",
+        comparisons=len(keys) - len(groups), prompts=len(groups), validation_prompts=len(held_index),
+        epochs_run=len(history), best_epoch=best_epoch or len(history), validation_loss=loss,
+        validation_accuracy=accuracy, trained_at=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        seconds=round(time.perf_counter() - started, 1), history=history)
     return model
 
 
 def evaluate(model: PreferenceModel, comparisons: Comparisons, *, seed: int = 0, n_boot: int = 2000,
              progress: bool = False) -> dict:
     """Pair accuracy (a tie counts half) with a 95 % bootstrap interval that resamples whole prompts."""
-    audio, text = _featurize(model, comparisons, progress)
+    audio, text = _featurize_comparisons(model, comparisons, progress)
     correct = _correct(_all_margins(model, comparisons.items, audio, text)).numpy()
     prompts = comparisons.prompts
     index = {prompt: i for i, prompt in enumerate(prompts)}
@@ -446,13 +605,33 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--epochs", type=int, default=40)
     train.add_argument("--validation-fraction", type=float, default=0.1, help="share of prompts held out")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--init", help="go on from this model (e.g. one written by `pretrain`) instead of a fresh head")
+    train.add_argument("--learning-rate", type=float, help="default: 3e-4 for a fresh head, 1e-4 from --init")
     commands.choices["evaluate"].add_argument("--model", required=True, help="a folder written by `train`")
+    pretrain = commands.add_parser(
+        "pretrain", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="sound world: learn which clip goes with which caption from rendered clips before any ranking")
+    pretrain.add_argument("--world", type=int, required=True, help="training-split captions to render")
+    pretrain.add_argument("--contrasts", type=int, default=3, help="clips of perturbed captions per caption")
+    pretrain.add_argument("--base", default="tiny", help="the pipeline whose VAE and text encoder the model reads through")
+    pretrain.add_argument("--out", required=True, help="folder for the model (train on rankings with --init OUT)")
+    pretrain.add_argument("--epochs", type=int, default=10)
+    pretrain.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
+        if args.command == "pretrain":
+            model = pretrain_preference_model(sound_world_captions(args.world, contrasts=args.contrasts, seed=args.seed),
+                                              base=args.base, epochs=args.epochs, seed=args.seed)
+            model.save_pretrained(args.out)
+            print(f"pretrained on {model.report.source}; held-out captions: their clip first "
+                  f"{model.report.validation_accuracy} -> {args.out}")
+            return 0
         comparisons, source = _comparisons(args)
         if args.command == "train":
+            learning_rate = args.learning_rate or (1e-4 if args.init else 3e-4)
             model = train_preference_model(comparisons, base=args.base, source=source, epochs=args.epochs,
-                                           validation_fraction=args.validation_fraction, seed=args.seed)
+                                           validation_fraction=args.validation_fraction, seed=args.seed,
+                                           init=args.init, learning_rate=learning_rate)
             model.save_pretrained(args.out)
             report = model.report
             print(f"trained on {report.comparisons} comparisons ({report.prompts} prompts); held-out prompts: "

@@ -15,6 +15,11 @@
    the judge scores differently), with a 95 % interval over prompts. The model of the largest N is saved to
    ``--out``/model-<N>.
 
+With ``--pretrain M`` the head first learns from M rendered training-split captions, each against clips of its
+perturbed captions (``annotate.reward.pretrain_preference_model``: captioned audio, as CLAP learned, and no judge),
+saved to ``--out``/pretrained-M and reused; its accuracy before any ranking is the curve's point 0, and every point
+fine-tunes from it at ``--learning-rate``.
+
 Writes ``--out``/curve.json (``--name``) and prints a table. ``--width``, ``--dropout``, ``--weight-decay`` and
 ``--learning-rate`` set the head and its optimiser.
 """
@@ -31,7 +36,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from annotate.reward import Comparison, Comparisons, evaluate, train_preference_model  # noqa: E402
+from annotate.reward import (  # noqa: E402
+    Comparison,
+    Comparisons,
+    PreferenceModel,
+    evaluate,
+    pretrain_preference_model,
+    sound_world_captions,
+    train_preference_model,
+)
 from soundworld import judge, sample_prompts  # noqa: E402
 
 K_PER_MODEL = 2
@@ -157,6 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--name", default="curve", help="results go to OUT/NAME.json and OUT/NAME-model-<N>")
+    parser.add_argument("--pretrain", type=int, default=0, help="rendered captions to pretrain the head on first")
+    parser.add_argument("--pretrain-epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--generate-only", action="store_true")
     args = parser.parse_args(argv)
@@ -178,13 +193,25 @@ def main(argv: list[str] | None = None) -> dict:
               "all_bad_tasks": int((~train["scores"].any(1)).sum()),
               "mean_judge_score_train": float(train["scores"].mean()), "points": []}
     sizes = [int(size) for size in args.sizes.split(",")]
+    head = {"width": args.width, "dropout": args.dropout}
+    pretrained = None
+    if args.pretrain:
+        folder = args.out / f"pretrained-{args.pretrain}"
+        if not (folder / "reward").is_dir():
+            pretrain_preference_model(sound_world_captions(args.pretrain, seed=args.seed), base="tiny", seed=args.seed,
+                                      epochs=args.pretrain_epochs, **head).save_pretrained(folder)
+        pretrained, head = PreferenceModel.from_pretrained(folder), {}
+        sizes = [0, *sizes]
     for size in sizes:
         tasks = annotated[:size // args.annotators]
         comparisons = Comparisons([c for items in tasks for c in items], audio)
-        model = train_preference_model(comparisons, base="tiny", epochs=args.epochs, seed=args.seed, progress=False,
-                                       source=f"{size} simulated rankings ({args.error:.0%} annotator error)",
-                                       learning_rate=args.learning_rate, weight_decay=args.weight_decay,
-                                       width=args.width, dropout=args.dropout)
+        if size == 0:
+            model = pretrained
+        else:
+            model = train_preference_model(comparisons, base="tiny", epochs=args.epochs, seed=args.seed,
+                                           progress=False, init=pretrained,
+                                           source=f"{size} simulated rankings ({args.error:.0%} annotator error)",
+                                           learning_rate=args.learning_rate, weight_decay=args.weight_decay, **head)
         result = evaluate(model, against_judge, seed=args.seed)
         model.report.evaluations["held-out prompts vs judge"] = result
         point = {"rankings": size, "tasks": len(tasks), "comparisons": len(comparisons.items),

@@ -11,9 +11,10 @@ import pytest
 
 import annotate.autorank as autorank
 from annotate import Store
-from annotate.reward import (Comparison, Comparisons, PreferenceModel, comparisons_from_rankings,
-                             comparisons_from_store, evaluate, main, train_preference_model)
-from soundworld import render, sample_prompts
+from annotate.perturb import perturb
+from annotate.reward import (Comparison, Comparisons, PreferenceModel, caption_contrast_loss, comparisons_from_rankings,
+                             comparisons_from_store, evaluate, main, sound_world_captions, train_preference_model)
+from soundworld import parse, render, sample_prompts
 from tests.test_autorank import RenderGenerator
 from train_dpo import split_validation
 
@@ -106,6 +107,51 @@ def test_cli_trains_and_evaluates_on_a_store_and_refuses_what_it_cannot_use(rank
     assert "not a preference model folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         autorank.main(["--prompts", "train", "--out", str(tmp_path / "o"), "--ranker", f"reward:{tmp_path}"])
+    assert "not a preference model folder" in capsys.readouterr().err
+
+
+def test_caption_contrast_loss_by_hand():
+    import torch
+
+    # own 1 against one contrast clip (0) and one contrast caption (0): 2 log(1 + e^-1)
+    # own 0 against clips (0, 0) and one caption (1): log 3 + log(1 + e)
+    loss = caption_contrast_loss(torch.tensor([1.0, 0.0]), torch.tensor([[0.0, -torch.inf], [0.0, 0.0]]),
+                                 torch.tensor([[0.0, -torch.inf], [1.0, -torch.inf]]))
+    assert loss.tolist() == pytest.approx([2 * np.log(1 + np.exp(-1)), np.log(3) + np.log(1 + np.e)], abs=1e-6)
+
+
+def test_sound_world_captions_contrast_each_clip_with_clips_of_its_perturbed_captions():
+    captions = sound_world_captions(12, contrasts=3, seed=5)
+    assert captions.prompts == list(dict.fromkeys(sample_prompts("train", 12, seed=5)))
+    for group in captions.groups:
+        options = perturb(group.prompt)
+        events = parse(group.prompt).events
+        contrasts = [parse(prompt).events for prompt, _ in group.contrasts]
+        assert len(contrasts) == min(3, len(options)) and events not in contrasts
+        reordered = [sorted(c) == sorted(events) for c in contrasts]  # the same events in another order
+        assert reordered[:1] == [any(p.strategy == "temporal" for p in options)] and not any(reordered[1:])
+        for key in (group.clip, *(clip for _, clip in group.contrasts)):
+            assert captions.audio[key].std() > 0
+
+
+def test_a_model_pretrained_on_captions_goes_on_to_learn_from_rankings(ranked_store, tmp_path, capsys):
+    assert main(["pretrain", "--world", "40", "--epochs", "2", "--out", str(tmp_path / "pre")]) == 0
+    assert "held-out captions" in capsys.readouterr().out
+    pretrained = PreferenceModel.from_pretrained(tmp_path / "pre")
+    assert pretrained.report.validation_accuracy is not None and pretrained.report.epochs_run == 2
+
+    data_dir = str(ranked_store.data_dir)
+    assert main(["train", "--data-dir", data_dir, "--init", str(tmp_path / "pre"), "--out", str(tmp_path / "m"),
+                 "--epochs", "3"]) == 0
+    tuned = PreferenceModel.from_pretrained(tmp_path / "m")
+    assert tuned.report.pretrained_on == pretrained.report.source
+    assert f"Pretrained on: {pretrained.report.source}" in (tmp_path / "m" / "README.md").read_text()
+    # it went on from the pretrained head (same shape, moved weights), not from a fresh one
+    before, after = pretrained.head.state_dict(), tuned.head.state_dict()
+    assert before.keys() == after.keys() and any(not np.allclose(before[k], after[k]) for k in before)
+    with pytest.raises(ValueError, match="keeps its head"):
+        train_preference_model(comparisons_from_store(ranked_store), init=pretrained, width=32, progress=False)
+    assert main(["train", "--data-dir", data_dir, "--init", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     assert "not a preference model folder" in capsys.readouterr().err
 
 
