@@ -94,10 +94,13 @@ class CaptionedClips:
         return list(dict.fromkeys(g.prompt for g in self.groups))
 
 
-def sound_world_captions(n: int, *, contrasts: int = 3, seed: int = 0) -> CaptionedClips:
+def sound_world_captions(n: int, *, contrasts: int = 3, seed: int = 0, through=None,
+                         through_share: float = 1.0) -> CaptionedClips:
     """``n`` training-split prompts of the sound world rendered (the kind of captioned clips the generator was
     trained on), each with clips of up to ``contrasts`` of its perturbations, a reordering first where there is
-    one. Only the renderer and the prompts' own words are used: no judge."""
+    one. Only the renderer and the prompts' own words are used: no judge. ``through`` (a ``TangoPipeline``)
+    passes clips (a random ``through_share`` of them) through that pipeline's VAE and vocoder, so that they carry
+    the artifacts of the clips it generates, which the model will rank (``round_trip``)."""
     from soundworld import render, sample_prompts
 
     from .perturb import perturb
@@ -116,7 +119,26 @@ def sound_world_captions(n: int, *, contrasts: int = 3, seed: int = 0) -> Captio
         others = [p for p in options if p not in temporal]
         chosen = temporal + [others[i] for i in rng.permutation(len(others))[:contrasts - len(temporal)]]
         groups.append(CaptionGroup(prompt, clip(prompt), [(p.prompt, clip(p.prompt)) for p in chosen]))
+    if through is not None:
+        keys = [key for key in audio if rng.random() < through_share]
+        for start in range(0, len(keys), 4):  # Griffin-Lim is no faster per clip in larger batches on a CPU
+            batch = keys[start:start + 4]
+            audio.update(zip(batch, round_trip(through, [audio[key] for key in batch])))
     return CaptionedClips(groups, audio)
+
+
+def round_trip(pipe, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """16 kHz clips through ``pipe``'s VAE (the posterior's mode) and vocoder, as its generated clips are made."""
+    import torch
+
+    from pipeline.audio import TANGO_MEL, wav_to_fbank
+
+    frames = math.ceil(max(len(w) for w in waveforms) / TANGO_MEL.hop_length)
+    fbank, _, _ = wav_to_fbank([np.asarray(w, np.float32) for w in waveforms], target_length=frames)
+    with torch.no_grad():
+        latents = pipe.vae.encode(fbank.unsqueeze(1).to(pipe.vae.dtype)).latent_dist.mode()
+        audio = pipe.mel_spectrogram_to_waveform(pipe.decode_latents(latents * pipe.vae.config.scaling_factor))
+    return [clip[:len(w)].numpy() for clip, w in zip(audio.float(), waveforms)]
 
 
 def comparisons_from_rankings(rankings, prompt_of_task: Mapping[int, str]) -> list[Comparison]:
@@ -208,10 +230,14 @@ def _head_class():
             self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 1))
 
         def forward(self, audio: torch.Tensor, audio_mask: torch.Tensor, text: torch.Tensor,
-                    text_mask: torch.Tensor) -> torch.Tensor:
-            """audio (B, frames, audio_dim), text (B, tokens, text_dim); masks True where valid. Returns (B,)."""
+                    text_mask: torch.Tensor, audio_index: torch.Tensor | None = None) -> torch.Tensor:
+            """audio (A, frames, audio_dim), text (B, tokens, text_dim); masks True where valid; text b is scored
+            against audio ``audio_index[b]`` (default b: A = B), so a clip scored with several prompts is
+            encoded once. Returns (B,)."""
             hidden = self.audio_in(audio) + _sinusoids(audio.shape[1], self.config.width).to(audio)
             hidden = self.audio_encoder(hidden, src_key_padding_mask=~audio_mask)
+            if audio_index is not None:
+                hidden, audio_mask = hidden[audio_index], audio_mask[audio_index]
             tokens = self.text_decoder(self.text_in(text), hidden, tgt_key_padding_mask=~text_mask,
                                        memory_key_padding_mask=~audio_mask)
             weights = text_mask.unsqueeze(-1).to(tokens)
@@ -289,10 +315,13 @@ class PreferenceModel:
         import torch
         from torch.nn.utils.rnn import pad_sequence
 
-        audio_mask = pad_sequence([torch.ones(len(a), dtype=torch.bool) for a in audio], batch_first=True)
+        slot = {}  # a clip named more than once (the same tensor) is encoded once
+        clips = [slot.setdefault(id(a), (len(slot), a))[0] for a in audio]
+        unique = [a for _, a in slot.values()]
+        audio_mask = pad_sequence([torch.ones(len(a), dtype=torch.bool) for a in unique], batch_first=True)
         text_mask = pad_sequence([torch.ones(len(t), dtype=torch.bool) for t in text], batch_first=True)
-        return self.head(pad_sequence(list(audio), batch_first=True), audio_mask,
-                         pad_sequence(list(text), batch_first=True), text_mask)
+        return self.head(pad_sequence(unique, batch_first=True), audio_mask, pad_sequence(list(text), batch_first=True),
+                         text_mask, torch.tensor(clips))
 
     # -- a ranker -------------------------------------------------------------------------
 

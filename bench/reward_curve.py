@@ -16,8 +16,9 @@
    ``--out``/model-<N>.
 
 With ``--pretrain M`` the head first learns from M rendered training-split captions, each against clips of its
-perturbed captions (``annotate.reward.pretrain_preference_model``: captioned audio, as CLAP learned, and no judge),
-saved to ``--out``/pretrained-M and reused; its accuracy before any ranking is the curve's point 0, and every point
+perturbed captions (``annotate.reward.pretrain_preference_model``: captioned audio, as CLAP learned, and no judge;
+``--pretrain-round-trip`` passes that share of the clips through tiny's VAE and vocoder), saved to
+``--out``/pretrained-M-SHARE and reused; its accuracy before any ranking is the curve's point 0, and every point
 fine-tunes from it at ``--learning-rate``.
 
 Writes ``--out``/curve.json (``--name``) and prints a table. ``--width``, ``--dropout``, ``--weight-decay`` and
@@ -172,6 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--name", default="curve", help="results go to OUT/NAME.json and OUT/NAME-model-<N>")
     parser.add_argument("--pretrain", type=int, default=0, help="rendered captions to pretrain the head on first")
     parser.add_argument("--pretrain-epochs", type=int, default=10)
+    parser.add_argument("--pretrain-round-trip", type=float, default=0.0,
+                        help="share of the rendered clips passed through tiny's VAE and vocoder")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--generate-only", action="store_true")
     args = parser.parse_args(argv)
@@ -196,10 +199,15 @@ def main(argv: list[str] | None = None) -> dict:
     head = {"width": args.width, "dropout": args.dropout}
     pretrained = None
     if args.pretrain:
-        folder = args.out / f"pretrained-{args.pretrain}"
+        folder = args.out / f"pretrained-{args.pretrain}-{args.pretrain_round_trip:g}"
         if not (folder / "reward").is_dir():
-            pretrain_preference_model(sound_world_captions(args.pretrain, seed=args.seed), base="tiny", seed=args.seed,
-                                      epochs=args.pretrain_epochs, **head).save_pretrained(folder)
+            from pipeline import load_pipeline
+
+            through = load_pipeline("tiny", device="cpu") if args.pretrain_round_trip else None
+            captions = sound_world_captions(args.pretrain, seed=args.seed, through=through,
+                                            through_share=args.pretrain_round_trip)
+            pretrain_preference_model(captions, base="tiny", seed=args.seed, epochs=args.pretrain_epochs,
+                                      **head).save_pretrained(folder)
         pretrained, head = PreferenceModel.from_pretrained(folder), {}
         sizes = [0, *sizes]
     for size in sizes:

@@ -4,8 +4,8 @@
 
 The candidates are ``bench/reward_curve.py``'s held-out clips (prompts the preference model never saw; four clips
 per prompt with the latents they were decoded from). Each ranker picks the best and the worst clip of every prompt
-the judge does not score all alike: ``judge`` (the exact ranker, what the DPO experiment used) or ``reward`` (the
-learned model); a random ranker's picks are scored against the judge's for scale. Same prompts, same number of
+the judge does not score all alike: ``judge`` (the exact ranker, what the DPO experiment used), ``reward`` (the
+learned model) or ``random`` (seeded random picks: what ranking is worth at all). Same prompts, same number of
 pairs, same recipe (``dpo_experiment.COMMON``, β 2000): only who ranked differs. Each tuned model and the base are then judged on ``test`` and ``heldout`` prompts, with
 paired differences against the base. Stages resume; writes ``OUT/summary.json``.
 """
@@ -28,12 +28,17 @@ from annotate.dataset import PreferenceRow, write_preference_dataset  # noqa: E4
 from annotate.reward import PreferenceModel  # noqa: E402
 from reward_curve import MODELS, as_float  # noqa: E402  (bench/)
 
-RANKERS = ("judge", "reward")
+RANKERS = ("judge", "reward", "random")
+
+
+def random_scores(shape: tuple, seed: int = 0) -> np.ndarray:
+    """The random ranker's scores: the same picks whenever asked."""
+    return np.random.default_rng(seed).random(shape)
 
 
 def write_pairs(clips: dict, rewards: np.ndarray, ranker: str, out: Path, fingerprint: str) -> int:
     """Best against worst of each prompt by ``ranker``'s scores, on the prompts the judge separates."""
-    scores = {"judge": clips["scores"], "reward": rewards}[ranker]
+    scores = {"judge": clips["scores"], "reward": rewards, "random": random_scores(clips["scores"].shape)}[ranker]
     rows = []
     for task, prompt in enumerate(clips["prompts"]):
         if clips["scores"][task].max() == clips["scores"][task].min():
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
             run([sys.executable, "train_dpo.py", "--pretrained_model", args.model, "--dataset", str(pairs),
                  "--output_dir", str(tuned), "--beta_dpo", "2000", "--seed", str(args.seed), *COMMON],
                 args.out / f"train-{ranker}.log")
-    for ranker, scores in (("reward", rewards), ("random", np.random.default_rng(args.seed).random(judged.shape))):
+    for ranker, scores in (("reward", rewards), ("random", random_scores(judged.shape))):
         picked_best = judged[np.arange(len(judged)), scores.argmax(1)]
         picked_worst = judged[np.arange(len(judged)), scores.argmin(1)]
         summary["agreement_with_judge"][ranker] = {
