@@ -47,7 +47,8 @@ def test_best_and_worst_by_the_judge_and_the_margin_filter(tmp_path):
     write_preference_dataset(rows, tmp_path / "pairs", how_made="test")
     from datasets import load_dataset
 
-    ds = load_dataset(str(tmp_path / "pairs"), split="train")
+    ds = load_dataset(str(tmp_path / "pairs"), split="train", download_mode="force_redownload",
+                      verification_mode="no_checks")  # a cached build of an earlier test's pairs would answer
     assert len(ds) == 2 and set(ds["strategy"]) == {"inference"} and set(ds["ranker"]) == {"judge"}
     assert {"prompt", "chosen", "rejected", "strategy", "pair_id", "votes_for"} <= set(ds.column_names)
 
