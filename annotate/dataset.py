@@ -49,9 +49,10 @@ from .files import exclusive_lock, fsync_dir
 
 # How a pair was made, as in Audio-Alpaca: several inferences of the prompt, a rejected clip generated
 # from a perturbed prompt (an event dropped or replaced) or from a temporally perturbed one (order
-# changed), or annotators' rankings. Who ranked goes to ``ranker``.
+# changed), or annotators' rankings. Who ranked goes to ``ranker`` ("random": a baseline's picks, what
+# ranking at all is worth).
 STRATEGIES = ("inference", "perturbed", "temporal", "human")
-RANKERS = ("human", "judge", "clap", "reward")
+RANKERS = ("human", "judge", "clap", "reward", "random")
 
 FEATURES = Features({
     "prompt": Value("string"),
