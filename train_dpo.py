@@ -85,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--snr_gamma", type=float, default=None,
                        help="min-SNR-γ weighting of the denoising losses inside the preference loss (Tango: 5); off by default")
     group.add_argument("--beta_mapo", type=float, default=0.1, help="margin weight of MaPO")
+    group.add_argument("--timestep_range", type=int, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                       help="draw the training timesteps from [LOW, HIGH) only (e.g. 500 1000: the noisy steps where a "
+                            "clip's layout is set); validation still draws from all of them; default: all")
     group.add_argument("--sft_first_epochs", type=int, default=0,
                        help="epochs of plain fine-tuning on the chosen clips before --loss (Tango 2: 1)")
     group = parser.add_argument_group("optimisation")
@@ -118,6 +121,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--push_to_hub", action="store_true", help="upload the output to --hub_model_id")
     group.add_argument("--hub_model_id", default=None, help="owner/name of the model repo to push to")
     args = parser.parse_args(argv)
+    if args.timestep_range is not None and not 0 <= args.timestep_range[0] < args.timestep_range[1]:
+        parser.error(f"--timestep_range needs 0 <= LOW < HIGH, got {args.timestep_range}")
     if args.max_train_steps is not None and args.max_train_steps < 1:
         parser.error("--max_train_steps must be >= 1")
     if not 0.0 <= args.validation_fraction < 1.0:
@@ -415,8 +420,10 @@ def process_generator(seed: int, process_index: int, step: int) -> torch.Generat
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, process_index, step]).generate_state(1)[0]))
 
 
-def preference_step(loss_config, policy, reference, scheduler, batch, generator, device, autocast, with_reference=True):
-    """Loss, detached metrics and the noise drawn, for one batch: chosen and rejected share noise and timestep.
+def preference_step(loss_config, policy, reference, scheduler, batch, generator, device, autocast, with_reference=True,
+                    timestep_range: tuple[int, int] | None = None):
+    """Loss, detached metrics and the noise drawn, for one batch: chosen and rejected share noise and timestep
+    (drawn from ``timestep_range``, [low, high), or from all of the scheduler's).
 
     ``autocast`` is a context factory (``accelerator.autocast``): policy and reference run
     under the same one, so that with identical weights the margin is exactly 0. The reference
@@ -424,7 +431,8 @@ def preference_step(loss_config, policy, reference, scheduler, batch, generator,
     """
     latents_w, latents_l, embeds, masks = (x.to(device) for x in batch)
     noise = torch.randn(latents_w.shape, generator=generator).to(device)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents_w),), generator=generator).to(device)
+    low, high = timestep_range or (0, scheduler.config.num_train_timesteps)
+    timesteps = torch.randint(low, high, (len(latents_w),), generator=generator).to(device)
     both = lambda x: torch.cat([x, x])  # noqa: E731
     inputs = (torch.cat([latents_w, latents_l]), both(noise), both(timesteps), both(embeds), both(masks.bool()))
     with autocast():
@@ -646,6 +654,9 @@ def main(argv: list[str] | None = None) -> int:
                                        beta_mapo=args.beta_mapo, snr_gamma=args.snr_gamma,
                                        num_train_timesteps=noise_scheduler.config.num_train_timesteps)
     sft_config = PreferenceLossConfig("sft", beta_dpo=args.beta_dpo, snr_gamma=args.snr_gamma)
+    if args.timestep_range is not None and args.timestep_range[1] > noise_scheduler.config.num_train_timesteps:
+        raise SystemExit(f"error: --timestep_range {args.timestep_range}: the model has "
+                         f"{noise_scheduler.config.num_train_timesteps} training timesteps")
 
     # Data, encoded once (by the main process; the others read its cache).
     cache_dir = Path(args.cache_dir) if args.cache_dir else output_dir / "cache"
@@ -758,7 +769,8 @@ def main(argv: list[str] | None = None) -> int:
                 batch = collate(indices, cache, generator)
                 loss, metrics, noise = preference_step(step_config, policy, reference, noise_scheduler, batch,
                                                        generator, accelerator.device, accelerator.autocast,
-                                                       with_reference=loss_config.needs_reference)
+                                                       with_reference=loss_config.needs_reference,
+                                                       timestep_range=args.timestep_range)
                 first_noise = noise.flatten()[:4].sum().item() if first_noise is None else first_noise
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:

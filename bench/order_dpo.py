@@ -7,7 +7,8 @@ three events) with 8 candidates each and a narrow band (``--min-chosen-score 0.7
 --max-margin 0.5``): by the judge's score (recall x 0.5 for a wrong order / (1 + extra events)) the winner has its
 events in order and nothing extra, and the loser is the worst clip 0.25-0.5 below it, mostly the same events in
 the wrong order. DPO (β 2000, lr 1e-5, 2 epochs: held-out-prompt loss rose after the first in the earlier runs)
-starts once from ``tiny`` and once from the shipped ``tiny-dpo`` (a second round on top of its recall gain). Each
+starts from ``tiny``, from the shipped ``tiny-dpo`` (a second round on top of its recall gain), and from ``tiny``
+with training timesteps drawn from the noisy half only (``--timestep_range 500 1000``: where the layout is set). Each
 run is judged on 200 training-split validation prompts (``dpo_experiment.VALIDATION_SEED``), and on ``test`` and
 ``heldout`` prompts (``--eval-seed``), paired against ``tiny``. Stages resume; writes ``OUT/summary.json``.
 """
@@ -23,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from dpo_experiment import METRICS, VALIDATION_SEED, difference, evaluate, run, write_subsets  # noqa: E402  (bench/)
 
-STARTS = ("tiny", "tiny-dpo")
+# name -> (model it starts from, extra train_dpo.py flags)
+RUNS = {"from-tiny": ("tiny", []), "from-tiny-dpo": ("tiny-dpo", []),
+        "from-tiny-noisy-half": ("tiny", ["--timestep_range", "500", "1000"])}
 RECIPE = ["--loss", "dpo", "--beta_dpo", "2000", "--learning_rate", "1e-5", "--num_train_epochs", "2",
           "--train_batch_size", "4", "--lr_scheduler", "constant_with_warmup", "--lr_warmup_steps", "10",
           "--validation_fraction", "0.2", "--checkpointing_steps", "100000"]
@@ -41,26 +44,26 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = args.out / "merged" / "all"
     summary = {"pairs": counts, "runs": {}}
     seeds = {"val": VALIDATION_SEED, "test": args.eval_seed, "heldout": args.eval_seed}
-    for start in STARTS:
-        tuned = args.out / f"dpo-from-{start}"
+    for name, (start, flags) in RUNS.items():
+        tuned = args.out / f"dpo-{name}"
         if not (tuned / "model_index.json").is_file():
             run([sys.executable, "train_dpo.py", "--pretrained_model", start, "--dataset", str(dataset),
-                 "--output_dir", str(tuned), *RECIPE], args.out / f"train-from-{start}.log")
+                 "--output_dir", str(tuned), *RECIPE, *flags], args.out / f"train-{name}.log")
         metrics = json.loads((tuned / "train_metrics.json").read_text())
-        summary["runs"][start] = {"train_pairs": metrics["train_pairs"], "held_out_prompts": [
+        summary["runs"][name] = {"train_pairs": metrics["train_pairs"], "held_out_prompts": [
             {key: check[key] for key in ("epoch", "val_loss", "val_implicit_acc")} for check in metrics["validation"]]}
     for split in args.splits.split(","):
         prompts = "train" if split == "val" else split
         base = args.out / "eval" / f"{split}-tiny.json"
         evaluate("tiny", prompts, args.eval_n, seeds[split], base)
-        for start in STARTS:
-            report = evaluate(str(args.out / f"dpo-from-{start}"), prompts, args.eval_n, seeds[split],
-                              args.out / "eval" / f"{split}-from-{start}.json", compare=base)
-            summary["runs"][start][split] = {
+        for name in RUNS:
+            report = evaluate(str(args.out / f"dpo-{name}"), prompts, args.eval_n, seeds[split],
+                              args.out / "eval" / f"{split}-{name}.json", compare=base)
+            summary["runs"][name][split] = {
                 **{metric: report.get(metric) for metric in METRICS},
                 **{f"{metric}_minus_tiny": difference(report["compared_to"], metric) for metric in METRICS}}
-            print(f"{split:>8} from {start:>8}: " + "  ".join(
-                f"{metric} {summary['runs'][start][split][metric + '_minus_tiny']}"
+            print(f"{split:>8} {name:>20}: " + "  ".join(
+                f"{metric} {summary['runs'][name][split][metric + '_minus_tiny']}"
                 for metric in ("event_recall", "order_accuracy", "mean_score")), flush=True)
         (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     return summary

@@ -413,3 +413,43 @@ def test_a_non_finite_loss_stops_the_run_before_anything_is_saved(tmp_path, pair
         unet.weight[0, 0] = float("inf")
     with pytest.raises(train_dpo.TrainingDiverged, match="1 non-finite UNet weights: not saving best/"):
         train_dpo.check_finite_weights(unet, "best/")
+
+
+def test_timestep_range_draws_training_timesteps_inside_it_only(tmp_path):
+    import contextlib
+    from types import SimpleNamespace
+
+    import torch
+    from diffusers import DDPMScheduler
+
+    from losses import PreferenceLossConfig
+
+    seen = []
+
+    class RecordingUNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, noisy, timesteps, **conditioning):
+            seen.append(timesteps.clone())
+            return SimpleNamespace(sample=noisy * self.weight)
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    latents = torch.randn(64, 2, 4, 4)
+    batch = (latents, latents + 1, torch.zeros(64, 3, 8), torch.ones(64, 3))
+    unet = RecordingUNet()
+
+    def drawn(timestep_range):
+        seen.clear()
+        train_dpo.preference_step(PreferenceLossConfig("dpo"), unet, unet, scheduler, batch, torch.Generator().manual_seed(0),
+                                  "cpu", contextlib.nullcontext, timestep_range=timestep_range)
+        return torch.cat(seen)
+
+    noisy_half, every = drawn((500, 1000)), drawn(None)
+    assert noisy_half.min() >= 500 and noisy_half.max() <= 999
+    assert every.min() < 500 and every.max() <= 999  # by default the low half too
+    assert train_dpo.parse_args(["--dataset", "d", "--output_dir", "o", "--timestep_range", "500", "1000"]
+                                ).timestep_range == [500, 1000]
+    with pytest.raises(SystemExit):
+        train_dpo.parse_args(["--dataset", "d", "--output_dir", "o", "--timestep_range", "900", "100"])
