@@ -39,12 +39,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--eval-n", type=int, default=200)
     parser.add_argument("--eval-seed", type=int, default=424_242)
     parser.add_argument("--splits", default="val,test,heldout")
+    parser.add_argument("--runs", default=",".join(RUNS), help="which of the runs")
     args = parser.parse_args(argv)
+    runs = {name: RUNS[name] for name in args.runs.split(",")}
     counts = write_subsets(args.pairs, args.out / "merged", seed=0)["all"]
     dataset = args.out / "merged" / "all"
     summary = {"pairs": counts, "runs": {}}
     seeds = {"val": VALIDATION_SEED, "test": args.eval_seed, "heldout": args.eval_seed}
-    for name, (start, flags) in RUNS.items():
+    for name, (start, flags) in runs.items():
         tuned = args.out / f"dpo-{name}"
         if not (tuned / "model_index.json").is_file():
             run([sys.executable, "train_dpo.py", "--pretrained_model", start, "--dataset", str(dataset),
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
         prompts = "train" if split == "val" else split
         base = args.out / "eval" / f"{split}-tiny.json"
         evaluate("tiny", prompts, args.eval_n, seeds[split], base)
-        for name in RUNS:
+        for name in runs:
             report = evaluate(str(args.out / f"dpo-{name}"), prompts, args.eval_n, seeds[split],
                               args.out / "eval" / f"{split}-{name}.json", compare=base)
             summary["runs"][name][split] = {
