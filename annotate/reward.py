@@ -127,17 +127,28 @@ def sound_world_captions(n: int, *, contrasts: int = 3, seed: int = 0, through=N
     return CaptionedClips(groups, audio)
 
 
-def round_trip(pipe, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """16 kHz clips through ``pipe``'s VAE (the posterior's mode) and vocoder, as its generated clips are made."""
+def mode_latents(vae, waveforms: Sequence[np.ndarray]) -> "torch.Tensor":
+    """16 kHz clips' VAE latents, the posterior's mode times the scaling factor, (clips, channels, frames, bins):
+    log-mel frames for the longest clip, rounded up to what the VAE downsamples by."""
     import torch
 
     from pipeline.audio import TANGO_MEL, wav_to_fbank
 
-    frames = math.ceil(max(len(w) for w in waveforms) / TANGO_MEL.hop_length)
-    fbank, _, _ = wav_to_fbank([np.asarray(w, np.float32) for w in waveforms], target_length=frames)
+    frames_per_latent = 2 ** (len(vae.config.block_out_channels) - 1)
+    frames = math.ceil(max(len(w) for w in waveforms) / TANGO_MEL.hop_length / frames_per_latent) * frames_per_latent
+    fbank, _, _ = wav_to_fbank([np.asarray(w, np.float32) for w in waveforms],
+                               target_length=max(frames, frames_per_latent))
     with torch.no_grad():
-        latents = pipe.vae.encode(fbank.unsqueeze(1).to(pipe.vae.dtype)).latent_dist.mode()
-        audio = pipe.mel_spectrogram_to_waveform(pipe.decode_latents(latents * pipe.vae.config.scaling_factor))
+        latents = vae.encode(fbank.unsqueeze(1).to(vae.dtype)).latent_dist.mode()
+    return latents.float() * float(vae.config.scaling_factor)
+
+
+def round_trip(pipe, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """16 kHz clips through ``pipe``'s VAE (the posterior's mode) and vocoder, as its generated clips are made."""
+    import torch
+
+    with torch.no_grad():
+        audio = pipe.mel_spectrogram_to_waveform(pipe.decode_latents(mode_latents(pipe.vae, waveforms)))
     return [clip[:len(w)].numpy() for clip, w in zip(audio.float(), waveforms)]
 
 
@@ -290,17 +301,7 @@ class PreferenceModel:
 
     def audio_features(self, waveform: np.ndarray) -> "torch.Tensor":
         """A 16 kHz clip's VAE latent (mode of the posterior, times the scaling factor) as (frames, channels x bins)."""
-        import torch
-
-        from pipeline.audio import TANGO_MEL, wav_to_fbank
-
-        frames_per_latent = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        frames = math.ceil(len(waveform) / TANGO_MEL.hop_length / frames_per_latent) * frames_per_latent
-        fbank, _, _ = wav_to_fbank(np.asarray(waveform, np.float32), target_length=max(frames, frames_per_latent))
-        with torch.no_grad():
-            latent = self.vae.encode(fbank.unsqueeze(1).to(self.vae.dtype)).latent_dist.mode()
-        latent = latent.float()[0] * float(self.vae.config.scaling_factor)  # (channels, frames, bins)
-        return latent.permute(1, 0, 2).flatten(1)
+        return mode_latents(self.vae, [waveform])[0].permute(1, 0, 2).flatten(1)
 
     def text_features(self, prompt: str) -> "torch.Tensor":
         """The prompt's hidden states from the pipeline's text encoder, (tokens, width)."""
@@ -546,7 +547,6 @@ def pretrain_preference_model(captions: CaptionedClips, *, base: str = "tiny", s
     Validation holds out whole captions; its accuracy is the share of held-out clips that outscore all their
     contrasts for their caption. Fine-tune on rankings with ``train_preference_model(init=...)``."""
     import torch
-    import torch.nn.functional as F
 
     from train_dpo import split_validation
 

@@ -22,14 +22,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from dpo_experiment import METRICS, VALIDATION_SEED, difference, evaluate, run, write_subsets  # noqa: E402  (bench/)
+from dpo_experiment import COMMON, METRICS, VALIDATION_SEED, difference, evaluate, run, write_subsets  # noqa: E402
 
 # name -> (model it starts from, extra train_dpo.py flags)
 RUNS = {"from-tiny": ("tiny", []), "from-tiny-dpo": ("tiny-dpo", []),
         "from-tiny-noisy-half": ("tiny", ["--timestep_range", "500", "1000"])}
-RECIPE = ["--loss", "dpo", "--beta_dpo", "2000", "--learning_rate", "1e-5", "--num_train_epochs", "2",
-          "--train_batch_size", "4", "--lr_scheduler", "constant_with_warmup", "--lr_warmup_steps", "10",
-          "--validation_fraction", "0.2", "--checkpointing_steps", "100000"]
+# the DPO experiment's recipe with 2 epochs instead of 4 (argparse keeps the last value of a repeated flag)
+RECIPE = [*COMMON, "--num_train_epochs", "2", "--loss", "dpo", "--beta_dpo", "2000"]
 
 
 def main(argv: list[str] | None = None) -> dict:
