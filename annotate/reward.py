@@ -34,7 +34,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -94,11 +94,12 @@ class CaptionedClips:
         return list(dict.fromkeys(g.prompt for g in self.groups))
 
 
-def sound_world_captions(n: int, *, contrasts: int = 3, seed: int = 0, through=None,
-                         through_share: float = 1.0) -> CaptionedClips:
+def sound_world_captions(n: int, *, contrasts: int = 3, seed: int = 0, through=None, through_share: float = 1.0,
+                         exclude: Collection[str] = ()) -> CaptionedClips:
     """``n`` training-split prompts of the sound world rendered (the kind of captioned clips the generator was
     trained on), each with clips of up to ``contrasts`` of its perturbations, a reordering first where there is
-    one. Only the renderer and the prompts' own words are used: no judge. ``through`` (a ``TangoPipeline``)
+    one; the prompts in ``exclude`` (those a model will be evaluated on) are left out. Only the renderer and the
+    prompts' own words are used: no judge. ``through`` (a ``TangoPipeline``)
     passes clips (a random ``through_share`` of them) through that pipeline's VAE and vocoder, so that they carry
     the artifacts of the clips it generates, which the model will rank (``round_trip``)."""
     from soundworld import render, sample_prompts
@@ -114,6 +115,8 @@ def sound_world_captions(n: int, *, contrasts: int = 3, seed: int = 0, through=N
         return key
 
     for prompt in dict.fromkeys(sample_prompts("train", n, seed)):
+        if prompt in exclude:
+            continue
         options = perturb(prompt, seed=int(rng.integers(2**31)))
         temporal = [p for p in options if p.strategy == "temporal"][:1]
         others = [p for p in options if p not in temporal]

@@ -26,7 +26,15 @@ from dpo_experiment import COMMON, METRICS, VALIDATION_SEED, difference, evaluat
 
 # name -> (model it starts from, extra train_dpo.py flags)
 RUNS = {"from-tiny": ("tiny", []), "from-tiny-dpo": ("tiny-dpo", []),
-        "from-tiny-noisy-half": ("tiny", ["--timestep_range", "500", "1000"])}
+        "from-tiny-noisy-half": ("tiny", ["--timestep_range", "500", "1000"]),
+        # the winners alone (best-of-8 distillation), and DPO anchored on them (CRPO, λ relative to β)
+        "sft-from-tiny": ("tiny", ["--loss", "sft", "--learning_rate", "5e-5"]),
+        "crpo-from-tiny": ("tiny", ["--loss", "crpo"]),
+        "crpo-from-tiny-dpo": ("tiny-dpo", ["--loss", "crpo"]),
+        # as many steps as from-tiny, 4x the pairs per step: less noise in each update
+        "dpo-batch-16": ("tiny", ["--gradient_accumulation_steps", "4", "--num_train_epochs", "8"]),
+        "dpo-beta-500": ("tiny", ["--beta_dpo", "500"]), "dpo-beta-100": ("tiny", ["--beta_dpo", "100"]),
+        "dpo-min-snr-5": ("tiny", ["--snr_gamma", "5"])}
 # the DPO experiment's recipe with 2 epochs instead of 4 (argparse keeps the last value of a repeated flag)
 RECIPE = [*COMMON, "--num_train_epochs", "2", "--loss", "dpo", "--beta_dpo", "2000"]
 

@@ -17,6 +17,7 @@
 
 With ``--pretrain M`` the head first learns from M rendered training-split captions, each against clips of its
 perturbed captions (``annotate.reward.pretrain_preference_model``: captioned audio, as CLAP learned, and no judge;
+the held-out prompts are never among the captions;
 ``--pretrain-round-trip`` passes that share of the clips through tiny's VAE and vocoder), saved to
 ``--out``/pretrained-M-SHARE and reused; its accuracy before any ranking is the curve's point 0, and every point
 fine-tunes from it at ``--learning-rate``.
@@ -184,7 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
     if len(unique) < args.prompts + args.eval_prompts:
         raise SystemExit(f"only {len(unique)} distinct training-split prompts for seed {args.seed}")
     train = generate(unique[:args.prompts], args.out, "train", args.steps, args.seed * 1_000_003)
-    held = generate(unique[len(unique) - args.eval_prompts:], args.out, "eval", args.steps,  # from the other end
+    evaluated = unique[len(unique) - args.eval_prompts:]  # from the other end
+    held = generate(evaluated, args.out, "eval", args.steps,
                     args.seed * 1_000_003 + 500_000_000)
     if args.generate_only:
         return {}
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
 
             through = load_pipeline("tiny", device="cpu") if args.pretrain_round_trip else None
             captions = sound_world_captions(args.pretrain, seed=args.seed, through=through,
-                                            through_share=args.pretrain_round_trip)
+                                            through_share=args.pretrain_round_trip, exclude=set(evaluated))
             pretrain_preference_model(captions, base="tiny", seed=args.seed, epochs=args.pretrain_epochs,
                                       **head).save_pretrained(folder)
         pretrained, head = PreferenceModel.from_pretrained(folder), {}

@@ -132,6 +132,9 @@ def test_sound_world_captions_contrast_each_clip_with_clips_of_its_perturbed_cap
         assert reordered[:1] == [any(p.strategy == "temporal" for p in options)] and not any(reordered[1:])
         for key in (group.clip, *(clip for _, clip in group.contrasts)):
             assert captions.audio[key].std() > 0
+    evaluated = set(captions.prompts[::3])  # prompts a model will be evaluated on are never captions
+    assert sound_world_captions(12, contrasts=3, seed=5, exclude=evaluated).prompts == [
+        prompt for prompt in captions.prompts if prompt not in evaluated]
 
 
 def test_captioned_clips_through_the_generators_vae_and_vocoder_keep_their_events():
