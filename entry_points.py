@@ -8,11 +8,22 @@ heavy imports already wait for the subcommand.)
 """
 
 import runpy
+import sys
+from pathlib import Path
+
+COMMAND_PREFIX = "tango-"
+
+
+def program_name(from_source: str) -> str:
+    """What ``--help`` calls the program: the console command that started it, else ``from_source``
+    (e.g. "python app.py")."""
+    name = Path(sys.argv[0]).name
+    return name if name.startswith(COMMAND_PREFIX) else from_source
 
 
 def studio() -> None:
-    runpy.run_module("app", run_name="__main__", alter_sys=True)
+    runpy.run_module("app", run_name="__main__")  # sys.argv[0] stays the command: --help names it
 
 
 def train_dpo() -> None:
-    runpy.run_module("train_dpo", run_name="__main__", alter_sys=True)
+    runpy.run_module("train_dpo", run_name="__main__")  # sys.argv[0] stays the command: --help names it

@@ -1,7 +1,7 @@
 """The project installs as a package (`pip install .`): built offline from pyproject.toml and installed into a folder
 of its own, it works from a folder outside the repository: the README's Python snippet loads the embedded `tiny`
 model from inside the package, the console commands answer --help before anything heavy loads, and the
-requirements are requirements.txt's pins."""
+requirements are requirements.txt's pins (the test tools an extra)."""
 
 import importlib.util
 import os
@@ -52,7 +52,7 @@ def copy_build_inputs(target: Path) -> Path:
     folders = {name.split(".")[0] for name in setuptools["packages"]} | set(setuptools["package-dir"].values())
     for folder in folders:
         shutil.copytree(REPO / folder, target / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ["pyproject.toml", "README.md", "requirements.txt", *(f"{m}.py" for m in setuptools["py-modules"])]:
+    for name in ["pyproject.toml", "README.md", "requirements.txt", "requirements-test.txt", *(f"{m}.py" for m in setuptools["py-modules"])]:
         shutil.copy2(REPO / name, target / name)
     return target
 
@@ -88,12 +88,17 @@ def test_the_readme_snippet_runs_outside_the_repository_with_the_packaged_model(
 def test_console_commands_answer_help_before_anything_heavy_loads(installed, tmp_path, command):
     finished = run_outside(installed, tmp_path, "-c", RUN_AND_LIST_IMPORTS, str(installed / "bin" / command), "--help")
     assert finished.returncode == 0, finished.stderr[-3000:]
-    assert finished.stdout.startswith("usage:") and finished.stdout.splitlines()[-1] == "exit 0 heavy []"
+    assert finished.stdout.startswith(f"usage: {command} ") and finished.stdout.splitlines()[-1] == "exit 0 heavy []"
 
 
-def test_the_package_requires_the_pins_of_requirements_txt(installed):
+def test_the_package_requires_the_pins_of_requirements_txt_and_the_test_tools_only_as_an_extra(installed):
     [metadata] = installed.glob("tango_dpo_studio-*.dist-info/METADATA")
     required = {line.removeprefix("Requires-Dist: ") for line in metadata.read_text().splitlines()
                 if line.startswith("Requires-Dist: ")}
-    pins = {line for line in (REPO / "requirements.txt").read_text().splitlines() if line and not line.startswith("#")}
-    assert required == pins and "torch==2.13.0" in required
+
+    def pins(name: str) -> set[str]:
+        return {line for line in (REPO / name).read_text().splitlines() if line and not line.startswith("#")}
+
+    test_tools = {f'{pin}; extra == "test"' for pin in pins("requirements-test.txt")}
+    assert required == pins("requirements.txt") | test_tools and "torch==2.13.0" in required
+    assert not any(pin.startswith(("pytest", "playwright")) for pin in pins("requirements.txt"))
