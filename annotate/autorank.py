@@ -67,7 +67,7 @@ STRATEGIES = ("inference", "perturbed", "temporal")
 class JudgeRanker:
     """The sound world's judge: how well each clip follows its prompt, in [0, 1]."""
 
-    name = "judge"
+    name = identity = "judge"
 
     def __call__(self, waveforms: np.ndarray, sample_rate: int, prompt: str) -> list[float]:
         from soundworld import judge
@@ -92,6 +92,11 @@ class ClapRanker:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(ClapModel.from_pretrained(model_id), AutoTokenizer.from_pretrained(model_id),
                    ClapFeatureExtractor.from_pretrained(model_id), device)
+
+    @property
+    def identity(self) -> str:
+        """Who scored, as the store records it: the checkpoint."""
+        return f"clap:{self.model.name_or_path}"
 
     def __call__(self, waveforms: np.ndarray, sample_rate: int, prompt: str) -> list[float]:
         import torch
@@ -272,23 +277,28 @@ def autorank_pairs(
 
 
 def score_unscored(store: Store, ranker: Callable[[np.ndarray, int, str], list[float]]) -> int:
-    """Give every stored clip without an ``auto_score`` the ranker's score; return how many were scored.
+    """Give every stored clip the ranker has not scored its ``auto_score``; return how many were scored.
 
     What ``Store(informative_first=True)`` orders tasks by, and what the automatic verdict
-    ranks with. A clip whose prompt the ranker cannot read (a judge given a prompt outside
-    the sound world) stays unscored.
+    ranks with. A ranker's ``identity`` (the judge, a CLAP checkpoint, a preference model's
+    weights) is stored with each score, so the scores of a ranker since replaced (a retrained
+    preference model) are recomputed, never mixed with the new one's. A clip whose prompt the
+    ranker cannot read (a judge given a prompt outside the sound world) is left unscored.
     """
+    identity = getattr(ranker, "identity", None)
     scored = 0
     for clip in store.candidates().values():
-        if clip.auto_score is not None:
+        if clip.auto_score is not None and clip.auto_scorer == identity:
             continue
         samples, rate = decode_wav(Path(clip.audio_path).read_bytes())
         try:
             [score] = ranker(samples[None, :], rate, clip.prompt)
         except ValueError as err:  # soundworld.PromptError and friends
             logger.info("clip %s left unscored: %s", clip.id, err)
+            if clip.auto_score is not None:  # another ranker's score
+                store.set_auto_score(clip.id, None)
             continue
-        store.set_auto_score(clip.id, score)
+        store.set_auto_score(clip.id, score, identity)
         scored += 1
     return scored
 

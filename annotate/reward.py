@@ -290,6 +290,18 @@ class PreferenceModel:
         self.head, self.tokenizer, self.text_encoder, self.vae = head.eval(), tokenizer, text_encoder.eval(), vae.eval()
         self.report = report
 
+    @property
+    def identity(self) -> str:
+        """Who scored, as the store records it: a digest of the weights, so a retrained model is another scorer."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for module in (self.head, self.text_encoder, self.vae):
+            for name, tensor in module.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        return f"reward:{digest.hexdigest()[:16]}"
+
     @classmethod
     def untrained(cls, base: str = "tiny", **head_config) -> "PreferenceModel":
         """A fresh head over the encoders of the pipeline ``base`` names (a spec or a folder)."""

@@ -164,4 +164,9 @@ MIGRATIONS: list[tuple[str, ...]] = [
                         AND r.id NOT IN (SELECT ranking_id FROM vote_undos))
            BEGIN SELECT RAISE(ABORT, 'an assignment holds one standing vote: undo it first'); END""",
     ),
+    (
+        # who gave a clip its auto_score (JudgeRanker, ClapRanker, a PreferenceModel's weights: their `identity`),
+        # so that a replaced ranker's scores are recomputed; NULL for scores stored before it was recorded
+        "ALTER TABLE candidates ADD COLUMN auto_scorer TEXT",
+    ),
 ]

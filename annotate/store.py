@@ -138,6 +138,7 @@ class Candidate:
     sample_rate: int
     auto_score: float | None
     latent_fingerprint: str | None = None  # the clip's sampled latent is stored beside its audio
+    auto_scorer: str | None = None  # the `identity` of the ranker that gave auto_score
 
     @property
     def latent_path(self) -> str | None:
@@ -426,15 +427,17 @@ class Store:
         return {row[0]: self._candidate(row) for row in rows}
 
     def _candidate(self, row: tuple) -> Candidate:
-        public_id, prompt, model, seed, steps, guidance, sha, duration, rate, score, fingerprint = row
+        public_id, prompt, model, seed, steps, guidance, sha, duration, rate, score, fingerprint, scorer = row
         return Candidate(public_id, prompt, model, seed, steps, guidance, sha,
-                         str(clip_path(self.audio_dir, sha)), duration, rate, score, fingerprint)
+                         str(clip_path(self.audio_dir, sha)), duration, rate, score, fingerprint, scorer)
 
-    def set_auto_score(self, candidate_id: str, score: float) -> None:
-        """Attach an automatic (judge/CLAP) score to a clip; used by ``informative_first``."""
-        score = check_float(score, "score")
+    def set_auto_score(self, candidate_id: str, score: float | None, scorer: str | None = None) -> None:
+        """Attach an automatic (judge/CLAP/preference model) score to a clip, and who gave it (a ranker's
+        ``identity``); ``None`` removes it. Used by the automatic verdict and ``informative_first``."""
+        score = None if score is None else check_float(score, "score")
         with self._write() as db:
-            updated = db.execute("UPDATE candidates SET auto_score = ? WHERE public_id = ?", (score, candidate_id)).rowcount
+            updated = db.execute("UPDATE candidates SET auto_score = ?, auto_scorer = ? WHERE public_id = ?",
+                                 (score, scorer, candidate_id)).rowcount
             if not updated:
                 raise InvalidInput(f"`candidate_id` {preview(candidate_id)} is not a stored clip")
 
@@ -852,7 +855,7 @@ _LAST_VOTE_SQL = """SELECT MAX(r.id) FROM rankings r JOIN assignments a ON a.id 
                     JOIN annotators n ON n.id = a.annotator_id WHERE n.name = ?"""
 
 _CANDIDATE_SQL = """SELECT c.public_id, p.text, c.model, c.seed, c.steps, c.guidance, c.sha256,
-                           c.duration_s, c.sample_rate, c.auto_score, c.latent_fingerprint
+                           c.duration_s, c.sample_rate, c.auto_score, c.latent_fingerprint, c.auto_scorer
                     FROM candidates c JOIN prompts p ON p.id = c.prompt_id"""
 
 _OPEN_ASSIGNMENT_SQL = """SELECT a.task_id, a.shown_order FROM open_assignments o

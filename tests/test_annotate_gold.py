@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from annotate import InvalidInput, InvalidVote, Store
 from annotate.autorank import score_unscored
+from annotate.clips import decode_wav
 from annotate.export import export_human_pairs
 from annotate.gold import GOLD_TRUTH_MODEL, add_gold_tasks, gold_accuracy
 from annotate.stats import dataset_stats
@@ -162,3 +164,32 @@ def test_informative_first_hands_out_the_tasks_the_ranker_is_least_sure_about(tm
         order.append(task.prompt)
         store.submit("ann", task.id, skip=True)
     assert order == ["prompt 2", "prompt 0", "prompt 1"]  # smallest score margin first, unscored last
+
+
+class NamedRanker:
+    """A ranker with an identity, as the judge, CLAP and preference models have: scores the clip's loudness."""
+
+    def __init__(self, identity: str, scale: float, unreadable: str):
+        self.identity, self.scale, self.unreadable = identity, scale, unreadable
+
+    def __call__(self, waveforms, rate, prompt):
+        if prompt == self.unreadable:
+            raise ValueError("cannot read this prompt")
+        return [self.scale * float(np.abs(w).mean()) for w in waveforms]
+
+
+def test_a_replaced_ranker_rescores_every_clip_and_keeps_none_of_the_old_scores(tmp_path):
+    store = Store(tmp_path / "data", informative_first=True)
+    make_tasks(store, 3)
+    assert score_unscored(store, NamedRanker("old", 1.0, unreadable="prompt 2")) == 4
+    assert score_unscored(store, NamedRanker("old", 1.0, unreadable="prompt 2")) == 0
+    # A new ranker (a retrained preference model) that cannot read prompt 0: its clips lose the old scores.
+    assert score_unscored(store, NamedRanker("new", 5.0, unreadable="prompt 0")) == 4
+    for clip in store.candidates().values():
+        if clip.prompt == "prompt 0":
+            assert clip.auto_score is None
+        else:
+            samples, _ = decode_wav(Path(clip.audio_path).read_bytes())
+            assert clip.auto_scorer == "new" and clip.auto_score == pytest.approx(5.0 * np.abs(samples).mean())
+    reopened = Store(tmp_path / "data")  # the scorer is stored, not remembered
+    assert score_unscored(reopened, NamedRanker("new", 5.0, unreadable="prompt 0")) == 0

@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 import annotate.autorank as autorank
 from annotate import Store
@@ -213,6 +214,20 @@ def test_the_app_ranks_with_the_owners_preference_model_and_says_what_it_learned
         assert len(scores) == 72 and all(score is not None for score in scores)
         summary = studio.ranker_summary()
         assert "preference model trained" in summary and "on 48 comparisons (24 prompts" in summary
+        first_scorer = studio.ranker.identity
+    finally:
+        studio.close()
+    # The owner retrains the model: the next start rescores every clip with it, no score of the old one is kept.
+    assert main(["train", "--data-dir", str(ranked_store.data_dir), "--out", str(tmp_path / "m2"), "--epochs", "1",
+                 "--seed", "1"]) == 0
+    config = parse_config(["--data-dir", str(data), "--reward-model", str(tmp_path / "m2")], {})
+    studio = Studio(config, models=[LoadedModel("base", "Base", "none-a", None, "not loaded in this test")])
+    try:
+        clips = list(studio.store.candidates().values())
+        assert studio.ranker.identity != first_scorer
+        assert {clip.auto_scorer for clip in clips} == {studio.ranker.identity}
+        samples, rate = sf.read(clips[0].audio_path, dtype="float32")
+        assert clips[0].auto_score == pytest.approx(studio.ranker(samples[None], rate, clips[0].prompt)[0], abs=1e-5)
     finally:
         studio.close()
     with pytest.raises(SystemExit):
