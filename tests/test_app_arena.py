@@ -156,6 +156,22 @@ def test_a_vote_that_named_the_models_cannot_be_undone(studio):
         studio.annotation.reveal("ann", task.task_id)
 
 
+def test_a_vote_the_public_results_count_cannot_be_undone(studio):
+    """Results publish in batches so that no one vote's effect shows; an undo of a published vote would show it."""
+    studio.config = replace(studio.config, leaderboard_every=2)
+    first = app.vote(studio, "ann", loaded(studio, "ann").task_id, None, "a_better")
+    assert app.undo(studio, "ann")["vote_id"] == first["vote_id"]  # not published yet: a batch needs two
+    app.vote(studio, "ann", loaded(studio, "ann").task_id, None, "b_better")
+    before = app.public_leaderboard(studio)
+    app.vote(studio, "bo", loaded(studio, "bo").task_id, None, "a_better")  # completes the batch
+    published = app.public_leaderboard(studio)
+    assert published != before
+    for name in ("ann", "bo"):
+        with pytest.raises(gr.Error, match="already counted in the published results, so it stays"):
+            app.undo(studio, name)
+    assert len(studio.store.rankings()) == 2 and app.public_leaderboard(studio) == published
+
+
 def test_gold_accuracy_shows_only_where_the_owner_allows_it(studio):
     ids = [studio.store.add_candidate("a check", tone(300 + 400 * i), model=f"gold {i}", seed=i, steps=1,
                                       guidance=0.0, sample_rate=SAMPLE_RATE).id for i in range(2)]
