@@ -20,10 +20,10 @@ import sys
 from contextlib import suppress
 from pathlib import Path
 
-from entry_points import program_name
-
 from .store import DB_NAME, Store
 from .validation import InvalidInput
+
+PROG = "python -m annotate"  # the console command tango-annotate puts its own name here (entry_points.py)
 
 
 def _read_prompts(path: str) -> list[str]:
@@ -114,7 +114,7 @@ def stats(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     shows_defaults = argparse.ArgumentDefaultsHelpFormatter
-    parser = argparse.ArgumentParser(prog=program_name("python -m annotate"), description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
                                      formatter_class=shows_defaults)
     commands = parser.add_subparsers(dest="command", required=True)
 

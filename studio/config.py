@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from annotate.store import EXPORT_DIR
-from entry_points import program_name
 from pipeline.specs import DEFAULT_DPO_SPEC, DEFAULT_SPEC  # torch-free: the flags are read before torch loads
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -105,9 +104,12 @@ _SWITCHES = {"reveal_models", "show_gold_accuracy", "informative_first", "allow_
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
+PROG = "python app.py"  # the console command tango-studio puts its own name here (entry_points.py)
+
+
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=program_name("python app.py"), description="Tango DPO Studio: side-by-side demo, blind ranking, dataset admin.",
+        prog=PROG, description="Tango DPO Studio: side-by-side demo, blind ranking, dataset admin.",
         epilog="Every flag falls back to the environment variable named in its help, then to its default "
                "(shown: the variable's value where it is set).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
