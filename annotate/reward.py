@@ -292,14 +292,16 @@ class PreferenceModel:
 
     @property
     def identity(self) -> str:
-        """Who scored, as the store records it: a digest of the weights, so a retrained model is another scorer."""
+        """Who scored, as the store records it: a digest of the head's weights (a retrained model is another
+        scorer) and of the frozen encoders' configurations (hashing their weights would take seconds for Tango's)."""
         import hashlib
 
         digest = hashlib.sha256()
-        for module in (self.head, self.text_encoder, self.vae):
-            for name, tensor in module.state_dict().items():
-                digest.update(name.encode())
-                digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        for module in (self.text_encoder, self.vae):
+            digest.update(repr(module.config).encode())
+        for name, tensor in self.head.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
         return f"reward:{digest.hexdigest()[:16]}"
 
     @classmethod
