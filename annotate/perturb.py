@@ -139,6 +139,32 @@ def sound_world_perturbations(parsed: ParsedPrompt, rng: np.random.Generator) ->
     ]
 
 
+def added_events(prompt: str, *, seed: int = 0) -> list[Perturbation]:
+    """A sound-world prompt with one event of another type added, at each place in time ("perturbed": a clip of it
+    has an event the prompt never asked for, the commonest fault of generated clips); none for three types or a
+    prompt outside the sound world. Not among ``perturb``'s: Tango 2 removed and replaced events, never added."""
+    try:
+        parsed = parse(prompt)
+    except PromptError:
+        return []
+    rng = np.random.default_rng(seed)
+    return [Perturbation("perturbed", _write(changed, parsed, rng), change) for changed, change in _additions(parsed.events, rng)]
+
+
+def _additions(events: Events, rng: np.random.Generator) -> Iterator[tuple[Events, str]]:
+    """One type (drawn by ``rng``) not in the prompt, on the same side of the held-out line, put before, between and
+    after the events, within the grammar's limits."""
+    types = [name for name, _ in events]
+    if len(types) >= 3 or sum(count for _, count in events) >= MAX_INSTANCES:
+        return
+    candidates = [other for other in EVENT_TYPES if other not in types and is_heldout([*types, other]) == is_heldout(types)]
+    if not candidates:
+        return
+    other = str(rng.choice(candidates))
+    for index in range(len(events) + 1):
+        yield events[:index] + ((other, 1),) + events[index:], f"added {_display(other)}"
+
+
 def _drops(events: Events) -> Iterator[tuple[Events, str]]:
     if len(events) < 2:
         return
@@ -196,7 +222,7 @@ def _write(events: Events, original: ParsedPrompt, rng: np.random.Generator) -> 
     elif len(events) == len(original.events):
         construction = original.construction
     else:
-        construction = "then"
+        construction = "three_event" if len(events) == 3 else "then"
     in_training = not is_heldout(original.types) and not in_test_split(original.text)
     for _ in range(WORDING_ATTEMPTS):
         text = compose(list(events), construction, rng)

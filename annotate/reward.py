@@ -95,16 +95,18 @@ class CaptionedClips:
 
 
 def sound_world_captions(n: int, *, contrasts: int = 3, seed: int = 0, through=None, through_share: float = 1.0,
-                         exclude: Collection[str] = ()) -> CaptionedClips:
+                         exclude: Collection[str] = (), added_event: bool = False) -> CaptionedClips:
     """``n`` training-split prompts of the sound world rendered (the kind of captioned clips the generator was
     trained on), each with clips of up to ``contrasts`` of its perturbations, a reordering first where there is
-    one; the prompts in ``exclude`` (those a model will be evaluated on) are left out. Only the renderer and the
+    one, then with ``added_event`` one with an event added (``annotate.perturb.added_events``: what generated clips
+    get wrong most, an event nobody asked for); the prompts in ``exclude`` (those a model will be evaluated on) are
+    left out. Only the renderer and the
     prompts' own words are used: no judge. ``through`` (a ``TangoPipeline``)
     passes clips (a random ``through_share`` of them) through that pipeline's VAE and vocoder, so that they carry
     the artifacts of the clips it generates, which the model will rank (``round_trip``)."""
     from soundworld import render, sample_prompts
 
-    from .perturb import perturb
+    from .perturb import added_events, perturb
 
     rng = np.random.default_rng(seed)
     groups, audio = [], {}
@@ -118,9 +120,12 @@ def sound_world_captions(n: int, *, contrasts: int = 3, seed: int = 0, through=N
         if prompt in exclude:
             continue
         options = perturb(prompt, seed=int(rng.integers(2**31)))
-        temporal = [p for p in options if p.strategy == "temporal"][:1]
-        others = [p for p in options if p not in temporal]
-        chosen = temporal + [others[i] for i in rng.permutation(len(others))[:contrasts - len(temporal)]]
+        first = [p for p in options if p.strategy == "temporal"][:1]
+        if added_event:
+            added = added_events(prompt, seed=int(rng.integers(2**31)))
+            first += [added[rng.integers(len(added))]] if added else []
+        others = [p for p in options if p not in first]
+        chosen = (first + [others[i] for i in rng.permutation(len(others))])[:contrasts]
         groups.append(CaptionGroup(prompt, clip(prompt), [(p.prompt, clip(p.prompt)) for p in chosen]))
     if through is not None:
         keys = [key for key in audio if rng.random() < through_share]
@@ -659,6 +664,8 @@ def main(argv: list[str] | None = None) -> int:
         help="sound world: learn which clip goes with which caption from rendered clips before any ranking")
     pretrain.add_argument("--world", type=int, required=True, help="training-split captions to render")
     pretrain.add_argument("--contrasts", type=int, default=3, help="clips of perturbed captions per caption")
+    pretrain.add_argument("--added-event", action="store_true",
+                          help="one contrast of each caption has an event added (what generated clips get wrong most)")
     pretrain.add_argument("--base", default="tiny", help="the pipeline whose VAE and text encoder the model reads through")
     pretrain.add_argument("--out", required=True, help="folder for the model (train on rankings with --init OUT)")
     pretrain.add_argument("--epochs", type=int, default=10)
@@ -666,7 +673,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "pretrain":
-            model = pretrain_preference_model(sound_world_captions(args.world, contrasts=args.contrasts, seed=args.seed),
+            model = pretrain_preference_model(sound_world_captions(args.world, contrasts=args.contrasts, seed=args.seed,
+                                                                   added_event=args.added_event),
                                               base=args.base, epochs=args.epochs, seed=args.seed)
             model.save_pretrained(args.out)
             print(f"pretrained on {model.report.source}; held-out captions: their clip first "

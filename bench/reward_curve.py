@@ -18,8 +18,9 @@
 With ``--pretrain M`` the head first learns from M rendered training-split captions, each against clips of its
 perturbed captions (``annotate.reward.pretrain_preference_model``: captioned audio, as CLAP learned, and no judge;
 the held-out prompts are never among the captions;
-``--pretrain-round-trip`` passes that share of the clips through tiny's VAE and vocoder), saved to
-``--out``/pretrained-M-SHARE and reused; its accuracy before any ranking is the curve's point 0, and every point
+``--pretrain-round-trip`` passes that share of the clips through tiny's VAE and vocoder; ``--pretrain-added-event``
+makes one contrast of each caption a clip with an event added), saved to ``--out``/pretrained-M-SHARE[-added] and
+reused; its accuracy before any ranking is the curve's point 0, and every point
 fine-tunes from it at ``--learning-rate``.
 
 Writes ``--out``/curve.json (``--name``) and prints a table. ``--width``, ``--dropout``, ``--weight-decay`` and
@@ -174,6 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--name", default="curve", help="results go to OUT/NAME.json and OUT/NAME-model-<N>")
     parser.add_argument("--pretrain", type=int, default=0, help="rendered captions to pretrain the head on first")
     parser.add_argument("--pretrain-epochs", type=int, default=10)
+    parser.add_argument("--pretrain-added-event", action="store_true",
+                        help="one contrast of each caption has an event added (annotate.perturb.added_events)")
     parser.add_argument("--pretrain-round-trip", type=float, default=0.0,
                         help="share of the rendered clips passed through tiny's VAE and vocoder")
     parser.add_argument("--seed", type=int, default=11)
@@ -201,13 +204,15 @@ def main(argv: list[str] | None = None) -> dict:
     head = {"width": args.width, "dropout": args.dropout}
     pretrained = None
     if args.pretrain:
-        folder = args.out / f"pretrained-{args.pretrain}-{args.pretrain_round_trip:g}"
+        folder = args.out / (f"pretrained-{args.pretrain}-{args.pretrain_round_trip:g}"
+                             + ("-added" if args.pretrain_added_event else ""))
         if not (folder / "reward").is_dir():
             from pipeline import load_pipeline
 
             through = load_pipeline("tiny", device="cpu") if args.pretrain_round_trip else None
             captions = sound_world_captions(args.pretrain, seed=args.seed, through=through,
-                                            through_share=args.pretrain_round_trip, exclude=set(evaluated))
+                                            through_share=args.pretrain_round_trip, exclude=set(evaluated),
+                                            added_event=args.pretrain_added_event)
             pretrain_preference_model(captions, base="tiny", seed=args.seed, epochs=args.pretrain_epochs,
                                       **head).save_pretrained(folder)
         pretrained, head = PreferenceModel.from_pretrained(folder), {}

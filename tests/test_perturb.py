@@ -11,6 +11,7 @@ from annotate.perturb import (
     COUNTABLE_SOURCES,
     STRATEGIES,
     Perturbation,
+    added_events,
     load_perturbations,
     main,
     perturb,
@@ -87,6 +88,25 @@ def test_training_prompts_stay_in_training_and_heldout_replacements_stay_heldout
         for perturbation in perturb(prompt):
             if perturbation.change.startswith("replaced"):
                 assert is_heldout(parse(perturbation.prompt).types), (prompt, perturbation)
+
+
+def test_an_added_event_goes_before_between_and_after_and_keeps_the_split():
+    for split in ("train", "heldout"):
+        for prompt in sample_prompts(split, 60, seed=3):
+            events = parse(prompt).events
+            added = added_events(prompt, seed=1)
+            if len(events) == 3 or sum(count for _, count in events) == MAX_INSTANCES:
+                assert added == []  # the grammar's limits
+                continue
+            assert len(added) == len(events) + 1 and all(p.strategy == "perturbed" for p in added)
+            new_types = {name for p in added for name, _ in parse(p.prompt).events} - {name for name, _ in events}
+            assert len(new_types) == 1  # one type, put at each place in time
+            [other] = new_types
+            for place, perturbation in enumerate(added):
+                assert parse(perturbation.prompt).events == events[:place] + ((other, 1),) + events[place:]
+                assert is_heldout(parse(perturbation.prompt).types) == (split == "heldout")
+                assert split == "heldout" or not in_test_split(perturbation.prompt)
+    assert added_events("a dog barks while a car passes") == []  # outside the sound world
 
 
 def test_deterministic_for_a_seed_and_the_seed_changes_only_wording_and_replacements():

@@ -16,6 +16,7 @@ from annotate.perturb import perturb
 from annotate.reward import (Comparison, Comparisons, PreferenceModel, caption_contrast_loss, comparisons_from_rankings,
                              comparisons_from_store, evaluate, main, sound_world_captions, train_preference_model)
 from soundworld import parse, render, sample_prompts
+from soundworld.grammar import MAX_INSTANCES
 from tests.test_autorank import RenderGenerator
 from train_dpo import split_validation
 
@@ -133,6 +134,12 @@ def test_sound_world_captions_contrast_each_clip_with_clips_of_its_perturbed_cap
         assert reordered[:1] == [any(p.strategy == "temporal" for p in options)] and not any(reordered[1:])
         for key in (group.clip, *(clip for _, clip in group.contrasts)):
             assert captions.audio[key].std() > 0
+    with_added = sound_world_captions(12, contrasts=3, seed=5, added_event=True)
+    for group in with_added.groups:
+        events = parse(group.prompt).events
+        contrasts = [parse(prompt).events for prompt, _ in group.contrasts]
+        added = [c for c in contrasts if len(c) == len(events) + 1 and all(e in c for e in events)]
+        assert len(added) == (len(events) < 3 and sum(n for _, n in events) < MAX_INSTANCES)  # where the grammar allows
     evaluated = set(captions.prompts[::3])  # prompts a model will be evaluated on are never captions
     assert sound_world_captions(12, contrasts=3, seed=5, exclude=evaluated).prompts == [
         prompt for prompt in captions.prompts if prompt not in evaluated]
