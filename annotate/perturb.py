@@ -27,7 +27,11 @@ through the grammar, and every result parses to events that differ from the orig
   replacement keeps the count where the new type is countable; a counted event (two or
   three) is only replaced by a countable type, so that only the type changes.
 
-Splits: a replacement never moves a prompt across the held-out line (``is_heldout`` of the
+``added_events`` (not among ``perturb``'s: Tango 2 removed and replaced events, never added one) puts one event of
+a new type before, between and after a sound-world prompt's events: what a clip with an uninvited event is a
+caption of (the preference model's pretraining contrasts, ``annotate.reward.sound_world_captions``).
+
+Splits: a replacement (or addition) never moves a prompt across the held-out line (``is_heldout`` of the
 new types equals the original's), so a training prompt never yields a held-out pair of
 types (dropping an event cannot create one either); and a training prompt's perturbations
 are worded (redrawn up to ``WORDING_ATTEMPTS`` times, which in practice always suffices)
