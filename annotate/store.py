@@ -364,8 +364,9 @@ class Store:
         ``audio`` is a path, file bytes or a 1-D array (with ``sample_rate``); see
         ``annotate.clips`` for what is accepted. ``latent`` (with its ``latent_fingerprint``):
         the latent the model decoded into this clip, kept beside it so that DPO can train on
-        what was ranked. Idempotent on (prompt, model, seed, steps, guidance): a clip already
-        stored under that key is returned unchanged.
+        what was ranked. ``auto_score`` is stored without a scorer, so the app's automatic ranker
+        replaces it with its own (``annotate.autorank.score_unscored``). Idempotent on (prompt,
+        model, seed, steps, guidance): a clip already stored under that key is returned unchanged.
         """
         prompt = check_text(prompt, "prompt", MAX_PROMPT_CHARS)
         model = check_text(model, "model", MAX_SPEC_CHARS)
