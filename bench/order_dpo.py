@@ -8,7 +8,9 @@ three events) with 8 candidates each and a narrow band (``--min-chosen-score 0.7
 events in order and nothing extra, and the loser is the worst clip 0.25-0.5 below it, mostly the same events in
 the wrong order. DPO (β 2000, lr 1e-5, 2 epochs: held-out-prompt loss rose after the first in the earlier runs)
 starts from ``tiny``, from the shipped ``tiny-dpo`` (a second round on top of its recall gain), and from ``tiny``
-with training timesteps drawn from the noisy half only (``--timestep_range 500 1000``: where the layout is set). Each
+with training timesteps drawn from the noisy half only (``--timestep_range 500 1000``: where the layout is set); the
+recipe levers (``RUNS``: SFT on the winners, CRPO, 16 pairs a step, β 500 and 100, min-SNR) run with ``--runs``. Any
+autorank folders serve as ``--pairs`` (the completeness pairs of the README too). Each
 run is judged on 200 training-split validation prompts (``dpo_experiment.VALIDATION_SEED``), and on ``test`` and
 ``heldout`` prompts (``--eval-seed``), paired against ``tiny``. Stages resume; writes ``OUT/summary.json``.
 """
