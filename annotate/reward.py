@@ -100,8 +100,7 @@ def sound_world_captions(n: int, *, contrasts: int = 3, seed: int = 0, through=N
     trained on), each with clips of up to ``contrasts`` of its perturbations, a reordering first where there is
     one, then with ``added_event`` one with an event added (``annotate.perturb.added_events``: what generated clips
     get wrong most, an event nobody asked for); the prompts in ``exclude`` (those a model will be evaluated on) are
-    left out. Only the renderer and the
-    prompts' own words are used: no judge. ``through`` (a ``TangoPipeline``)
+    left out. Only the renderer and the prompts' own words are used: no judge. ``through`` (a ``TangoPipeline``)
     passes clips (a random ``through_share`` of them) through that pipeline's VAE and vocoder, so that they carry
     the artifacts of the clips it generates, which the model will rank (``round_trip``)."""
     from soundworld import render, sample_prompts

@@ -50,10 +50,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--splits", default="val,test,heldout")
     parser.add_argument("--runs", default=",".join(RUNS), help="which of the runs")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.runs.split(",")) - set(RUNS))
+    if unknown:
+        parser.error(f"--runs: unknown {', '.join(unknown)}; the runs are {', '.join(RUNS)}")
     runs = {name: RUNS[name] for name in args.runs.split(",")}
     counts = write_subsets(args.pairs, args.out / "merged", seed=0)["all"]
     dataset = args.out / "merged" / "all"
-    summary = {"pairs": counts, "runs": {}}
+    # runs and splits of earlier calls stay in the summary: one call may add a run, another its test split
+    path = args.out / "summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+    summary["pairs"] = counts
     seeds = {"val": VALIDATION_SEED, "test": args.eval_seed, "heldout": args.eval_seed}
     for name, (start, flags) in runs.items():
         tuned = args.out / f"dpo-{name}"
@@ -61,8 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
             run([sys.executable, "train_dpo.py", "--pretrained_model", start, "--dataset", str(dataset),
                  "--output_dir", str(tuned), *RECIPE, *flags], args.out / f"train-{name}.log")
         metrics = json.loads((tuned / "train_metrics.json").read_text())
-        summary["runs"][name] = {"train_pairs": metrics["train_pairs"], "held_out_prompts": [
-            {key: check[key] for key in ("epoch", "val_loss", "val_implicit_acc")} for check in metrics["validation"]]}
+        summary["runs"].setdefault(name, {}).update({"train_pairs": metrics["train_pairs"], "held_out_prompts": [
+            {key: check[key] for key in ("epoch", "val_loss", "val_implicit_acc")} for check in metrics["validation"]]})
     for split in args.splits.split(","):
         prompts = "train" if split == "val" else split
         base = args.out / "eval" / f"{split}-tiny.json"
@@ -76,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{split:>8} {name:>20}: " + "  ".join(
                 f"{metric} {summary['runs'][name][split][metric + '_minus_tiny']}"
                 for metric in ("event_recall", "order_accuracy", "mean_score")), flush=True)
-        (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+        path.write_text(json.dumps(summary, indent=1, default=str) + "\n")
     return summary
 
 

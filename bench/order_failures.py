@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from soundworld import judge  # noqa: E402
 from soundworld.grammar import compose, sample_prompt_specs  # noqa: E402
+from soundworld.judge import heard_order  # noqa: E402
 
 FAILURES = ("in order", "missing", "permuted", "interleaved")
 REWORDED = ("before", "after", "followed_by", "three_event")
@@ -40,8 +41,7 @@ def failure(clip: dict) -> str:
     if clip["order_correct"]:
         return "in order"
     prompted = [name for name, _ in clip["expected"]]
-    heard = [name for name, _ in clip["detected"] if name in prompted]
-    runs = [name for i, name in enumerate(heard) if i == 0 or heard[i - 1] != name]
+    runs = heard_order([name for name, _ in clip["detected"]], prompted)
     if set(runs) != set(prompted):
         return "missing"
     return "permuted" if len(runs) == len(prompted) else "interleaved"

@@ -144,9 +144,7 @@ def judge(waveform: np.ndarray, sample_rate: int, prompt: str) -> JudgeResult:
     extra = sum(max(0, count - expected[name]) for name, count in found.items())
     order_correct = None
     if len(parsed.events) > 1:
-        heard = [event.type for event in events if event.type in expected]
-        collapsed = [name for i, name in enumerate(heard) if i == 0 or heard[i - 1] != name]
-        order_correct = collapsed == parsed.types
+        order_correct = heard_order([event.type for event in events], parsed.types) == parsed.types
     score = recall * (ORDER_PENALTY if order_correct is False else 1.0) / (1 + extra)
     return JudgeResult(
         prompt=prompt,
@@ -159,6 +157,13 @@ def judge(waveform: np.ndarray, sample_rate: int, prompt: str) -> JudgeResult:
         extra_events=extra,
         score=score,
     )
+
+
+def heard_order(heard_types: list[str], prompted_types: list[str]) -> list[str]:
+    """The prompted types in the order heard, a run of one type counted once: what order is judged on
+    (["beep", "beep", "knock"] -> ["beep", "knock"]; types the prompt never named are left out)."""
+    heard = [name for name in heard_types if name in prompted_types]
+    return [name for i, name in enumerate(heard) if i == 0 or heard[i - 1] != name]
 
 
 def detect_events(waveform: np.ndarray, sample_rate: int) -> list[DetectedEvent]:
