@@ -49,9 +49,10 @@ from .files import exclusive_lock, fsync_dir
 
 # How a pair was made, as in Audio-Alpaca: several inferences of the prompt, a rejected clip generated
 # from a perturbed prompt (an event dropped or replaced) or from a temporally perturbed one (order
-# changed), or annotators' rankings. Who ranked goes to ``ranker`` ("random": a baseline's picks, what
-# ranking at all is worth).
-STRATEGIES = ("inference", "perturbed", "temporal", "human")
+# changed), or annotators' rankings; beyond Audio-Alpaca, "reordered": one sampled clip against itself cut at
+# the silences between its events and put in another order (an order contrast and nothing else). Who ranked
+# goes to ``ranker`` ("random": a baseline's picks, what ranking at all is worth).
+STRATEGIES = ("inference", "perturbed", "temporal", "human", "reordered")
 RANKERS = ("human", "judge", "clap", "reward", "random")
 
 FEATURES = Features({
@@ -380,7 +381,8 @@ def dataset_card(summary: DatasetSummary, *, how_made: str, stats: Mapping[str, 
 
 Text-to-audio preference pairs (prompt, chosen clip, rejected clip) for Diffusion-DPO
 fine-tuning of Tango, made with Tango DPO Studio. Columns follow Audio-Alpaca
-(`prompt`, `chosen`, `rejected`, `strategy`: `inference`, `perturbed`, `temporal` or `human`)
+(`prompt`, `chosen`, `rejected`, `strategy`: `inference`, `perturbed`, `temporal` or `human`;
+`reordered` where one clip is the other cut at the silences between its events and put in another order)
 plus provenance: who ranked (`ranker`), the prompt each clip was generated from, the model spec
 and seed behind each clip, the generation settings, and the votes behind the pair. Where known,
 `chosen_latent` / `rejected_latent` hold the latents the model sampled for each clip (float32
