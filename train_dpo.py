@@ -88,6 +88,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--timestep_range", type=int, nargs=2, metavar=("LOW", "HIGH"), default=None,
                        help="draw the training timesteps from [LOW, HIGH) only (e.g. 500 1000: the noisy steps where a "
                             "clip's layout is set); validation still draws from all of them; default: all")
+    group.add_argument("--mirror_batches", action="store_true",
+                       help="a pair and its mirror (the same two clips the other way round, for another prompt: "
+                            "annotate.reorder's) go in one batch with the same noise and timestep, so what the clips "
+                            "differ in cancels and the step sees what the prompt's order changes; a batch then holds "
+                            "--train_batch_size pairs and their mirrors")
+    group.add_argument("--mirror_margin", action="store_true",
+                       help="with --mirror_batches (implied): one preference term per pair and its mirror, on the sum "
+                            "of their margins [L(X|P) - L(Y|P)] - [L(X|P') - L(Y|P')] (policy minus reference), in "
+                            "which the clips' own difference cancels and the stated order's effect remains")
     group.add_argument("--sft_first_epochs", type=int, default=0,
                        help="epochs of plain fine-tuning on the chosen clips before --loss (Tango 2: 1)")
     group = parser.add_argument_group("optimisation")
@@ -420,19 +429,44 @@ def process_generator(seed: int, process_index: int, step: int) -> torch.Generat
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, process_index, step]).generate_state(1)[0]))
 
 
+def mirror_units(indices: list[int], cache: dict) -> list[list[int]]:
+    """``indices`` grouped into training units: a pair with its mirror (the other's chosen latent is its rejected
+    one and the other way round), every other pair alone; in the order of each unit's first index."""
+    key = lambda i, side: cache["mean"][i, side].numpy().tobytes()  # noqa: E731
+    by_clips = {(key(i, 0), key(i, 1)): i for i in indices}
+    units, placed = [], set()
+    for i in indices:
+        if i in placed:
+            continue
+        mirror = by_clips.get((key(i, 1), key(i, 0)))
+        unit = [i] if mirror is None or mirror in placed or mirror == i else [i, mirror]
+        placed.update(unit)
+        units.append(unit)
+    return units
+
+
 def preference_step(loss_config, policy, reference, scheduler, batch, generator, device, autocast, with_reference=True,
-                    timestep_range: tuple[int, int] | None = None):
+                    timestep_range: tuple[int, int] | None = None, groups: list[int] | None = None,
+                    sum_groups: bool = False):
     """Loss, detached metrics and the noise drawn, for one batch: chosen and rejected share noise and timestep
-    (drawn from ``timestep_range``, [low, high), or from all of the scheduler's).
+    (drawn from ``timestep_range``, [low, high), or from all of the scheduler's); so do pairs of the same
+    ``groups`` entry (one per pair; ``--mirror_batches``). ``sum_groups``: the loss takes one term per group, its
+    pairs' denoising losses summed, so its margin is the sum of theirs (``--mirror_margin``).
 
     ``autocast`` is a context factory (``accelerator.autocast``): policy and reference run
     under the same one, so that with identical weights the margin is exactly 0. The reference
     runs when ``with_reference`` (for its metrics) or when the loss needs it.
     """
     latents_w, latents_l, embeds, masks = (x.to(device) for x in batch)
-    noise = torch.randn(latents_w.shape, generator=generator).to(device)
     low, high = timestep_range or (0, scheduler.config.num_train_timesteps)
-    timesteps = torch.randint(low, high, (len(latents_w),), generator=generator).to(device)
+    if groups is None:
+        noise = torch.randn(latents_w.shape, generator=generator).to(device)
+        timesteps = torch.randint(low, high, (len(latents_w),), generator=generator).to(device)
+    else:
+        distinct, row_group = np.unique(np.asarray(groups), return_inverse=True)
+        row_group = torch.from_numpy(row_group)
+        noise = torch.randn((len(distinct), *latents_w.shape[1:]), generator=generator)[row_group].to(device)
+        timesteps = torch.randint(low, high, (len(distinct),), generator=generator)[row_group].to(device)
     both = lambda x: torch.cat([x, x])  # noqa: E731
     inputs = (torch.cat([latents_w, latents_l]), both(noise), both(timesteps), both(embeds), both(masks.bool()))
     with autocast():
@@ -441,6 +475,11 @@ def preference_step(loss_config, policy, reference, scheduler, batch, generator,
     if with_reference or loss_config.needs_reference:
         with torch.no_grad(), autocast():
             ref_w, ref_l = denoising_loss(reference, scheduler, *inputs, snr_gamma=loss_config.snr_gamma).chunk(2)
+    if sum_groups and groups is not None:
+        index = row_group.to(policy_w.device)
+        policy_w, policy_l, ref_w, ref_l = (None if x is None else torch.zeros(len(distinct), dtype=x.dtype,
+                                            device=x.device).index_add(0, index, x)
+                                            for x in (policy_w, policy_l, ref_w, ref_l))
     loss, metrics = preference_loss(loss_config, policy_w, policy_l, ref_w, ref_l)
     return loss, metrics, noise
 
@@ -678,8 +717,16 @@ def main(argv: list[str] | None = None) -> int:
     if "validation" in caches:
         val_indices = list(range(len(val_cache["rows"])))
 
-    loader = torch.utils.data.DataLoader(train_indices, batch_size=args.train_batch_size, shuffle=True,
-                                         generator=torch.Generator().manual_seed(args.seed), collate_fn=list)
+    # With --mirror_batches the loader draws units (a pair and its mirror) and a batch is their pairs.
+    args.mirror_batches = args.mirror_batches or args.mirror_margin
+    units = mirror_units(train_indices, cache) if args.mirror_batches else [[i] for i in train_indices]
+    if args.mirror_batches:
+        logger.info(f"--mirror_batches: {sum(len(u) == 2 for u in units)} pairs with their mirror, "
+                    f"{sum(len(u) == 1 for u in units)} alone")
+    group_of = {i: unit[0] for unit in units for i in unit}
+    loader = torch.utils.data.DataLoader(units, batch_size=args.train_batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(args.seed),
+                                         collate_fn=lambda batch: [i for unit in batch for i in unit])
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
     policy, optimizer, loader = accelerator.prepare(policy, optimizer, loader)
@@ -770,7 +817,9 @@ def main(argv: list[str] | None = None) -> int:
                 loss, metrics, noise = preference_step(step_config, policy, reference, noise_scheduler, batch,
                                                        generator, accelerator.device, accelerator.autocast,
                                                        with_reference=loss_config.needs_reference,
-                                                       timestep_range=args.timestep_range)
+                                                       timestep_range=args.timestep_range,
+                                                       groups=[group_of[i] for i in indices] if args.mirror_batches
+                                                       else None, sum_groups=args.mirror_margin)
                 first_noise = noise.flatten()[:4].sum().item() if first_noise is None else first_noise
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:

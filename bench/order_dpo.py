@@ -9,7 +9,8 @@ events in order and nothing extra, and the loser is the worst clip 0.25-0.5 belo
 the wrong order. DPO (β 2000, lr 1e-5, 2 epochs: held-out-prompt loss rose after the first in the earlier runs)
 starts from ``tiny``, from the shipped ``tiny-dpo`` (a second round on top of its recall gain), and from ``tiny``
 with training timesteps drawn from the noisy half only (``--timestep_range 500 1000``: where the layout is set); the
-recipe levers (``RUNS``: SFT on the winners, CRPO, 16 pairs a step, β 500 and 100, min-SNR) run with ``--runs``. Any
+recipe levers (``RUNS``: SFT on the winners, CRPO, 16 pairs a step, β 500 and 100, min-SNR, and for reordered pairs
+each pair with its mirror on the same noise) run with ``--runs``. Any
 autorank folders serve as ``--pairs`` (the completeness pairs of the README too). Each
 run is judged on 200 training-split validation prompts (``dpo_experiment.VALIDATION_SEED``), and on ``test`` and
 ``heldout`` prompts (``--eval-seed``), paired against ``tiny``. Stages resume; writes ``OUT/summary.json``.
@@ -36,7 +37,12 @@ RUNS = {"from-tiny": ("tiny", []), "from-tiny-dpo": ("tiny-dpo", []),
         # as many steps as from-tiny, 4x the pairs per step: less noise in each update
         "dpo-batch-16": ("tiny", ["--gradient_accumulation_steps", "4", "--num_train_epochs", "8"]),
         "dpo-beta-500": ("tiny", ["--beta_dpo", "500"]), "dpo-beta-100": ("tiny", ["--beta_dpo", "100"]),
-        "dpo-min-snr-5": ("tiny", ["--snr_gamma", "5"])}
+        "dpo-min-snr-5": ("tiny", ["--snr_gamma", "5"]),
+        # reordered pairs (bench/reordered_pairs.py): each pair with its mirror, on the same noise
+        "mirror-batches-from-tiny": ("tiny", ["--mirror_batches"]),
+        "mirror-batches-from-tiny-dpo": ("tiny-dpo", ["--mirror_batches"]),
+        # ... and one DPO term per pair and its mirror, on their summed margins: the stated order's effect alone
+        "mirror-margin-from-tiny": ("tiny", ["--mirror_margin"])}
 # the DPO experiment's recipe with 2 epochs instead of 4 (argparse keeps the last value of a repeated flag)
 RECIPE = [*COMMON, "--num_train_epochs", "2", "--loss", "dpo", "--beta_dpo", "2000"]
 

@@ -453,3 +453,85 @@ def test_timestep_range_draws_training_timesteps_inside_it_only(tmp_path):
                                 ).timestep_range == [500, 1000]
     with pytest.raises(SystemExit):
         train_dpo.parse_args(["--dataset", "d", "--output_dir", "o", "--timestep_range", "900", "100"])
+
+
+def test_mirror_batches_train_a_pair_with_its_mirror_on_the_same_noise(tmp_path, caplog):
+    """A pair and its mirror (the same clips the other way round, for the other order's prompt) share a batch,
+    noise and timestep: what the clips differ in then cancels between them."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import torch
+    from diffusers import DDPMScheduler
+
+    from losses import PreferenceLossConfig
+
+    mean = torch.randn(4, 2, 1, 2, 2)
+    mean[2] = mean[0].flip(0)  # pair 2 is pair 0's mirror
+    assert train_dpo.mirror_units([0, 1, 2, 3], {"mean": mean}) == [[0, 2], [1], [3]]
+    assert train_dpo.mirror_units([1, 2, 3], {"mean": mean}) == [[1], [2], [3]]  # its mirror held out
+
+    seen = []
+
+    class RecordingUNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, noisy, timesteps, **conditioning):
+            seen.append(timesteps.clone())
+            return SimpleNamespace(sample=noisy * self.weight)
+
+    latents = torch.randn(3, 2, 4, 4)
+    batch = (latents, latents + 1, torch.zeros(3, 3, 8), torch.ones(3, 3))
+    unet = RecordingUNet()
+    _, _, drawn = train_dpo.preference_step(PreferenceLossConfig("dpo"), unet, unet, DDPMScheduler(), batch,
+                                            torch.Generator().manual_seed(0), "cpu", contextlib.nullcontext,
+                                            groups=[0, 1, 0])
+    torch.testing.assert_close(drawn[0], drawn[2])
+    assert not torch.allclose(drawn[0], drawn[1])
+    timesteps = seen[0][:3]
+    assert timesteps[0] == timesteps[2]
+
+    # --mirror_margin: one DPO term per unit, on the sum of its pairs' margins
+    from losses import denoising_loss, preference_loss
+
+    policy = RecordingUNet()
+    with torch.no_grad():
+        policy.weight.fill_(0.5)
+    seen.clear()
+    loss, _, drawn = train_dpo.preference_step(PreferenceLossConfig("dpo", beta_dpo=10.0), policy, unet, DDPMScheduler(),
+                                               batch, torch.Generator().manual_seed(0), "cpu", contextlib.nullcontext,
+                                               groups=[0, 1, 0], sum_groups=True)
+    steps = seen[0][:3]
+    rows = (torch.cat([batch[0], batch[1]]), torch.cat([drawn, drawn]), torch.cat([steps, steps]),
+            torch.cat([batch[2], batch[2]]), torch.cat([batch[3], batch[3]]).bool())
+    with torch.no_grad():
+        (policy_w, policy_l), (ref_w, ref_l) = (denoising_loss(m, DDPMScheduler(), *rows).chunk(2) for m in (policy, unet))
+    per_unit = [torch.stack([x[0] + x[2], x[1]]) for x in (policy_w, policy_l, ref_w, ref_l)]
+    expected, _ = preference_loss(PreferenceLossConfig("dpo", beta_dpo=10.0), *per_unit)
+    torch.testing.assert_close(loss.detach(), expected)
+    per_pair, _ = preference_loss(PreferenceLossConfig("dpo", beta_dpo=10.0), policy_w, policy_l, ref_w, ref_l)
+    assert not torch.isclose(per_pair, expected)
+
+    # end to end (--mirror_margin implies --mirror_batches): three pairs and their mirrors, two units a batch
+    pipe = load_pipeline(str(FIXTURE_DIR), device="cpu")
+    shape = train_dpo.expected_latent_shape(pipe, 0.64)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(3):
+        latents = [rng.standard_normal(shape).astype(np.float32) for _ in range(2)]
+        wavs = [wav_bytes(tone(300 + 50 * i)), wav_bytes(noise(i))]
+        for prompt, order in ((f"a tone {i} then a hiss", [0, 1]), (f"a hiss then a tone {i}", [1, 0])):
+            rows.append(PreferenceRow(
+                prompt=prompt, chosen_wav=wavs[order[0]], rejected_wav=wavs[order[1]], strategy="reordered",
+                ranker="judge", chosen_model="a", rejected_model="a", chosen_seed=i, rejected_seed=i,
+                num_inference_steps=10, guidance_scale=3.0, votes_for=1, votes_against=0, annotators=1,
+                chosen_latent=latents[order[0]], rejected_latent=latents[order[1]],
+                latent_fingerprint=pipe.latent_fingerprint))
+    write_preference_dataset(rows, tmp_path / "mirrored", how_made="test")
+    with caplog.at_level("INFO"):
+        _, metrics = run(tmp_path, tmp_path / "mirrored", "--mirror_margin", "--train_batch_size", "2",
+                         "--num_train_epochs", "1")
+    assert "3 pairs with their mirror, 0 alone" in caplog.text
+    assert metrics["steps"] == 2 and metrics["stored_latent_pairs"] == 6
