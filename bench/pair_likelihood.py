@@ -15,7 +15,9 @@ Reordered pairs come with their mirror (the same two latents the other way round
 rejected clip's order). On those, ``S = D(prompt) + D(mirrored prompt)`` cancels whatever one clip has that the
 other has not (the seams of the cut one) and keeps what the text's order does to the likelihood: the share of
 mirror groups with ``S < 0`` is how often the model's likelihood follows the order the prompt states (0.5: it does
-not read order at all). Writes ``--out`` (JSON).
+not read order at all). ``--sample N``: the sampler's side of the same question, on N mirror groups: each prompt
+and its mirror sampled with one seed (the same starting noise), both clips heard by the judge; a model that reads
+order puts the events of the two in opposite orders, an order-blind one in the same. Writes ``--out`` (JSON).
 """
 
 from __future__ import annotations
@@ -65,6 +67,29 @@ def mirror_groups(rows) -> list[tuple[int, int]]:
             i < by_latents[key[::-1]]]
 
 
+def sampled_layouts(spec: str, prompt_pairs: list[tuple[str, str]], seed: int) -> dict:
+    """Each prompt and its mirror sampled from the same seed: how often the judge hears the prompted events of the
+    two clips in opposite orders (each following its text), in the same order, or cannot tell (an event missing)."""
+    from pipeline import clip_seeds, load_pipeline
+    from soundworld.judge import detect_events, heard_order
+    from soundworld.grammar import parse
+
+    pipe = load_pipeline(spec, device="cpu")
+    seeds = clip_seeds(seed, len(prompt_pairs))
+    flat = [prompt for pair in prompt_pairs for prompt in pair]
+    out = pipe(flat, num_inference_steps=pipe.config.default_num_inference_steps,
+               generator=pipe.clip_generators([s for s in seeds for _ in range(2)])).audios
+    counts = {"opposite": 0, "same": 0, "event missing": 0}
+    for k, (first, _) in enumerate(prompt_pairs):
+        types = parse(first).types
+        heard = [heard_order([e.type for e in detect_events(out[2 * k + i], pipe.sampling_rate)], types) for i in (0, 1)]
+        if any(sorted(h) != sorted(types) for h in heard):
+            counts["event missing"] += 1
+        else:
+            counts["same" if heard[0] == heard[1] else "opposite"] += 1
+    return counts
+
+
 def accuracy(values: np.ndarray) -> float:
     return round(float(np.mean(values < 0)), 3)
 
@@ -83,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--draws", type=int, default=32)
     parser.add_argument("--validation-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0, help="train_dpo.py's --seed (its split)")
+    parser.add_argument("--sample", type=int, default=0, help="mirror groups sampled from one seed each")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
@@ -124,6 +150,10 @@ def main(argv: list[str] | None = None) -> dict:
                 implicit = d - differences[base, side]
                 entry[side]["implicit_accuracy"] = accuracy(implicit.mean(axis=1))
                 entry[side]["implicit_accuracy_one_draw"] = accuracy(implicit.ravel())
+        if args.sample:
+            groups = mirrors[: args.sample]
+            entry["sampled_same_seed"] = sampled_layouts(spec, [(rows[a]["prompt"], rows[b]["prompt"]) for a, b in groups],
+                                                         seed=424_242)
         result["models"][spec] = entry
         print(spec, json.dumps(entry), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
