@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--draws", type=int, default=32)
     parser.add_argument("--validation-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0, help="train_dpo.py's --seed (its split)")
-    parser.add_argument("--sample", type=int, default=0, help="mirror groups sampled from one seed each")
+    parser.add_argument("--sample", type=int, default=0,
+                        help="mirror groups sampled from one seed each (at most --pairs: the probed groups)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
