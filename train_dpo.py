@@ -140,6 +140,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("give --validation_split or --validation_fraction, not both")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id (owner/name)")
+    args.mirror_batches = args.mirror_batches or args.mirror_margin  # summed mirror margins need mirror batches
     # Checked here, before anything loads; one line, as the usage would bury it.
     try:
         resolve_spec(args.pretrained_model)
@@ -459,14 +460,12 @@ def preference_step(loss_config, policy, reference, scheduler, batch, generator,
     """
     latents_w, latents_l, embeds, masks = (x.to(device) for x in batch)
     low, high = timestep_range or (0, scheduler.config.num_train_timesteps)
-    if groups is None:
-        noise = torch.randn(latents_w.shape, generator=generator).to(device)
-        timesteps = torch.randint(low, high, (len(latents_w),), generator=generator).to(device)
-    else:
-        distinct, row_group = np.unique(np.asarray(groups), return_inverse=True)
-        row_group = torch.from_numpy(row_group)
-        noise = torch.randn((len(distinct), *latents_w.shape[1:]), generator=generator)[row_group].to(device)
-        timesteps = torch.randint(low, high, (len(distinct),), generator=generator)[row_group].to(device)
+    # one draw per group (without groups every pair is its own: the same draws as one per pair)
+    distinct, row_group = np.unique(np.arange(len(latents_w)) if groups is None else np.asarray(groups),
+                                    return_inverse=True)
+    row_group = torch.from_numpy(row_group)
+    noise = torch.randn((len(distinct), *latents_w.shape[1:]), generator=generator)[row_group].to(device)
+    timesteps = torch.randint(low, high, (len(distinct),), generator=generator)[row_group].to(device)
     both = lambda x: torch.cat([x, x])  # noqa: E731
     inputs = (torch.cat([latents_w, latents_l]), both(noise), both(timesteps), both(embeds), both(masks.bool()))
     with autocast():
@@ -475,7 +474,7 @@ def preference_step(loss_config, policy, reference, scheduler, batch, generator,
     if with_reference or loss_config.needs_reference:
         with torch.no_grad(), autocast():
             ref_w, ref_l = denoising_loss(reference, scheduler, *inputs, snr_gamma=loss_config.snr_gamma).chunk(2)
-    if sum_groups and groups is not None:
+    if sum_groups:
         index = row_group.to(policy_w.device)
         policy_w, policy_l, ref_w, ref_l = (None if x is None else torch.zeros(len(distinct), dtype=x.dtype,
                                             device=x.device).index_add(0, index, x)
@@ -718,7 +717,6 @@ def main(argv: list[str] | None = None) -> int:
         val_indices = list(range(len(val_cache["rows"])))
 
     # With --mirror_batches the loader draws units (a pair and its mirror) and a batch is their pairs.
-    args.mirror_batches = args.mirror_batches or args.mirror_margin
     units = mirror_units(train_indices, cache) if args.mirror_batches else [[i] for i in train_indices]
     if args.mirror_batches:
         logger.info(f"--mirror_batches: {sum(len(u) == 2 for u in units)} pairs with their mirror, "

@@ -31,8 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-BANDS = ((0, 250), (250, 500), (500, 750), (750, 1000))
+from latent_path import BANDS  # noqa: E402  (the same timestep bands as the data-path probe)
 
 
 def pair_differences(pipe, latents_w, latents_l, embeds, masks, draws: int, seed: int) -> np.ndarray:

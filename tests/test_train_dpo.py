@@ -10,12 +10,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+import torch
 
 import train_dpo
 from annotate.dataset import PreferenceRow, write_preference_dataset
@@ -415,30 +417,31 @@ def test_a_non_finite_loss_stops_the_run_before_anything_is_saved(tmp_path, pair
         train_dpo.check_finite_weights(unet, "best/")
 
 
+class RecordingUNet(torch.nn.Module):
+    """A UNet stand-in that appends the timesteps of each call to ``seen`` and predicts ``weight * noisy``."""
+
+    def __init__(self, seen: list):
+        super().__init__()
+        self.seen = seen
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, noisy, timesteps, **conditioning):
+        self.seen.append(timesteps.clone())
+        return SimpleNamespace(sample=noisy * self.weight)
+
+
 def test_timestep_range_draws_training_timesteps_inside_it_only(tmp_path):
     import contextlib
-    from types import SimpleNamespace
 
-    import torch
     from diffusers import DDPMScheduler
 
     from losses import PreferenceLossConfig
 
     seen = []
-
-    class RecordingUNet(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.weight = torch.nn.Parameter(torch.zeros(()))
-
-        def forward(self, noisy, timesteps, **conditioning):
-            seen.append(timesteps.clone())
-            return SimpleNamespace(sample=noisy * self.weight)
-
     scheduler = DDPMScheduler(num_train_timesteps=1000)
     latents = torch.randn(64, 2, 4, 4)
     batch = (latents, latents + 1, torch.zeros(64, 3, 8), torch.ones(64, 3))
-    unet = RecordingUNet()
+    unet = RecordingUNet(seen)
 
     def drawn(timestep_range):
         seen.clear()
@@ -459,9 +462,7 @@ def test_mirror_batches_train_a_pair_with_its_mirror_on_the_same_noise(tmp_path,
     """A pair and its mirror (the same clips the other way round, for the other order's prompt) share a batch,
     noise and timestep: what the clips differ in then cancels between them."""
     import contextlib
-    from types import SimpleNamespace
 
-    import torch
     from diffusers import DDPMScheduler
 
     from losses import PreferenceLossConfig
@@ -473,18 +474,9 @@ def test_mirror_batches_train_a_pair_with_its_mirror_on_the_same_noise(tmp_path,
 
     seen = []
 
-    class RecordingUNet(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.weight = torch.nn.Parameter(torch.zeros(()))
-
-        def forward(self, noisy, timesteps, **conditioning):
-            seen.append(timesteps.clone())
-            return SimpleNamespace(sample=noisy * self.weight)
-
     latents = torch.randn(3, 2, 4, 4)
     batch = (latents, latents + 1, torch.zeros(3, 3, 8), torch.ones(3, 3))
-    unet = RecordingUNet()
+    unet = RecordingUNet(seen)
     _, _, drawn = train_dpo.preference_step(PreferenceLossConfig("dpo"), unet, unet, DDPMScheduler(), batch,
                                             torch.Generator().manual_seed(0), "cpu", contextlib.nullcontext,
                                             groups=[0, 1, 0])
@@ -496,7 +488,7 @@ def test_mirror_batches_train_a_pair_with_its_mirror_on_the_same_noise(tmp_path,
     # --mirror_margin: one DPO term per unit, on the sum of its pairs' margins
     from losses import denoising_loss, preference_loss
 
-    policy = RecordingUNet()
+    policy = RecordingUNet(seen)
     with torch.no_grad():
         policy.weight.fill_(0.5)
     seen.clear()
