@@ -283,15 +283,21 @@ class TrainingReport:
     history: list[dict] = field(default_factory=list)
     evaluations: dict = field(default_factory=dict)  # name -> evaluate() result, e.g. against the judge
     pretrained_on: str = ""  # the captioned clips its head learned from before these comparisons, if any
+    reads_through: str = ""  # the event tagger it hears clips through (``annotate.events``), if any
 
 
 class PreferenceModel:
-    """The pipeline's frozen encoders and a trained ``PreferenceHead``; a ranker (``name`` is ``"reward"``)."""
+    """Frozen encoders and a trained head; a ranker (``name`` is ``"reward"``). The encoders are the pipeline's
+    VAE and text encoder (a ``PreferenceHead`` over the clip's latent frames and the prompt's tokens) or, with a
+    ``tagger`` (``annotate.events.EventTagger``), what it hears per event type and what the prompt asks for
+    (an ``EventPreferenceHead``; no VAE)."""
 
     name = "reward"
 
-    def __init__(self, head, tokenizer, text_encoder, vae, report: TrainingReport | None = None):
-        self.head, self.tokenizer, self.text_encoder, self.vae = head.eval(), tokenizer, text_encoder.eval(), vae.eval()
+    def __init__(self, head, tokenizer, text_encoder, vae=None, report: TrainingReport | None = None, tagger=None):
+        self.head, self.tokenizer, self.text_encoder = head.eval(), tokenizer, text_encoder.eval()
+        self.vae = None if vae is None else vae.eval()
+        self.tagger = None if tagger is None else tagger.eval()
         self.report = report
 
     @property
@@ -302,18 +308,31 @@ class PreferenceModel:
 
         digest = hashlib.sha256()
         for module in (self.text_encoder, self.vae):
-            digest.update(repr(module.config).encode())
-        for name, tensor in self.head.state_dict().items():
+            if module is not None:
+                digest.update(repr(module.config).encode())
+        weights = list(self.head.state_dict().items())
+        weights += [] if self.tagger is None else [(f"tagger.{k}", v) for k, v in self.tagger.state_dict().items()]
+        for name, tensor in weights:
             digest.update(name.encode())
             digest.update(tensor.detach().float().cpu().numpy().tobytes())
         return f"reward:{digest.hexdigest()[:16]}"
 
     @classmethod
-    def untrained(cls, base: str = "tiny", **head_config) -> "PreferenceModel":
-        """A fresh head over the encoders of the pipeline ``base`` names (a spec or a folder)."""
+    def untrained(cls, base: str = "tiny", tagger=None, **head_config) -> "PreferenceModel":
+        """A fresh head over the encoders of the pipeline ``base`` names (a spec or a folder), or over ``tagger``
+        (an ``EventTagger`` that reads ``base``'s text encoder)."""
         from pipeline import load_pipeline
 
         pipe = load_pipeline(base, device="cpu", dtype=None)
+        if tagger is not None:
+            from .events import EventPreferenceHead
+
+            if tagger.config.text_dim != pipe.text_encoder.config.d_model:
+                raise InvalidInput(f"the event tagger reads a {tagger.config.text_dim}-wide text encoder, {base}'s is "
+                                   f"{pipe.text_encoder.config.d_model}: train the tagger with --base {base}")
+            head = EventPreferenceHead(audio_dim=tagger.audio_dim, text_dim=tagger.text_features_dim,
+                                       n_types=len(tagger.config.event_types), **head_config)
+            return cls(head, pipe.tokenizer, pipe.text_encoder, tagger=tagger)
         audio_dim = pipe.vae.config.latent_channels * pipe.latent_mel_bins
         head = _head_class()(audio_dim=audio_dim, text_dim=pipe.text_encoder.config.d_model, **head_config)
         return cls(head, pipe.tokenizer, pipe.text_encoder, pipe.vae)
@@ -321,16 +340,23 @@ class PreferenceModel:
     # -- features -------------------------------------------------------------------------
 
     def audio_features(self, waveform: np.ndarray) -> "torch.Tensor":
-        """A 16 kHz clip's VAE latent (mode of the posterior, times the scaling factor) as (frames, channels x bins)."""
+        """A 16 kHz clip as the head reads it: its VAE latent (mode of the posterior, times the scaling factor) as
+        (frames, channels x bins), or with a tagger what it hears of each event type (types, features)."""
+        if self.tagger is not None:
+            from .events import log_mel
+
+            return self.tagger.audio_events(log_mel([waveform]))[0]
         return mode_latents(self.vae, [waveform])[0].permute(1, 0, 2).flatten(1)
 
     def text_features(self, prompt: str) -> "torch.Tensor":
-        """The prompt's hidden states from the pipeline's text encoder, (tokens, width)."""
+        """The prompt's hidden states from the pipeline's text encoder, (tokens, width), or with a tagger what it
+        asks for of each event type (types, features)."""
         import torch
 
         inputs = self.tokenizer([prompt], truncation=True, return_tensors="pt")
         with torch.no_grad():
-            return self.text_encoder(input_ids=inputs.input_ids).last_hidden_state[0].float()
+            hidden = self.text_encoder(input_ids=inputs.input_ids).last_hidden_state[0].float()
+        return hidden if self.tagger is None else self.tagger.prompt_events(hidden)
 
     def rewards(self, audio: Sequence["torch.Tensor"], text: Sequence["torch.Tensor"]) -> "torch.Tensor":
         """r for each (audio features, text features), batched with padding masks."""
@@ -364,7 +390,10 @@ class PreferenceModel:
         self.head.save_pretrained(folder / "reward")
         self.tokenizer.save_pretrained(folder / "tokenizer")
         self.text_encoder.save_pretrained(folder / "text_encoder")
-        self.vae.save_pretrained(folder / "vae")
+        if self.tagger is not None:
+            self.tagger.save_pretrained(folder / "tagger")
+        else:
+            self.vae.save_pretrained(folder / "vae")
         if self.report is not None:
             (folder / TRAINING_FILE).write_text(json.dumps(asdict(self.report), indent=1) + "\n")
             (folder / "README.md").write_text(model_card(self.report))
@@ -381,8 +410,14 @@ class PreferenceModel:
         report = None
         if (folder / TRAINING_FILE).is_file():
             report = TrainingReport(**json.loads((folder / TRAINING_FILE).read_text()))
-        return cls(_head_class().from_pretrained(folder / "reward"), AutoTokenizer.from_pretrained(folder / "tokenizer"),
-                   T5EncoderModel.from_pretrained(folder / "text_encoder"),
+        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+        text_encoder = T5EncoderModel.from_pretrained(folder / "text_encoder")
+        if (folder / "tagger").is_dir():
+            from .events import EventPreferenceHead, EventTagger
+
+            return cls(EventPreferenceHead.from_pretrained(folder / "reward"), tokenizer, text_encoder, report=report,
+                       tagger=EventTagger.from_pretrained(folder / "tagger"))
+        return cls(_head_class().from_pretrained(folder / "reward"), tokenizer, text_encoder,
                    AutoencoderKL.from_pretrained(folder / "vae"), report)
 
 
@@ -394,6 +429,7 @@ def model_card(report: TrainingReport) -> str:
             f"(`annotate.reward`).\n\n- Data: {report.comparisons} comparisons on {report.prompts} prompts from "
             f"{report.source}\n"
             + (f"- Pretrained on: {report.pretrained_on}\n" if report.pretrained_on else "")
+            + (f"- Hears clips through: {report.reads_through}\n" if report.reads_through else "")
             + f"- Validation: {report.validation_prompts} held-out prompts; best epoch "
             f"{report.best_epoch} of {report.epochs_run}, loss {report.validation_loss}, pair accuracy "
             f"{report.validation_accuracy}\n- Trained {report.trained_at} in {report.seconds:.0f} s\n\n"
@@ -497,26 +533,32 @@ def _fit(model: PreferenceModel, train_items: list, held_items: list, batch_loss
     return history, best[1], None if best[1] is None else round(best[0], 4), None if best[1] is None else round(best[2], 4)
 
 
-def _starting_model(base: str, init: "PreferenceModel | str | Path | None", head_config: dict) -> PreferenceModel:
-    """A fresh head over ``base``'s encoders, or a copy of ``init`` (a model or its folder) to go on from."""
+def _starting_model(base: str, init: "PreferenceModel | str | Path | None", head_config: dict,
+                    tagger=None) -> PreferenceModel:
+    """A fresh head over ``base``'s encoders (or over ``tagger``), or a copy of ``init`` (a model or its folder)
+    to go on from."""
     import copy
 
     if init is None:
-        return PreferenceModel.untrained(base, **head_config)
-    if head_config:
-        raise ValueError("a model trained on from `init` keeps its head's size; leave out the head settings")
+        return PreferenceModel.untrained(base, tagger=tagger, **head_config)
+    if head_config or tagger is not None:
+        raise ValueError("a model trained on from `init` keeps its head's size and encoders; leave out the head "
+                         "settings and the tagger")
     init = PreferenceModel.from_pretrained(init) if isinstance(init, (str, Path)) else init
-    return PreferenceModel(copy.deepcopy(init.head), init.tokenizer, init.text_encoder, init.vae, init.report)
+    return PreferenceModel(copy.deepcopy(init.head), init.tokenizer, init.text_encoder, init.vae, init.report,
+                           init.tagger)
 
 
 def train_preference_model(comparisons: Comparisons, *, base: str = "tiny", source: str = "", epochs: int = 40,
                            batch_size: int = 64, learning_rate: float = 3e-4, weight_decay: float = 0.01,
                            validation_fraction: float = 0.1, patience: int = 8, seed: int = 0,
                            progress: bool = True, init: "PreferenceModel | str | Path | None" = None,
-                           **head_config) -> PreferenceModel:
+                           tagger=None, reads_through: str = "", **head_config) -> PreferenceModel:
     """Fit a Bradley-Terry head on ``comparisons``; keep the epoch with the lowest loss on held-out prompts.
     ``init`` goes on from a model (e.g. ``pretrain_preference_model``'s) instead of a fresh head, whose size
-    ``head_config`` sets (``width``, ``dropout``, layers: see ``PreferenceHead``)."""
+    ``head_config`` sets (``width``, ``dropout``, layers: see ``PreferenceHead``); ``tagger`` (an
+    ``annotate.events.EventTagger``, described by ``reads_through`` on the card) makes the fresh head an
+    ``EventPreferenceHead`` over what the tagger hears and reads."""
     import torch
     import torch.nn.functional as F
 
@@ -526,9 +568,9 @@ def train_preference_model(comparisons: Comparisons, *, base: str = "tiny", sour
         raise InvalidInput("no comparisons to learn from: rank some clips first (ties, skips and all-bad votes "
                            "carry no preference)")
     torch.manual_seed(seed)
-    model = _starting_model(base, init, head_config)
+    model = _starting_model(base, init, head_config, tagger)
     if init is not None and model.report is not None:  # it reads through the encoders it was pretrained with
-        base, pretraining = model.report.base, model.report.source
+        base, pretraining, reads_through = model.report.base, model.report.source, model.report.reads_through
     else:
         pretraining = ""
     audio, text = _featurize_comparisons(model, comparisons, progress)
@@ -550,7 +592,7 @@ def train_preference_model(comparisons: Comparisons, *, base: str = "tiny", sour
         validation_prompts=len({c.prompt for c in held_items}), epochs_run=len(history),
         best_epoch=best_epoch or len(history), validation_loss=loss, validation_accuracy=accuracy,
         trained_at=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), seconds=round(time.perf_counter() - started, 1),
-        history=history, pretrained_on=pretraining)
+        history=history, pretrained_on=pretraining, reads_through=reads_through)
     return model
 
 
@@ -650,13 +692,17 @@ def main(argv: list[str] | None = None) -> int:
         source.add_argument("--data-dir", help="the annotation store's folder (its human rankings)")
         source.add_argument("--dataset", help="an exported preference dataset (folder or Hub id)")
     train = commands.choices["train"]
-    train.add_argument("--base", default="tiny", help="the pipeline whose VAE and text encoder the model reads through")
+    train.add_argument("--base", help="the pipeline whose VAE and text encoder the model reads through "
+                                      "(default: tiny, or the base the --tagger was trained with)")
+    encoders = train.add_mutually_exclusive_group()
+    encoders.add_argument("--tagger", help="hear clips through this event tagger (written by `tagger`): the head reads "
+                                        "what each event type does in the clip and what the prompt asks of it")
     train.add_argument("--out", required=True, help="folder for the model")
     train.add_argument("--epochs", type=int, default=40)
     train.add_argument("--validation-fraction", type=float, default=0.1, help="share of prompts held out")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--init", help="go on from this model (e.g. one written by `pretrain`) instead of a fresh head")
-    train.add_argument("--learning-rate", type=float, help="default: 3e-4 for a fresh head, 1e-4 from --init")
+    encoders.add_argument("--init", help="go on from this model (e.g. one written by `pretrain`) instead of a fresh head")
+    train.add_argument("--learning-rate", type=float, help="default: 3e-4 for a fresh head, 1e-3 for one over --tagger, 1e-4 from --init")
     commands.choices["evaluate"].add_argument("--model", required=True, help="a folder written by `train`")
     pretrain = commands.add_parser(
         "pretrain", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -669,8 +715,33 @@ def main(argv: list[str] | None = None) -> int:
     pretrain.add_argument("--out", required=True, help="folder for the model (train on rankings with --init OUT)")
     pretrain.add_argument("--epochs", type=int, default=10)
     pretrain.add_argument("--seed", type=int, default=0)
+    tagger = commands.add_parser(
+        "tagger", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="sound world: train an event tagger (the encoder of `train --tagger`) on rendered clips with their "
+             "timelines")
+    tagger.add_argument("--world", type=int, required=True, help="training-split captions to render")
+    tagger.add_argument("--round-trip-share", type=float, default=0.5,
+                        help="share of the clips passed through the base's VAE and vocoder first")
+    tagger.add_argument("--base", default="tiny", help="the pipeline whose text encoder, VAE and vocoder it uses")
+    tagger.add_argument("--out", required=True, help="folder for the tagger (train on rankings with --tagger OUT)")
+    tagger.add_argument("--epochs", type=int, default=3)
+    tagger.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
+        if args.command == "tagger":
+            from pipeline import load_pipeline
+
+            from .events import rendered_timelines, save_tagger, train_event_tagger
+
+            pipe = load_pipeline(args.base, device="cpu")
+            clips = rendered_timelines(args.world, seed=args.seed, through=pipe if args.round_trip_share else None,
+                                       through_share=args.round_trip_share)
+            event_tagger, report = train_event_tagger(clips, pipe.tokenizer, pipe.text_encoder, base=args.base,
+                                                      round_trip_share=args.round_trip_share, epochs=args.epochs,
+                                                      seed=args.seed)
+            save_tagger(event_tagger, report, args.out)
+            print(f"{report.summary} -> {args.out}")
+            return 0
         if args.command == "pretrain":
             model = pretrain_preference_model(sound_world_captions(args.world, contrasts=args.contrasts, seed=args.seed,
                                                                    added_event=args.added_event),
@@ -681,10 +752,18 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         comparisons, source = _comparisons(args)
         if args.command == "train":
-            learning_rate = args.learning_rate or (1e-4 if args.init else 3e-4)
-            model = train_preference_model(comparisons, base=args.base, source=source, epochs=args.epochs,
+            event_tagger, reads_through = None, ""
+            if args.tagger:
+                from .events import load_tagger
+
+                event_tagger, tagger_report = load_tagger(args.tagger)
+                reads_through = tagger_report.summary if tagger_report else f"the event tagger {args.tagger}"
+            base = args.base or (event_tagger.config.base if event_tagger is not None else "tiny")
+            learning_rate = args.learning_rate or (1e-4 if args.init else 3e-4 if event_tagger is None else 1e-3)
+            model = train_preference_model(comparisons, base=base, source=source, epochs=args.epochs,
                                            validation_fraction=args.validation_fraction, seed=args.seed,
-                                           init=args.init, learning_rate=learning_rate)
+                                           init=args.init, learning_rate=learning_rate, tagger=event_tagger,
+                                           reads_through=reads_through)
             model.save_pretrained(args.out)
             report = model.report
             print(f"trained on {report.comparisons} comparisons ({report.prompts} prompts); held-out prompts: "
