@@ -39,7 +39,8 @@ from torch import nn
 TRAINING_FILE = "training.json"
 AUDIO_FEATURES = ("onsets", "segments", "active_share", "centre", "first_onset")
 SEGMENT_THRESHOLD = 0.5
-MEDIAN_FRAMES = 5  # 50 ms: a flicker of the detector is not an event (the renderer leaves 0.2 s between events)
+MERGE_GAP_FRAMES = 4  # shorter dips inside an event do not split it (the renderer leaves 0.2 s between events)
+MIN_EVENT_FRAMES = 2  # a one-frame flicker is not an event (a click lasts 15-25 ms: two frames or more)
 
 
 class TimedClip(NamedTuple):
@@ -105,15 +106,17 @@ class EventTagger(ModelMixin, ConfigMixin):
     @torch.no_grad()
     def audio_events(self, mel: torch.Tensor) -> torch.Tensor:
         """Per clip and type the ``AUDIO_FEATURES``: expected onsets (sum of rises of the probability), segments
-        (runs above 0.5 after a median filter), share of frames active, centre in time and first onset (0-1 of
+        (runs above 0.5, dips under ``MERGE_GAP_FRAMES`` closed, runs under ``MIN_EVENT_FRAMES`` dropped), share of
+        frames active, centre in time and first onset (0-1 of
         the clip; 1 where the type never sounds). (clips, frames, mels) -> (clips, types, 5)."""
-        from scipy.ndimage import median_filter
+        from scipy.ndimage import binary_closing, binary_opening
 
         probability = torch.sigmoid(self.frame_logits(mel))
         frames = probability.shape[1]
         onsets = probability[:, 0] + torch.relu(probability[:, 1:] - probability[:, :-1]).sum(1)
-        active = torch.from_numpy(median_filter((probability > SEGMENT_THRESHOLD).numpy(), size=(1, MEDIAN_FRAMES, 1)))
-        active = active.to(probability)
+        active = (probability > SEGMENT_THRESHOLD).numpy()
+        active = binary_closing(active, np.ones((1, MERGE_GAP_FRAMES + 1, 1)), border_value=0) | active
+        active = torch.from_numpy(binary_opening(active, np.ones((1, MIN_EVENT_FRAMES, 1)))).to(probability)
         segments = torch.relu(torch.diff(active, dim=1, prepend=torch.zeros_like(active[:, :1]))).sum(1)
         time_axis = torch.linspace(0, 1, frames)[None, :, None]
         mass = probability.sum(1)
@@ -201,8 +204,10 @@ def rendered_timelines(n: int, *, seed: int = 0, through=None, through_share: fl
             waveform, _, events = render(prompt, seed=int(rng.integers(2**31)))
             clips.append(TimedClip(prompt, waveform, [tuple(event) for event in events]))
     if through is not None:
+        from tqdm.auto import tqdm
+
         chosen = [i for i in range(len(clips)) if rng.random() < through_share]
-        for start in range(0, len(chosen), 16):
+        for start in tqdm(range(0, len(chosen), 16), desc="through the VAE and vocoder", disable=not chosen):
             batch = chosen[start:start + 16]
             for i, audio in zip(batch, round_trip(through, [clips[i].waveform for i in batch])):
                 clips[i] = clips[i]._replace(waveform=audio)

@@ -23,6 +23,11 @@ makes one contrast of each caption a clip with an event added), saved to ``--out
 reused; its accuracy before any ranking is the curve's point 0, and every point
 fine-tunes from it at ``--learning-rate``.
 
+With ``--tagger M`` the model hears clips through an event tagger (``annotate.events``) trained on M rendered
+training-split captions with their timelines, half of them through tiny's VAE and vocoder (no judge; the held-out
+prompts are never among them), saved to ``--out``/tagger-M and reused; each point trains an event-level head
+over it.
+
 Writes ``--out``/curve.json (``--name``) and prints a table. ``--width``, ``--dropout``, ``--weight-decay`` and
 ``--learning-rate`` set the head and its optimiser.
 """
@@ -168,10 +173,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--error", type=float, default=0.2, help="share of judge-distinct pairs an annotator reverses")
     parser.add_argument("--steps", type=int, default=12, help="sampling steps of the clips (model's sampler)")
     parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--width", type=int, default=128, help="the preference head's width")
+    parser.add_argument("--width", type=int, help="the preference head's width (default 128; 32 over --tagger)")
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--weight-decay", type=float, default=0.01)
-    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--learning-rate", type=float, help="default 3e-4; 1e-3 over --tagger")
     parser.add_argument("--name", default="curve", help="results go to OUT/NAME.json and OUT/NAME-model-<N>")
     parser.add_argument("--pretrain", type=int, default=0, help="rendered captions to pretrain the head on first")
     parser.add_argument("--pretrain-epochs", type=int, default=10)
@@ -179,6 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="one contrast of each caption has an event added (annotate.perturb.added_events)")
     parser.add_argument("--pretrain-round-trip", type=float, default=0.0,
                         help="share of the rendered clips passed through tiny's VAE and vocoder")
+    parser.add_argument("--tagger", type=int, default=0, help="rendered captions to train an event tagger on first")
+    parser.add_argument("--tagger-epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--generate-only", action="store_true")
     args = parser.parse_args(argv)
@@ -201,8 +208,23 @@ def main(argv: list[str] | None = None) -> dict:
               "all_bad_tasks": int((~train["scores"].any(1)).sum()),
               "mean_judge_score_train": float(train["scores"].mean()), "points": []}
     sizes = [int(size) for size in args.sizes.split(",")]
-    head = {"width": args.width, "dropout": args.dropout}
-    pretrained = None
+    head = {"width": args.width or (32 if args.tagger else 128), "dropout": args.dropout}
+    learning_rate = args.learning_rate or (1e-3 if args.tagger else 3e-4)
+    pretrained, tagger, reads_through = None, None, ""
+    if args.tagger:
+        from annotate.events import load_tagger, rendered_timelines, save_tagger, train_event_tagger
+        from pipeline import load_pipeline
+
+        folder = args.out / f"tagger-{args.tagger}"
+        if not (folder / "config.json").is_file():
+            pipe = load_pipeline("tiny", device="cpu")
+            clips = rendered_timelines(args.tagger, seed=args.seed, through=pipe, through_share=0.5,
+                                       exclude=set(evaluated))
+            save_tagger(*train_event_tagger(clips, pipe.tokenizer, pipe.text_encoder, round_trip_share=0.5,
+                                            epochs=args.tagger_epochs, seed=args.seed), folder)
+        tagger, tagger_report = load_tagger(folder)
+        reads_through = tagger_report.summary
+        report["tagger"] = {key: value for key, value in vars(tagger_report).items() if key != "history"}
     if args.pretrain:
         folder = args.out / (f"pretrained-{args.pretrain}-{args.pretrain_round_trip:g}"
                              + ("-added" if args.pretrain_added_event else ""))
@@ -224,9 +246,9 @@ def main(argv: list[str] | None = None) -> dict:
             model = pretrained
         else:
             model = train_preference_model(comparisons, base="tiny", epochs=args.epochs, seed=args.seed,
-                                           progress=False, init=pretrained,
+                                           progress=False, init=pretrained, tagger=tagger, reads_through=reads_through,
                                            source=f"{size} simulated rankings ({args.error:.0%} annotator error)",
-                                           learning_rate=args.learning_rate, weight_decay=args.weight_decay, **head)
+                                           learning_rate=learning_rate, weight_decay=args.weight_decay, **head)
         result = evaluate(model, against_judge, seed=args.seed)
         model.report.evaluations["held-out prompts vs judge"] = result
         point = {"rankings": size, "tasks": len(tasks), "comparisons": len(comparisons.items),

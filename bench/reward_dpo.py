@@ -7,7 +7,8 @@ per prompt with the latents they were decoded from). Each ranker picks the best 
 the judge does not score all alike: ``judge`` (the exact ranker, what the DPO experiment used), ``reward`` (the
 learned model) or ``random`` (seeded random picks: what ranking is worth at all). Same prompts, same number of
 pairs, same recipe (``dpo_experiment.COMMON``, β 2000): only who ranked differs. Each tuned model and the base are then judged on ``test`` and ``heldout`` prompts, with
-paired differences against the base. Stages resume; writes ``OUT/summary.json``.
+paired differences against the base and against the random picks' run (what the ranking bought, clip by clip on
+the same prompts and seeds). Stages resume; writes ``OUT/summary.json``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from annotate.clips import encode_wav  # noqa: E402
 from annotate.dataset import PreferenceRow, write_preference_dataset  # noqa: E402
 from annotate.reward import PreferenceModel  # noqa: E402
 from reward_curve import MODELS, as_float  # noqa: E402  (bench/)
+from soundworld.evaluate import compare  # noqa: E402
 
 RANKERS = ("judge", "reward", "random")
 
@@ -100,12 +102,15 @@ def main(argv: list[str] | None = None) -> dict:
     for split in ("test", "heldout"):
         base = args.out / "eval" / f"{split}-base.json"
         evaluate(args.model, split, args.eval_n, args.eval_seed, base)
-        for ranker in RANKERS:
-            report = evaluate(str(args.out / f"dpo-{ranker}"), split, args.eval_n, args.eval_seed,
-                              args.out / "eval" / f"{split}-{ranker}.json", compare=base)
+        reports = {ranker: evaluate(str(args.out / f"dpo-{ranker}"), split, args.eval_n, args.eval_seed,
+                                    args.out / "eval" / f"{split}-{ranker}.json", compare=base) for ranker in RANKERS}
+        for ranker, report in reports.items():
+            versus_random = compare(report["clips"], reports["random"]["clips"], seed=args.seed)
             summary["runs"].setdefault(ranker, {})[split] = {
                 **{metric: report.get(metric) for metric in METRICS},
-                **{f"{metric}_minus_base": difference(report["compared_to"], metric) for metric in METRICS}}
+                **{f"{metric}_minus_base": difference(report["compared_to"], metric) for metric in METRICS},
+                **({f"{metric}_minus_random": difference(versus_random, metric) for metric in METRICS}
+                   if ranker != "random" else {})}
             print(f"{split:>8} {ranker:>7}: " + "  ".join(
                 f"{metric} {summary['runs'][ranker][split][metric + '_minus_base']}"
                 for metric in ("event_recall", "order_accuracy", "mean_score")), flush=True)

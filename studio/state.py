@@ -113,7 +113,8 @@ class Studio:
                              f"{result['interval'][1]:.3f}]" for name, result in report.evaluations.items())
         return (f"Automatic ranker: preference model trained {report.trained_at} on {report.comparisons} comparisons "
                 f"({report.prompts} prompts, {report.source}); held-out prompts: pair accuracy "
-                f"{report.validation_accuracy}" + (f"; {measured}" if measured else ""))
+                f"{report.validation_accuracy}" + (f"; {measured}" if measured else "")
+                + (f"; hears clips through {report.reads_through}" if report.reads_through else ""))
 
     def generate(self, settings: GenerationSettings, progress: Callable[[float, str], None] | None = None) -> Generation:
         return generate_both(self.models, settings, self.generated_dir, progress, secret=self.secret)
