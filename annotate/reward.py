@@ -4,6 +4,8 @@
     python -m annotate.reward train    --dataset exports/human-pairs --base tiny --out reward-model
     python -m annotate.reward evaluate --model reward-model --data-dir data     # agreement with the human majority
     python -m annotate.autorank --model tiny --ranker reward:reward-model --out pairs     # rank new candidates
+    python -m annotate.reward tagger   --world 6000 --out event-tagger    # sound world: an event tagger to hear through
+    python -m annotate.reward train    --data-dir data --tagger event-tagger --out reward-model
 
 Every two clips of a ranking with different ranks are a comparison (``annotate.pairs.ordered_pairs``; ties say
 nothing, skips and all-bad votes carry no preference, as in the export and the verdict). The model gives a clip a
@@ -14,8 +16,11 @@ reward r(prompt, clip) and is trained with the Bradley-Terry loss
 averaged over comparisons (each annotator's vote counts on its own: disagreement is the noise the loss expects).
 Inputs are what the pipeline already computes: the clip's VAE latent of its log-mel (the mode of the posterior) and
 the prompt's hidden states from the pipeline's text encoder, both frozen; a small transformer reads the audio,
-the prompt's tokens attend to it, and a linear layer turns the pooled tokens into the reward. Validation holds
-out whole prompts, and the epoch with the lowest held-out loss is kept.
+the prompt's tokens attend to it, and a linear layer turns the pooled tokens into the reward. Or, with ``--tagger``
+(sound world: ``python -m annotate.reward tagger`` trains one on rendered timelines, ``annotate.events``), it hears
+the clip through an event tagger and reads one token per event type: what the clip has of it, what the prompt asks
+for, how many are missing or extra. Validation holds out whole prompts, and the epoch with the lowest held-out
+loss is kept.
 
 ``save_pretrained`` writes the head (``reward/``), the encoders it reads through (``tokenizer/``,
 ``text_encoder/``, ``vae/``) and a card (``README.md``, ``training.json``) with the data it saw and its held-out

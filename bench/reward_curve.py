@@ -152,6 +152,23 @@ def simulated_rankings(data: dict, sigma: float, annotators: int, seed: int) -> 
     return tasks
 
 
+def same_events_as_judge(tagger, data: dict) -> float:
+    """Share of the clips in which the tagger hears the same event types, each as often, as the judge does."""
+    from collections import Counter
+
+    from annotate.events import AUDIO_FEATURES, log_mel
+    from soundworld import EVENT_TYPES, detect_events
+
+    same = []
+    for clips in data["audio"]:
+        waveforms = [as_float(clip) for clip in clips]
+        segments = tagger.audio_events(log_mel(waveforms))[..., AUDIO_FEATURES.index("segments")]
+        for waveform, counts in zip(waveforms, segments.int().tolist()):
+            heard = Counter({name: n for name, n in zip(EVENT_TYPES, counts) if n})
+            same.append(heard == Counter(event.type for event in detect_events(waveform, 16000)))
+    return round(float(np.mean(same)), 4)
+
+
 def judge_comparisons(split: str, data: dict) -> list[Comparison]:
     """Every two clips of a task the judge scores differently, the higher one better."""
     items = []
@@ -225,6 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
         tagger, tagger_report = load_tagger(folder)
         reads_through = tagger_report.summary
         report["tagger"] = {key: value for key, value in vars(tagger_report).items() if key != "history"}
+        report["tagger"]["events_as_the_judge_hears_them"] = same_events_as_judge(tagger, held)
     if args.pretrain:
         folder = args.out / (f"pretrained-{args.pretrain}-{args.pretrain_round_trip:g}"
                              + ("-added" if args.pretrain_added_event else ""))
