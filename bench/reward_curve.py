@@ -28,6 +28,10 @@ training-split captions with their timelines, half of them through tiny's VAE an
 prompts are never among them), saved to ``--out``/tagger-M and reused; each point trains an event-level head
 over it.
 
+``--check-split SPLIT`` also measures the largest model on ``--eval-prompts`` prompts of another split (``test``:
+strings no ranking, caption or tagger clip ever used) with clips of their own seeds: an evaluation nothing was
+tuned on.
+
 Writes ``--out``/curve.json (``--name``) and prints a table. ``--width``, ``--dropout``, ``--weight-decay`` and
 ``--learning-rate`` set the head and its optimiser.
 """
@@ -203,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="share of the rendered clips passed through tiny's VAE and vocoder")
     parser.add_argument("--tagger", type=int, default=0, help="rendered captions to train an event tagger on first")
     parser.add_argument("--tagger-epochs", type=int, default=3)
+    parser.add_argument("--check-split", help="also measure the largest model on this split's prompts (e.g. test)")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--generate-only", action="store_true")
     args = parser.parse_args(argv)
@@ -276,6 +281,14 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{size:>5} rankings ({len(comparisons.items)} comparisons): held-out accuracy vs judge "
               f"{result['accuracy']:.3f} [{result['interval'][0]:.3f}, {result['interval'][1]:.3f}] on "
               f"{result['pairs']} pairs", flush=True)
+        if size == max(sizes) and args.check_split:
+            check = generate(sample_prompts(args.check_split, args.eval_prompts, args.seed), args.out,
+                             f"check-{args.check_split}", args.steps, args.seed * 1_000_003 + 700_000_000)
+            split_comparisons = Comparisons(judge_comparisons("check", check), audio_of("check", check))
+            point[f"{args.check_split}_vs_judge"] = result = evaluate(model, split_comparisons, seed=args.seed)
+            model.report.evaluations[f"{args.check_split} prompts vs judge"] = result
+            print(f"      {args.check_split} prompts: accuracy vs judge {result['accuracy']:.3f} "
+                  f"[{result['interval'][0]:.3f}, {result['interval'][1]:.3f}] on {result['pairs']} pairs", flush=True)
         if size == max(sizes):
             model.save_pretrained(args.out / (f"model-{size}" if args.name == "curve" else f"{args.name}-model-{size}"))
         (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n")
