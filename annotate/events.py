@@ -106,9 +106,9 @@ class EventTagger(ModelMixin, ConfigMixin):
     @torch.no_grad()
     def audio_events(self, mel: torch.Tensor) -> torch.Tensor:
         """Per clip and type the ``AUDIO_FEATURES``: expected onsets (sum of rises of the probability), segments
-        (runs above 0.5, dips under ``MERGE_GAP_FRAMES`` closed, runs under ``MIN_EVENT_FRAMES`` dropped), share of
-        frames active, centre in time and first onset (0-1 of
-        the clip; 1 where the type never sounds). (clips, frames, mels) -> (clips, types, 5)."""
+        (runs above 0.5, dips under ``MERGE_GAP_FRAMES`` closed, runs under ``MIN_EVENT_FRAMES`` dropped), mean
+        probability (the share of the clip it sounds), centre in time and first onset (0-1 of the clip; 1 where the
+        type never sounds). (clips, frames, mels) -> (clips, types, 5)."""
         from scipy.ndimage import binary_closing, binary_opening
 
         probability = torch.sigmoid(self.frame_logits(mel))
