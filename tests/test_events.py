@@ -5,6 +5,7 @@ probabilities become per-type events, it learns rendered events, and a preferenc
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -113,6 +114,21 @@ def test_a_preference_model_hears_clips_through_the_tagger(ranked_store, tmp_pat
     assert trained_here(clips, RATE, prompt) == pytest.approx(scores, abs=1e-5)  # the saved copy is the tagger
     torch.nn.init.zeros_(tagger.frame_out.weight)
     assert trained_here.identity != model.identity  # other tagger weights: another scorer
+
+    # The app ranks with it and says what it hears through.
+    from studio import Studio, parse_config
+    from studio.generation import LoadedModel
+
+    data = tmp_path / "data"
+    shutil.copytree(ranked_store.data_dir, data)
+    studio = Studio(parse_config(["--data-dir", str(data), "--reward-model", str(tmp_path / "m")], {}),
+                    models=[LoadedModel("base", "Base", "none-a", None, "not loaded in this test")])
+    try:
+        assert studio.ranker.identity == model.identity
+        assert all(clip.auto_score is not None for clip in studio.store.candidates().values())
+        assert "hears clips through an event tagger trained on 39 rendered clips" in studio.ranker_summary()
+    finally:
+        studio.close()
 
     with pytest.raises(SystemExit):  # a head over a tagger cannot go on from a latent head
         main(["train", "--data-dir", data_dir, "--tagger", str(tmp_path / "tagger"), "--init", str(tmp_path / "m"),
