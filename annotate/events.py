@@ -184,15 +184,16 @@ class TaggerReport:
     def summary(self) -> str:
         """One line for a preference model's card: what the tagger learned from and how well it does."""
         return (f"an event tagger trained on {self.clips} rendered clips of {self.captions} captions "
-                f"({self.round_trip_share:.0%} through {self.base}'s VAE and vocoder); held-out captions: frame F1 "
+                f"({self.round_trip_share:.0%} of them also through {self.base}'s VAE and vocoder); held-out captions: frame F1 "
                 f"{self.frame_f1}, prompts whose every count it reads right {self.count_accuracy}")
 
 
-def rendered_timelines(n: int, *, seed: int = 0, through=None, through_share: float = 0.5,
+def rendered_timelines(n: int, *, seed: int = 0, through=None, through_share: float = 1.0,
                        exclude: Collection[str] = ()) -> list[TimedClip]:
     """``n`` training-split prompts of the sound world rendered with their timelines (prompts in ``exclude``, the
-    ones a model is evaluated on, left out); ``through`` (a ``TangoPipeline``) passes a ``through_share`` of the
-    clips through its VAE and vocoder, as its generated clips are made."""
+    ones a model is evaluated on, left out); with ``through`` (a ``TangoPipeline``) a ``through_share`` of the
+    clips comes a second time, through its VAE and vocoder as its generated clips are made (the same events, the
+    generator's artefacts: the detector learns to hear past them)."""
     from soundworld import render, sample_prompts
 
     from .reward import round_trip
@@ -210,7 +211,7 @@ def rendered_timelines(n: int, *, seed: int = 0, through=None, through_share: fl
         for start in tqdm(range(0, len(chosen), 16), desc="through the VAE and vocoder", disable=not chosen):
             batch = chosen[start:start + 16]
             for i, audio in zip(batch, round_trip(through, [clips[i].waveform for i in batch])):
-                clips[i] = clips[i]._replace(waveform=audio)
+                clips.append(clips[i]._replace(waveform=audio))
     return clips
 
 

@@ -725,8 +725,8 @@ def main(argv: list[str] | None = None) -> int:
         help="sound world: train an event tagger (the encoder of `train --tagger`) on rendered clips with their "
              "timelines")
     tagger.add_argument("--world", type=int, required=True, help="training-split captions to render")
-    tagger.add_argument("--round-trip-share", type=float, default=0.5,
-                        help="share of the clips passed through the base's VAE and vocoder first")
+    tagger.add_argument("--round-trip-share", type=float, default=1.0,
+                        help="share of the clips that come a second time, through the base's VAE and vocoder")
     tagger.add_argument("--base", default="tiny", help="the pipeline whose text encoder, VAE and vocoder it uses")
     tagger.add_argument("--out", required=True, help="folder for the tagger (train on rankings with --tagger OUT)")
     tagger.add_argument("--epochs", type=int, default=3)

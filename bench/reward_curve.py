@@ -207,6 +207,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="share of the rendered clips passed through tiny's VAE and vocoder")
     parser.add_argument("--tagger", type=int, default=0, help="rendered captions to train an event tagger on first")
     parser.add_argument("--tagger-epochs", type=int, default=3)
+    parser.add_argument("--tagger-round-trip", type=float, default=1.0,
+                        help="share of the tagger's clips that come a second time, through tiny's VAE and vocoder")
     parser.add_argument("--check-split", help="also measure the largest model on this split's prompts (e.g. test)")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--generate-only", action="store_true")
@@ -237,12 +239,13 @@ def main(argv: list[str] | None = None) -> dict:
         from annotate.events import load_tagger, rendered_timelines, save_tagger, train_event_tagger
         from pipeline import load_pipeline
 
-        folder = args.out / f"tagger-{args.tagger}"
+        folder = args.out / f"tagger-{args.tagger}-{args.tagger_round_trip:g}"
         if not (folder / "config.json").is_file():
             pipe = load_pipeline("tiny", device="cpu")
-            clips = rendered_timelines(args.tagger, seed=args.seed, through=pipe, through_share=0.5,
+            clips = rendered_timelines(args.tagger, seed=args.seed, through=pipe, through_share=args.tagger_round_trip,
                                        exclude=set(evaluated))
-            save_tagger(*train_event_tagger(clips, pipe.tokenizer, pipe.text_encoder, round_trip_share=0.5,
+            save_tagger(*train_event_tagger(clips, pipe.tokenizer, pipe.text_encoder,
+                                            round_trip_share=args.tagger_round_trip,
                                             epochs=args.tagger_epochs, seed=args.seed), folder)
         tagger, tagger_report = load_tagger(folder)
         reads_through = tagger_report.summary
