@@ -24,9 +24,9 @@ reused; its accuracy before any ranking is the curve's point 0, and every point
 fine-tunes from it at ``--learning-rate``.
 
 With ``--tagger M`` the model hears clips through an event tagger (``annotate.events``) trained on M rendered
-training-split captions with their timelines, half of them through tiny's VAE and vocoder (no judge; the held-out
-prompts are never among them), saved to ``--out``/tagger-M and reused; each point trains an event-level head
-over it.
+training-split captions with their timelines, each clip also through tiny's VAE and vocoder (``--tagger-round-trip``
+of them; no judge; the held-out prompts are never among them), saved to ``--out``/tagger-M-SHARE and reused; each
+point trains an event-level head over it.
 
 ``--check-split SPLIT`` also measures the largest model on ``--eval-prompts`` prompts of another split (``test``:
 strings no ranking, caption or tagger clip ever used) with clips of their own seeds: an evaluation nothing was
