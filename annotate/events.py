@@ -258,6 +258,8 @@ def train_event_tagger(clips: Sequence[TimedClip], tokenizer, text_encoder, *, b
 
     from train_dpo import split_validation
 
+    from .reward import prompt_hidden_states
+
     torch.manual_seed(seed)
     started = time.perf_counter()
     tagger = EventTagger(event_types=list(EVENT_TYPES), text_dim=text_encoder.config.d_model, base=base)
@@ -285,9 +287,7 @@ def train_event_tagger(clips: Sequence[TimedClip], tokenizer, text_encoder, *, b
 
     # The text tower reads the prompt; the audio tower is done (its layers get no gradient from this loss).
     prompts = list(dict.fromkeys(c.prompt for c in clips))
-    inputs = [tokenizer([p], truncation=True, return_tensors="pt").input_ids for p in prompts]
-    with torch.no_grad():
-        hidden = [text_encoder(input_ids=ids).last_hidden_state[0].float() for ids in inputs]
+    hidden = [prompt_hidden_states(tokenizer, text_encoder, p) for p in prompts]
     mask = pad_sequence([torch.ones(len(h), dtype=torch.bool) for h in hidden], batch_first=True)
     hidden = pad_sequence(hidden, batch_first=True)
     counts, positions = map(torch.stack, zip(*[prompt_targets(p, tagger.config.event_types, tagger.config.max_count)
@@ -337,7 +337,12 @@ def load_tagger(folder: str | Path) -> tuple[EventTagger, TaggerReport | None]:
     from .validation import InvalidInput
 
     folder = Path(folder)
-    if not (folder / "config.json").is_file() or "EventTagger" not in (folder / "config.json").read_text():
+    config = folder / "config.json"
+    try:
+        class_name = json.loads(config.read_text()).get("_class_name") if config.is_file() else None
+    except (ValueError, AttributeError):  # not JSON, or not a JSON object
+        class_name = None
+    if class_name != EventTagger.__name__:
         raise InvalidInput(f"{folder} is not an event tagger folder: train one with `python -m annotate.reward tagger`")
     report = None
     if (folder / TRAINING_FILE).is_file():

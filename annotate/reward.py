@@ -164,6 +164,15 @@ def round_trip(pipe, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:
     return [clip[:len(w)].numpy() for clip, w in zip(audio.float(), waveforms)]
 
 
+def prompt_hidden_states(tokenizer, text_encoder, prompt: str) -> "torch.Tensor":
+    """The prompt's hidden states from a pipeline's text encoder, (tokens, width), float32, no gradients."""
+    import torch
+
+    inputs = tokenizer([prompt], truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        return text_encoder(input_ids=inputs.input_ids).last_hidden_state[0].float()
+
+
 def comparisons_from_rankings(rankings, prompt_of_task: Mapping[int, str]) -> list[Comparison]:
     """Every (better, worse) of every usable ranking, each vote on its own."""
     return [Comparison(prompt_of_task[ranking.task_id], better, worse)
@@ -356,11 +365,7 @@ class PreferenceModel:
     def text_features(self, prompt: str) -> "torch.Tensor":
         """The prompt's hidden states from the pipeline's text encoder, (tokens, width), or with a tagger what it
         asks for of each event type (types, features)."""
-        import torch
-
-        inputs = self.tokenizer([prompt], truncation=True, return_tensors="pt")
-        with torch.no_grad():
-            hidden = self.text_encoder(input_ids=inputs.input_ids).last_hidden_state[0].float()
+        hidden = prompt_hidden_states(self.tokenizer, self.text_encoder, prompt)
         return hidden if self.tagger is None else self.tagger.prompt_events(hidden)
 
     def rewards(self, audio: Sequence["torch.Tensor"], text: Sequence["torch.Tensor"]) -> "torch.Tensor":
