@@ -212,20 +212,24 @@ def generate_on_page(studio: Studio, prompt: str, steps: float, guidance: float,
 
 
 def clear_generation(studio: Studio):
-    """While a new generation runs: the previous prompt's players, spectrograms and messages go away."""
+    """While a new generation runs: the previous prompt's players, spectrograms, messages and Generation go away,
+    and Generate is disabled until it ends (a click meanwhile would otherwise be dropped unseen)."""
     hidden = [gr.update(value=None, visible=False)] * (3 * MAX_CANDIDATES * len(studio.models))
     summaries = [f"{model.status()}: generating ..." if model.pipe is not None else model.status()
                  for model in studio.models]
-    return *summaries, *hidden, gr.update(interactive=False), ""
+    return ("", *summaries, *hidden, gr.update(interactive=False), "",
+            gr.update(interactive=False, value="Generating ..."), None)
 
 
 def show_generation(studio: Studio, generation: Generation | None, error: str):
     """Column summaries (each column's judge score), players, spectrograms and what the judge heard in each clip;
-    enables "send to annotation". A refused or failed generation: the reason in each column, nothing else."""
+    enables "send to annotation" and Generate; above the columns, the prompt and settings the clips were made with.
+    A refused or failed generation: the reason in each column, nothing else."""
+    generate_again = gr.update(interactive=True, value="Generate")
     if generation is None:
         summaries = [f"**{model.title}** (`{model.spec}`): **not generated**: {error}" for model in studio.models]
         hidden = [gr.update(value=None, visible=False)] * (3 * MAX_CANDIDATES * len(studio.models))
-        return *summaries, *hidden, gr.update(interactive=False), ""
+        return "", *summaries, *hidden, gr.update(interactive=False), "", generate_again
     summaries = [column.summary() for column in generation.columns]
     audio_updates, picture_updates, heard_updates = [], [], []
     for column in generation.columns:
@@ -234,7 +238,8 @@ def show_generation(studio: Studio, generation: Generation | None, error: str):
             audio_updates.append(gr.update(value=clip and clip.audio_path, visible=clip is not None))
             picture_updates.append(gr.update(value=clip and clip.spectrogram_path, visible=clip is not None))
             heard_updates.append(gr.update(value=clip and clip.heard(), visible=bool(clip and clip.judged)))
-    return *summaries, *audio_updates, *picture_updates, *heard_updates, gr.update(interactive=True), ""
+    return (generation.settings.made_with(), *summaries, *audio_updates, *picture_updates, *heard_updates,
+            gr.update(interactive=True), "", generate_again)
 
 
 @visible_errors
@@ -524,6 +529,7 @@ def demo_tab(studio: Studio) -> None:
     generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
     # One progress bar, between the button and the columns; its text names the model at work.
     generation_progress = gr.Markdown(elem_id="generation-progress", min_height=40)
+    made_with = gr.Markdown(elem_id="generation-made-with")  # what the clips below were made with
     column_summaries, players, pictures, heard = [], [], [], []
     with gr.Row():
         for model in models:
@@ -547,16 +553,17 @@ def demo_tab(studio: Studio) -> None:
     generation_state, generation_error = gr.State(), gr.State("")
 
     settings = [prompt, steps, guidance, seed, candidates, sampler, duration]
-    shown = [*column_summaries, *players, *pictures, *heard, send_button, send_status]
+    shown = [made_with, *column_summaries, *players, *pictures, *heard, send_button, send_status, generate_button]
     # The gate (studio.limits) runs one generation at a time and refuses what would queue too long; gradio
     # queues nothing here, so that a request over the limit reaches the gate and is answered at once.
     api_generate.click(bind(generate, studio), settings, [base_files, dpo_files, details, generation_state],
                        api_name="generate", concurrency_limit=None)
-    # Clear the previous clips first; then generate with the progress bar above the columns; then show the clips or
-    # why there are none.
-    generate_button.click(bind(clear_generation, studio), None, shown, queue=False, api_visibility="private")
-    generate_button.click(bind(generate_on_page, studio), settings, [generation_state, generation_error],
-                          concurrency_limit=None, show_progress_on=[generation_progress], api_visibility="private") \
+    # Clear the previous clips (and disable Generate) first; then generate with the progress bar above the columns;
+    # then show the clips or why there are none, and enable Generate again.
+    generate_button.click(bind(clear_generation, studio), None, [*shown, generation_state], queue=False,
+                          api_visibility="private") \
+        .then(bind(generate_on_page, studio), settings, [generation_state, generation_error],
+              concurrency_limit=None, show_progress_on=[generation_progress], api_visibility="private") \
         .then(bind(show_generation, studio), [generation_state, generation_error], shown, api_visibility="private")
     send_button.click(bind(send, studio), [generation_state], [send_status], api_visibility="private")
 

@@ -122,6 +122,13 @@ class GenerationSettings:
         """The Demo seed of each candidate, by the pipeline's convention (``clip_seeds``)."""
         return clip_seeds(self.seed, self.candidates)
 
+    def made_with(self) -> str:
+        """One markdown line over a generation's clips: the prompt and settings they were made with (the form's
+        fields may since say something else)."""
+        length = "each model's own length" if self.duration is None else f"{self.duration:g} s"
+        return (f"**Clips of:** “{self.prompt}” · {self.steps} steps · guidance {self.guidance:g} · seed {self.seed} "
+                f"· {self.candidates} candidate(s) per model · sampler {self.sampler} · {length}")
+
     @classmethod
     def checked(cls, prompt: object, steps: object, guidance: object, seed: object, candidates: object,
                 sampler: object = MODEL_DEFAULT, duration: object = None, *, max_steps: int = MAX_STEPS,

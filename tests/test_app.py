@@ -197,6 +197,21 @@ def test_send_to_annotation_stores_both_columns_once(served, tmp_path):
         send_to_annotation(studio.store, single)
 
 
+def test_the_page_labels_clips_with_what_they_were_made_with_and_locks_generate_meanwhile(served):
+    """Issue 32: a second Generate during a generation was dropped unseen and the page then showed the first
+    prompt's clips under the second prompt's form."""
+    studio, _ = served
+    made_with, *_, send_button, _, generate_button, state = app.clear_generation(studio)
+    assert made_with == "" and state is None  # nothing to send while generating
+    assert generate_button["interactive"] is False and send_button["interactive"] is False
+    generation = studio.generate(GenerationSettings.checked("a hiss then a beep", 3, 2.5, 11, 1, "DDIM", 2.0))
+    made_with, *_, send_button, _, generate_button = app.show_generation(studio, generation, "")
+    for shown in ("“a hiss then a beep”", "3 steps", "guidance 2.5", "seed 11", "1 candidate(s)", "DDIM", "2 s"):
+        assert shown in made_with
+    assert generate_button["interactive"] is True and send_button["interactive"] is True
+    made_with, *_, generate_button = app.show_generation(studio, None, "`prompt` is empty")
+    assert made_with == "" and generate_button["interactive"] is True
+
 def test_config_from_flags_and_environment(tmp_path):
     env = {"TANGO_BASE_MODEL": "declare-lab/tango", "TANGO_ADMINS": "ann, bob", "GRADIO_SERVER_PORT": "9000"}
     config = parse_config(["--dpo-model", "declare-lab/tango2", "--data-dir", str(tmp_path)], env)

@@ -85,6 +85,7 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
             expect(page.locator(f"#heard-{role}-{i}")).to_contain_text("knock")
     # No more than measured: these test models were never evaluated, and the page says so under the columns.
     expect(page.locator("#evaluation-line")).to_contain_text("No evaluation of these two models")
+    expect(page.locator("#generation-made-with")).to_contain_text("“two knocks then a hiss”")
     expect(page.locator("#duration-control")).to_contain_text("longer clips repeat events")
     page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
     if os.environ.get("DEMO_SCREENSHOT"):
@@ -105,7 +106,14 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
     expect(page.locator("#generation-progress .progress-text, #generation-progress .eta-bar, "
                         "#generation-progress .meta-text").first).to_be_visible(timeout=30_000)
     expect(page.locator("#summary-base .progress-text, #summary-dpo .progress-text")).to_have_count(0)
+    # Meanwhile Generate is locked, so a second prompt cannot be clicked away unseen; the clips that come are
+    # labelled with the prompt and settings they were made with, not with what the form says now (issue 32).
+    expect(page.locator("#generate-button")).to_be_disabled()
+    page.locator("#prompt textarea").fill("a click")
+    steps.fill("5")
     expect(page.locator("#column-base .play-pause-button")).to_have_count(2, timeout=300_000)
+    expect(page.locator("#generation-made-with")).to_contain_text("“three beeps” · 100 steps")
+    expect(page.locator("#generate-button")).to_be_enabled()
     steps.fill("4")
 
     # Words outside the sound world are refused, and the page says which words there are. The refusal stays in
