@@ -361,9 +361,13 @@ def _finish_interrupted_swap(out_dir: Path) -> None:
 
 def dataset_card(summary: DatasetSummary, *, how_made: str, stats: Mapping[str, object],
                  sections: Mapping[str, str] | None = None) -> str:
-    """README.md: YAML front matter the Hub and ``load_dataset`` read, then a human description."""
+    """README.md: YAML front matter the Hub and ``load_dataset`` read, then a human description.
+
+    No ``configs`` entry: both find ``data/train-*`` by their default file patterns, and a card that declares
+    configs makes ``datasets`` cache a local folder under its folder name and the card alone, so two exports in
+    folders of the same name (or one export rewritten) would load as one. Without it the cache key holds each
+    shard's path and modification time."""
     front_matter = {
-        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
         "dataset_info": {
             "features": [{"name": name, "dtype": _yaml_dtype(feature)} for name, feature in FEATURES.items()],
         },

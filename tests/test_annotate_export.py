@@ -154,15 +154,43 @@ def test_pair_id_ignores_direction():
     assert row.pair_id == flipped.pair_id != preference_row(4).pair_id
 
 
-def test_dataset_card_declares_configs_features_and_counts(voted_store, tmp_path):
+def test_dataset_card_declares_features_and_counts(voted_store, tmp_path):
     export_human_pairs(voted_store, tmp_path / "export")
     card = (tmp_path / "export" / "README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
-    assert front["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+    assert "configs" not in front  # see the next test
     features = {f["name"]: f["dtype"] for f in front["dataset_info"]["features"]}
     assert features["chosen"] == {"audio": {"sampling_rate": 16000, "decode": False}}
     assert features["votes_for"] == "int64" and features["guidance_scale"] == "float64"
     assert "12 pairs" in card and "Krippendorff's alpha (ordinal)" in card and "blind" in card
+
+
+def card_snippet(folder: Path) -> str:
+    """The Python block of an export's card ("## Loading"), naming ``folder`` where it says which dataset."""
+    card = (folder / "README.md").read_text()
+    code = card.split("## Loading", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert "<this folder or repo id>" in code
+    return code.replace("<this folder or repo id>", str(folder))
+
+
+def test_the_card_snippet_loads_its_own_folder_when_another_export_has_the_same_folder_name(tmp_path, monkeypatch):
+    """Issue 32: with a card declaring ``configs``, ``datasets`` cached a local folder by its name, so
+    ``load_dataset("a/mydata")`` then ``load_dataset("b/mydata")`` returned a's rows for b."""
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "one-cache-for-both"))
+    folders = {tmp_path / "a" / "mydata": range(0, 3), tmp_path / "b" / "mydata": range(3, 7)}
+    for folder, rows in folders.items():
+        write_preference_dataset([preference_row(i) for i in rows], folder, how_made="test")
+    for _ in range(2):  # the second round loads from the cache
+        for folder, rows in folders.items():
+            namespace = {}
+            exec(card_snippet(folder), namespace)
+            assert namespace["ds"]["prompt"] == [f"prompt {i}" for i in rows]
+            assert namespace["rate"] == 16000 and len(namespace["samples"]) > 0
+    # A folder exported again in place loads its new rows too.
+    write_preference_dataset([preference_row(i) for i in range(10, 12)], tmp_path / "a" / "mydata", how_made="test")
+    namespace = {}
+    exec(card_snippet(tmp_path / "a" / "mydata"), namespace)
+    assert namespace["ds"]["prompt"] == ["prompt 10", "prompt 11"]
 
 
 def test_nothing_to_export_keeps_the_previous_export(tmp_path):
