@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.io import wavfile
 
 from soundworld.vocabulary import SAMPLE_RATE  # Tango's rate, defined once (torch-free) with the sound world
 
@@ -52,6 +51,8 @@ class Clip:
 
 def encode_wav(samples: np.ndarray) -> bytes:
     """The canonical WAV bytes (32-bit float, 16 kHz, mono) of ``samples``."""
+    from scipy.io import wavfile  # here: importing the store stays light (the commands' --help)
+
     buffer = io.BytesIO()
     wavfile.write(buffer, SAMPLE_RATE, np.ascontiguousarray(samples, dtype=np.float32))
     return buffer.getvalue()

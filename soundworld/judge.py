@@ -53,8 +53,6 @@ from math import gcd
 from typing import NamedTuple
 
 import numpy as np
-from scipy.ndimage import maximum_filter1d, uniform_filter1d
-from scipy.signal import resample_poly
 
 from .grammar import parse
 from .vocabulary import SAMPLE_RATE
@@ -190,6 +188,8 @@ def classify(features: SegmentFeatures) -> str:
 
 def segment_features(waveform: np.ndarray, sample_rate: int) -> list[SegmentFeatures]:
     """Find the active segments of a clip and measure each (steps 1-3 of the module docstring)."""
+    from scipy.ndimage import maximum_filter1d, uniform_filter1d  # here: importing soundworld stays light (--help)
+
     power = _power_spectrogram(_as_mono_16k(waveform, sample_rate))  # (frames, bins)
     if not power.any():
         return []
@@ -227,6 +227,8 @@ def _as_mono_16k(waveform, sample_rate: int) -> np.ndarray:
     sample_rate = int(sample_rate)
     if sample_rate != SAMPLE_RATE:
         logger.info("resampling from %d Hz to %d Hz for the judge", sample_rate, SAMPLE_RATE)
+        from scipy.signal import resample_poly
+
         common = gcd(sample_rate, SAMPLE_RATE)
         audio = resample_poly(audio, SAMPLE_RATE // common, sample_rate // common)
     return audio

@@ -12,10 +12,10 @@ peak-normalised to 0.5-0.9 full scale.
 from __future__ import annotations
 
 import zlib
+from functools import cache
 from typing import NamedTuple
 
 import numpy as np
-from scipy.signal import butter, sosfilt
 
 from .grammar import parse
 from .vocabulary import EVENTS_BY_NAME, SAMPLE_RATE
@@ -26,8 +26,22 @@ EDGE_SECONDS = 0.05
 LEVEL_JITTER_DB = 3.0
 PEAK_RANGE = (0.5, 0.9)
 
-_HISS_FILTER = butter(4, [2500, 7000], btype="bandpass", fs=SAMPLE_RATE, output="sos")
-_KNOCK_ATTACK_FILTER = butter(2, 600, btype="lowpass", fs=SAMPLE_RATE, output="sos")
+
+def _butter(order: int, cutoff, btype: str) -> np.ndarray:
+    """``scipy.signal.butter`` as second-order sections at the sound world's rate. (scipy.signal loads on the first
+    render, not with the package: importing soundworld stays light for the commands' --help.)"""
+    from scipy.signal import butter
+
+    return butter(order, cutoff, btype=btype, fs=SAMPLE_RATE, output="sos")
+
+
+_fixed_filter = cache(_butter)  # the hiss's and the knock's filters, made once
+
+
+def _sosfilt(sos: np.ndarray, signal: np.ndarray) -> np.ndarray:
+    from scipy.signal import sosfilt
+
+    return sosfilt(sos, signal)
 
 
 class TimedEvent(NamedTuple):
@@ -120,23 +134,22 @@ def _falling_chirp(n, rng):
 
 
 def _hiss(n, rng):
-    return _fade(sosfilt(_HISS_FILTER, rng.standard_normal(n)), 0.02)
+    return _fade(_sosfilt(_fixed_filter(4, (2500, 7000), "bandpass"), rng.standard_normal(n)), 0.02)
 
 
 def _knock(n, rng):
     t = _time(n)
     body = np.exp(-t / rng.uniform(0.015, 0.025)) * np.sin(2 * np.pi * rng.uniform(120, 220) * t)
-    attack = np.exp(-t / 0.004) * sosfilt(_KNOCK_ATTACK_FILTER, rng.standard_normal(n))
+    attack = np.exp(-t / 0.004) * _sosfilt(_fixed_filter(2, 600, "lowpass"), rng.standard_normal(n))
     return _fade(body + 0.5 * attack / np.abs(attack).max(), 0.002)
 
 
 def _click(n, rng):
     """An impulse through a 2-7 kHz band-pass: a flat, broadband spectrum, never tone-like."""
     edges = [rng.uniform(1800, 2400), rng.uniform(6000, 7200)]
-    band = butter(4, edges, btype="bandpass", fs=SAMPLE_RATE, output="sos")
     impulse = np.zeros(n)
     impulse[0] = 1.0
-    return sosfilt(band, impulse)
+    return _sosfilt(_butter(4, edges, "bandpass"), impulse)
 
 
 def _siren(n, rng):

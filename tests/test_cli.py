@@ -1,5 +1,5 @@
 """The command lines read their flags before anything heavy loads: `--help` shows every default without
-importing torch, gradio, diffusers or datasets, and flags naming something unusable (a device this machine
+importing torch, gradio, diffusers, datasets or scipy, and flags naming something unusable (a device this machine
 lacks, float16 on a CPU, a missing dataset folder, an unknown model spec) are refused in one line with a
 non-zero exit. (How long `--help` takes is measured by bench/cli_help.py, not here.)"""
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-HEAVY = ("torch", "gradio", "diffusers", "transformers", "accelerate", "datasets")
+HEAVY = ("torch", "gradio", "diffusers", "transformers", "accelerate", "datasets", "scipy")
 
 # name -> (how Python runs it, its arguments before --help)
 COMMANDS = {
