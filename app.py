@@ -340,7 +340,8 @@ def vote_from_form(studio: Studio, verdict: str, annotator: str, task: ShownTask
     vote_id = studio.annotation.vote(name, task.task_id, ranking, verdict, comment=comment)
     message = f"Vote {vote_id} stored ({VERDICT_NAMES[verdict]})."
     if studio.config.reveal_models and verdict in RANKING_VERDICTS:
-        message += f" Revealed: {task.revealed(studio.annotation.reveal(name, task.task_id))}."
+        models, withheld = studio.annotation.reveal_if_private(name, task.task_id)
+        message += f" Revealed: {task.revealed(models)}." if models else f" The {withheld}."
     return message
 
 
@@ -357,12 +358,14 @@ def vote(studio: Studio, annotator: str, task_id: int, ranking: dict | None = No
     """Vote on your open task: ranking maps clip letters (or clip ids) to ranks, 1 = best, ties allowed;
     verdict 'rank', 'all_bad' or 'skip', or for a two-clip task 'a_better', 'b_better' or 'tie' (all but 'rank'
     with no ranking); an optional comment. Every clip must have been played. The same vote sent again returns
-    its vote_id. With --reveal-models the answer to a ranking names the model behind each clip id."""
+    its vote_id. With --reveal-models the answer to a ranking names the model behind each clip id (`models`) where
+    nobody else can be given these clips any more, else says why not (`models_hidden`)."""
     name = who(studio, annotator, request, profile)
     vote_id = studio.annotation.vote(name, task_id, ranking, verdict, comment=comment)
     answer = {"vote_id": vote_id, "progress": progress_text(studio, name)}
     if studio.config.reveal_models and verdict in RANKING_VERDICTS:
-        answer["models"] = studio.annotation.reveal(name, task_id)
+        models, withheld = studio.annotation.reveal_if_private(name, task_id)
+        answer.update({"models": models} if models else {"models_hidden": withheld})
     return answer
 
 

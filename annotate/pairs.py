@@ -57,8 +57,9 @@ class AnnotatorAgreement:
 
 
 def usable(ranking: Ranking) -> bool:
-    """Does this vote express preferences (not a skip, not all-bad)?"""
-    return not (ranking.skipped or ranking.all_bad)
+    """Does this vote express preferences (not a skip, not all-bad) that count (``Ranking.counts``: its clips were
+    heard long enough)?"""
+    return ranking.counts and not (ranking.skipped or ranking.all_bad)
 
 
 def ordered_pairs(ranks: Mapping[str, int]) -> list[tuple[str, str]]:

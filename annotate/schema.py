@@ -169,4 +169,19 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # so that a replaced ranker's scores are recomputed; NULL for scores stored before it was recorded
         "ALTER TABLE candidates ADD COLUMN auto_scorer TEXT",
     ),
+    (
+        # How long each clip of a vote could have been heard (from the app's play events and their timing) and
+        # whether that was enough for the vote to count (Store.min_heard_fraction); NULL: not measured (the CLI).
+        "ALTER TABLE ranking_entries ADD COLUMN heard_s REAL",
+        "ALTER TABLE rankings ADD COLUMN heard INTEGER CHECK (heard IN (0, 1))",
+        # --reveal-models: the tasks whose models were shown to an annotator; never assigned again, so that
+        # what one name learned cannot serve another (Store.reveal).
+        """CREATE TABLE revealed_tasks (
+            task_id INTEGER NOT NULL REFERENCES tasks(id),
+            annotator_id INTEGER NOT NULL REFERENCES annotators(id),
+            created_at REAL NOT NULL,
+            PRIMARY KEY (task_id, annotator_id)
+        )""",
+        *_insert_only("revealed_tasks"),
+    ),
 ]

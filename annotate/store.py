@@ -49,6 +49,12 @@ Undo (``undo_vote``): an annotator may take back their last vote within ``undo_w
 accuracy and every count leave it out, and the task is open to that annotator again (same
 clip order) until they vote anew.
 
+Listening (``submit(heard_s=...)``): where the caller timed how long each clip could have been heard, a vote
+with a clip heard for less than ``min_heard_fraction`` of its length is stored with ``heard`` false and counts
+nowhere (``Ranking.counts``): not towards its task's target, the verdict, the export or a reveal.
+
+Reveals (``reveal``) are given only where nobody else can be given the same clips again, and retire the task.
+
 A task whose clips cannot be read (a file missing or unreadable) is withdrawn
 (``withdraw_task``): it is never assigned again, open assignments of it are closed, and it
 no longer counts among the tasks to do; ``withdrawn_tasks`` lists them with the reason.
@@ -99,6 +105,18 @@ EXPORT_DIR = "export"  # the data folder's own export folder (the app's Export w
 MAX_TASK_CLIPS = 8  # what one screen can rank (the app shows A..H); larger tasks are never assigned
 MAX_TIME_SPENT_S = 24 * 3600.0
 UNDO_WINDOW_S = 60.0  # how long after a vote its annotator may take it back: a slip is noticed at once
+# A vote counts only if each of its clips could have been heard for at least this share of its length. Half, not
+# all: a listener who stops once every sound the prompt names was heard, or skips back, keeps their vote; a
+# script still has to spend half of every clip's real time on every task.
+MIN_HEARD_FRACTION = 0.5
+
+
+REVEAL_WITHHELD = ("models stay hidden: other annotators may still be given these clips (they are named to whoever "
+                   "casts the last vote a task needs, when no other task uses its clips)")
+
+
+class RevealWithheld(InvalidVote):
+    """A reveal that would let another annotator know the models behind clips they may still be given."""
 
 
 class UnusableStore(ValueError):
@@ -174,12 +192,19 @@ class Ranking:
     created_at: float
     comment: str | None = None
     undone_at: float | None = None  # when its annotator took it back (``Store.undo_vote``); None: it stands
+    heard: bool | None = None  # every clip heard long enough (``Store.min_heard_fraction``); None: not measured
+
+    @property
+    def counts(self) -> bool:
+        """Whether the vote counts (towards a task's target, the verdict and the export): it stands, and its clips
+        were heard long enough where that was measured."""
+        return self.undone_at is None and self.heard is not False
 
 
 def reveals_models(vote: Ranking) -> bool:
     """Whether this vote earns its annotator the models behind the clips: a ranking (not a skip or an all-bad
-    vote, which cost no judgement) made with every clip played, not undone."""
-    return (vote.undone_at is None and not (vote.skipped or vote.all_bad)
+    vote, which cost no judgement) that counts, made with every clip played."""
+    return (vote.counts and not (vote.skipped or vote.all_bad)
             and all(vote.play_counts.get(clip_id) for clip_id in vote.shown_order))
 
 
@@ -218,6 +243,8 @@ class Store:
         assignment_ttl_s: an open assignment older than this stops counting towards its
             task's overlap (its owner left), so the task goes to someone else too.
         undo_window_s: how long after a vote its annotator may undo it.
+        min_heard_fraction: a vote whose clips were heard for less than this share of their length (where the
+            caller measured it: ``submit(heard_s=...)``) is stored but does not count.
         busy_timeout_s: how long a write waits for the lock before giving up.
     """
 
@@ -230,6 +257,7 @@ class Store:
         gold_share: float = 0.2,
         assignment_ttl_s: float = 1800.0,
         undo_window_s: float = UNDO_WINDOW_S,
+        min_heard_fraction: float = MIN_HEARD_FRACTION,
         busy_timeout_s: float = 30.0,
     ):
         self.data_dir = Path(data_dir)
@@ -242,6 +270,9 @@ class Store:
             raise InvalidInput(f"`gold_share` must be within 0..1, got {self.gold_share}")
         self.assignment_ttl_s = float(assignment_ttl_s)
         self.undo_window_s = float(undo_window_s)
+        self.min_heard_fraction = check_float(min_heard_fraction, "min_heard_fraction")
+        if not 0 <= self.min_heard_fraction <= 1:
+            raise InvalidInput(f"`min_heard_fraction` must be within 0..1, got {self.min_heard_fraction}")
         self.busy_timeout_s = float(busy_timeout_s)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
@@ -630,6 +661,7 @@ class Store:
         time_spent_s: float | None = None,
         play_counts: Mapping[str, int] | None = None,
         comment: str | None = None,
+        heard_s: Mapping[str, float] | None = None,
     ) -> int:
         """Store one vote and return its id; raise ``InvalidVote`` (and write nothing) if it is invalid.
 
@@ -637,6 +669,9 @@ class Store:
         ``skip`` or ``all_bad`` it must be empty. Resubmitting the same vote (same ranks and
         flags; time, play counts and the comment are not compared) returns the stored
         vote's id; a different one raises ``VoteConflict``. ``comment`` is optional free text.
+        ``heard_s``: clip id -> seconds the annotator could have heard it (the app measures it from its play
+        events); a vote with a clip heard for less than ``min_heard_fraction`` of its length is stored with
+        ``heard`` false and does not count (``Ranking.counts``). A skip needs no listening.
         """
         name = check_name(annotator)
         task_id = check_int(task_id, "task_id", error=InvalidVote)
@@ -669,6 +704,7 @@ class Store:
             assignment_id, shown = assignment[0], json.loads(assignment[1])
             ranks = {clip_id: None for clip_id in shown} if (skip or all_bad) else check_ranking(pairs, shown)
             plays = check_play_counts(play_counts, shown)
+            heard, heard_by_clip = self._heard(db, task_id, shown, heard_s, skip)
 
             existing = db.execute(_STANDING_VOTE_SQL, (assignment_id,)).fetchone()
             if existing is not None:
@@ -678,9 +714,10 @@ class Store:
                 raise VoteConflict(f"annotator {preview(name)} already voted differently on task {task_id} (vote {stored.id})")
 
             ranking_id = db.execute(
-                """INSERT INTO rankings (assignment_id, all_bad, skipped, time_spent_s, created_at, comment)
-                   VALUES (?, ?, ?, ?, ?, ?)""",
-                (assignment_id, int(all_bad), int(skip), time_spent_s, time.time(), comment),
+                """INSERT INTO rankings (assignment_id, all_bad, skipped, time_spent_s, created_at, comment, heard)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                (assignment_id, int(all_bad), int(skip), time_spent_s, time.time(), comment,
+                 None if heard is None else int(heard)),
             ).lastrowid
             internal_id = {
                 public_id: internal
@@ -690,13 +727,32 @@ class Store:
                 )
             }
             db.executemany(
-                "INSERT INTO ranking_entries (ranking_id, candidate_id, rank, play_count) VALUES (?, ?, ?, ?)",
-                [(ranking_id, internal_id[clip_id], ranks[clip_id], plays.get(clip_id)) for clip_id in shown],
+                "INSERT INTO ranking_entries (ranking_id, candidate_id, rank, play_count, heard_s) VALUES (?, ?, ?, ?, ?)",
+                [(ranking_id, internal_id[clip_id], ranks[clip_id], plays.get(clip_id), heard_by_clip.get(clip_id))
+                 for clip_id in shown],
             )
             db.execute("DELETE FROM open_assignments WHERE assignment_id = ?", (assignment_id,))
-            if not skip:
+            if not skip and heard is not False:
                 db.execute("UPDATE tasks SET votes = votes + 1 WHERE id = ?", (task_id,))
             return ranking_id
+
+    def _heard(self, db: sqlite3.Connection, task_id: int, shown: list[str], heard_s: object,
+               skip: bool) -> tuple[bool | None, dict[str, float]]:
+        """(whether every clip was heard for ``min_heard_fraction`` of its length, None when not measured or a
+        skip; the checked seconds per clip)."""
+        if heard_s is None:
+            return None, {}
+        if not isinstance(heard_s, Mapping) or set(heard_s) != set(shown):
+            raise InvalidVote(f"`heard_s` must map every clip shown to seconds, got {preview(heard_s)}")
+        seconds = {clip_id: check_float(heard_s[clip_id], "heard_s", error=InvalidVote) for clip_id in shown}
+        if any(not 0 <= value <= MAX_TIME_SPENT_S for value in seconds.values()):
+            raise InvalidVote(f"`heard_s` must be within 0..{MAX_TIME_SPENT_S:.0f} s, got {preview(heard_s)}")
+        if skip:
+            return None, seconds
+        duration = dict(db.execute(
+            """SELECT c.public_id, c.duration_s FROM task_candidates tc JOIN candidates c ON c.id = tc.candidate_id
+               WHERE tc.task_id = ?""", (task_id,)).fetchall())
+        return all(seconds[c] >= self.min_heard_fraction * duration[c] for c in shown), seconds
 
     def vote_of(self, annotator: str, task_id: int) -> Ranking | None:
         """This annotator's standing vote on the task (not undone), if any."""
@@ -729,14 +785,15 @@ class Store:
         vote_id = check_int(vote_id, "vote_id", minimum=1, error=InvalidVote)
         with self._write(durable=True) as db:
             row = db.execute(
-                """SELECT n.name, a.id, a.task_id, a.annotator_id, r.skipped, r.created_at, u.ranking_id IS NOT NULL
+                """SELECT n.name, a.id, a.task_id, a.annotator_id, r.skipped OR r.heard IS 0, r.created_at,
+                          u.ranking_id IS NOT NULL
                    FROM rankings r JOIN assignments a ON a.id = r.assignment_id JOIN annotators n ON n.id = a.annotator_id
                    LEFT JOIN vote_undos u ON u.ranking_id = r.id WHERE r.id = ?""",
                 (vote_id,),
             ).fetchone()
             if row is None:
                 raise InvalidVote(f"there is no vote {vote_id}")
-            owner, assignment_id, task_id, annotator_id, skipped, cast_at, undone = row
+            owner, assignment_id, task_id, annotator_id, uncounted, cast_at, undone = row
             if owner != name:
                 raise InvalidVote(f"vote {vote_id} was cast by another annotator: only the annotator who cast a vote "
                                   "can undo it")
@@ -755,17 +812,34 @@ class Store:
                     "INSERT INTO open_assignments (assignment_id, task_id, annotator_id, assigned_at) VALUES (?, ?, ?, ?)",
                     (assignment_id, task_id, annotator_id, now),
                 )
-            if not skipped:
+            if not uncounted:
                 db.execute("UPDATE tasks SET votes = votes - 1 WHERE id = ?", (task_id,))
             return _load_rankings(db, vote_id)[0]
 
     def reveal(self, annotator: str, task_id: int) -> dict[str, str]:
         """Clip id -> model, in the order shown, once this annotator has ranked the task with every clip played
-        (``reveals_models``); never before, nor after a skip or an all-bad vote, which cost no judgement."""
+        (``reveals_models``); never before, nor after a skip, an all-bad vote or a vote that does not count.
+
+        A reveal must not serve anyone else: the same clip is the same audio for every annotator, so a second
+        name would recognise it. So the models are shown only where nobody else can be given these clips
+        again: the task is no gold task, none of its clips is in another task, it has its target number of
+        votes and nobody else holds it open. The reveal then retires the task (``revealed_tasks``: never
+        assigned again), in the same transaction that checks. Otherwise ``RevealWithheld`` (an ``InvalidVote``)
+        says the models stay hidden, with one reason for every case (it must not tell a gold task apart).
+        """
         vote = self.vote_of(annotator, task_id)
         if vote is None or not reveals_models(vote):
             raise InvalidVote(f"annotator {preview(annotator)} has not ranked task {preview(task_id)} after playing "
                               "every clip: models stay hidden")
+        with self._write() as db:
+            annotator_id = self._annotator_id(db, vote.annotator)
+            revealed = db.execute("SELECT 1 FROM revealed_tasks WHERE task_id = ? AND annotator_id = ?",
+                                  (vote.task_id, annotator_id)).fetchone()
+            if revealed is None:
+                if not db.execute(_REVEALABLE_SQL, {"task": vote.task_id, "annotator": annotator_id}).fetchone()[0]:
+                    raise RevealWithheld(REVEAL_WITHHELD)
+                db.execute("INSERT INTO revealed_tasks (task_id, annotator_id, created_at) VALUES (?, ?, ?)",
+                           (vote.task_id, annotator_id, time.time()))
         models = {clip_id: clip.model for clip_id, clip in self.candidates(vote.shown_order).items()}
         return {clip_id: models[clip_id] for clip_id in vote.shown_order}
 
@@ -846,7 +920,7 @@ class Store:
 
 _TABLES = ("prompts", "candidates", "tasks", "task_candidates", "annotators",
            "assignments", "open_assignments", "rankings", "ranking_entries", "exports", "gold_tasks",
-           "withdrawn_tasks", "vote_undos")
+           "withdrawn_tasks", "vote_undos", "revealed_tasks")
 
 _STANDS = "r.id NOT IN (SELECT ranking_id FROM vote_undos)"  # a vote not undone
 
@@ -866,6 +940,17 @@ _OPEN_ASSIGNMENT_SQL = """SELECT a.task_id, a.shown_order FROM open_assignments 
 _TASK_CLIPS_SQL = """SELECT c.public_id, c.sha256 FROM task_candidates tc JOIN candidates c ON c.id = tc.candidate_id
                      WHERE tc.task_id = ? ORDER BY c.id"""
 
+# Whether the models of task :task may be shown to :annotator (``Store.reveal``): no gold task, at its target,
+# no clip shared with another task, no other annotator holding it open.
+_REVEALABLE_SQL = """
+    SELECT t.id NOT IN (SELECT task_id FROM gold_tasks)
+       AND t.votes >= t.target_overlap
+       AND NOT EXISTS (SELECT 1 FROM task_candidates mine JOIN task_candidates other
+                       ON other.candidate_id = mine.candidate_id AND other.task_id != mine.task_id
+                       WHERE mine.task_id = t.id)
+       AND NOT EXISTS (SELECT 1 FROM open_assignments o WHERE o.task_id = t.id AND o.annotator_id != :annotator)
+    FROM tasks t WHERE t.id = :task"""
+
 # Tasks this annotator has not seen, best first. A task's load counts its votes (not skips)
 # and its open assignments younger than the TTL; `:gold` picks gold or model tasks. Keyed by
 # `informative_first`.
@@ -876,6 +961,7 @@ _NEXT_TASK_SQL = {
     FROM tasks t
     WHERE NOT EXISTS (SELECT 1 FROM assignments mine WHERE mine.task_id = t.id AND mine.annotator_id = :annotator)
       AND t.id NOT IN (SELECT task_id FROM withdrawn_tasks)
+      AND t.id NOT IN (SELECT task_id FROM revealed_tasks)
       AND (t.id IN (SELECT task_id FROM gold_tasks)) = :gold
       AND (SELECT COUNT(*) FROM task_candidates n WHERE n.task_id = t.id) <= :max_clips
     ORDER BY load >= t.target_overlap,
@@ -900,7 +986,7 @@ def _load_rankings(db: sqlite3.Connection, ranking_id: int | None = None) -> lis
         entries.setdefault(rid, []).append((clip_id, rank, plays))
     rows = db.execute(
         f"""SELECT r.id, a.task_id, n.name, r.all_bad, r.skipped, a.shown_order, r.time_spent_s, r.created_at,
-                   r.comment, u.created_at
+                   r.comment, u.created_at, r.heard
             FROM rankings r JOIN assignments a ON a.id = r.assignment_id JOIN annotators n ON n.id = a.annotator_id
             LEFT JOIN vote_undos u ON u.ranking_id = r.id
             {where} ORDER BY r.id""",
@@ -913,6 +999,7 @@ def _load_rankings(db: sqlite3.Connection, ranking_id: int | None = None) -> lis
             all_bad=bool(all_bad), skipped=bool(skipped), shown_order=json.loads(shown),
             play_counts={clip_id: plays for clip_id, _, plays in entries[rid]},
             time_spent_s=spent, created_at=created, comment=comment, undone_at=undone_at,
+            heard=None if heard is None else bool(heard),
         )
-        for rid, task_id, name, all_bad, skipped, shown, spent, created, comment, undone_at in rows
+        for rid, task_id, name, all_bad, skipped, shown, spent, created, comment, undone_at, heard in rows
     ]

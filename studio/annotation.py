@@ -40,7 +40,7 @@ from pathlib import Path
 
 from annotate import InvalidVote, Ranking, Store, Task
 from annotate.gold import GoldScore, gold_accuracy
-from annotate.store import MAX_TASK_CLIPS, MAX_TIME_SPENT_S, reveals_models
+from annotate.store import MAX_TASK_CLIPS, MAX_TIME_SPENT_S, RevealWithheld, reveals_models
 from annotate.verdict import published_rankings
 from annotate.validation import check_int, check_ranking
 
@@ -132,6 +132,17 @@ class Progress:
                 f"({self.gold.correct} of {self.gold.answered} right).")
 
 
+def heard_seconds(play_log: list[tuple[float, str]], clips: list[str], voted_at: float) -> dict[str, float]:
+    """Clip -> the seconds it could have been heard, from the times its plays started (``play_log``: (when, clip)):
+    the page plays one clip at a time, so a play lasts at most until the next play starts or the vote. An upper
+    bound (pauses are not reported): the server cannot be told that a clip was heard longer than it was."""
+    heard = dict.fromkeys(clips, 0.0)
+    ordered = sorted(play_log)
+    for (started, clip), ended in zip(ordered, [when for when, _ in ordered[1:]] + [voted_at]):
+        heard[clip] += max(0.0, min(ended, voted_at) - started)
+    return {clip: round(seconds, 3) for clip, seconds in heard.items()}
+
+
 class AnnotationSession:
     """Tasks, plays and votes for every annotator of one app (thread-safe).
 
@@ -141,16 +152,20 @@ class AnnotationSession:
     refusals name clips by their letters.
     """
 
-    def __init__(self, store: Store, secret: bytes, serve: Callable[[str], str] = str):
+    def __init__(self, store: Store, secret: bytes, serve: Callable[[str], str] = str,
+                 clock: Callable[[], float] = time.monotonic):
         """``secret`` keys the public clip ids (``studio.secret``); ``serve`` turns a clip's stored path into
-        the path handed to the browser (``ClipServer.serve``: a copy under a random name, outside the data folder)."""
+        the path handed to the browser (``ClipServer.serve``: a copy under a random name, outside the data folder);
+        ``clock`` times plays and votes (tests pass their own)."""
         self.store = store
         self.secret = secret
         self.serve = serve
+        self.clock = clock
         self._lock = threading.Lock()
         self._shown: dict[tuple[str, int], list[str]] = {}  # the store's clip ids, in the order shown
         self._served: dict[tuple[str, int], list[str]] = {}
         self._plays: dict[tuple[str, int], Counter] = {}
+        self._play_log: dict[tuple[str, int], list[tuple[float, str]]] = {}  # (when, stored clip id) per play
         self._handed_out_at: dict[tuple[str, int], float] = {}
 
     def public_clip_id(self, annotator: str, task_id: int, clip_id: str) -> str:
@@ -176,7 +191,7 @@ class AnnotationSession:
                 self._shown[key] = shown
                 self._served[key] = served
                 self._plays.setdefault(key, Counter())
-                self._handed_out_at.setdefault(key, time.monotonic())
+                self._handed_out_at.setdefault(key, self.clock())
                 plays = self._public_counts(annotator, task.id, shown, self._plays[key])
             return ShownTask(task.id, task.prompt, [self.public_clip_id(annotator, task.id, c) for c in shown],
                              served, plays)
@@ -231,6 +246,7 @@ class AnnotationSession:
                 raise self._not_open(*key)
             letter = self._letter(clip, key, shown, "clip")
             self._plays[key][shown[LABELS.index(letter)]] += 1
+            self._play_log.setdefault(key, []).append((self.clock(), shown[LABELS.index(letter)]))
             return self._public_counts(*key, shown, self._plays[key])
 
     def _letter(self, clip: object, key: tuple[str, int], shown: list[str], argument: str) -> str:
@@ -288,6 +304,7 @@ class AnnotationSession:
         with self._lock:
             key, shown = self._open(annotator, task_id)
             plays = dict(self._plays.get(key, {}))
+            play_log = list(self._play_log.get(key, []))
             started = self._handed_out_at.get(key)
         if shown is None:  # voted already, or open in the store only (e.g. after an app restart)
             stored = self.store.vote_of(*key)
@@ -302,12 +319,14 @@ class AnnotationSession:
         unplayed = [label for label, clip_id in zip(LABELS, shown) if not plays.get(clip_id)]
         if verdict != "skip" and unplayed:
             raise InvalidVote(f"play every clip before voting: not played yet: {', '.join(unplayed)}")
+        now = self.clock()
         vote_id = self.store.submit(
             *key, by_id, all_bad=verdict == "all_bad", skip=verdict == "skip",
-            time_spent_s=min(time.monotonic() - started, MAX_TIME_SPENT_S), play_counts=plays, comment=comment,
+            time_spent_s=min(now - started, MAX_TIME_SPENT_S), play_counts=plays, comment=comment,
+            heard_s=heard_seconds(play_log, shown, now),
         )
         with self._lock:
-            for table in (self._shown, self._served, self._plays, self._handed_out_at):
+            for table in (self._shown, self._served, self._plays, self._play_log, self._handed_out_at):
                 table.pop(key, None)
         return vote_id
 
@@ -353,3 +372,13 @@ class AnnotationSession:
         after playing every clip (``Store.reveal``): never before, nor after a skip or an all-bad vote."""
         return {self.public_clip_id(annotator, task_id, clip_id): model
                 for clip_id, model in self.store.reveal(annotator, task_id).items()}
+
+    def reveal_if_private(self, annotator: str, task_id: int) -> tuple[dict[str, str] | None, str | None]:
+        """After a ranking: (``reveal``'s models, None), or (None, why they stay hidden) where the vote does not
+        count or another annotator may still be given these clips (``Store.reveal``)."""
+        try:
+            return self.reveal(annotator, task_id), None
+        except RevealWithheld as err:
+            return None, str(err)
+        except InvalidVote:
+            return None, "models stay hidden: this vote does not count (its clips were not heard long enough)"

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from annotate.store import EXPORT_DIR
+from annotate.store import EXPORT_DIR, MIN_HEARD_FRACTION
 from pipeline.specs import DEFAULT_DPO_SPEC, DEFAULT_SPEC  # torch-free: the flags are read before torch loads
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -47,6 +47,7 @@ class StudioConfig:
     trust_proxy: bool = False  # a proxy in front of the app sets X-Forwarded-For (studio.limits.visitor_of)
     leaderboard_every: int = 20  # the public results count human rankings in whole batches of this many
     min_comparisons: int = 10  # the public results show a model's numbers once it was in this many comparisons
+    min_heard_fraction: float = MIN_HEARD_FRACTION  # a vote counts once each clip was heard this share of its length
 
     @property
     def export_dir(self) -> Path:
@@ -95,6 +96,9 @@ _FLAGS = {
                             "human rankings in batches of this many, so a vote's effect cannot be read off them"),
     "--min-comparisons": ("TANGO_MIN_COMPARISONS", "the public results show a model's win rate, score and intervals "
                           "once it took part in this many comparisons; fewer: 'too few votes'"),
+    "--min-heard-fraction": ("TANGO_MIN_HEARD_FRACTION", "a vote counts (verdict, export, a task's target, a "
+                             "reveal) only if each clip could have been heard for this share of its length, timed "
+                             "by the server from the plays; 0: every vote counts"),
 }
 _INT_FLAGS = {"port": (0, 65535), "max_steps": (1, 1000), "max_candidates": (1, 4), "generate_per_minute": (1, 10**6),
               "generate_queue": (0, 1000), "generate_threads": (0, 1024), "leaderboard_every": (1, 10**6),
@@ -195,6 +199,7 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         informative_first=_switch(parser, args.informative_first, "--informative-first"),
         reward_model=reward_model,
         trust_proxy=_switch(parser, args.trust_proxy, "--trust-proxy"),
+        min_heard_fraction=_number(parser, args.min_heard_fraction or MIN_HEARD_FRACTION, "--min-heard-fraction", 0, 1),
     )
 
 

@@ -53,7 +53,8 @@ class Studio:
             restored = restore_from_hub(config.data_dir, config.hub_dataset, api=hub_api)
             if restored is not None:
                 logger.info("restored %d votes from the backup in %s", restored, config.hub_dataset)
-        self.store = Store(config.data_dir, informative_first=config.informative_first)
+        self.store = Store(config.data_dir, informative_first=config.informative_first,
+                           min_heard_fraction=config.min_heard_fraction)
         self.secret = server_secret(config.data_dir)
         self.ranker = self._automatic_ranker()
         self.score_clips()

@@ -34,8 +34,10 @@ class SineGenerator:
                          for prompt, seed in zip(prompts, seeds)])
 
 
-def make_tasks(store: Store, tasks: int, clips: int = 2, models=("base", "dpo")) -> list[int]:
-    """``tasks`` prompts with ``clips`` distinct tones each (models alternating), one task per prompt."""
+def make_tasks(store: Store, tasks: int, clips: int = 2, models=("base", "dpo"),
+               target_overlap: int | None = None) -> list[int]:
+    """``tasks`` prompts with ``clips`` distinct tones each (models alternating), one task per prompt (wanting
+    ``target_overlap`` annotators; None: the store's default)."""
     task_ids = []
     for p in range(tasks):
         ids = [
@@ -43,7 +45,7 @@ def make_tasks(store: Store, tasks: int, clips: int = 2, models=("base", "dpo"))
                                 seed=j, steps=10, guidance=3.0, sample_rate=SAMPLE_RATE).id
             for j in range(clips)
         ]
-        task_ids.append(store.add_task(ids))
+        task_ids.append(store.add_task(ids, target_overlap=target_overlap))
     return task_ids
 
 

@@ -23,9 +23,19 @@ NO_MODELS = [LoadedModel("base", "Base", "none-a", None, "not loaded in this tes
 
 @pytest.fixture
 def studio(tmp_path):
-    """A studio without models and two two-clip tasks (base vs dpo)."""
-    studio = Studio(StudioConfig(data_dir=tmp_path / "data", device="cpu"), models=NO_MODELS)
+    """A studio without models and two two-clip tasks (base vs dpo); votes count at once (how long clips were heard
+    is test_app_campaign's)."""
+    studio = Studio(StudioConfig(data_dir=tmp_path / "data", device="cpu", min_heard_fraction=0), models=NO_MODELS)
     make_tasks(studio.store, 2)
+    return studio
+
+
+@pytest.fixture
+def revealing(tmp_path):
+    """As ``studio``, with --reveal-models and tasks of one annotator each: the vote a task needs sees its models."""
+    studio = Studio(StudioConfig(data_dir=tmp_path / "data", device="cpu", min_heard_fraction=0, reveal_models=True),
+                    models=NO_MODELS)
+    make_tasks(studio.store, 2, target_overlap=1)
     return studio
 
 
@@ -106,8 +116,8 @@ def test_the_api_takes_ab_verdicts_and_a_vote_sent_again_gets_its_id(studio):
         app.vote(studio, "ann", task.task_id, None, "tie")
 
 
-def test_models_are_named_after_an_ab_vote_never_before_nor_after_both_bad(studio):
-    studio.config = replace(studio.config, reveal_models=True)
+def test_models_are_named_after_an_ab_vote_never_before_nor_after_both_bad(revealing):
+    studio = revealing
     task = loaded(studio, "ann")
     message = app.vote_from_form(studio, "tie", "ann", task, "", None, None)
     models = [studio.store.candidates()[clip_id].model for clip_id in studio.store.rankings()[-1].shown_order]
@@ -142,8 +152,8 @@ def test_undo_brings_the_task_back_and_counts_nowhere(studio):
         app.undo(studio, "ann")
 
 
-def test_a_vote_that_named_the_models_cannot_be_undone(studio):
-    studio.config = replace(studio.config, reveal_models=True)
+def test_a_vote_that_named_the_models_cannot_be_undone(revealing):
+    studio = revealing
     task = loaded(studio, "ann")
     app.vote_from_form(studio, "a_better", "ann", task, "", None, None)
     with pytest.raises(gr.Error, match="showed you the models behind its clips, so it stays"):

@@ -58,14 +58,25 @@ def test_the_demo_cannot_regenerate_a_pools_clips(app_models, tmp_path):
     assert (config.data_dir / "secret").stat().st_mode & 0o077 == 0  # the key is the owner's alone
 
 
-@pytest.fixture
-def studio(tmp_path):
-    """No models (annotation needs none), two 3-clip tasks, models revealed after a ranking."""
-    config = StudioConfig(data_dir=tmp_path / "data", device="cpu", reveal_models=True)
+def blind_studio(tmp_path, target_overlap: int | None = None) -> Studio:
+    """No models (annotation needs none), two 3-clip tasks, models revealed after a ranking (votes count at once:
+    how long clips were heard is test_app_campaign's)."""
+    config = StudioConfig(data_dir=tmp_path / "data", device="cpu", reveal_models=True, min_heard_fraction=0)
     studio = Studio(config, models=[LoadedModel("base", "Base", "none-a", None, "not loaded in this test"),
                                     LoadedModel("dpo", "DPO-tuned", "none-b", None, "not loaded in this test")])
-    make_tasks(studio.store, 2, clips=3)
+    make_tasks(studio.store, 2, clips=3, target_overlap=target_overlap)
     return studio
+
+
+@pytest.fixture
+def studio(tmp_path):
+    return blind_studio(tmp_path)
+
+
+@pytest.fixture
+def revealing(tmp_path):
+    """Tasks of one annotator each: the one vote a task needs may see its models (``Store.reveal``)."""
+    return blind_studio(tmp_path, target_overlap=1)
 
 
 def play_all(studio, name, task):
@@ -93,44 +104,44 @@ def test_clip_ids_are_per_assignment(studio):
     assert plays == {tasks["ann"].clip_ids[1]: 1}
 
 
-def test_models_are_named_only_after_a_ranking_of_clips_all_played(studio):
+def test_models_are_named_only_after_a_ranking_of_clips_all_played(revealing):
     """Issue 19: a Skip returned the clip-to-model map; now only a ranking does, keyed by the ranker's own ids."""
-    info, _, task = app.next_task(studio, "ann", None, None)
-    answer = app.vote(studio, "ann", task.task_id, None, "skip")
+    info, _, task = app.next_task(revealing, "ann", None, None)
+    answer = app.vote(revealing, "ann", task.task_id, None, "skip")
     assert "models" not in answer
     with pytest.raises(InvalidVote, match="models stay hidden"):
-        studio.annotation.reveal("ann", task.task_id)
-    message = app.vote_from_form(studio, "skip", "ann", app.next_task(studio, "ann", None, None)[2], "", None, None)
+        revealing.annotation.reveal("ann", task.task_id)
+    message = app.vote_from_form(revealing, "skip", "ann", app.next_task(revealing, "ann", None, None)[2], "", None, None)
     assert "Revealed" not in message
 
-    _, _, task = app.next_task(studio, "bo", None, None)
-    play_all(studio, "bo", task)
-    answer = app.vote(studio, "bo", task.task_id, {"A": 1, "B": 2, "C": 3})
+    _, _, task = app.next_task(revealing, "bo", None, None)
+    play_all(revealing, "bo", task)
+    answer = app.vote(revealing, "bo", task.task_id, {"A": 1, "B": 2, "C": 3})
     assert list(answer["models"]) == task.clip_ids and set(answer["models"].values()) == {"base", "dpo"}
-    _, _, other = app.next_task(studio, "cy", None, None)
-    assert other.task_id == task.task_id and not set(other.clip_ids) & set(answer["models"])
+    _, _, other = app.next_task(revealing, "cy", None, None)
+    assert other.task_id != task.task_id  # a task whose models were shown is never given to anyone again
     for position in range(3):
-        app.play_clip(studio, position, "cy", other, None, None)
-    message = app.vote_from_form(studio, "rank", "cy", other, "", None, None, "1", "1", "2")
+        app.play_clip(revealing, position, "cy", other, None, None)
+    message = app.vote_from_form(revealing, "rank", "cy", other, "", None, None, "1", "1", "2")
     assert "Revealed: **A** was `" in message and "**C** was `" in message
 
 
-def test_a_vote_sent_again_gets_its_id_back_and_refusals_speak_in_letters(studio):
+def test_a_vote_sent_again_gets_its_id_back_and_refusals_speak_in_letters(revealing):
     """Issue 19: a client that lost the answer and sent its vote again was told "task N is not open"; and a
     refused ranking named the store's clip ids."""
-    _, _, task = app.next_task(studio, "ann", None, None)
-    play_all(studio, "ann", task)
-    stored = set(studio.store.candidates())
+    _, _, task = app.next_task(revealing, "ann", None, None)
+    play_all(revealing, "ann", task)
+    stored = set(revealing.store.candidates())
     for ranking, message in (({"A": 1}, r"missing \['B', 'C'\]"), ({"A": 1, "B": 3, "C": 3}, "must be dense"),
                              ({"A": 1, "B": 2, "C": "x"}, r"ranking\['C'\]"),
                              ({"A": 1, task.clip_ids[0]: 2, "C": 3}, "names clip A twice"),
                              ({"A": 1, "B": 2, "D": 3}, r"by its letter \(A, B, C\)")):
         with pytest.raises(gr.Error, match=message) as refused:
-            app.vote(studio, "ann", task.task_id, ranking)
+            app.vote(revealing, "ann", task.task_id, ranking)
         assert not any(clip_id in refused.value.message for clip_id in stored), refused.value.message
-    first = app.vote(studio, "ann", task.task_id, {"A": 2, "B": 1, "C": 1})
-    again = app.vote(studio, "ann", task.task_id, {task.clip_ids[0]: 2, "B": 1, "C": 1})
+    first = app.vote(revealing, "ann", task.task_id, {"A": 2, "B": 1, "C": 1})
+    again = app.vote(revealing, "ann", task.task_id, {task.clip_ids[0]: 2, "B": 1, "C": 1})
     assert again["vote_id"] == first["vote_id"] and again["models"] == first["models"]
     with pytest.raises(gr.Error, match="already voted differently"):
-        app.vote(studio, "ann", task.task_id, {"A": 1, "B": 2, "C": 3})
-    assert studio.store.counts()["rankings"] == 1
+        app.vote(revealing, "ann", task.task_id, {"A": 1, "B": 2, "C": 3})
+    assert revealing.store.counts()["rankings"] == 1

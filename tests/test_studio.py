@@ -55,7 +55,7 @@ def test_new_flags_and_their_environment_variables(tmp_path):
 
 
 def test_progress_shows_the_target_and_counts_started_tasks(tmp_path):
-    studio = Studio(StudioConfig(data_dir=tmp_path / "data"), models=[])
+    studio = Studio(StudioConfig(data_dir=tmp_path / "data", min_heard_fraction=0), models=[])
     make_tasks(studio.store, 6)
     for name in ("ann", "bob"):
         while (task := studio.annotation.next_task(name)) is not None:
@@ -68,8 +68,8 @@ def test_progress_shows_the_target_and_counts_started_tasks(tmp_path):
 
 
 def test_models_are_revealed_after_the_vote_and_never_before(tmp_path):
-    studio = Studio(StudioConfig(data_dir=tmp_path / "data"), models=[])
-    make_tasks(studio.store, 1)
+    studio = Studio(StudioConfig(data_dir=tmp_path / "data", min_heard_fraction=0), models=[])
+    make_tasks(studio.store, 1, target_overlap=1)
     task = studio.annotation.next_task("ann")
     with pytest.raises(InvalidVote, match="hidden"):
         studio.annotation.reveal("ann", task.task_id)

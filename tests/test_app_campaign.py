@@ -1,0 +1,121 @@
+"""Issue 31: a public campaign that one person with several names cannot game, through app.py's handlers and the
+libraries (no server): reveals that serve nobody else, votes that count only once their clips were heard, log-in
+throttling that a stranger cannot turn against a user, a leaderboard that cannot be differenced, gold that looks
+like the rest, and per-annotator hygiene."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import gradio as gr
+import pytest
+
+import app
+from annotate.clips import SAMPLE_RATE
+from studio import Studio, StudioConfig
+from studio.annotation import heard_seconds
+from studio.generation import LoadedModel
+from tests.annotate_helpers import tone
+
+NO_MODELS = [LoadedModel("base", "Base", "none-a", None, "not loaded in this test"),
+             LoadedModel("dpo", "DPO-tuned", "none-b", None, "not loaded in this test")]
+CLIP_S = 2.0
+
+
+class Clock:
+    """A clock the test moves by hand (the annotation session times plays and votes with it)."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def campaign(tmp_path, **settings) -> Studio:
+    studio = Studio(StudioConfig(data_dir=tmp_path / "data", device="cpu", **settings), models=NO_MODELS)
+    studio.annotation.clock = Clock()
+    return studio
+
+
+def clips(store, prompt: str, count: int) -> list[str]:
+    return [store.add_candidate(prompt, tone(200 + 50 * j + len(prompt), CLIP_S), model=("base", "dpo")[j % 2],
+                                seed=j, steps=10, guidance=3.0, sample_rate=SAMPLE_RATE).id for j in range(count)]
+
+
+def prompt_of(store, task_id: int) -> str:
+    first = store.task_clips()[task_id][0]
+    return store.candidates([first])[first].prompt
+
+
+def listen_and_rank(studio, name, task, listen_s=CLIP_S):
+    """Play every clip of ``task`` for ``listen_s`` seconds each, then rank them A, B, ... and return the answer."""
+    for label in task.labels:
+        app.played(studio, name, task.task_id, label, None, None)
+        studio.annotation.clock.now += listen_s
+    return app.vote(studio, name, task.task_id, {label: i + 1 for i, label in enumerate(task.labels)})
+
+
+def test_heard_seconds_end_each_play_at_the_next_play_or_the_vote():
+    log = [(10.0, "a"), (12.5, "b"), (13.0, "a"), (20.0, "c")]
+    assert heard_seconds(log, ["a", "b", "c", "d"], 21.0) == {"a": 2.5 + 7.0, "b": 0.5, "c": 1.0, "d": 0.0}
+
+
+def test_with_reveal_models_a_second_name_gets_no_clip_whose_model_another_name_knows(tmp_path):
+    """The attack: name A ranked every task, saw the models, and name B was then served the same audio. Clips shared
+    by a 4-way task and an A/B task, a task of two annotators and single-annotator tasks of clips of their own."""
+    studio = campaign(tmp_path, reveal_models=True)
+    store = studio.store
+    shared = clips(store, "a hiss then a click", 4)
+    store.add_task(shared, target_overlap=1)
+    store.add_task(shared[:2], target_overlap=1)  # the A/B task on two of the same clips
+    for p in range(3):
+        store.add_task(clips(store, f"{p + 2} knocks", 2), target_overlap=1)
+    store.add_task(clips(store, "two beeps", 3), target_overlap=2)
+
+    known_to_a = set()
+    while (task := app.next_task(studio, "a", None, None)[2]) is not None:
+        answer = listen_and_rank(studio, "a", task)
+        stored = store.vote_of("a", task.task_id).shown_order
+        if "models" in answer:
+            assert list(answer["models"]) == task.clip_ids
+            known_to_a.update(stored)
+        else:
+            assert answer["models_hidden"].startswith("models stay hidden: other annotators may still be given")
+    # Shown where A completed a task of clips of its own: the three 1-annotator "knocks" tasks, not the shared clips
+    # (also in another task) nor the 2-annotator task (B may still get it).
+    revealed_tasks = {store.candidates([c])[c].prompt for c in known_to_a}
+    assert revealed_tasks == {"2 knocks", "3 knocks", "4 knocks"}
+
+    answers_to_b = {}
+    while (task := app.next_task(studio, "b", None, None)[2]) is not None:
+        assert not set(studio.annotation._shown[("b", task.task_id)]) & known_to_a
+        answers_to_b[prompt_of(store, task.task_id), len(task.clip_ids)] = listen_and_rank(studio, "b", task)
+    assert set(answers_to_b) == {("a hiss then a click", 4), ("a hiss then a click", 2), ("two beeps", 3)}
+    # B cast the last vote "two beeps" needed and nobody else holds it: B sees its models, and nobody gets it again.
+    assert set(answers_to_b["two beeps", 3]["models"].values()) == {"base", "dpo"}
+    assert "models" not in answers_to_b["a hiss then a click", 4]
+    given_to_c = set()
+    while (task := app.next_task(studio, "c", None, None)[2]) is not None:
+        given_to_c.add(task.task_id)
+        app.vote(studio, "c", task.task_id, None, "skip")
+    assert len(given_to_c) == 2  # the shared-clip tasks only
+
+
+def test_a_vote_whose_clips_were_not_heard_long_enough_is_kept_but_does_not_count(tmp_path):
+    studio = campaign(tmp_path, reveal_models=True, leaderboard_every=1, min_comparisons=1)
+    store = studio.store
+    store.add_task(clips(store, "two knocks", 2), target_overlap=1)
+    task = app.next_task(studio, "quick", None, None)[2]
+    answer = listen_and_rank(studio, "quick", task, listen_s=0.4 * CLIP_S)  # 40 %: under half of each clip
+    assert answer["models_hidden"].startswith("models stay hidden: this vote does not count")
+    [vote] = store.rankings()
+    assert vote.heard is False and not vote.counts
+    assert app.public_leaderboard(studio) == []
+    # It did not count towards the task's target either: the task goes to the next annotator, whose vote counts.
+    task = app.next_task(studio, "careful", None, None)[2]
+    assert task is not None
+    answer = listen_and_rank(studio, "careful", task, listen_s=0.5 * CLIP_S)
+    assert set(answer["models"].values()) == {"base", "dpo"}
+    assert store.rankings()[-1].heard is True
+    assert [row["comparisons"] for row in app.public_leaderboard(studio)] == [1, 1]
