@@ -13,16 +13,23 @@ Three modes, fixed at start:
 Auth file format: one ``name:password`` per line (the name may not contain ``:``);
 blank lines and lines starting with ``#`` are ignored. Keep the file out of git.
 
-Log-ins are throttled (``LoginThrottle``): after ``MAX_LOGIN_FAILURES`` wrong passwords within
-``LOGIN_WINDOW_S`` for one name or from one address, every attempt for that name or from that
-address is refused, the right password too, for a delay that doubles with each further failure.
+Log-ins are throttled (``LoginGuard``) so that a stranger cannot turn the throttle against a user: after
+``MAX_LOGIN_FAILURES`` wrong passwords within ``LOGIN_WINDOW_S`` for one name *from one address*, that
+name is refused from that address only (the right password too) for a delay that doubles with each
+further failure; a name is never locked from the addresses that did not guess. Behind that, an address
+guessing many names (``MAX_ADDRESS_FAILURES``) is refused for every name, and when everyone together
+fails more than ``MAX_GLOBAL_FAILURES`` times (guessing from many addresses), addresses new to the app are
+refused for a while. A name that logged in from an address before (the admin's own machine, every
+annotator's) keeps logging in from there through both: that is the admin's way in during an attack.
 The address comes from ``LoginAddress``, an ASGI middleware in front of gradio's ``/login``.
 """
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import hmac
+import json
 import logging
 import threading
 import time
@@ -35,10 +42,14 @@ from .limits import visitor_of
 
 logger = logging.getLogger(__name__)
 
-MAX_LOGIN_FAILURES = 5  # wrong passwords within LOGIN_WINDOW_S before a name or an address is locked
+MAX_LOGIN_FAILURES = 5  # wrong passwords for one name from one address within LOGIN_WINDOW_S before that pair locks
+MAX_ADDRESS_FAILURES = 20  # wrong passwords from one address, any names, before the address locks
+MAX_GLOBAL_FAILURES = 200  # wrong passwords from everyone before addresses new to the app are refused
 LOGIN_WINDOW_S = 600
 FIRST_LOCK_S = 30  # doubled with each further failure while locked, up to MAX_LOCK_S
 MAX_LOCK_S = 3600
+MAX_GLOBAL_LOCK_S = 600  # the global limit refuses new addresses for at most this long at a time
+MAX_REMEMBERED = 10_000  # keys a throttle keeps, and (name, address) log-ins remembered: memory stays bounded
 
 # The address of the log-in being checked (set by ``LoginAddress``; gradio passes the check name and password only).
 LOGIN_ADDRESS: contextvars.ContextVar[str | None] = contextvars.ContextVar("login_address", default=None)
@@ -94,6 +105,11 @@ class LoginThrottle:
     def failed(self, keys: Iterable[str]) -> None:
         now = self.clock()
         with self._lock:
+            if len(self._failures) > MAX_REMEMBERED:  # many names or addresses: forget the ones at rest
+                for key, (_, last) in list(self._failures.items()):
+                    if now - max(last, self._locked_until.get(key, last)) > self.window_s:
+                        self._failures.pop(key)
+                        self._locked_until.pop(key, None)
             for key in keys:
                 count, last = self._failures.get(key, (0, now))
                 if now - max(last, self._locked_until.get(key, last)) > self.window_s:
@@ -111,24 +127,58 @@ class LoginThrottle:
                 self._locked_until.pop(key, None)
 
 
-def password_check(users: dict[str, str], throttle: LoginThrottle | None = None,
+class LoginGuard:
+    """Who may try a password now (see the module docstring): a ``LoginThrottle`` per (name, address), per address
+    and for everyone, and the (name, address) pairs that logged in before, which only their own lock refuses."""
+
+    def __init__(self, clock=time.monotonic):
+        self.pairs = LoginThrottle(MAX_LOGIN_FAILURES, clock=clock)
+        self.addresses = LoginThrottle(MAX_ADDRESS_FAILURES, clock=clock)
+        self.everyone = LoginThrottle(MAX_GLOBAL_FAILURES, max_lock_s=MAX_GLOBAL_LOCK_S, clock=clock)
+        self._lock = threading.Lock()
+        self._known: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+
+    def wait_s(self, name: str, address: str) -> float:
+        """Seconds until ``name`` may try a password from ``address``; 0: now."""
+        wait = self.pairs.locked_s([json.dumps([name, address])])
+        with self._lock:
+            known = (name, address) in self._known
+        if known:
+            return wait
+        return max(wait, self.addresses.locked_s([address]), self.everyone.locked_s(["everyone"]))
+
+    def failed(self, name: str, address: str) -> None:
+        self.pairs.failed([json.dumps([name, address])])
+        self.addresses.failed([address])
+        self.everyone.failed(["everyone"])
+
+    def succeeded(self, name: str, address: str) -> None:
+        self.pairs.succeeded([json.dumps([name, address])])
+        with self._lock:
+            self._known[name, address] = None
+            self._known.move_to_end((name, address))
+            while len(self._known) > MAX_REMEMBERED:
+                self._known.popitem(last=False)
+
+
+def password_check(users: dict[str, str], guard: LoginGuard | None = None,
                    address: Callable[[], str | None] = LOGIN_ADDRESS.get) -> Callable[[str, str], bool]:
-    """The ``auth`` callable for ``launch``: constant-time password comparison, refused while the name or the
-    address (``address()``, set by ``LoginAddress``) is locked by ``throttle`` (a new one when None)."""
-    throttle = LoginThrottle() if throttle is None else throttle
+    """The ``auth`` callable for ``launch``: constant-time password comparison, refused while ``guard`` (a new one
+    when None) holds the name back from this address (``address()``, set by ``LoginAddress``)."""
+    guard = LoginGuard() if guard is None else guard
 
     def check(name: str, password: str) -> bool:
-        keys = [f"name:{name}", f"address:{address() or 'unknown'}"]
-        wait = throttle.locked_s(keys)
+        where = address() or "unknown"
+        wait = guard.wait_s(name, where)
         if wait > 0:
             logger.warning("log-in refused for %r from %s: too many wrong passwords, locked for %.0f s more",
-                           name, keys[1], wait)
+                           name, where, wait)
             return False
         expected = users.get(name)
         if expected is not None and hmac.compare_digest(expected.encode(), password.encode()):
-            throttle.succeeded(keys)
+            guard.succeeded(name, where)
             return True
-        throttle.failed(keys)
+        guard.failed(name, where)
         return False
 
     return check

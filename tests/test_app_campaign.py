@@ -119,3 +119,64 @@ def test_a_vote_whose_clips_were_not_heard_long_enough_is_kept_but_does_not_coun
     assert set(answer["models"].values()) == {"base", "dpo"}
     assert store.rankings()[-1].heard is True
     assert [row["comparisons"] for row in app.public_leaderboard(studio)] == [1, 1]
+
+
+def guarded_check(clock):
+    from studio.identity import LoginGuard, password_check
+
+    address = ["10.0.0.1"]
+    check = password_check({"boss": "s3cret", "ann": "hunter2"}, LoginGuard(clock=clock), address=lambda: address[0])
+    return check, address
+
+
+def test_wrong_passwords_from_other_addresses_never_lock_a_name_out_of_its_own():
+    """The attack: six wrong passwords for `boss` from six other addresses, and boss's right password from his own
+    address was refused (and the lock doubled up to an hour, so a stranger could keep it in place)."""
+    clock = Clock()
+    check, address = guarded_check(clock)
+    for i in range(6):
+        address[0] = f"10.9.9.{i}"
+        assert not check("boss", f"guess{i}")
+    address[0] = "10.0.0.1"
+    assert check("boss", "s3cret")
+    # One address guessing many times: that name from that address is refused, the right password too, for a
+    # delay that doubles; the same name from elsewhere is not.
+    address[0] = "10.6.6.6"
+    assert not any(check("ann", f"guess{i}") for i in range(5))
+    assert not check("ann", "hunter2")
+    address[0] = "10.0.0.2"
+    assert check("ann", "hunter2")
+    address[0] = "10.6.6.6"
+    clock.now += 31
+    assert not check("ann", "wrong again")  # the sixth failure in a row: 60 s
+    clock.now += 31
+    assert not check("ann", "hunter2")
+    clock.now += 30
+    assert check("ann", "hunter2")
+
+
+def test_an_address_guessing_many_names_and_a_crowd_of_guessers_are_held_back_but_known_log_ins_pass():
+    from studio.identity import MAX_ADDRESS_FAILURES, MAX_GLOBAL_FAILURES
+
+    clock = Clock()
+    check, address = guarded_check(clock)
+    assert check("boss", "s3cret")  # the admin logged in from his machine before the attack
+    address[0] = "10.6.6.6"
+    assert not any(check(f"user{i}", "guess") for i in range(MAX_ADDRESS_FAILURES))
+    assert not check("ann", "hunter2")  # that address is held back for every name
+    address[0] = "10.0.0.7"
+    assert check("ann", "hunter2")
+    # Many addresses, a few guesses each (under every per-address limit): once everyone together failed
+    # MAX_GLOBAL_FAILURES times, addresses new to the app wait; the admin's known machine does not.
+    for i in range(MAX_GLOBAL_FAILURES):
+        address[0] = f"10.{i // 250}.{i % 250}.1"
+        check("boss", "guess")
+    address[0] = "10.200.0.1"
+    assert not check("ann", "hunter2")
+    address[0] = "10.0.0.1"
+    assert check("boss", "s3cret")
+    address[0] = "10.0.0.7"
+    assert check("ann", "hunter2")  # ann logged in from here before too
+    clock.now += 31
+    address[0] = "10.200.0.1"
+    assert check("ann", "hunter2")  # the global hold is short
