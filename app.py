@@ -56,9 +56,9 @@ import torch  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from studio.state import START_REFUSALS, Studio  # noqa: E402
-from studio.admin import (ANNOTATOR_COLUMNS, PREVIEW_PAIRS, PairPreview, dataset_overview,  # noqa: E402
-                          describe_export, export_dataset, export_download, export_preview, hub_url, leaderboard,
-                          push_dataset, require_admin, results_markdown)
+from studio.admin import (ANNOTATOR_COLUMNS, NO_TASKS_HINT, PREVIEW_PAIRS, PairPreview, dataset_overview,  # noqa: E402
+                          describe_export, describe_pool, export_dataset, export_download, export_preview, hub_url,
+                          leaderboard, make_pool, push_dataset, require_admin, results_markdown)
 from studio.annotation import (GUIDELINES, LABELS, MAX_SHOWN_CLIPS, RANKING_VERDICTS, SHORTCUTS,  # noqa: E402
                                VERDICT_NAMES, ShownTask)
 from studio.calls import ArgumentCount, RequestLimits, endpoint_arguments  # noqa: E402
@@ -270,7 +270,9 @@ def next_task(studio: Studio, annotator: str, request: gr.Request, profile: gr.O
     task = studio.annotation.next_task(name)
     progress = progress_text(studio, name)
     if task is None:
-        return {"task_id": None, "message": "no task left for you", "progress": progress}, None, None
+        # A store without tasks is not "done": say where tasks come from.
+        message = "no task left for you" if studio.store.counts()["tasks"] else "no tasks yet"
+        return {"task_id": None, "message": message, "progress": progress}, None, None
     return {**task.as_dict(), "progress": progress}, task.audio_paths, task
 
 
@@ -289,7 +291,8 @@ def show_task(task: ShownTask | None, task_info: dict):
     empty comment and the status."""
     if task is None:
         hidden = [gr.update(value=None, visible=False)] * MAX_SHOWN_CLIPS
-        return (task_info["progress"], "**No task left for you.** Thank you!", *hidden, *hidden,
+        said = NO_TASKS_HINT if task_info.get("message") == "no tasks yet" else "**No task left for you.** Thank you!"
+        return (task_info["progress"], said, *hidden, *hidden,
                 *form_buttons(None, False), "", "")
     count = len(task.clip_ids)
     audio = [gr.update(value=task.audio_paths[i] if i < count else None, visible=i < count)
@@ -472,6 +475,26 @@ def export_on_page(studio: Studio, admin: str, request: gr.Request, profile: gr.
             *show_pairs(studio, "**First pairs of the export**, as the zip holds them", pairs))
 
 
+@visible_errors
+def make_tasks(studio: Studio, admin: str, prompts: str, k: float, request: gr.Request,
+               profile: gr.OAuthProfile | None) -> dict:
+    """Admins only: k clips per prompt per loaded model, one ranking task per prompt (``studio.admin.make_pool``),
+    scored by the automatic ranker."""
+    admin_name(studio, admin, request, profile)
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or k != int(k):
+        raise ValueError(f"clips per prompt per model must be a whole number, got {str(k)[:40]!r}")
+    with studio.gate.admit(visitor(studio, request)):
+        report = make_pool(studio.store, studio.models, prompts, int(k))
+    studio.score_clips()
+    return {"task_ids": report.task_ids, "message": describe_pool(report)}
+
+
+def pool_message(studio: Studio, admin: str, prompts: str, k: float, request: gr.Request,
+                 profile: gr.OAuthProfile | None, progress=gr.Progress(track_tqdm=True)) -> str:
+    """Make tasks pressed: how many tasks are ready, or why none, in place; the clips made so far as progress."""
+    return outcome(make_tasks, "Making tasks", studio, admin, prompts, k, request, profile)
+
+
 def push_message(studio: Studio, admin: str, request: gr.Request, profile: gr.OAuthProfile | None) -> str:
     """Push pressed: where it went, or why not, in place."""
     return outcome(push, "Push", studio, admin, request, profile)
@@ -645,6 +668,15 @@ def dataset_tab(studio: Studio, name_box: gr.Textbox) -> None:
         export_button = gr.Button("Export", elem_id="export-button")
         push_button = gr.Button("Push to the Hub", elem_id="push-button", interactive=bool(studio.config.hub_dataset))
     admin_outcome = gr.Markdown(elem_id="admin-outcome")
+    with gr.Accordion("Make ranking tasks (a pool)", open=False, elem_id="pool-section"):
+        gr.Markdown("Each prompt gets that many clips from each loaded model and one ranking task, on the Annotate "
+                    "tab (as `python -m annotate pool` makes them). Prompts: one per line, as in a prompts file (blank "
+                    "lines and `#` comments ignored); the Demo's examples to start with.")
+        pool_prompts = gr.Textbox("\n".join(example_prompts(studio.models)), label="Prompts", lines=6, max_lines=20,
+                                  elem_id="pool-prompts")
+        pool_k = as_sent(gr.Slider(1, 4, value=2, step=1, label="Clips per prompt per model", elem_id="pool-k"))
+        pool_button = gr.Button("Make tasks", elem_id="pool-button")
+        pool_outcome = gr.Markdown(elem_id="pool-outcome")
     download_button = gr.DownloadButton("Download the export (zip: parquet + card)", visible=False,
                                         elem_id="export-download")
     preview = [gr.Markdown(visible=False, elem_id="pairs-title")]  # then per pair: what over what, chosen, rejected
@@ -659,6 +691,9 @@ def dataset_tab(studio: Studio, name_box: gr.Textbox) -> None:
     export_button.click(bind(export_on_page, studio), [name_box], [admin_outcome, download_button, *preview],
                         api_visibility="private")
     push_button.click(bind(push_message, studio), [name_box], [admin_outcome], api_visibility="private")
+    # One generation at a time: the pool waits its turn at the Demo's gate, its progress shown in the outcome.
+    pool_button.click(bind(pool_message, studio), [name_box, pool_prompts, pool_k], [pool_outcome],
+                      concurrency_limit=None, show_progress_on=[pool_outcome], api_visibility="private")
     gr.api(bind(export, studio), api_name="export")
     gr.api(bind(push, studio), api_name="push")
 

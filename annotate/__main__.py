@@ -21,14 +21,13 @@ from contextlib import suppress
 from pathlib import Path
 
 from .store import DB_NAME, Store
-from .validation import InvalidInput
+from .validation import InvalidInput, prompt_lines
 
 PROG = "python -m annotate"  # the console command tango-annotate puts its own name here (entry_points.py)
 
 
 def _read_prompts(path: str) -> list[str]:
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return prompt_lines(Path(path).read_text(encoding="utf-8"))
 
 
 def _existing_store(data_dir: str) -> Store:

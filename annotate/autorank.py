@@ -51,7 +51,7 @@ from pipeline.specs import DEFAULT_SPEC
 from .clips import decode_wav, encode_wav
 from .perturb import Perturbation, load_perturbations, perturb
 from .store import Store
-from .validation import InvalidInput
+from .validation import InvalidInput, prompt_lines
 
 # Generation (torch, diffusers) and the dataset writer (datasets) load where they are used: the app's
 # judge needs neither, and `python -m annotate.autorank --help` answers before they load.
@@ -309,8 +309,7 @@ def read_prompts(source: str, n: int | None, seed: int) -> list[str]:
 
     if source in SPLIT_CONSTRUCTIONS:
         return sample_prompts(source, n or 1000, seed)
-    lines = [line.strip() for line in Path(source).read_text(encoding="utf-8").splitlines()]
-    prompts = [line for line in lines if line and not line.startswith("#")]
+    prompts = prompt_lines(Path(source).read_text(encoding="utf-8"))
     return prompts[:n] if n else prompts
 
 

@@ -86,8 +86,9 @@ class ClipGenerator(Protocol):
 class PipelineGenerator:
     """The real thing: ``pipeline.load_pipeline(spec)`` with one torch generator per clip; keeps the latents."""
 
-    def __init__(self, spec: str, device=None):
-        self.pipe = load_pipeline(spec, device=device)
+    def __init__(self, spec: str, device=None, pipe=None):
+        """``pipe``: a pipeline ``spec`` is already loaded as (the app's), else ``load_pipeline(spec, device)``."""
+        self.pipe = load_pipeline(spec, device=device) if pipe is None else pipe
         self.sampling_rate = self.pipe.vocoder.config.sampling_rate
         self.default_steps = self.pipe.config.default_num_inference_steps
         self.reads_only_the_sound_world = self.pipe.reads_only_the_sound_world

@@ -25,6 +25,13 @@ MAX_COMMENT_CHARS = 2000
 _FORBIDDEN_CATEGORIES = {"Cc", "Cf", "Zl", "Zp", "Cs", "Cn"}
 
 
+def prompt_lines(text: str) -> list[str]:
+    """The prompts of a prompts file's text: one per line, surrounding spaces dropped; blank lines and lines
+    starting with ``#`` ignored (the format of ``--prompts`` and of the Dataset tab's pool box)."""
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
 class InvalidInput(ValueError):
     """An argument the annotation backend refuses; nothing was written."""
 

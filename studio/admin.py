@@ -17,11 +17,14 @@ from annotate.dataset import export_lock
 from annotate.export import ExportResult, export_human_pairs, push_to_hub
 from annotate.pairs import aggregate_pairs
 from annotate.stats import dataset_stats
+from annotate.pool import PipelineGenerator, PoolReport, build_pool
 from annotate.store import WithdrawnTask
+from annotate.validation import prompt_lines
 from annotate.verdict import (Verdict, compute_verdict, published_rankings, ranker_agreement, verdict_markdown,
                               TOO_FEW_VOTES, with_minimum)
 
 from .config import StudioConfig
+from .generation import LoadedModel
 from .identity import IdentityError
 
 PREVIEW_PAIRS = 3  # pairs the Dataset tab plays: the strongest so far, or the first of an export
@@ -142,6 +145,32 @@ def results_markdown(store: Store, config: StudioConfig) -> str:
 def export_dataset(store: Store, config: StudioConfig) -> ExportResult:
     """``python -m annotate export`` into ``<data dir>/export`` (raises ``EmptyDataset`` with no pairs yet)."""
     return export_human_pairs(store, config.export_dir, min_gold_accuracy=config.min_gold_accuracy)
+
+
+NO_TASKS_HINT = ("**No tasks yet.** Tasks come from the Demo tab (generate, then \"Send these clips to "
+                 "annotation\"), from an admin's \"Make tasks\" on the Dataset tab, or from the command line: "
+                 "`python -m annotate pool --data-dir <this app's --data-dir> --prompts prompts.txt`. Press Next task "
+                 "again once some are made.")
+
+
+def make_pool(store: Store, models: list[LoadedModel], prompts_text: str, k: int) -> PoolReport:
+    """The Dataset tab's Make tasks: ``annotate.pool.build_pool`` (``k`` clips per prompt per model, one ranking task
+    per prompt; what is already stored is reused) over the prompts of ``prompts_text`` (a prompts file's format,
+    ``annotate.validation.prompt_lines``) with the app's loaded models, whose pipelines are already in memory. Its
+    tqdm bar reports the clips made (a handler's ``gr.Progress(track_tqdm=True)`` shows it)."""
+    prompts = prompt_lines(prompts_text or "")
+    if not prompts:
+        raise ValueError("no prompts: write one per line (blank lines and lines starting with # are ignored)")
+    pipes = {model.spec: model.pipe for model in models if model.pipe is not None}
+    if not pipes:
+        raise ValueError("no model is loaded, so no clips can be made: see the Demo tab's columns for why")
+    return build_pool(store, prompts, list(pipes), k=k,
+                      make_generator=lambda spec: PipelineGenerator(spec, pipe=pipes[spec]))
+
+
+def describe_pool(report: PoolReport) -> str:
+    return (f"**{len(report.task_ids)} task(s) ready** on the Annotate tab ({report.generated} clip(s) made, "
+            f"{report.reused} already stored).")
 
 
 def export_zip(export_dir: Path, zip_path: Path) -> Path:

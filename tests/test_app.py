@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -211,6 +212,22 @@ def test_the_page_labels_clips_with_what_they_were_made_with_and_locks_generate_
     assert generate_button["interactive"] is True and send_button["interactive"] is True
     made_with, *_, generate_button = app.show_generation(studio, None, "`prompt` is empty")
     assert made_with == "" and generate_button["interactive"] is True
+
+def test_an_admin_makes_tasks_from_prompts_in_the_app_and_they_are_scored(served):
+    studio, _ = served
+    before = set(studio.store.candidates())
+    made = app.make_tasks(studio, "admin", "# the Demo's examples, say\na beep then a knock\n\ntwo clicks\n", 2,
+                          None, None)
+    assert len(made["task_ids"]) == 2 and "2 task(s) ready" in made["message"]
+    new = [clip for clip_id, clip in studio.store.candidates().items() if clip_id not in before]
+    assert len(new) == 2 * 2 * 2  # prompts x models x k
+    assert {clip.model for clip in new} == {studio.config.base_model, studio.config.dpo_model}
+    assert all(clip.auto_score is not None for clip in new)  # the judge scored them at once
+    again = app.make_tasks(studio, "admin", "a beep then a knock", 2, None, None)  # idempotent, as the CLI
+    assert again["task_ids"] == made["task_ids"][:1] and "0 clip(s) made, 4 already stored" in again["message"]
+    with pytest.raises(gr.Error, match="whole number"):
+        app.make_tasks(studio, "admin", "a beep", 1.5, None, None)
+
 
 def test_config_from_flags_and_environment(tmp_path):
     env = {"TANGO_BASE_MODEL": "declare-lab/tango", "TANGO_ADMINS": "ann, bob", "GRADIO_SERVER_PORT": "9000"}

@@ -67,6 +67,20 @@ def test_skip_needs_no_listening_and_the_last_task_says_so(studio):
     assert app.show_task(task, info)[1] == "**No task left for you.** Thank you!"
 
 
+def test_an_empty_store_says_where_tasks_come_from(tmp_path):
+    config = StudioConfig(data_dir=tmp_path / "data", admins=frozenset({"admin"}), device="cpu")
+    empty = Studio(config, models=[LoadedModel("base", "Base", "none-a", None, "not loaded in this test"),
+                                   LoadedModel("dpo", "DPO-tuned", "none-b", None, "not loaded in this test")])
+    info, _, task = app.next_task(empty, "ann", None, None)
+    assert info["message"] == "no tasks yet"
+    said = app.show_task(task, info)[1]
+    assert "Send these clips to annotation" in said and "Make tasks" in said and "python -m annotate pool" in said
+    # Without a loaded model the Dataset tab's Make tasks says why in place; a visitor is refused first.
+    assert "not an admin" in app.pool_message(empty, "visitor", "a beep", 2, None, None)
+    assert "no model is loaded" in app.pool_message(empty, "admin", "a beep", 2, None, None)
+    assert "no prompts" in app.pool_message(empty, "admin", "# only a comment\n\n", 2, None, None)
+
+
 def test_api_handlers_refuse_with_the_reason(studio):
     with pytest.raises(gr.Error, match="type your annotator name first"):
         app.next_task(studio, "", None, None)
@@ -146,7 +160,7 @@ def test_leaderboard_results_and_reveal_after_vote(studio, tmp_path):
 
     studio.config = replace(studio.config, reveal_models=True, leaderboard_every=1)
     assert app.public_leaderboard(studio) == []
-    for name in ("ann", "bo"):
+    for name in ("ann", "bo", "cy"):  # the task wants three annotators: the third vote completes it
         _, _, task = app.next_task(studio, name, None, None)
         for position in range(3):
             app.play_clip(studio, position, name, task, None, None)
