@@ -390,9 +390,10 @@ def undo_from_form(studio: Studio, annotator: str, request: gr.Request, profile:
 
 
 def public_leaderboard(studio: Studio) -> list[dict]:
-    """Per model, strongest first: model, win_rate, win_rate_interval, bt_score, bt_interval, comparisons,
-    too_few_votes (from the human rankings; 95 % bootstrap intervals; a model in fewer than --min-comparisons
-    comparisons comes last, too_few_votes true and its numbers None)."""
+    """Per model, by the lower end of its Bradley-Terry interval: model, win_rate, win_rate_interval, bt_score,
+    bt_interval, comparisons, too_few_votes, preliminary (from the human rankings, published in batches; 95 %
+    bootstrap intervals; a model in fewer than --min-comparisons comparisons comes last, too_few_votes true and
+    its numbers None; preliminary under --preliminary-under comparisons)."""
     return leaderboard(studio.store, studio.config)
 
 

@@ -26,11 +26,20 @@ winner of a pair, so an owner can decide where machine ranking suffices.
 
 ``with_minimum`` hides the numbers of a model compared fewer than a minimum number of
 times (the public results: a handful of votes gives intervals of zero width that look
-certain); its row says "too few votes" instead.
+certain); its row says "too few votes" instead. It orders the rest by the lower end of
+their Bradley-Terry interval (a model ranks high once it is surely strong, not when a few
+lucky votes put its point estimate up) and marks a model in fewer than ``preliminary_under``
+comparisons as preliminary.
+
+The public results take votes in whole batches (``published_rankings``) so that a change
+cannot be read vote by vote: only informative votes fill a batch (a ranking that tells some
+clip from another; a tie-only ranking, an all-bad vote or a skip carries nothing an outsider
+could not subtract), and a batch needs votes of ``MIN_BATCH_ANNOTATORS`` different annotators.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -48,6 +57,8 @@ ELO_BASE, ELO_SCALE = 1000.0, 400.0
 MM_ITERATIONS = 500
 AUTO_RANKER = "auto-ranker"
 TOO_FEW_VOTES = "too few votes"
+PRELIMINARY = "preliminary"
+MIN_BATCH_ANNOTATORS = 5  # different annotators a published batch needs (at most the batch size)
 NUMBERS = ("win_rate", "win_rate_interval", "bt_score", "bt_interval")  # what ``with_minimum`` hides
 
 Vote = Mapping[str, int]  # clip id -> dense rank, 1 = best
@@ -147,13 +158,8 @@ def leaderboard(votes: Iterable[Vote], model_of: Mapping[str, str], *, n_boot: i
     c = _comparisons(list(votes), model_of)
     if len(c.score) == 0:
         return []
-    point_wins, point_games = _tables(c, np.ones((1, len(c.score))))
+    point_wins, point_games, boot_wins, boot_games = _bootstrap(c, n_boot, seed)
     rate, score = _win_rates(point_wins, point_games)[0], bradley_terry(point_wins, point_games, prior)[0]
-    # Resample whole votes: a vote drawn twice counts its comparisons twice.
-    draws = np.random.default_rng(seed).integers(0, c.votes, (n_boot, c.votes))
-    counts = np.zeros((n_boot, c.votes))
-    np.add.at(counts, (np.arange(n_boot)[:, None], draws), 1)
-    boot_wins, boot_games = _tables(c, counts[:, c.vote])
     boot_rate, boot_score = _win_rates(boot_wins, boot_games), bradley_terry(boot_wins, boot_games, prior)
     tail = (1 - CONFIDENCE) / 2 * 100
     played = point_games[0].sum(axis=-1)
@@ -173,14 +179,92 @@ def leaderboard(votes: Iterable[Vote], model_of: Mapping[str, str], *, n_boot: i
     return sorted(rows, key=lambda row: (-row["bt_score"], row["model"]))
 
 
-def with_minimum(rows: Sequence[Mapping], min_comparisons: int) -> list[dict]:
-    """Leaderboard rows with ``too_few_votes``: a model in fewer than ``min_comparisons`` comparisons keeps its name
-    and count, its numbers become None and it goes after the models that have enough (strongest first)."""
-    shown = [{**row, "too_few_votes": row["comparisons"] < min_comparisons} for row in rows]
+def _bootstrap(c: _Comparisons, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(wins, games) of all votes, shapes (1, m, m), and of ``n_boot`` resamples of whole votes, (n_boot, m, m): a
+    vote drawn twice counts its comparisons twice."""
+    draws = np.random.default_rng(seed).integers(0, c.votes, (n_boot, c.votes))
+    counts = np.zeros((n_boot, c.votes))
+    np.add.at(counts, (np.arange(n_boot)[:, None], draws), 1)
+    return (*_tables(c, np.ones((1, len(c.score)))), *_tables(c, counts[:, c.vote]))
+
+
+def pair_win_rates(votes: Iterable[Vote], model_of: Mapping[str, str], *, n_boot: int = BOOTSTRAP_SAMPLES,
+                   seed: int = 0) -> list[dict]:
+    """Per pair of models that met: ``{model, opponent, win_rate, win_rate_interval, comparisons, rankings}``, the
+    model the one of the two with the higher win rate over the other (ties half; 95 % bootstrap interval over votes,
+    as ``leaderboard``), ``rankings`` the votes the pair met in; most compared pairs first."""
+    c = _comparisons(list(votes), model_of)
+    if len(c.score) == 0:
+        return []
+    point_wins, point_games, boot_wins, boot_games = _bootstrap(c, n_boot, seed)
+    tail = (1 - CONFIDENCE) / 2 * 100
+    rows = []
+    for i in range(len(c.models)):
+        for j in range(i + 1, len(c.models)):
+            games = point_games[0, i, j]
+            if not games:
+                continue
+            better, worse = (i, j) if point_wins[0, i, j] >= point_wins[0, j, i] else (j, i)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rates = boot_wins[:, better, worse] / boot_games[:, better, worse]
+            rates = rates[np.isfinite(rates)]
+            met = ((c.first == i) & (c.second == j)) | ((c.first == j) & (c.second == i))
+            rows.append({"model": c.models[better], "opponent": c.models[worse],
+                         "win_rate": round(float(point_wins[0, better, worse] / games), 4),
+                         "win_rate_interval": [round(float(np.percentile(rates, q)), 4) for q in (tail, 100 - tail)],
+                         "comparisons": int(games), "rankings": len(set(c.vote[met].tolist()))})
+    return sorted(rows, key=lambda row: (-row["comparisons"], row["model"], row["opponent"]))
+
+
+SETTLED_DIFFERENCE = 0.05  # the distance from an even split (a 0.55 win rate) the verdict says how to settle
+
+
+def more_comparisons_to_settle(pair: Mapping, difference: float = SETTLED_DIFFERENCE) -> int:
+    """About how many more comparisons of ``pair`` (a ``pair_win_rates`` row) would narrow its interval to
+    +-``difference``, so that a win rate ``difference`` from 0.5 would no longer hold 0.5: an interval narrows as one
+    over the square root of the comparisons, at the spread of those so far."""
+    low, high = pair["win_rate_interval"]
+    half_width = (high - low) / 2
+    if half_width <= 0:  # every comparison alike so far: no spread to go by
+        return 0
+    return max(0, math.ceil(pair["comparisons"] * (half_width / difference) ** 2) - pair["comparisons"])
+
+
+def verdict_in_words(pairs: Sequence[Mapping], min_comparisons: int = 0) -> list[str]:
+    """Per pair of models (``pair_win_rates``): "`a` preferred" when the interval of a's win rate over b lies above
+    0.5; else "not distinguishable from chance yet", with about how many more comparisons (and rankings, at the
+    pair's comparisons per ranking so far) would settle a 5-point difference. A pair in fewer than
+    ``min_comparisons`` comparisons says only that, as the public tables show no numbers before."""
+    lines = []
+    for pair in pairs:
+        names = f"`{pair['model']}` vs `{pair['opponent']}`"
+        if pair["comparisons"] < min_comparisons:
+            lines.append(f"{names}: too few comparisons yet ({pair['comparisons']} of the {min_comparisons} "
+                         "before numbers show).")
+            continue
+        numbers = f"win rate {pair['win_rate']:.3f} {_interval(pair['win_rate_interval'], 3)}"
+        if pair["win_rate_interval"][0] > 0.5:
+            lines.append(f"**`{pair['model']}` preferred** over `{pair['opponent']}`: {numbers}, interval above 0.5.")
+            continue
+        more = more_comparisons_to_settle(pair)
+        per_ranking = pair["comparisons"] / pair["rankings"]
+        lines.append(f"{names}: **not distinguishable from chance yet** ({numbers} holds 0.5); about {more} more "
+                     f"comparisons (~{math.ceil(more / per_ranking)} rankings at {per_ranking:.1f} per ranking) "
+                     f"would settle a {SETTLED_DIFFERENCE * 100:.0f}-point difference.")
+    return lines
+
+
+def with_minimum(rows: Sequence[Mapping], min_comparisons: int, preliminary_under: int = 0) -> list[dict]:
+    """Leaderboard rows with ``too_few_votes`` and ``preliminary``: a model in fewer than ``min_comparisons``
+    comparisons keeps its name and count, its numbers become None and it goes last; the others come by the lower
+    end of their Bradley-Terry interval, highest first, ``preliminary`` under ``preliminary_under`` comparisons."""
+    shown = [{**row, "too_few_votes": row["comparisons"] < min_comparisons,
+              "preliminary": min_comparisons <= row["comparisons"] < preliminary_under} for row in rows]
     for row in shown:
         if row["too_few_votes"]:
             row.update(dict.fromkeys(NUMBERS))
-    return sorted(shown, key=lambda row: row["too_few_votes"])  # stable: each group keeps its order
+    # stable: models with too few votes keep their order
+    return sorted(shown, key=lambda row: (row["too_few_votes"], 0 if row["too_few_votes"] else -row["bt_interval"][0]))
 
 
 @dataclass(frozen=True)
@@ -188,11 +272,12 @@ class Verdict:
     """The leaderboard from one source of rankings, overall and per prompt category."""
 
     source: str  # "human" or "auto"
-    votes: int
+    votes: int  # human: rankings; auto: tasks the ranker ranked
     rows: list[dict]
     by_category: dict[str, list[dict]] = field(default_factory=dict)
     left_out_votes: int = 0  # votes of annotators below the gold-accuracy threshold
     left_out_annotators: tuple[str, ...] = ()
+    pairs: list[dict] = field(default_factory=list)  # ``pair_win_rates``
 
 
 def model_votes(rankings: Iterable[Ranking], gold: Mapping[int, object]) -> list[Ranking]:
@@ -216,16 +301,33 @@ def auto_votes(task_clips: Mapping[int, Sequence[str]], clips: Mapping[str, Cand
     return votes
 
 
-def published_rankings(rankings: Sequence[Ranking], gold: Mapping[int, object], every: int) -> list[Ranking]:
-    """The rankings (oldest first) as they stood after the last whole batch of ``every`` usable model votes:
-    what a public verdict shows, so that its change after a vote says nothing about that one vote.
-    Gold votes up to that point stay (the gold-accuracy filter needs them)."""
-    counted = model_votes(rankings, gold)
-    published = len(counted) - len(counted) % every
-    if not published:
-        return []
-    last = counted[published - 1].id
-    return [r for r in rankings if r.id <= last]
+def informative(ranking: Ranking) -> bool:
+    """A vote that tells some clip from another: usable (``usable``) and not every clip tied."""
+    return usable(ranking) and len(set(ranking.ranks.values())) > 1
+
+
+def published_rankings(rankings: Sequence[Ranking], gold: Mapping[int, object], every: int,
+                       min_annotators: int = MIN_BATCH_ANNOTATORS) -> list[Ranking]:
+    """The rankings (oldest first) as they stood when the last batch closed: what a public verdict shows, so that
+    its change says nothing about one vote. A batch closes once it holds ``every`` informative model votes
+    (``informative``; ties-only, all-bad and skips do not fill it) from at least ``min(min_annotators, every)``
+    annotators. Every vote up to that point stays (the gold-accuracy filter needs the gold ones)."""
+    last, batch, names = None, 0, set()
+    for ranking in model_votes(rankings, gold):
+        if not informative(ranking):
+            continue
+        batch += 1
+        names.add(ranking.annotator)
+        if batch >= every and len(names) >= min(min_annotators, every):
+            last, batch, names = ranking.id, 0, set()
+    return [] if last is None else [r for r in rankings if r.id <= last]
+
+
+def unpublished_votes(rankings: Sequence[Ranking], gold: Mapping[int, object], published: Sequence[Ranking]) -> int:
+    """The informative model votes cast since the last published batch (``published_rankings``): how far the next
+    batch has come."""
+    last = max((r.id for r in published), default=0)
+    return sum(1 for r in model_votes(rankings, gold) if informative(r) and r.id > last)
 
 
 def compute_verdict(store: Store, source: str = "human", *, min_gold_accuracy: float | None = None,
@@ -262,6 +364,7 @@ def compute_verdict(store: Store, source: str = "human", *, min_gold_accuracy: f
                      for name, votes in sorted(groups.items())},
         left_out_votes=left_out,
         left_out_annotators=excluded,
+        pairs=pair_win_rates([ranks for _, ranks in tasks], model_of, n_boot=n_boot, seed=seed),
     )
 
 
@@ -285,34 +388,44 @@ def _interval(values: Sequence[float], digits: int) -> str:
     return f"[{values[0]:.{digits}f}, {values[1]:.{digits}f}]"
 
 
-def leaderboard_table(rows: Sequence[Mapping], min_comparisons: int = 0) -> str:
-    """A Markdown table of leaderboard rows; a model in fewer than ``min_comparisons`` comparisons shows
-    "too few votes" instead of its numbers (``with_minimum``)."""
+def leaderboard_table(rows: Sequence[Mapping], min_comparisons: int = 0, preliminary_under: int = 0,
+                      too_few: str = TOO_FEW_VOTES) -> str:
+    """A Markdown table of leaderboard rows in ``with_minimum``'s order; a model in fewer than ``min_comparisons``
+    comparisons shows ``too_few`` ("too few votes"; an automatic ranker casts none: "too few comparisons") instead of
+    its numbers, one under ``preliminary_under`` is marked preliminary."""
     lines = ["| model | win rate | 95 % interval | Bradley-Terry | 95 % interval | comparisons |",
              "|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {TOO_FEW_VOTES} | | | | {r['comparisons']} |" if r["too_few_votes"] else
-              f"| {r['model']} | {r['win_rate']:.3f} | {_interval(r['win_rate_interval'], 3)} | {r['bt_score']:.0f} | "
-              f"{_interval(r['bt_interval'], 0)} | {r['comparisons']} |" for r in with_minimum(rows, min_comparisons)]
+    lines += [f"| {r['model']} | {too_few} | | | | {r['comparisons']} |" if r["too_few_votes"] else
+              f"| {r['model']}{f' ({PRELIMINARY})' if r['preliminary'] else ''} | {r['win_rate']:.3f} | "
+              f"{_interval(r['win_rate_interval'], 3)} | {r['bt_score']:.0f} | "
+              f"{_interval(r['bt_interval'], 0)} | {r['comparisons']} |"
+              for r in with_minimum(rows, min_comparisons, preliminary_under)]
     return "\n".join(lines)
 
 
-def verdict_markdown(verdicts: Sequence[Verdict], agreement: Mapping | None = None, min_comparisons: int = 0) -> str:
+def verdict_markdown(verdicts: Sequence[Verdict], agreement: Mapping | None = None, min_comparisons: int = 0,
+                     preliminary_under: int = 0) -> str:
     """The verdicts as Markdown: overall and per-category tables (numbers only for models in at least
-    ``min_comparisons`` comparisons, ``with_minimum``), and the ranker's agreement."""
+    ``min_comparisons`` comparisons, marked preliminary under ``preliminary_under``: ``with_minimum``), and the
+    ranker's agreement. Each verdict is first said in words, per pair of models (``verdict_in_words``)."""
     parts = []
     for verdict in verdicts:
-        who = "human rankings" if verdict.source == "human" else "the automatic ranker"
+        human = verdict.source == "human"
+        who = "human rankings" if human else "the automatic ranker"
         if not verdict.rows:
             parts.append(f"**From {who}**: no comparisons between models yet.")
             continue
-        note = (f" ({verdict.left_out_votes} vote(s) of {len(verdict.left_out_annotators)} annotator(s) below the "
-                f"gold-accuracy threshold left out)" if verdict.left_out_votes else "")
-        parts.append(f"**From {who}** ({verdict.votes} ranked task(s){note}):\n\n"
-                     + leaderboard_table(verdict.rows, min_comparisons))
+        note = (f"; {verdict.left_out_votes} vote(s) of {len(verdict.left_out_annotators)} annotator(s) below the "
+                f"gold-accuracy threshold left out" if verdict.left_out_votes else "")
+        counted = f"{verdict.votes} ranking(s)" if human else f"{verdict.votes} task(s) it ranked"
+        too_few = TOO_FEW_VOTES if human else "too few comparisons"
+        words = "".join(f"- {line}\n" for line in verdict_in_words(verdict.pairs, min_comparisons))
+        parts.append(f"**From {who}** ({counted}{note}):\n\n{words}\n"
+                     + leaderboard_table(verdict.rows, min_comparisons, preliminary_under, too_few))
         for name, rows in verdict.by_category.items():
             if rows:
                 parts.append(f"*{verdict.source}, prompts of kind `{name}`*:\n\n"
-                             + leaderboard_table(rows, min_comparisons))
+                             + leaderboard_table(rows, min_comparisons, preliminary_under, too_few))
     if agreement is not None and agreement.get("pairs"):
         parts.append(f"**Automatic ranker vs the human majority**: same winner in {agreement['agreed']} of "
                      f"{agreement['pairs']} pairs ({agreement['rate']:.0%}).")

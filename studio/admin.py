@@ -20,10 +20,11 @@ from annotate.stats import dataset_stats
 from annotate.pool import PipelineGenerator, PoolReport, build_pool
 from annotate.store import WithdrawnTask
 from annotate.validation import prompt_lines
-from annotate.verdict import (Verdict, compute_verdict, published_rankings, ranker_agreement, verdict_markdown,
-                              TOO_FEW_VOTES, with_minimum)
+from annotate.verdict import (MIN_BATCH_ANNOTATORS, PRELIMINARY, TOO_FEW_VOTES, Verdict, compute_verdict,
+                              published_rankings, ranker_agreement, unpublished_votes, verdict_markdown, with_minimum)
 
 from .config import StudioConfig
+from .forest import forest_plot
 from .generation import LoadedModel
 from .identity import IdentityError
 
@@ -114,17 +115,20 @@ def dataset_overview(store: Store, config: StudioConfig, preview: int = PREVIEW_
 
 def public_rankings(store: Store, config: StudioConfig) -> list:
     """The human rankings the public results show: as of the last whole batch of ``config.leaderboard_every``
-    model votes (``annotate.verdict.published_rankings``), so no single vote's effect can be read off them."""
+    informative model votes from several annotators (``annotate.verdict.published_rankings``), so no single
+    vote's effect can be read off them."""
     return published_rankings(store.rankings(), store.gold_answers(), config.leaderboard_every)
 
 
 def leaderboard(store: Store, config: StudioConfig) -> list[dict]:
-    """``/leaderboard``: per model (strongest first) ``model``, ``win_rate``, ``win_rate_interval``, ``bt_score``,
-    ``bt_interval``, ``comparisons``, ``too_few_votes``, from the published human rankings (``public_rankings``;
-    gold-accuracy threshold applied); a model in fewer than ``config.min_comparisons`` comparisons comes last,
-    its numbers None (``with_minimum``)."""
+    """``/leaderboard``: per model (by the lower end of the Bradley-Terry interval, highest first) ``model``,
+    ``win_rate``, ``win_rate_interval``, ``bt_score``, ``bt_interval``, ``comparisons``, ``too_few_votes``,
+    ``preliminary``, from the published human rankings (``public_rankings``; gold-accuracy threshold applied); a
+    model in fewer than ``config.min_comparisons`` comparisons comes last, its numbers None; one in fewer than
+    ``config.preliminary_under`` is marked preliminary (``with_minimum``)."""
     return with_minimum(compute_verdict(store, "human", min_gold_accuracy=config.min_gold_accuracy,
-                                        rankings=public_rankings(store, config)).rows, config.min_comparisons)
+                                        rankings=public_rankings(store, config)).rows, config.min_comparisons,
+                        config.preliminary_under)
 
 
 def results_markdown(store: Store, config: StudioConfig) -> str:
@@ -134,12 +138,28 @@ def results_markdown(store: Store, config: StudioConfig) -> str:
     verdicts = [compute_verdict(store, source, min_gold_accuracy=config.min_gold_accuracy, rankings=rankings)
                 for source in ("human", "auto")]
     agreement = ranker_agreement(rankings, store.candidates(), store.gold_answers())
+    waiting = unpublished_votes(store.rankings(), store.gold_answers(), rankings)
+    batch = (f"**{'Next update' if rankings else 'First results'}**: {waiting} of {config.leaderboard_every} votes "
+             "in.\n\n")
     return ("Which model do the blind rankings prefer? Win rate over head-to-head clip pairs (two clips of "
             "different models in one ranking; ties count half) and Bradley-Terry score (Elo scale, 1000 = "
-            "average), with 95 % bootstrap intervals. The human results are updated after every "
-            f"{config.leaderboard_every} rankings, not after each one. A model's numbers show once it was in "
-            f"{config.min_comparisons} comparisons; before, its row says \"{TOO_FEW_VOTES}\".\n\n"
-            + verdict_markdown(verdicts, agreement, config.min_comparisons))
+            "average), with 95 % bootstrap intervals; models come by the lower end of that interval. The human "
+            f"results are updated after every {config.leaderboard_every} rankings that tell clips apart (ties-only "
+            f"and all-bad votes do not fill a batch), from at least {min(MIN_BATCH_ANNOTATORS, config.leaderboard_every)} "
+            f"annotators, not after each one. A model's numbers show once it was in {config.min_comparisons} "
+            f"comparisons; before, its row says \"{TOO_FEW_VOTES}\"; under {config.preliminary_under} they are "
+            f"marked {PRELIMINARY}.\n\n"
+            + batch + verdict_markdown(verdicts, agreement, config.min_comparisons, config.preliminary_under))
+
+
+def results_forest(store: Store, config: StudioConfig) -> str:
+    """The Results tab's forest plot (``studio.forest``): per pair of models, the published human rankings' win rate
+    and the automatic ranker's, each with its interval; pairs under ``config.min_comparisons`` left out."""
+    rankings = public_rankings(store, config)
+    return forest_plot([(title, compute_verdict(store, source, min_gold_accuracy=config.min_gold_accuracy,
+                                                rankings=rankings).pairs)
+                        for source, title in (("human", "From human rankings"), ("auto", "From the automatic ranker"))],
+                       config.min_comparisons)
 
 
 def export_dataset(store: Store, config: StudioConfig) -> ExportResult:

@@ -47,6 +47,10 @@ class StudioConfig:
     trust_proxy: bool = False  # a proxy in front of the app sets X-Forwarded-For (studio.limits.visitor_of)
     leaderboard_every: int = 20  # the public results count human rankings in whole batches of this many
     min_comparisons: int = 10  # the public results show a model's numbers once it was in this many comparisons
+    # ... and mark them preliminary under this many: at 100 comparisons the 95 % interval of a win rate near 0.5
+    # spans about +-0.1 (1.96 * sqrt(0.25 / 100)), enough to tell 0.6 from 0.4. (TTS Arena: preliminary under 300
+    # votes of one comparison each; a ranking of four clips here makes four.)
+    preliminary_under: int = 100
     min_heard_fraction: float = MIN_HEARD_FRACTION  # a vote counts once each clip was heard this share of its length
 
     @property
@@ -96,13 +100,15 @@ _FLAGS = {
                             "human rankings in batches of this many, so a vote's effect cannot be read off them"),
     "--min-comparisons": ("TANGO_MIN_COMPARISONS", "the public results show a model's win rate, score and intervals "
                           "once it took part in this many comparisons; fewer: 'too few votes'"),
+    "--preliminary-under": ("TANGO_PRELIMINARY_UNDER", "the public results mark a model 'preliminary' while it took "
+                            "part in fewer comparisons than this"),
     "--min-heard-fraction": ("TANGO_MIN_HEARD_FRACTION", "a vote counts (verdict, export, a task's target, a "
                              "reveal) only if each clip could have been heard for this share of its length, timed "
                              "by the server from the plays; 0: every vote counts"),
 }
 _INT_FLAGS = {"port": (0, 65535), "max_steps": (1, 1000), "max_candidates": (1, 4), "generate_per_minute": (1, 10**6),
               "generate_queue": (0, 1000), "generate_threads": (0, 1024), "leaderboard_every": (1, 10**6),
-              "min_comparisons": (0, 10**9)}
+              "min_comparisons": (0, 10**9), "preliminary_under": (0, 10**9)}
 # on/off flags: `--reveal-models` alone, or the variable = 1/true
 _SWITCHES = {"reveal_models", "show_gold_accuracy", "informative_first", "allow_shrinking_backup", "trust_proxy"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")

@@ -180,3 +180,45 @@ def test_an_address_guessing_many_names_and_a_crowd_of_guessers_are_held_back_bu
     clock.now += 31
     address[0] = "10.200.0.1"
     assert check("ann", "hunter2")  # the global hold is short
+
+
+def test_one_vote_among_ties_under_other_names_publishes_nothing(tmp_path):
+    """The attack: one real vote plus 19 all-tie votes under other names made a batch of 20, and the published change
+    (+1 for one model, -1 for the other) was that one vote: its clips' models, read off the public page."""
+    studio = campaign(tmp_path, leaderboard_every=20, min_comparisons=1, min_heard_fraction=0)
+    store = studio.store
+    for p in range(40):
+        store.add_task(clips(store, f"{p + 2} knocks", 2), target_overlap=1)
+    task = app.next_task(studio, "real", None, None)[2]
+    listen_and_rank(studio, "real", task)
+    for i in range(19):
+        task = app.next_task(studio, f"sock{i}", None, None)[2]
+        for label in task.labels:
+            app.played(studio, f"sock{i}", task.task_id, label, None, None)
+        app.vote(studio, f"sock{i}", task.task_id, None, "tie")
+    assert len(store.rankings()) == 20 and app.public_leaderboard(studio) == []
+    # Informative votes from three names do not make one either: a batch needs five.
+    for name in ("sock0", "sock1"):
+        for _ in range(9):
+            listen_and_rank(studio, name, app.next_task(studio, name, None, None)[2])
+    assert app.public_leaderboard(studio) == []
+    # Two more annotators, one informative vote each: 21 informative votes from 5 names publish (all 40 so far).
+    for name in ("sock2", "sock3"):
+        listen_and_rank(studio, name, app.next_task(studio, name, None, None)[2])
+    assert sum(row["comparisons"] for row in app.public_leaderboard(studio)) == 2 * 21 + 2 * 19
+
+
+def test_the_leaderboard_ranks_by_the_lower_end_of_the_interval_and_marks_preliminary_rows():
+    from annotate.verdict import leaderboard_table, with_minimum
+
+    rows = [{"model": "lucky", "win_rate": 0.9, "win_rate_interval": [0.4, 1.0], "bt_score": 1200.0,
+             "bt_interval": [950.0, 1500.0], "comparisons": 12},
+            {"model": "steady", "win_rate": 0.6, "win_rate_interval": [0.55, 0.65], "bt_score": 1050.0,
+             "bt_interval": [1010.0, 1090.0], "comparisons": 400},
+            {"model": "new", "win_rate": 1.0, "win_rate_interval": [1.0, 1.0], "bt_score": 1300.0,
+             "bt_interval": [1300.0, 1300.0], "comparisons": 3}]
+    shown = with_minimum(rows, min_comparisons=10, preliminary_under=100)
+    assert [(r["model"], r["preliminary"], r["too_few_votes"]) for r in shown] == [
+        ("steady", False, False), ("lucky", True, False), ("new", False, True)]
+    table = leaderboard_table(rows, 10, 100)
+    assert table.index("| steady |") < table.index("| lucky (preliminary) |") < table.index("| new | too few votes")
