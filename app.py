@@ -58,7 +58,7 @@ from starlette.middleware import Middleware  # noqa: E402
 from studio.state import START_REFUSALS, Studio  # noqa: E402
 from studio.admin import (ANNOTATOR_COLUMNS, NO_TASKS_HINT, PREVIEW_PAIRS, PairPreview, dataset_overview,  # noqa: E402
                           describe_export, describe_pool, export_dataset, export_download, export_preview, hub_url,
-                          leaderboard, make_pool, push_dataset, require_admin, results_markdown)
+                          leaderboard, make_pool, push_dataset, require_admin, results_forest, results_markdown)
 from studio.annotation import (GUIDELINES, LABELS, MAX_SHOWN_CLIPS, RANKING_VERDICTS, SHORTCUTS,  # noqa: E402
                                VERDICT_NAMES, ShownTask)
 from studio.calls import ArgumentCount, RequestLimits, endpoint_arguments  # noqa: E402
@@ -267,6 +267,8 @@ def progress_text(studio: Studio, name: str) -> str:
 def next_task(studio: Studio, annotator: str, request: gr.Request, profile: gr.OAuthProfile | None):
     """The annotator's open task or a new one: (task JSON, its WAVs in the order shown, ShownTask)."""
     name = who(studio, annotator, request, profile)
+    if studio.config.informative_first:  # the order goes by the automatic scores: new clips need theirs
+        studio.score_clips()
     task = studio.annotation.next_task(name)
     progress = progress_text(studio, name)
     if task is None:
@@ -397,9 +399,11 @@ def public_leaderboard(studio: Studio) -> list[dict]:
     return leaderboard(studio.store, studio.config)
 
 
-def show_results(studio: Studio) -> str:
-    """The Results view: the verdicts, models named."""
-    return results_markdown(studio.store, studio.config)
+def show_results(studio: Studio) -> tuple[str, str]:
+    """The Results view: the verdicts in words and tables, models named, and the forest plot of win rates. Clips
+    pooled since the last look (``python -m annotate pool`` while the app runs) get their automatic scores first."""
+    studio.score_clips()
+    return results_markdown(studio.store, studio.config), results_forest(studio.store, studio.config)
 
 
 # ---------------------------------------------------------------------------------------------- Dataset handlers
@@ -433,6 +437,7 @@ def show_dataset(studio: Studio, admin: str, request: gr.Request, profile: gr.OA
         admin_name(studio, admin, request, profile)
     except ValueError as err:
         return f"**Not shown:** {err}", [], *show_pairs(studio, "", [])
+    studio.score_clips()  # clips pooled from the command line since the last look
     overview = dataset_overview(studio.store, studio.config)
     return (f"{overview.as_markdown()}\n\n{studio.ranker_summary()}", overview.annotator_rows(),
             *show_pairs(studio, "**Strongest pairs so far** (largest majorities of all votes)",
@@ -650,9 +655,10 @@ def results_tab(studio: Studio, tab: gr.Tab) -> None:
     """Public: which model the rankings prefer (the only place that names the models), shown when the tab opens;
     /leaderboard."""
     results_md = gr.Markdown(elem_id="results")
+    forest = gr.HTML(elem_id="results-forest")
     refresh = gr.Button("Refresh results", elem_id="results-refresh")
     for event in (tab.select, refresh.click):
-        event(bind(show_results, studio), None, [results_md], api_visibility="private")
+        event(bind(show_results, studio), None, [results_md, forest], api_visibility="private")
     gr.api(bind(public_leaderboard, studio), api_name="leaderboard", concurrency_limit=ANNOTATION_CONCURRENCY)
 
 

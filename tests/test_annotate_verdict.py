@@ -12,7 +12,8 @@ import yaml
 from annotate import Store
 from annotate.export import export_human_pairs
 from annotate.verdict import (TOO_FEW_VOTES, bradley_terry, compute_verdict, leaderboard, leaderboard_table,
-                              prompt_category, ranker_agreement, with_minimum)
+                              more_comparisons_to_settle, pair_win_rates, prompt_category, ranker_agreement,
+                              verdict_in_words, with_minimum)
 from soundworld import sample_prompts
 from tests.annotate_helpers import tone
 
@@ -73,6 +74,41 @@ def test_a_model_short_of_the_minimum_shows_too_few_votes_not_a_zero_width_inter
     assert f"| y | {TOO_FEW_VOTES} | | | | 1 |" in table and "[0.000, 0.000]" not in table
     assert TOO_FEW_VOTES not in leaderboard_table(rows)  # no minimum: every number, as the admins see them
     assert all(r["too_few_votes"] for r in with_minimum(rows, 5)) and with_minimum(rows, 0) == with_minimum(rows, 1)
+
+
+def coin_flip_votes(rng, rankings: int, p_first: float = 0.5) -> tuple[list[dict], dict]:
+    """Two-clip rankings of models x and y (one clip each), x ranked first with probability ``p_first``."""
+    model_of, votes = {}, []
+    for i in range(rankings):
+        model_of[f"x{i}"], model_of[f"y{i}"] = "x", "y"
+        x_first = rng.random() < p_first
+        votes.append({f"x{i}": 1 if x_first else 2, f"y{i}": 2 if x_first else 1})
+    return votes, model_of
+
+
+def test_the_verdict_says_in_words_whether_a_pair_differs_and_how_many_more_comparisons_would_settle_it():
+    """Issue 32: random votes put one model first at 0.566 [0.429, 0.711] and nothing said the interval held 0.5."""
+    rng = np.random.default_rng(1)
+    votes, model_of = coin_flip_votes(rng, 60)
+    [pair] = pair_win_rates(votes, model_of)
+    assert pair["comparisons"] == pair["rankings"] == 60 and pair["win_rate"] >= 0.5
+    low, high = pair["win_rate_interval"]
+    assert low < 0.5 < high
+    [line] = verdict_in_words([pair])
+    more = more_comparisons_to_settle(pair)
+    assert "not distinguishable from chance yet" in line and f"about {more} more comparisons (~{more} rankings" in line
+    # The estimate holds: that many more comparisons narrow the interval to about +-0.05.
+    extra, extra_models = coin_flip_votes(rng, more)
+    [settled] = pair_win_rates(votes + extra, {**model_of, **extra_models})
+    assert 0.04 < (settled["win_rate_interval"][1] - settled["win_rate_interval"][0]) / 2 < 0.06
+    # A clear preference says so; a pair short of the owner's minimum shows no numbers.
+    votes, model_of = coin_flip_votes(rng, 80, p_first=0.2)
+    [pair] = pair_win_rates(votes, model_of)
+    assert (pair["model"], pair["opponent"]) == ("y", "x") and pair["win_rate_interval"][0] > 0.5
+    assert verdict_in_words([pair])[0].startswith("**`y` preferred** over `x`") and "interval above 0.5" in \
+        verdict_in_words([pair])[0]
+    assert verdict_in_words([pair], min_comparisons=100) == [
+        "`y` vs `x`: too few comparisons yet (80 of the 100 before numbers show)."]
 
 
 def test_bradley_terry_is_the_maximum_likelihood_fit():
@@ -172,7 +208,8 @@ def test_export_card_carries_the_verdict(tmp_path):
     card = (tmp_path / "export" / "README.md").read_text()
     yaml.safe_load(card.split("---")[1])  # the front matter still parses
     verdict = card.split("## Verdict")[1].split("## Loading")[0]
-    assert "From human rankings** (8 ranked task(s))" in verdict
+    assert "From human rankings** (8 ranking(s))" in verdict
+    assert f"**`{DPO}` preferred** over `{BASE}`: win rate 1.000 [1.000, 1.000], interval above 0.5." in verdict
     dpo_line = next(line for line in verdict.splitlines() if line.startswith(f"| {DPO} |"))
     assert "| 1.000 | [1.000, 1.000] |" in dpo_line and dpo_line.endswith("| 32 |")
     assert "automatic ranker**: no comparisons between models yet" in verdict

@@ -209,7 +209,8 @@ def test_results_say_too_few_votes_below_the_owners_minimum(studio):
     rows = app.public_leaderboard(studio)
     assert all(not row["too_few_votes"] and row["win_rate"] is not None for row in rows)
     studio.config = replace(studio.config, min_comparisons=3)
-    results = app.show_results(studio)
+    results, forest = app.show_results(studio)
     assert "| base | too few votes | | | | 2 |" in results and "once it was in 3 comparisons" in results
+    assert "too few comparisons yet (2 of the 3 before numbers show)" in results and forest == ""  # no numbers
     rows = app.public_leaderboard(studio)
     assert [(row["too_few_votes"], row["win_rate"], row["bt_interval"]) for row in rows] == [(True, None, None)] * 2

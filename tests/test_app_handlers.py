@@ -81,6 +81,23 @@ def test_an_empty_store_says_where_tasks_come_from(tmp_path):
     assert "no prompts" in app.pool_message(empty, "admin", "# only a comment\n\n", 2, None, None)
 
 
+def test_results_count_towards_the_first_batch_and_score_clips_pooled_while_the_app_runs(tmp_path):
+    """Issue 32: "no comparisons between models yet" with 7 rankings in, and clips pooled while the app ran stayed
+    without automatic scores until a restart."""
+    from annotate import Store
+    from tests.test_annotate_verdict import dpo_first, make_pool, vote_all
+
+    config = StudioConfig(data_dir=tmp_path / "data", leaderboard_every=20)
+    studio = Studio(config, models=[LoadedModel("base", "Base", "tiny", None, "not loaded in this test")])  # judged
+    make_pool(Store(config.data_dir), ["two knocks", "a hiss then a beep", "three clicks", "a buzz", "a siren",
+                                       "a beep then a knock", "two beeps"])  # `annotate pool` beside the app
+    vote_all(studio.store, ["ann"], dpo_first)
+    results, forest = app.show_results(studio)
+    assert "**First results**: 7 of 20 votes in." in results and "From human rankings**: no comparisons" in results
+    assert all(clip.auto_score is not None for clip in studio.store.candidates().values())
+    assert "From the automatic ranker** (7 task(s) it ranked)" in results and "From the automatic ranker" in forest
+
+
 def test_api_handlers_refuse_with_the_reason(studio):
     with pytest.raises(gr.Error, match="type your annotator name first"):
         app.next_task(studio, "", None, None)
@@ -173,7 +190,11 @@ def test_leaderboard_results_and_reveal_after_vote(studio, tmp_path):
     assert answer["models"] == dict(zip(task.clip_ids, models))  # the reveal: the clip ids shown -> model
     rows = app.public_leaderboard(studio)
     assert [row["model"] for row in rows] == ["base", "dpo"] and rows[0]["comparisons"] == 3 * 2
-    assert "| base |" in app.show_results(studio)
+    results, forest = app.show_results(studio)
+    assert "| base |" in results and "From human rankings** (3 ranking(s))" in results
+    assert forest == ""  # 6 comparisons, under the minimum (10) before the public results show numbers
+    studio.config = replace(studio.config, min_comparisons=6)
+    assert "base over dpo (6 comparisons)" in app.show_results(studio)[1]
     assert [r.comment for r in studio.store.rankings()] == ["base first"] * 3
 
 
