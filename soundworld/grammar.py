@@ -220,8 +220,26 @@ def parse(text: str) -> ParsedPrompt:
 def vocabulary_sentence() -> str:
     """What a sound-world prompt may say, in one phrase (for the Demo's hint and for refusals)."""
     sounds = ", ".join(event.phrases[0] for event in EVENT_VOCABULARY)
-    return (f"{len(EVENT_VOCABULARY)} sounds ({sounds}), with counts (two knocks, three beeps) and order words "
+    return (f"{len(EVENT_VOCABULARY)} sounds ({sounds}; each with synonyms, e.g. a dull knock, a wailing siren: "
+            "the Demo lists them all), with counts (two knocks, three beeps) and order words "
             "(then, followed by, before, after, first ... then ... and finally)")
+
+
+def vocabulary_markdown() -> str:
+    """Every word a sound-world prompt may use, as Markdown (the Demo lists it under the prompt box): each sound with
+    its synonyms (and plurals, for the sounds that can be counted), the count words and the order words. Made from
+    the tables ``parse`` reads, so it lists exactly what is accepted."""
+    sounds = "\n".join(
+        f"- {' · '.join(event.phrases)}" + (f" (counted: two {event.plurals[0]}, three {event.plurals[-1]}, ...)"
+                                            if event.countable else " (not counted)")
+        for event in EVENT_VOCABULARY)
+    counts = ", ".join(word for word in _COUNT_WORDS if not word.isdigit())
+    orders = " · ".join(" ".join(connector) for connector in _CONNECTORS)
+    return (f"**Sounds** ({len(EVENT_VOCABULARY)}, each with its synonyms):\n{sounds}\n\n"
+            f"**Counts**: {counts} (or 1, 2, 3), up to {MAX_COUNT}; \"{' '.join(_IN_A_ROW)}\" after a count.  \n"
+            f"**Order words**: {orders}; \"first ..., then ..., and finally ...\" for three sounds.  \n"
+            f"**Openings**: {' · '.join(' '.join(prefix) for prefix in _PREFIXES)}.  \n"
+            "Any other word (\"loud\", \"dog\") is refused.")
 
 
 def why_unreadable(text: str) -> str | None:

@@ -243,10 +243,10 @@ def prompt_hint(models: list[LoadedModel]) -> tuple[str, str]:
     """(placeholder, vocabulary note) for the prompt box: the sound world's words for its models, else free text."""
     if not models or not models[0].is_sound_world:
         return "Describe a sound, e.g. a dog barks in the distance while rain falls", ""
-    from soundworld import vocabulary_sentence
+    from soundworld.grammar import vocabulary_markdown
 
-    return "e.g. a hiss then two knocks", f"The embedded models know a small sound world: {vocabulary_sentence()}. " \
-                                          "Other words are refused."
+    return "e.g. a hiss then two knocks", ("The embedded models know a small sound world, these words only:\n\n"
+                                           + vocabulary_markdown())
 
 
 def evaluation_line(models: list[LoadedModel]) -> str:

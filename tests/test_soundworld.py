@@ -28,7 +28,8 @@ from soundworld import (
     sample_prompts,
 )
 from soundworld import evaluate
-from soundworld.grammar import MAX_INSTANCES, SPLIT_CONSTRUCTIONS, compose, pair_set
+from soundworld.grammar import (MAX_INSTANCES, SPLIT_CONSTRUCTIONS, compose, pair_set, vocabulary_markdown,
+                                why_unreadable)
 from soundworld.renderer import EDGE_SECONDS, MIN_GAP_SECONDS, PEAK_RANGE, SAMPLE_RATE
 from soundworld.vocabulary import EVENTS_BY_NAME, MAX_COUNT
 
@@ -494,3 +495,23 @@ def test_cli_writes_the_report(tmp_path, monkeypatch):
     assert [clip["seed"] for clip in report["clips"]] == list(range(3, 13))
     assert [clip["prompt"] for clip in report["clips"]] == sample_prompts("heldout", 10, seed=3)
     assert set(report["by_construction"]) == set(SPLIT_CONSTRUCTIONS["heldout"])
+
+
+def test_the_listed_vocabulary_is_what_the_grammar_reads():
+    """Issue 32: the Demo listed 9 sounds and "other words are refused", while its examples used synonyms it did not
+    list ("a dull knock", "a wailing siren") and "a loud knock" was refused."""
+    import re
+
+    listing = vocabulary_markdown()
+    sound_lines = [line[2:] for line in listing.splitlines() if line.startswith("- ")]
+    assert len(sound_lines) == 9
+    for line in sound_lines:
+        singular, _, counted = line.partition(" (")
+        for phrase in singular.split(" · "):
+            assert why_unreadable(phrase) is None, phrase
+        for example in re.findall(r"(?:two|three) [a-z -]+?(?=,)", counted):
+            assert why_unreadable(example) is None, example
+    listed = set(re.findall(r"[a-z-]+", listing.lower()))
+    for prompt in sample_prompts("heldout", 6, seed=0) + sample_prompts("train", 200, seed=0):  # the Demo's, more
+        assert set(re.findall(r"[a-z-]+", prompt.lower())) <= listed, prompt
+    assert "loud" in why_unreadable("a loud knock") and "Any other word (\"loud\"" in listing
