@@ -533,8 +533,9 @@ def build_app(studio: Studio) -> gr.Blocks:
         with gr.Tab("Results", id="results") as results:
             results_tab(studio, results)
         admins = bool(studio.config.admins)  # without admins nobody may use the tab: it is shown disabled
-        with gr.Tab("Dataset" if admins else "Dataset (no admins configured)", id="dataset", interactive=admins):
-            dataset_tab(studio, name_box)
+        with gr.Tab("Dataset" if admins else "Dataset (admins only: start the app with --admins NAME)", id="dataset",
+                    interactive=admins) as dataset:
+            dataset_tab(studio, name_box, dataset)
     return demo
 
 
@@ -662,11 +663,12 @@ def results_tab(studio: Studio, tab: gr.Tab) -> None:
     gr.api(bind(public_leaderboard, studio), api_name="leaderboard", concurrency_limit=ANNOTATION_CONCURRENCY)
 
 
-def dataset_tab(studio: Studio, name_box: gr.Textbox) -> None:
-    """Admins only: overview, annotator table, Export (with its zip to download) and Push, the strongest pairs or the
-    export's first ones with audio; /export, /push."""
-    gr.Markdown("For admins (" + ("by log-in name" if studio.identity_mode != "name" else "by the name above")
-                + "). " + (f"Hub dataset: [{studio.config.hub_dataset}]({hub_url(studio.config.hub_dataset)})"
+def dataset_tab(studio: Studio, name_box: gr.Textbox, tab: gr.Tab) -> None:
+    """Admins only: overview (shown when the tab opens), annotator table, Export (with its zip to download) and Push,
+    Make tasks, the strongest pairs or the export's first ones with audio; /export, /push."""
+    gr.Markdown("For admins: the names given to `--admins NAME` (or `TANGO_ADMINS`) when the app starts, "
+                + ("as their log-in name" if studio.identity_mode != "name" else "typed as the name above")
+                + ". " + (f"Hub dataset: [{studio.config.hub_dataset}]({hub_url(studio.config.hub_dataset)})"
                            if studio.config.hub_dataset else "No Hub dataset configured (--hub-dataset)."))
     refresh_button = gr.Button("Show dataset", elem_id="dataset-refresh")
     overview_md = gr.Markdown(elem_id="dataset-overview")
@@ -693,8 +695,9 @@ def dataset_tab(studio: Studio, name_box: gr.Textbox) -> None:
                         gr.Audio(label="chosen", type="filepath", interactive=False, visible=False),
                         gr.Audio(label="rejected", type="filepath", interactive=False, visible=False)]
 
-    refresh_button.click(bind(show_dataset, studio), [name_box], [overview_md, annotators_table, *preview],
-                         api_visibility="private")
+    for event in (tab.select, refresh_button.click):
+        event(bind(show_dataset, studio), [name_box], [overview_md, annotators_table, *preview],
+              api_visibility="private")
     export_button.click(bind(export_on_page, studio), [name_box], [admin_outcome, download_button, *preview],
                         api_visibility="private")
     push_button.click(bind(push_message, studio), [name_box], [admin_outcome], api_visibility="private")

@@ -42,6 +42,20 @@ def agreed_ranking(task: dict, files: list[str]) -> dict[str, int]:
     return {clip["label"]: sorted(digests).index(digest) + 1 for clip, digest in zip(task["clips"], digests)}
 
 
+def rank_everything(client, name: str) -> int:
+    """Play and rank every task the annotator ``name`` can get through the app's API (a gradio_client ``Client``),
+    as every scripted annotator does alike (``agreed_ranking``); returns the number of votes."""
+    votes = 0
+    while True:
+        task, files = client.predict(name, api_name="/next_task")
+        if task["task_id"] is None:
+            return votes
+        for clip in task["clips"]:
+            client.predict(name, task["task_id"], clip["clip_id"], api_name="/played")
+        client.predict(name, task["task_id"], agreed_ranking(task, files), api_name="/vote")
+        votes += 1
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -170,7 +170,7 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
     page.locator("#results-refresh").click()
     expect(page.locator("#results")).to_contain_text("From human rankings", timeout=30_000)
     expect(page.locator("#results table").first).to_contain_text("dpo")
-    expect(page.get_by_role("tab", name="Dataset (no admins configured)")).to_be_disabled()
+    expect(page.get_by_role("tab", name="Dataset (admins only: start the app with --admins NAME)")).to_be_disabled()
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +207,8 @@ def test_dataset_tab_says_every_outcome_in_place(admin_app, page, tmp_path):
     expect(page.locator("#export-download")).to_be_hidden()
 
     page.locator("#annotator-name input").fill("admin")
-    page.locator("#dataset-refresh").click()
+    page.get_by_role("tab", name="Demo").click()
+    page.get_by_role("tab", name="Dataset").click()  # the overview shows as the tab opens, no button pressed
     expect(page.locator("#dataset-overview")).to_contain_text("ranked by 3 annotators, the target", timeout=30_000)
     page.locator("#export-button").click()
     expect(page.locator("#admin-outcome")).to_contain_text("Export failed: no preference pairs", timeout=30_000)

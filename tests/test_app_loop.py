@@ -8,23 +8,10 @@ from gradio_client import Client
 import train_dpo
 from annotate import Store
 from annotate.pool import build_pool
-from tests.app_helpers import AppProcess, agreed_ranking
+from tests.app_helpers import AppProcess, rank_everything
 
 PROMPTS = ["a beep then a hiss", "two knocks", "a siren after a click", "a hum then a buzz"]
 ANNOTATORS = ["ann", "ben", "cleo"]
-
-
-def rank_everything(client: Client, name: str) -> int:
-    """Play and rank every task this annotator can get (all annotators agree: ``agreed_ranking``)."""
-    votes = 0
-    while True:
-        task, files = client.predict(name, api_name="/next_task")
-        if task["task_id"] is None:
-            return votes
-        for clip in task["clips"]:
-            client.predict(name, task["task_id"], clip["clip_id"], api_name="/played")
-        client.predict(name, task["task_id"], agreed_ranking(task, files), api_name="/vote")
-        votes += 1
 
 
 def test_generate_rank_export_train_and_serve_the_result(app_models, tmp_path):
