@@ -223,6 +223,14 @@ def load_pairs(dataset: str, split: str):
     return ds
 
 
+def describe_skipped(skipped: dict[str, int]) -> str:
+    """The rows left out, by reason, for people: "none" or "3 (empty prompt: 2, AudioError: 1)"."""
+    if not skipped:
+        return "none"
+    reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(skipped.items(), key=lambda item: -item[1]))
+    return f"{sum(skipped.values())} ({reasons})"
+
+
 def has_no_rows(dataset: str) -> bool:
     """Whether ``dataset`` is a local folder whose parquet files hold no row (datasets then fails with a generic
     DatasetGenerationError)."""
@@ -340,7 +348,7 @@ def build_cache(pipe, ds, dataset: str, audio_length_in_s: float, latent_posteri
         keep.append(index)
         prompts.append(prompt)
     if not keep:
-        raise DatasetError(f"no usable pairs in {dataset!r}: {len(ds)} rows, skipped {bad}")
+        raise DatasetError(f"no usable pairs in {dataset!r}: {len(ds)} rows, skipped {describe_skipped(bad)}")
     means = torch.zeros(len(keep), 2, *shape)
     stds = torch.zeros(len(keep), 2, *shape)
     for position, latents in stored.items():
@@ -635,7 +643,7 @@ def write_model_card(output_dir: Path, config: dict, stats: dict) -> None:
         f"Tango fine-tuned with `{config['loss']}` (losses.py) by Tango DPO Studio's `train_dpo.py`.", "",
         "| | |", "| --- | --- |",
         f"| base model | `{config['pretrained_model']}` |",
-        f"| dataset | `{config['dataset']}` ({stats['pairs']} usable pairs, skipped {stats['skipped']}) |",
+        f"| dataset | `{config['dataset']}` ({stats['pairs']} usable pairs; rows skipped: {describe_skipped(stats['skipped'])}) |",
         f"| latents | {stats['stored_latent_pairs']} pairs trained on the latents their clips were sampled as; "
         f"{stats['pairs'] - stats['stored_latent_pairs']} encoded from audio (posterior {config['latent_posterior']}) |",
         f"| validation | {stats['validation_pairs']} pairs of held-out prompts; "
@@ -708,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
             caches[name] = build_cache(pipe, ds, args.dataset, audio_length_in_s, latent_posterior,
                                        cache_dir / f"pairs-{key}.safetensors")
         logger.info(f"{name}: {len(caches[name]['rows'])} usable pairs of {len(ds)}; "
-                    f"skipped: {caches[name]['skipped'] or 'none'}; latents: {caches[name]['latent_sources']}")
+                    f"skipped: {describe_skipped(caches[name]['skipped'])}; latents: {caches[name]['latent_sources']}")
     cache = caches["train"]
     pairs = len(cache["rows"])
     train_indices, val_indices = split_validation(cache["prompts"], args.validation_fraction, args.seed)

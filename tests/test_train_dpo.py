@@ -77,7 +77,8 @@ def test_training_lowers_the_dpo_loss_and_writes_a_loadable_pipeline(tmp_path, p
     base = load_pipeline(str(FIXTURE_DIR), device="cpu")
     moved = [k for k, v in tuned.unet.state_dict().items() if not np.allclose(v.numpy(), base.unet.state_dict()[k].numpy())]
     assert moved  # the UNet changed, the rest was copied
-    assert "dpo" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "dpo" in card and "6 usable pairs; rows skipped: none" in card  # not "skipped {}"
 
 
 def test_lora_training_fuses_into_a_loadable_pipeline(tmp_path, pairs_dir):
@@ -125,6 +126,7 @@ def test_audio_alpaca_schema_and_bad_rows_are_counted(tmp_path):
     out, metrics = run(tmp_path, folder, "--max_train_steps", "1", "--train_batch_size", "2")
     assert metrics["pairs"] == 2  # the 44.1 kHz row is resampled and kept
     assert sum(metrics["skipped"].values()) == 2 and "empty prompt" in metrics["skipped"]
+    assert "rows skipped: 2 (" in (out / "README.md").read_text()
 
 
 def test_unusable_datasets_fail_clearly(tmp_path):
@@ -133,7 +135,7 @@ def test_unusable_datasets_fail_clearly(tmp_path):
         train_dpo.main([*FAST, "--dataset", str(missing), "--output_dir", str(tmp_path / "o1")])
     empty = write_table(tmp_path / "empty", {"prompt": ["  "], "chosen": [audio_cell(tone(400))],
                                               "rejected": [audio_cell(noise(0))]})
-    with pytest.raises(train_dpo.DatasetError, match="no usable pairs"):
+    with pytest.raises(train_dpo.DatasetError, match=r"no usable pairs .*1 rows, skipped 1 \(empty prompt: 1\)"):
         train_dpo.main([*FAST, "--dataset", str(empty), "--output_dir", str(tmp_path / "o2")])
     (tmp_path / "no-dataset-here").mkdir()  # (a folder that does not exist is refused with the flags: test_cli.py)
     with pytest.raises(train_dpo.DatasetError, match="cannot load dataset"):
