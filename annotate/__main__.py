@@ -60,10 +60,19 @@ def export(args: argparse.Namespace) -> int:
 
 
 def gold(args: argparse.Namespace) -> int:
-    from .gold import add_gold_tasks
+    import functools
 
-    task_ids = add_gold_tasks(Store(args.data_dir), _read_prompts(args.prompts), distractors=args.distractors,
-                              seed=args.seed)
+    from pipeline import load_pipeline
+
+    from .gold import add_gold_tasks, regular_clip_seconds
+    from .reward import round_trip
+
+    prompts = _read_prompts(args.prompts)
+    pipe = load_pipeline(args.model, device="cpu")
+    store = Store(args.data_dir)
+    task_ids = add_gold_tasks(store, prompts, through=functools.partial(round_trip, pipe),
+                              duration_s=args.duration or regular_clip_seconds(store) or pipe.default_audio_length_in_s,
+                              distractors=args.distractors, seed=args.seed)
     print(f"{len(task_ids)} gold tasks ready")
     return 0
 
@@ -151,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="renders of other prompts per gold task; none: as many as make gold tasks as large as "
                           "the store's other tasks (renders use secret random seeds)")
     sub.add_argument("--seed", type=int, default=0, help="seed of the distractors' choice")
+    sub.add_argument("--model", default="tiny", help="model spec whose VAE and vocoder every render goes through, so "
+                     "that gold clips sound like its clips (the pool's model)")
+    sub.add_argument("--duration", type=float, default=None,
+                     help="seconds per gold clip; none: as long as the store's clips last most often, else the "
+                          "model's default length")
 
     sub = command("verdict", verdict, "win rates and Bradley-Terry scores per model, with 95%% intervals")
     sub.add_argument("--source", choices=["human", "auto"], default="human", help="human rankings or the auto ranker")

@@ -7,8 +7,12 @@ each annotator's queue (``Store(gold_share=...)``); they never reach the verdict
 export.
 
 Gold tasks must look like the others: they hold as many clips as the store's regular tasks,
-and every render uses a seed drawn at random (stored with the clip, never shown), so nobody
-can tell the truth by rendering the prompt with a public seed and comparing.
+their clips last as long as the regular clips, every render uses a seed drawn at random
+(stored with the clip, never shown), so nobody can tell the truth by rendering the prompt
+with a public seed and comparing, and every render goes through the pool's model's own
+decoder path (``through``: its VAE and vocoder, ``annotate.reward.round_trip``), so that a
+gold clip has the noise floor and level statistics of a generated one. A bare render is
+94-98 % exact zeros where a generated clip has none: told apart without listening.
 
 A gold vote is *correct* when every strict preference of the answer is matched strictly
 (the truth above each distractor; how the distractors are ordered among themselves does
@@ -22,12 +26,16 @@ from __future__ import annotations
 import random
 import secrets
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from .pairs import ordered_pairs
 from .store import Ranking, Store
 from .validation import InvalidInput, check_float
+
+Decoder = Callable[[list[np.ndarray]], list[np.ndarray]]  # 16 kHz clips -> the same clips through a model's decoder
 
 GOLD_TRUTH_MODEL = "gold: render of this prompt"
 GOLD_STEPS, GOLD_GUIDANCE = 1, 0.0  # renders have no denoising settings; one fixed value keeps them one task
@@ -104,6 +112,15 @@ def regular_task_clips(store: Store) -> int:
     return sizes.most_common(1)[0][0] if sizes else REGULAR_TASK_CLIPS
 
 
+def regular_clip_seconds(store: Store) -> float | None:
+    """How long the store's regular (non-gold) clips last most often; None with none."""
+    gold = store.gold_answers()
+    gold_clips = {clip_id for task_id in gold for clip_id in gold[task_id]}
+    lengths = Counter(round(clip.duration_s, 2) for clip_id, clip in store.candidates().items()
+                      if clip_id not in gold_clips)
+    return lengths.most_common(1)[0][0] if lengths else None
+
+
 def gold_task_of(store: Store) -> dict[str, int]:
     """Prompt -> the id of its gold task."""
     tasks = {}
@@ -113,17 +130,22 @@ def gold_task_of(store: Store) -> dict[str, int]:
     return tasks
 
 
-def add_gold_tasks(store: Store, prompts: Sequence[str], *, distractors: int | None = None, seed: int = 0) -> list[int]:
+def add_gold_tasks(store: Store, prompts: Sequence[str], *, through: Decoder, duration_s: float | None = None,
+                   distractors: int | None = None, seed: int = 0) -> list[int]:
     """One gold task per sound-world prompt: its render first, ``distractors`` renders of other prompts tied below.
 
+    ``through`` passes the renders through the decoder path of the model whose clips the gold tasks sit among
+    (``functools.partial(annotate.reward.round_trip, pipe)``). ``duration_s``: each clip's length; None: as long
+    as the store's regular clips last most often (``regular_clip_seconds``), else the sound world's clip length.
     ``distractors`` None: as many as make the task as large as the store's regular tasks
     (``regular_task_clips``). Every clip is rendered with a secret random seed. Distractor
     prompts are drawn (reproducibly, from ``seed`` and the prompt) among sampled sound-world
     prompts with no event type in common with the prompt. A prompt that has a gold task keeps
     it (idempotent). Raises ``soundworld.PromptError`` for a prompt outside the sound world.
     """
-    from soundworld import parse, render, sample_prompt_specs
+    from soundworld import CLIP_SECONDS, SAMPLE_RATE, parse, render, sample_prompt_specs
 
+    duration_s = duration_s or regular_clip_seconds(store) or CLIP_SECONDS
     if distractors is None:
         distractors = regular_task_clips(store) - 1
     if distractors < 1:
@@ -138,11 +160,13 @@ def add_gold_tasks(store: Store, prompts: Sequence[str], *, distractors: int | N
             continue
         unrelated = sorted({spec.text for spec in pool if not types & set(spec.types)})
         others = random.Random(f"{seed}\x00{prompt}").sample(unrelated, distractors)
+        sources = [(prompt, GOLD_TRUTH_MODEL)] + [(o, distractor_model(o)) for o in others]
+        render_seeds = [secrets.randbelow(RENDER_SEEDS) for _ in sources]
+        decoded = through([render(source, render_seed, duration_s)[0]
+                           for (source, _), render_seed in zip(sources, render_seeds)])
         answer = {}
-        for i, (source, model) in enumerate([(prompt, GOLD_TRUTH_MODEL)] + [(o, distractor_model(o)) for o in others]):
-            render_seed = secrets.randbelow(RENDER_SEEDS)
-            waveform, rate, _ = render(source, render_seed)
-            clip = store.add_candidate(prompt, waveform, sample_rate=rate, model=model, seed=render_seed,
+        for i, ((_, model), render_seed, waveform) in enumerate(zip(sources, render_seeds, decoded)):
+            clip = store.add_candidate(prompt, waveform, sample_rate=SAMPLE_RATE, model=model, seed=render_seed,
                                        steps=GOLD_STEPS, guidance=GOLD_GUIDANCE)
             answer[clip.id] = 1 if i == 0 else 2
         task_ids.append(existing.setdefault(prompt, store.add_gold_task(answer)))

@@ -66,6 +66,8 @@ A task of two clips asks which is better: **A is better**, **B is better**, **Ti
 The models behind the clips are hidden and their order is shuffled for you. **Undo last vote** takes your
 last vote back within a minute; the task then comes back to you."""
 
+GOLD_SHOWN_EVERY = 5  # the gold accuracy an annotator sees moves only in steps of this many answers
+
 SHORTCUTS = ("Keys: **a**-**h** play clip A-H · **1**-**8** rank the clip played last · **Enter** vote · "
              "**x** all bad · **s** skip. Two clips: **←** A is better · **→** B is better · **t** tie · "
              "**x** both bad")
@@ -127,9 +129,10 @@ class Progress:
         if self.gold is None:
             return text
         if not self.gold.answered:
-            return text + " Your accuracy on check tasks (their answer is known): none answered yet."
+            return (text + " Your accuracy on check tasks (their answer is known): shown once you have answered "
+                    f"{GOLD_SHOWN_EVERY}.")
         return (text + f" Your accuracy on check tasks (their answer is known): **{self.gold.accuracy:.0%}** "
-                f"({self.gold.correct} of {self.gold.answered} right).")
+                f"({self.gold.correct} of {self.gold.answered} right; updated every {GOLD_SHOWN_EVERY} answers).")
 
 
 def heard_seconds(play_log: list[tuple[float, str]], clips: list[str], voted_at: float) -> dict[str, float]:
@@ -141,6 +144,15 @@ def heard_seconds(play_log: list[tuple[float, str]], clips: list[str], voted_at:
     for (started, clip), ended in zip(ordered, [when for when, _ in ordered[1:]] + [voted_at]):
         heard[clip] += max(0.0, min(ended, voted_at) - started)
     return {clip: round(seconds, 3) for clip, seconds in heard.items()}
+
+
+def shown_gold_score(annotator: str, votes: list[Ranking], answers: dict, settled_before: float) -> GoldScore:
+    """The gold accuracy an annotator is shown: over their gold answers cast before ``settled_before`` (past the
+    undo window), in whole steps of ``GOLD_SHOWN_EVERY``, so that the number never changes right after a vote and
+    never by one answer: it cannot point at the task that was a check task, nor at its answer."""
+    settled = [r for r in votes if r.task_id in answers and not r.skipped and r.created_at < settled_before]
+    shown = settled[:len(settled) - len(settled) % GOLD_SHOWN_EVERY]
+    return gold_accuracy(shown, answers).get(annotator, GoldScore(annotator, 0, 0))
 
 
 class AnnotationSession:
@@ -339,6 +351,9 @@ class AnnotationSession:
         last = self.store.last_vote(annotator)
         if last is None:
             raise InvalidVote("you have no vote to undo")
+        if last.task_id in self.store.gold_answers():
+            raise InvalidVote(f"vote {last.id} stays: a vote on a check task (its answer is known) cannot be undone, "
+                              "so that your accuracy on them is your first answer")
         if reveal_models and reveals_models(last):
             raise InvalidVote(f"vote {last.id} showed you the models behind its clips, so it stays: "
                               "a vote made knowing them would not be blind")
@@ -350,13 +365,13 @@ class AnnotationSession:
         return self.store.undo_vote(annotator, last.id)
 
     def progress(self, annotator: str, show_gold: bool = False) -> Progress:
-        """Your votes (and with ``show_gold`` your gold-task accuracy), and how far the (model) tasks are from their
-        target number of annotators. Undone votes count nowhere."""
+        """Your votes (and with ``show_gold`` your gold-task accuracy, ``shown_gold_score``), and how far the (model)
+        tasks are from their target number of annotators. Undone votes count nowhere."""
         yours = [r for r in self.store.rankings() if r.annotator == annotator]
         tasks = self.store.task_progress()
         gold = None
         if show_gold:
-            gold = gold_accuracy(yours, self.store.gold_answers()).get(annotator, GoldScore(annotator, 0, 0))
+            gold = shown_gold_score(annotator, yours, self.store.gold_answers(), time.time() - self.store.undo_window_s)
         return Progress(
             ranked_by_you=sum(not r.skipped for r in yours),
             skipped_by_you=sum(r.skipped for r in yours),

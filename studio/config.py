@@ -88,7 +88,7 @@ _FLAGS = {
     "--reveal-models": ("TANGO_REVEAL_MODELS", "show annotators which model made each clip after they vote "
                         "(such a vote can no longer be undone)"),
     "--show-gold-accuracy": ("TANGO_SHOW_GOLD_ACCURACY", "show each annotator their own accuracy on gold tasks "
-                             "(they may then tell a gold task by the change after their vote)"),
+                             "(over answers past the undo window, in steps of 5: it never points at one task)"),
     "--informative-first": ("TANGO_INFORMATIVE_FIRST", "hand out first the tasks whose clips the automatic ranker "
                             "scores closest"),
     "--reward-model": ("TANGO_REWARD_MODEL", "folder of a preference model learned from votes (python -m "

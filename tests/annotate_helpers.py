@@ -61,6 +61,16 @@ def vote(store: Store, annotator: str, ranks_by_position=None, **flags) -> int:
     return store.submit(annotator, task.id, ranking, **flags)
 
 
+def add_rendered_gold(store: Store, prompts, **options) -> list[int]:
+    """``add_gold_tasks`` with the clips as rendered, through no model's decoder, at the sound world's clip length
+    (these tests' tones are shorter than a prompt's events): for tests of gold bookkeeping; test_app_campaign
+    checks the real decoder path."""
+    from annotate.gold import add_gold_tasks
+    from soundworld import CLIP_SECONDS
+
+    return add_gold_tasks(store, prompts, through=list, duration_s=CLIP_SECONDS, **options)
+
+
 def preference_row(i: int, strategy: str = "inference"):
     """A distinct, valid dataset row made of two tones (for the dataset writer's tests)."""
     from annotate.clips import encode_wav

@@ -64,7 +64,8 @@ def test_cli_errors_are_one_line_and_exit_2(data_dir, tmp_path, capsys, monkeypa
 def test_gold_tasks_and_the_verdict_from_the_command_line(data_dir, tmp_path, capsys):
     prompts = tmp_path / "gold.txt"
     prompts.write_text("# gold\ntwo knocks\na hiss then a click\n")
-    assert main(["gold", "--data-dir", str(data_dir), "--prompts", str(prompts)]) == 0
+    # this store's tones last 0.1 s, shorter than a prompt's events: the gold clips get the model's length
+    assert main(["gold", "--data-dir", str(data_dir), "--prompts", str(prompts), "--duration", "3.84"]) == 0
     assert "2 gold tasks ready" in capsys.readouterr().out
     assert len(Store(data_dir).gold_answers()) == 2
 

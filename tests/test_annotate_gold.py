@@ -12,10 +12,10 @@ from annotate import InvalidInput, InvalidVote, Store
 from annotate.autorank import score_unscored
 from annotate.clips import decode_wav
 from annotate.export import export_human_pairs
-from annotate.gold import GOLD_TRUTH_MODEL, add_gold_tasks, gold_accuracy
+from annotate.gold import GOLD_TRUTH_MODEL, gold_accuracy
 from annotate.stats import dataset_stats
 from soundworld import judge, parse
-from tests.annotate_helpers import make_tasks
+from tests.annotate_helpers import add_rendered_gold, make_tasks
 from tests.test_annotate_verdict import BASE, DPO, dpo_first, make_pool
 
 GOLD_PROMPTS = ["two knocks", "a hiss then a click", "a rising chirp", "three beeps", "a low hum",
@@ -25,7 +25,7 @@ GOLD_PROMPTS = ["two knocks", "a hiss then a click", "a rising chirp", "three be
 
 def test_gold_tasks_rank_a_render_of_the_prompt_above_renders_of_unrelated_prompts(tmp_path):
     store = Store(tmp_path / "data")
-    [task_id] = add_gold_tasks(store, ["two knocks"], distractors=2)
+    [task_id] = add_rendered_gold(store, ["two knocks"], distractors=2)
     answer = store.gold_answers()[task_id]
     clips = store.candidates(answer)
     truth = [clips[i] for i, rank in answer.items() if rank == 1]
@@ -38,7 +38,7 @@ def test_gold_tasks_rank_a_render_of_the_prompt_above_renders_of_unrelated_promp
         source = other.model.split("render of ")[1].strip("'")
         assert "knock" not in parse(source).types
         assert judge(samples(other), 16000, "two knocks").score < 1.0
-    assert add_gold_tasks(store, ["two knocks"], distractors=2) == [task_id]  # idempotent
+    assert add_rendered_gold(store, ["two knocks"], distractors=2) == [task_id]  # idempotent
     assert store.task_progress() == []  # gold tasks are no work towards the target
 
 
@@ -49,10 +49,10 @@ def test_gold_tasks_look_like_the_regular_tasks_and_cannot_be_rendered_again(tmp
     from soundworld import render
 
     store = Store(tmp_path / "data")
-    [empty_store_task] = add_gold_tasks(store, ["two knocks"])
+    [empty_store_task] = add_rendered_gold(store, ["two knocks"])
     assert len(store.gold_answers()[empty_store_task]) == 4  # a pool's default size: two models, two clips
     make_tasks(store, 3, clips=3)
-    [task_id] = add_gold_tasks(store, ["a rising chirp"])
+    [task_id] = add_rendered_gold(store, ["a rising chirp"])
     answer = store.gold_answers()[task_id]
     assert len(answer) == 3  # as large as the regular tasks
     for clip in store.candidates(answer).values():
@@ -61,13 +61,13 @@ def test_gold_tasks_look_like_the_regular_tasks_and_cannot_be_rendered_again(tmp
         for public_seed in range(20):
             rendered = render(source, public_seed)[0]
             assert abs(np.corrcoef(heard[:len(rendered)], rendered[:len(heard)])[0, 1]) < 0.9
-    assert add_gold_tasks(store, ["a rising chirp", "two knocks"]) == [task_id, empty_store_task]  # idempotent
+    assert add_rendered_gold(store, ["a rising chirp", "two knocks"]) == [task_id, empty_store_task]  # idempotent
 
 
 def test_gold_tasks_are_mixed_into_each_annotators_queue(tmp_path):
     store = Store(tmp_path / "data", gold_share=0.25)
     make_tasks(store, 12)
-    gold = set(add_gold_tasks(store, GOLD_PROMPTS))
+    gold = set(add_rendered_gold(store, GOLD_PROMPTS))
     given = []
     while (task := store.next_task("ann")) is not None:
         given.append(task.id in gold)
@@ -80,7 +80,7 @@ def test_a_random_gold_answerer_is_flagged_and_left_out_and_a_careful_one_kept(t
     """Bar: the random clicker's votes leave the export (and the card says how many); the careful one's stay."""
     store = Store(tmp_path / "data", gold_share=0.4)
     make_pool(store, [f"prompt {i}" for i in range(12)])
-    add_gold_tasks(store, GOLD_PROMPTS)
+    add_rendered_gold(store, GOLD_PROMPTS)
     gold = store.gold_answers()
     models = {clip_id: clip.model for clip_id, clip in store.candidates().items()}
     rng = random.Random(3)

@@ -12,6 +12,7 @@ import pytest
 
 import app
 from annotate.clips import SAMPLE_RATE
+from annotate.gold import is_correct
 from studio import Studio, StudioConfig
 from studio.annotation import heard_seconds
 from studio.generation import LoadedModel
@@ -222,3 +223,90 @@ def test_the_leaderboard_ranks_by_the_lower_end_of_the_interval_and_marks_prelim
         ("steady", False, False), ("lucky", True, False), ("new", False, True)]
     table = leaderboard_table(rows, 10, 100)
     assert table.index("| steady |") < table.index("| lucky (preliminary) |") < table.index("| new | too few votes")
+
+
+def test_the_gold_accuracy_shown_moves_in_steps_of_five_settled_answers_and_gold_votes_cannot_be_undone(tmp_path):
+    """The attack: with --show-gold-accuracy an annotator answered a gold task, saw their accuracy change, undid the
+    vote and answered again: 6 of 6 right without listening, which defeats --min-gold-accuracy."""
+    studio = campaign(tmp_path, show_gold_accuracy=True, min_heard_fraction=0)
+    store = studio.store
+    for p in range(7):
+        truth, other = clips(store, f"check {p}", 2)
+        store.add_gold_task({truth: 1, other: 2})
+    shown = []
+    for _ in range(7):
+        task = app.next_task(studio, "ann", None, None)[2]
+        for label in task.labels:
+            app.played(studio, "ann", task.task_id, label, None, None)
+        answer = app.vote(studio, "ann", task.task_id, None, "a_better")  # right or wrong by the shuffle
+        with pytest.raises(gr.Error, match="a vote on a check task .* cannot be undone"):
+            app.undo(studio, "ann")
+        shown.append(answer["progress"].split("known): ")[1])
+    assert all(text == "shown once you have answered 5." for text in shown)  # none settled: within the undo window
+    store.undo_window_s = 0  # every answer is now past the window
+    settled = studio.annotation.progress("ann", show_gold=True)
+    assert settled.gold.answered == 5  # the first five: the next step comes with the tenth
+    votes = store.rankings()
+    assert settled.gold.correct == sum(is_correct(v, store.gold_answers()[v.task_id]) for v in votes[:5])
+
+
+def clip_statistics(path: str) -> list[float]:
+    """What a script reads off a clip without listening: the share of exact zeros, RMS and peak (logs of both)."""
+    import numpy as np
+    import soundfile
+
+    samples = soundfile.read(path, dtype="float32")[0].astype(np.float64)
+    return [float(np.mean(samples == 0)), float(np.log(np.sqrt(np.mean(samples ** 2)) + 1e-9)),
+            float(np.log(np.abs(samples).max() + 1e-9))]
+
+
+def leave_one_out_accuracy(features, labels) -> float:
+    """A nearest-centroid classifier on standardised features, each clip judged by the others."""
+    import numpy as np
+
+    features, labels, right = np.asarray(features), np.asarray(labels), 0
+    for i in range(len(labels)):
+        rest = np.arange(len(labels)) != i
+        mean, spread = features[rest].mean(0), features[rest].std(0) + 1e-9
+        scaled = (features - mean) / spread
+        centroids = [scaled[rest & (labels == k)].mean(0) for k in (0, 1)]
+        right += int(np.argmin([np.linalg.norm(scaled[i] - c) for c in centroids]) == labels[i])
+    return right / len(labels)
+
+
+def test_gold_clips_cannot_be_told_from_model_clips_by_their_statistics(tmp_path, monkeypatch):
+    """The attack: gold clips were 94-98 % exact zeros and model clips none; 6 of 6 gold tasks told apart. Gold
+    renders now go through the model's VAE and vocoder, at the length of its clips."""
+    import functools
+    import random
+    import types
+
+    import numpy as np
+    import torch
+
+    from annotate import Store
+    from annotate.gold import add_gold_tasks
+    from annotate.reward import round_trip
+    from pipeline import load_pipeline
+    from soundworld import sample_prompt_specs
+
+    pipe = load_pipeline("tiny", device="cpu")
+    seeds = random.Random(0)  # the render seeds are secret at random; fixed here, so the test always measures the same
+    monkeypatch.setattr("annotate.gold.secrets", types.SimpleNamespace(randbelow=seeds.randrange))
+    prompts = [spec.text for spec in sample_prompt_specs("train", 16, 7)]
+    audio = pipe(prompts, num_inference_steps=10, generator=torch.Generator().manual_seed(1)).audios
+    statistics = {}
+    for decoder in ("vocoder", "none"):
+        store = Store(tmp_path / decoder)
+        model_clips = [store.add_candidate(prompt, np.asarray(clip), sample_rate=16000, model="tiny", seed=1,
+                                           steps=10, guidance=3.0) for prompt, clip in zip(prompts, audio)]
+        through = functools.partial(round_trip, pipe) if decoder == "vocoder" else list
+        add_gold_tasks(store, prompts[:4], through=through, distractors=3)
+        gold = store.gold_answers()
+        gold_clips = store.candidates([clip_id for answer in gold.values() for clip_id in answer]).values()
+        assert {round(c.duration_s, 2) for c in gold_clips} == {round(c.duration_s, 2) for c in model_clips}
+        statistics[decoder] = leave_one_out_accuracy(
+            [clip_statistics(c.audio_path) for c in [*model_clips, *gold_clips]],
+            [0] * len(model_clips) + [1] * len(gold_clips))
+    assert statistics["none"] > 0.9  # the classifier tells bare renders apart ...
+    assert statistics["vocoder"] <= 0.6, statistics  # ... and not renders through the model's decoder path

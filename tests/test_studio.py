@@ -11,14 +11,13 @@ import pytest
 import soundfile as sf
 
 from annotate import InvalidVote, Store
-from annotate.gold import add_gold_tasks
 from annotate.verdict import compute_verdict, model_votes
 from soundworld import render
 from studio import Studio, StudioConfig, parse_config
 from studio.admin import dataset_overview, leaderboard, results_markdown
 from studio.generation import (EVALUATION_LINE, GeneratedClip, GenerationError, GenerationSettings, LoadedModel,
                                check_prompt, duration_note, evaluation_line, generate_both)
-from tests.annotate_helpers import make_tasks
+from tests.annotate_helpers import add_rendered_gold, make_tasks
 from tests.local_hub import LocalHub
 from tests.test_annotate_backup import backed_up
 from tests.test_annotate_verdict import BASE, DPO, dpo_first, make_pool, vote_all
@@ -88,7 +87,7 @@ def test_leaderboard_and_results_name_the_models_the_dataset_tab_adds_gold_accur
     studio = Studio(config, models=[])
     assert leaderboard(studio.store, config) == []
     make_pool(studio.store, ["two knocks", "three beeps", "a hiss then a click"])
-    add_gold_tasks(studio.store, ["a low hum"])
+    add_rendered_gold(studio.store, ["a low hum"])
     answer = {clip_id: rank for ranks in studio.store.gold_answers().values() for clip_id, rank in ranks.items()}
     vote_all(studio.store, ["ann", "bob"], lambda ids, models: [answer[i] for i in ids] if ids[0] in answer
              else dpo_first(ids, models))
@@ -109,7 +108,7 @@ def test_the_public_results_take_in_votes_in_whole_batches(tmp_path):
     config = StudioConfig(data_dir=tmp_path / "data", leaderboard_every=4)
     studio = Studio(config, models=[])
     make_pool(studio.store, [f"two knocks {i}" for i in range(6)])
-    add_gold_tasks(studio.store, ["a low hum"])
+    add_rendered_gold(studio.store, ["a low hum"])
     models = {clip_id: clip.model for clip_id, clip in studio.store.candidates().items()}
     published, model_votes_cast = [], []
     names = ["ann", "bob", "cy", "dee"]  # a batch needs votes of four annotators (MIN_BATCH_ANNOTATORS, at most 4)
