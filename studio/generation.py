@@ -423,7 +423,9 @@ def generate_both(models: list[LoadedModel], settings: GenerationSettings, out_d
 
         def on_step(step: int, index=index, model=model) -> None:
             if progress is not None:
-                progress((index + step / settings.steps) / len(models), f"{model.title}: step {step}/{settings.steps}")
+                # The bar's percent is of the whole generation; the text says which model, not its own step count.
+                progress((index + step / settings.steps) / len(models),
+                         f"{model.title}, model {index + 1} of {len(models)}")
 
         started = time.perf_counter()
         try:

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from annotate.validation import InvalidInput, check_name
+from annotate.validation import MAX_NAME_CHARS, InvalidInput, check_name
 
 from .limits import visitor_of
 
@@ -203,6 +203,10 @@ class LoginAddress:
             LOGIN_ADDRESS.reset(token)
 
 
+NAME_RULE = (f"a name is text of at most {MAX_NAME_CHARS} characters, without control or invisible characters "
+             "(letters, digits, spaces and punctuation)")
+
+
 def resolve_name(mode: str, *, typed: str | None, username: str | None, oauth_username: str | None) -> str:
     """The annotator's name for this request, per the identity mode (see the module docstring)."""
     if mode == "oauth":
@@ -213,8 +217,9 @@ def resolve_name(mode: str, *, typed: str | None, username: str | None, oauth_us
         if not username:
             raise IdentityError("this app requires logging in; your session has no user name")
         return username
+    if typed is None or (isinstance(typed, str) and not typed.strip()):
+        raise IdentityError("type your annotator name first, in the name box at the top")
     try:
-        typed = "" if typed is None else typed
         return check_name(typed.strip() if isinstance(typed, str) else typed)
-    except InvalidInput as err:
-        raise IdentityError(f"type your annotator name first ({err})") from None
+    except InvalidInput as err:  # the page always sends text: the rule; an API call sending other things, what it sent
+        raise IdentityError(f"type your annotator name first: {NAME_RULE if isinstance(typed, str) else err}") from None

@@ -213,6 +213,15 @@ def test_the_page_labels_clips_with_what_they_were_made_with_and_locks_generate_
     made_with, *_, generate_button = app.show_generation(studio, None, "`prompt` is empty")
     assert made_with == "" and generate_button["interactive"] is True
 
+def test_progress_names_the_model_at_work_and_its_percent_is_of_the_whole_generation(served):
+    """Issue 32: "DPO-tuned: step 14/200 - 53.5%" mixed one model's step with the whole generation's percent."""
+    studio, _ = served
+    seen = []
+    studio.generate(GenerationSettings.checked("a beep", 3, 3.0, 0, 1), progress=lambda *shown: seen.append(shown))
+    assert [text for _, text in seen] == ["Base, model 1 of 2"] * 3 + ["DPO-tuned, model 2 of 2"] * 3
+    assert [round(fraction, 3) for fraction, _ in seen] == [0.167, 0.333, 0.5, 0.667, 0.833, 1.0]
+
+
 def test_an_admin_makes_tasks_from_prompts_in_the_app_and_they_are_scored(served):
     studio, _ = served
     before = set(studio.store.candidates())
