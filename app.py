@@ -55,6 +55,7 @@ import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
+from annotate.validation import UnusableModelFolder  # noqa: E402
 from studio.state import START_REFUSALS, Studio  # noqa: E402
 from studio.admin import (ANNOTATOR_COLUMNS, NO_TASKS_HINT, PREVIEW_PAIRS, PairPreview, dataset_overview,  # noqa: E402
                           describe_export, describe_pool, export_dataset, export_download, export_preview, hub_url,
@@ -65,7 +66,7 @@ from studio.calls import ArgumentCount, RequestLimits, endpoint_arguments  # noq
 from studio.generation import (MAX_CANDIDATES, MODEL_DEFAULT, SAMPLERS, Generation,  # noqa: E402
                                GenerationSettings, duration_note, duration_range, evaluation_line, example_prompts,
                                prompt_hint)
-from studio.identity import LoginAddress, password_check  # noqa: E402
+from studio.identity import IdentityError, LoginAddress, password_check  # noqa: E402
 from studio.limits import generation_threads, visitor_of  # noqa: E402
 
 logger = logging.getLogger("app")
@@ -736,6 +737,10 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         studio = Studio(checked_config(argv))
+    except (UnusableModelFolder, IdentityError) as err:  # a --reward-model folder or an --auth-file that cannot be
+        # used: one line and exit 2, as a bad flag gets
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     except START_REFUSALS as err:  # the reason, not a traceback
         sys.exit(f"error: {err}")
     try:

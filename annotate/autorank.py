@@ -51,7 +51,7 @@ from pipeline.specs import DEFAULT_SPEC
 from .clips import decode_wav, encode_wav
 from .perturb import Perturbation, load_perturbations, perturb
 from .store import Store
-from .validation import InvalidInput, prompt_lines
+from .validation import InvalidInput, UnusableModelFolder, prompt_lines
 
 # Generation (torch, diffusers) and the dataset writer (datasets) load where they are used: the app's
 # judge needs neither, and `python -m annotate.autorank --help` answers before they load.
@@ -415,7 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     from .pool import PipelineGenerator
 
     prompts = read_prompts(args.prompts, args.n, args.seed)
-    ranker = load_ranker(args.ranker, args.clap_model)
+    try:
+        ranker = load_ranker(args.ranker, args.clap_model)
+    except UnusableModelFolder as err:  # a planted or damaged reward:PATH folder: one line naming the file
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     report = AutorankReport()
     generator = PipelineGenerator(args.model)
     args.steps = args.steps or generator.default_steps

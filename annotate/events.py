@@ -334,17 +334,19 @@ def save_tagger(tagger: EventTagger, report: TaggerReport, folder: str | Path) -
 
 
 def load_tagger(folder: str | Path) -> tuple[EventTagger, TaggerReport | None]:
-    from .validation import InvalidInput
+    """A saved event tagger and its training record; ``InvalidInput`` in one line naming the file for a folder that
+    is not one, holds pickle weights or malformed JSON, or does not load."""
+    from safetensors import SafetensorError
+
+    from .validation import (InvalidInput, UnusableModelFolder, check_model_folder, model_load_error,
+                             read_json_object)
 
     folder = Path(folder)
     config = folder / "config.json"
-    try:
-        class_name = json.loads(config.read_text()).get("_class_name") if config.is_file() else None
-    except (ValueError, AttributeError):  # not JSON, or not a JSON object
-        class_name = None
-    if class_name != EventTagger.__name__:
+    if not config.is_file() or read_json_object(config, UnusableModelFolder).get("_class_name") != EventTagger.__name__:
         raise InvalidInput(f"{folder} is not an event tagger folder: train one with `python -m annotate.reward tagger`")
-    report = None
-    if (folder / TRAINING_FILE).is_file():
-        report = TaggerReport(**json.loads((folder / TRAINING_FILE).read_text()))
-    return EventTagger.from_pretrained(folder).eval(), report
+    report = check_model_folder(folder, "event tagger", {TRAINING_FILE: TaggerReport}).get(TRAINING_FILE)
+    try:
+        return EventTagger.from_pretrained(folder).eval(), report
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as err:
+        raise model_load_error(folder, "an event tagger", err) from None

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Collection, Mapping, Sequence
 import numpy as np
 
 from .pairs import ordered_pairs, usable
-from .validation import InvalidInput
+from .validation import InvalidInput, check_model_folder, model_load_error
 
 if TYPE_CHECKING:
     import torch
@@ -410,25 +410,30 @@ class PreferenceModel:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> "PreferenceModel":
+        """Load a saved preference model; ``InvalidInput`` in one line naming the file for a folder that is not one,
+        holds pickle weights, a malformed JSON file or a training record with unknown keys, or does not load."""
         from diffusers import AutoencoderKL
+        from safetensors import SafetensorError
         from transformers import AutoTokenizer, T5EncoderModel
 
         folder = Path(folder)
         if not (folder / "reward" / "config.json").is_file():
             raise InvalidInput(f"{folder} is not a preference model folder (no reward/config.json): train one with "
                                "`python -m annotate.reward train`")
-        report = None
-        if (folder / TRAINING_FILE).is_file():
-            report = TrainingReport(**json.loads((folder / TRAINING_FILE).read_text()))
-        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-        text_encoder = T5EncoderModel.from_pretrained(folder / "text_encoder")
-        if (folder / "tagger").is_dir():
-            from .events import EventPreferenceHead, EventTagger
+        # a planted or damaged folder is refused in one line naming the file, before anything loads
+        report = check_model_folder(folder, "preference model", {TRAINING_FILE: TrainingReport}).get(TRAINING_FILE)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+            text_encoder = T5EncoderModel.from_pretrained(folder / "text_encoder")
+            if (folder / "tagger").is_dir():
+                from .events import EventPreferenceHead, EventTagger
 
-            return cls(EventPreferenceHead.from_pretrained(folder / "reward"), tokenizer, text_encoder, report=report,
-                       tagger=EventTagger.from_pretrained(folder / "tagger"))
-        return cls(_head_class().from_pretrained(folder / "reward"), tokenizer, text_encoder,
-                   AutoencoderKL.from_pretrained(folder / "vae"), report)
+                return cls(EventPreferenceHead.from_pretrained(folder / "reward"), tokenizer, text_encoder,
+                           report=report, tagger=EventTagger.from_pretrained(folder / "tagger"))
+            return cls(_head_class().from_pretrained(folder / "reward"), tokenizer, text_encoder,
+                       AutoencoderKL.from_pretrained(folder / "vae"), report)
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as err:
+            raise model_load_error(folder, "a preference model", err) from None
 
 
 def model_card(report: TrainingReport) -> str:

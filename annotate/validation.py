@@ -8,9 +8,12 @@ value received, in the style of diffusers' ``check_inputs``.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import unicodedata
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 MAX_NAME_CHARS = 64
 MAX_PROMPT_CHARS = 1000
@@ -166,3 +169,63 @@ def check_play_counts(play_counts: Mapping[str, int] | None, shown: list[str]) -
     if any(count > MAX_PLAY_COUNT for count in counts.values()):
         raise InvalidVote(f"`play_counts` above {MAX_PLAY_COUNT} are not plausible: {preview(counts)}")
     return counts
+
+
+# Weights stored with Python's pickle: loading one can run code, so no model folder may hold them.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+class UnusableModelFolder(InvalidInput):
+    """A model folder (a preference model, an event tagger) that cannot be loaded: the message names the file and
+    what is wrong with it, in one line."""
+
+
+def read_json_object(path: str | Path, error: type[InvalidInput] = InvalidInput) -> dict:
+    """The JSON object in ``path``; ``error`` naming the file and what is wrong with it otherwise."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a JSON file (not UTF-8 text)") from None
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: not valid JSON ({err.msg}, line {err.lineno} column {err.colno})") from None
+    except OSError as err:
+        raise error(f"{path}: cannot be read ({err.strerror or type(err).__name__})") from None
+    if not isinstance(value, dict):
+        raise error(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def record_from_json(record_type: type, path: str | Path, error: type[InvalidInput] = InvalidInput):
+    """A dataclass ``record_type`` from the JSON object in ``path``; ``error`` naming the file and the keys for an
+    unknown or a missing key (a planted ``training.json`` must not end a program with a traceback)."""
+    data = read_json_object(path, error)
+    fields = dataclasses.fields(record_type)
+    unknown = sorted(set(data) - {field.name for field in fields})
+    if unknown:
+        raise error(f"{path}: unknown key(s) {', '.join(map(repr, unknown[:5]))} for a {record_type.__name__} record")
+    missing = [field.name for field in fields if field.name not in data
+               and field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING]
+    if missing:
+        raise error(f"{path}: missing key(s) {', '.join(map(repr, missing))} of a {record_type.__name__} record")
+    return record_type(**data)
+
+
+def check_model_folder(folder: str | Path, what: str, records: Mapping[str, type] | None = None) -> dict:
+    """Refuse (``UnusableModelFolder``, naming the file) a model folder that holds pickle weights
+    (``PICKLE_SUFFIXES``), a JSON file that is not a JSON object, or a record file (``records``: file name -> its
+    dataclass) with unknown or missing keys; return the records it holds, by file name. What the folder holds is
+    then loaded from safetensors and checked JSON only."""
+    for path in sorted(Path(folder).rglob("*")):
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise UnusableModelFolder(f"{path}: pickle weights are refused (loading them can run code); save the "
+                                      f"{what} with safetensors")
+        if path.suffix.lower() == ".json" and path.is_file():
+            read_json_object(path, UnusableModelFolder)
+    return {name: record_from_json(record_type, Path(folder) / name, UnusableModelFolder)
+            for name, record_type in (records or {}).items() if (Path(folder) / name).is_file()}
+
+
+def model_load_error(folder: str | Path, what: str, err: BaseException) -> UnusableModelFolder:
+    """A loader's error on a model folder as one line naming the folder (and the file, where the loader said it)."""
+    first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return UnusableModelFolder(f"{folder}: cannot be loaded as {what}: {first_line[:300]}")

@@ -239,3 +239,74 @@ def test_the_app_ranks_with_the_owners_preference_model_and_says_what_it_learned
         studio.close()
     with pytest.raises(SystemExit):
         parse_config(["--reward-model", str(tmp_path)], {})
+
+
+@pytest.fixture(scope="module")
+def saved_model(ranked_store, tmp_path_factory):
+    """A preference model trained for one epoch and saved: the folder the planted ones are copied from."""
+    folder = tmp_path_factory.mktemp("saved") / "model"
+    assert main(["train", "--data-dir", str(ranked_store.data_dir), "--out", str(folder), "--epochs", "1"]) == 0
+    return folder
+
+
+def plant(folder, tmp_path, damage: str):
+    """A copy of a saved preference model with one thing wrong; returns (folder, the file a refusal must name)."""
+    planted = tmp_path / f"planted-{damage}"
+    shutil.copytree(folder, planted)
+    weights = next((planted / "reward").glob("*.safetensors"))
+    if damage == "bad-json":
+        (planted / "reward" / "config.json").write_text('{"_class_name": "PreferenceHead",')
+        return planted, planted / "reward" / "config.json"
+    if damage == "unknown-key":
+        record = json.loads((planted / "training.json").read_text())
+        (planted / "training.json").write_text(json.dumps({**record, "evil": 1}))
+        return planted, planted / "training.json"
+    if damage == "pickle":
+        weights.unlink()
+        (planted / "reward" / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x04crandom\n_urandom\n.")
+        return planted, planted / "reward" / "diffusion_pytorch_model.bin"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated weights
+    return planted, planted
+
+
+@pytest.mark.parametrize("damage", ["bad-json", "unknown-key", "pickle", "truncated"])
+def test_a_planted_or_damaged_model_folder_is_refused_in_one_line_naming_the_file(saved_model, ranked_store,
+                                                                                    tmp_path, capsys, damage):
+    """The attack: bad JSON, an unknown training.json key or pickle weights ended annotate.reward (and app.py) with a
+    traceback, e.g. `TypeError: TrainingReport.__init__() got an unexpected keyword argument 'evil'`."""
+    planted, culprit = plant(saved_model, tmp_path, damage)
+    assert main(["evaluate", "--data-dir", str(ranked_store.data_dir), "--model", str(planted)]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith(f"error: {culprit}") and "Traceback" not in err
+    if damage != "truncated":  # refused before anything loads (truncated weights: the loaders' progress bars first)
+        assert len(lines) == 1
+    assert autorank.main(["--prompts", "train", "--n", "1", "--out", str(tmp_path / "o"),
+                          "--ranker", f"reward:{planted}"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == lines[-1]
+
+
+def test_the_app_refuses_a_planted_reward_model_with_exit_2_and_one_line(saved_model, tmp_path):
+    import subprocess
+    import sys
+
+    planted, culprit = plant(saved_model, tmp_path, "bad-json")
+    run = subprocess.run([sys.executable, "app.py", "--reward-model", str(planted), "--data-dir", str(tmp_path / "d"),
+                          "--port", "0"], capture_output=True, text=True, timeout=300,
+                         cwd=__import__("pathlib").Path(__file__).parents[1])
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith(f"error: {culprit}: not valid JSON")
+
+
+def test_a_tagger_folder_with_pickle_weights_or_a_planted_record_is_refused_naming_the_file(tmp_path):
+    from annotate.events import TRAINING_FILE, load_tagger
+    from annotate.validation import UnusableModelFolder
+
+    (tmp_path / "config.json").write_text('{"_class_name": "EventTagger"}')
+    (tmp_path / TRAINING_FILE).write_text('{"evil": 1}')
+    with pytest.raises(UnusableModelFolder, match=f"^{tmp_path / TRAINING_FILE}: unknown key"):
+        load_tagger(tmp_path)
+    (tmp_path / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x04.")
+    with pytest.raises(UnusableModelFolder, match=f"^{tmp_path / 'diffusion_pytorch_model.bin'}: pickle weights are "
+                                                  "refused"):
+        load_tagger(tmp_path)
