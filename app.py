@@ -109,6 +109,11 @@ document.addEventListener("play", (event) => {
 """
 
 
+SUMMARY_HEIGHT_PX = 84
+# Refusals (toasts) at the bottom left: top right, gradio's place, they covered the rank controls (the right column).
+TOASTS_CSS = ".toast-wrap { top: auto !important; bottom: var(--size-4); left: var(--size-3) !important; " \
+             "right: auto !important; align-items: start !important; }"
+
 # After a vote is stored: the refusal toasts of earlier tries ("give every clip a rank; missing: ...") go away.
 DISMISS_TOASTS = "() => document.querySelectorAll('.toast-close').forEach((button) => button.click())"
 
@@ -568,7 +573,9 @@ def demo_tab(studio: Studio) -> None:
     with gr.Row():
         for model in models:
             with gr.Column(elem_id=f"column-{model.role}"):
-                column_summaries.append(gr.Markdown(model.status(), elem_id=f"summary-{model.role}"))
+                # Room for three lines in each column, so the players below line up whichever summary is longer.
+                column_summaries.append(gr.Markdown(model.status(), elem_id=f"summary-{model.role}",
+                                                    min_height=SUMMARY_HEIGHT_PX))
                 for i in range(MAX_CANDIDATES):
                     players.append(gr.Audio(label=f"{model.title} #{i + 1}", type="filepath",
                                             interactive=False, visible=False))
@@ -725,6 +732,7 @@ def launch(studio: Studio, demo: gr.Blocks, **options):
         # Nothing is served but what handlers return (see studio.serving); never the data folder.
         blocked_paths=[str(studio.config.data_dir.resolve())],
         head=SHORTCUTS_JS,
+        css=TOASTS_CSS,
         # No uploads, no body over 1 MB; a call with more or fewer values than its endpoint takes is refused with a
         # message (studio.calls); log-ins are throttled per name and per address (studio.identity).
         app_kwargs={"middleware": [Middleware(RequestLimits), Middleware(ArgumentCount, arguments=arguments, indices=indices),

@@ -381,7 +381,8 @@ class ColumnResult:
             return f"**{self.title}** (`{self.spec}`): {self.error}"
         score = "" if self.judge_score is None else (
             f" · **judge score {self.judge_score:.2f}** (mean of {len(self.clips)} clip(s); 1 = follows the prompt)")
-        return f"**{self.title}** (`{self.spec}`): {self.seconds_per_clip:.2f} s per clip{score}"
+        # The title on a line of its own: a long model name or score then wraps below it, not into it.
+        return f"**{self.title}** (`{self.spec}`)  \n{self.seconds_per_clip:.2f} s per clip{score}"
 
 
 @dataclass(frozen=True)

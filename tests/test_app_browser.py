@@ -25,7 +25,8 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's ch
 def url(app_models, tmp_path_factory):
     config = StudioConfig(base_model=str(app_models[0]), dpo_model=str(app_models[1]), device="cpu",
                           data_dir=tmp_path_factory.mktemp("browser-data"), port=free_port(),
-                          leaderboard_every=1)  # the Results tab shows the one ranking made below
+                          leaderboard_every=1,  # the Results tab shows the one ranking made below
+                          min_heard_fraction=0)  # the vote below follows short plays (listening time: test_app_campaign)
     studio = Studio(config)
     demo = app.build_app(studio)
     app.launch(studio, demo, prevent_thread_lock=True, quiet=True)
@@ -86,6 +87,9 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
     # No more than measured: these test models were never evaluated, and the page says so under the columns.
     expect(page.locator("#evaluation-line")).to_contain_text("No evaluation of these two models")
     expect(page.locator("#generation-made-with")).to_contain_text("“two knocks then a hiss”")
+    # The columns line up: the DPO column's longer header does not push its players down (issue 32).
+    first_players = [page.locator(f"#column-{role} .play-pause-button").first.bounding_box() for role in ("base", "dpo")]
+    assert abs(first_players[0]["y"] - first_players[1]["y"]) < 2, first_players
     expect(page.locator("#duration-control")).to_contain_text("longer clips repeat events")
     page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
     if os.environ.get("DEMO_SCREENSHOT"):
@@ -155,6 +159,11 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
     page.keyboard.press("Enter")  # refused: D has no rank
     toasts = page.locator(".toast-body, [data-testid=toast-body]")
     expect(toasts.filter(has_text="missing: D")).to_have_count(1, timeout=30_000)
+    # The refusal stays clear of the rank controls it asks the annotator to use (issue 32: it covered them).
+    toast = toasts.filter(has_text="missing: D").bounding_box()
+    for letter in "abcd":
+        rank = page.locator(f"#rank-{letter}").bounding_box()
+        assert toast["x"] + toast["width"] <= rank["x"] or rank["x"] + rank["width"] <= toast["x"], (toast, rank)
     page.locator("#rank-d input[value='3']").click()  # D ties with C
 
     page.locator("body").click(position={"x": 5, "y": 5})
