@@ -26,7 +26,8 @@ def url(app_models, tmp_path_factory):
     config = StudioConfig(base_model=str(app_models[0]), dpo_model=str(app_models[1]), device="cpu",
                           data_dir=tmp_path_factory.mktemp("browser-data"), port=free_port(),
                           leaderboard_every=1,  # the Results tab shows the one ranking made below
-                          min_heard_fraction=0)  # the vote below follows short plays (listening time: test_app_campaign)
+                          min_heard_fraction=0,  # the vote below follows short plays (listening time: test_app_campaign)
+                          trust_proxy=True)  # the second visitor below comes from another address (X-Forwarded-For)
     studio = Studio(config)
     demo = app.build_app(studio)
     app.launch(studio, demo, prevent_thread_lock=True, quiet=True)
@@ -131,6 +132,15 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
         expect(page.locator(f"#column-{role} .play-pause-button")).to_have_count(0)
     expect(page.locator(".toast-body, [data-testid=toast-body]")).to_have_count(0)
 
+    # The visitor who sent the clips heard their models: the task is never theirs (issue 31). Another visitor, from
+    # another address, ranks it.
+    page.get_by_role("tab", name="Annotate").click()
+    page.locator("#next-task-button").click()
+    expect(page.locator("#task-prompt")).to_contain_text("No task", timeout=30_000)
+    page = page.context.browser.new_page(viewport={"width": 1400, "height": 1700},
+                                         extra_http_headers={"X-Forwarded-For": "10.0.0.2"})
+    page.goto(url)
+    page.locator("#annotator-name input").fill("browser-annotator")
     page.get_by_role("tab", name="Annotate").click()
     page.locator("#next-task-button").click()
     expect(page.locator("#task-prompt")).to_contain_text("two knocks then a hiss", timeout=30_000)
@@ -180,6 +190,37 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
     expect(page.locator("#results")).to_contain_text("From human rankings", timeout=30_000)
     expect(page.locator("#results table").first).to_contain_text("dpo")
     expect(page.get_by_role("tab", name="Dataset (admins only: start the app with --admins NAME)")).to_be_disabled()
+
+
+def test_an_empty_store_says_where_tasks_come_from_and_an_admin_makes_them_in_the_app(app_models, page, tmp_path):
+    from playwright.sync_api import expect
+
+    config = StudioConfig(base_model=str(app_models[0]), dpo_model=str(app_models[1]), device="cpu",
+                          data_dir=tmp_path / "data", port=free_port(), admins=frozenset({"admin"}))
+    studio = Studio(config)
+    demo = app.build_app(studio)
+    app.launch(studio, demo, prevent_thread_lock=True, quiet=True)
+    try:
+        page.goto(f"http://127.0.0.1:{config.port}/")
+        page.locator("#annotator-name input").fill("admin")
+        page.get_by_role("tab", name="Annotate").click()
+        page.locator("#next-task-button").click()
+        expect(page.locator("#task-prompt")).to_contain_text("No tasks yet", timeout=30_000)
+        expect(page.locator("#task-prompt")).to_contain_text("python -m annotate pool")
+
+        page.get_by_role("tab", name="Dataset").click()
+        page.get_by_text("Make ranking tasks (a pool)").click()
+        expect(page.locator("#pool-prompts textarea")).not_to_have_value("")  # the Demo's examples
+        page.locator("#pool-prompts textarea").fill("two knocks\n# a comment\na hiss then a beep")
+        page.locator("#pool-button").click()
+        expect(page.locator("#pool-outcome")).to_contain_text("2 task(s) ready", timeout=120_000)
+
+        page.get_by_role("tab", name="Annotate").click()
+        page.locator("#next-task-button").click()
+        expect(page.locator("#task-prompt")).to_contain_text("Prompt:", timeout=30_000)
+        expect(page.locator("[id^=clip-] .play-pause-button")).to_have_count(4)  # 2 clips per model
+    finally:
+        demo.close()
 
 
 @pytest.fixture(scope="module")
