@@ -248,12 +248,19 @@ def show_generation(studio: Studio, generation: Generation | None, error: str):
             gr.update(interactive=True), "", generate_again)
 
 
+def asking(studio: Studio, request: gr.Request | None) -> list[str]:
+    """Who sends this request, as the store keeps the senders of Demo tasks (``Studio.sender_tokens``)."""
+    return studio.sender_tokens(getattr(request, "session_hash", None), visitor(studio, request))
+
+
 @visible_errors
-def send(studio: Studio, generation: Generation | None) -> str:
+def send(studio: Studio, generation: Generation | None, request: gr.Request = None) -> str:
+    """The Demo's clips become a ranking task for others: never given to this session or visitor (they heard its
+    models), and out of the verdict unless the owner asks (--verdict-demo-tasks)."""
     if generation is None:
         raise ValueError("generate clips first")
-    task_id = studio.send_to_annotation(generation)
-    return f"Task {task_id} is ready on the Annotate tab."
+    task_id = studio.send_to_annotation(generation, asking(studio, request))
+    return f"Task {task_id} is ready on the Annotate tab, for other annotators (you heard its models)."
 
 
 # ---------------------------------------------------------------------------------------------- Annotate handlers
@@ -275,7 +282,7 @@ def next_task(studio: Studio, annotator: str, request: gr.Request, profile: gr.O
     name = who(studio, annotator, request, profile)
     if studio.config.informative_first:  # the order goes by the automatic scores: new clips need theirs
         studio.score_clips()
-    task = studio.annotation.next_task(name)
+    task = studio.annotation.next_task(name, asking(studio, request))
     progress = progress_text(studio, name)
     if task is None:
         # A store without tasks is not "done": say where tasks come from.
@@ -502,7 +509,8 @@ def make_tasks(studio: Studio, admin: str, prompts: str, k: float, request: gr.R
 
 
 def pool_message(studio: Studio, admin: str, prompts: str, k: float, request: gr.Request,
-                 profile: gr.OAuthProfile | None, progress=gr.Progress(track_tqdm=True)) -> str:
+                 profile: gr.OAuthProfile | None,
+                 progress=gr.Progress(track_tqdm=True)) -> str:  # shows build_pool's tqdm bar (clips made)
     """Make tasks pressed: how many tasks are ready, or why none, in place; the clips made so far as progress."""
     return outcome(make_tasks, "Making tasks", studio, admin, prompts, k, request, profile)
 

@@ -2,6 +2,7 @@
 them to annotation, play and rank the clips with the keyboard shortcuts, vote, and see the result."""
 
 import os
+import re
 import shutil
 import zipfile
 from dataclasses import replace
@@ -48,8 +49,6 @@ def page():
 def press_until_playing(page, letter: str, tries: int = 15):
     """Press a clip's key until its player plays: a player ignores play until its waveform has loaded (it then
     shows the clip's duration), which can take a while on a loaded machine; the user's remedy too: press again."""
-    import re
-
     from playwright.sync_api import expect
 
     expect(page.locator(f"#clip-{letter} #duration")).to_have_text(re.compile(r"^0:0[1-9]|^[1-9]"), timeout=30_000)
@@ -111,6 +110,9 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
     expect(page.locator("#generation-progress .progress-text, #generation-progress .eta-bar, "
                         "#generation-progress .meta-text").first).to_be_visible(timeout=30_000)
     expect(page.locator("#summary-base .progress-text, #summary-dpo .progress-text")).to_have_count(0)
+    # Its text names the model at work beside the whole generation's percent, no per-model step count (issue 32).
+    expect(page.locator("#generation-progress")).to_contain_text(re.compile(r"model [12] of 2"), timeout=30_000)
+    expect(page.locator("#generation-progress")).not_to_contain_text("step")
     # Meanwhile Generate is locked, so a second prompt cannot be clicked away unseen; the clips that come are
     # labelled with the prompt and settings they were made with, not with what the form says now (issue 32).
     expect(page.locator("#generate-button")).to_be_disabled()
@@ -202,8 +204,12 @@ def test_an_empty_store_says_where_tasks_come_from_and_an_admin_makes_them_in_th
     app.launch(studio, demo, prevent_thread_lock=True, quiet=True)
     try:
         page.goto(f"http://127.0.0.1:{config.port}/")
-        page.locator("#annotator-name input").fill("admin")
         page.get_by_role("tab", name="Annotate").click()
+        page.locator("#next-task-button").click()  # no name yet: the refusal in the user's words
+        toast = page.locator(".toast-body, [data-testid=toast-body]")
+        expect(toast).to_contain_text("type your annotator name first, in the name box at the top", timeout=30_000)
+        expect(toast).not_to_contain_text("`")
+        page.locator("#annotator-name input").fill("admin")
         page.locator("#next-task-button").click()
         expect(page.locator("#task-prompt")).to_contain_text("No tasks yet", timeout=30_000)
         expect(page.locator("#task-prompt")).to_contain_text("python -m annotate pool")
