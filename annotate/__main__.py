@@ -52,7 +52,8 @@ def export(args: argparse.Namespace) -> int:
     from .export import export_human_pairs
 
     result = export_human_pairs(_existing_store(args.data_dir), args.out, min_margin=args.min_margin,
-                                min_votes=args.min_votes, min_gold_accuracy=args.min_gold_accuracy)
+                                min_votes=args.min_votes, min_gold_accuracy=args.min_gold_accuracy,
+                                include_flagged=args.include_flagged)
     alpha = "n/a" if result.alpha is None else f"{result.alpha:.3f}"
     print(f"export {result.export_id}: {result.summary.rows} pairs in {result.summary.shards} shard(s) -> {args.out} "
           f"(Krippendorff's alpha {alpha}; {result.left_out_votes} vote(s) left out)")
@@ -80,7 +81,8 @@ def gold(args: argparse.Namespace) -> int:
 def verdict(args: argparse.Namespace) -> int:
     from .verdict import compute_verdict, verdict_markdown
 
-    result = compute_verdict(_existing_store(args.data_dir), args.source, min_gold_accuracy=args.min_gold_accuracy)
+    result = compute_verdict(_existing_store(args.data_dir), args.source, min_gold_accuracy=args.min_gold_accuracy,
+                             include_flagged=args.include_flagged, demo_tasks=args.demo_tasks)
     print(json.dumps(result.rows, indent=2) if args.json else verdict_markdown([result]))
     return 0
 
@@ -153,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep pairs backed by at least this many votes (the card counts the pairs 1, 2 and 3 keep)")
     sub.add_argument("--min-gold-accuracy", type=float, default=None,
                      help="leave out annotators whose gold-task accuracy is below this (0..1); none: keep everyone")
+    sub.add_argument("--include-flagged", action="store_true",
+                     help="count the annotators the hygiene rule flags (annotate.hygiene); off: left out")
 
     sub = command("gold", gold, "add gold tasks: a render of each sound-world prompt against renders of others")
     sub.add_argument("--prompts", required=True, help="text file of sound-world prompts, one per line")
@@ -169,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("verdict", verdict, "win rates and Bradley-Terry scores per model, with 95%% intervals")
     sub.add_argument("--source", choices=["human", "auto"], default="human", help="human rankings or the auto ranker")
     sub.add_argument("--min-gold-accuracy", type=float, default=None, help="as for export")
+    sub.add_argument("--include-flagged", action="store_true", help="as for export")
+    sub.add_argument("--demo-tasks", action="store_true",
+                     help="count the tasks visitors sent from the app's Demo (they heard the models); off: left out")
     sub.add_argument("--json", action="store_true", help="print the rows as JSON")
 
     sub = command("push", push, "upload an export to a Hugging Face dataset repo")

@@ -40,7 +40,8 @@ from .clips import clip_path
 from .dataset import (EXPORT_MARKER, DatasetSummary, EmptyDataset, NotAnExport, PreferenceRow, export_lock,
                       write_preference_dataset)
 from .files import fsync_dir
-from .gold import MIN_GOLD_ANSWERS, trusted_rankings
+from .gold import MIN_GOLD_ANSWERS
+from .hygiene import counted_rankings
 from .pairs import PairVotes, aggregate_pairs, ranking_alpha
 from .schema import MIGRATIONS
 from .store import DB_NAME, EXPORT_DIR, Candidate, Store, UnusableStore
@@ -86,19 +87,20 @@ VOTE_THRESHOLDS = (1, 2, 3)  # the card tells how many pairs each of these --min
 
 
 def export_human_pairs(store: Store, out_dir: str | os.PathLike, *, min_margin: int = 1, min_votes: int = 1,
-                       min_gold_accuracy: float | None = None) -> ExportResult:
+                       min_gold_accuracy: float | None = None, include_flagged: bool = False) -> ExportResult:
     """Write every majority pair of the stored rankings backed by at least ``min_votes`` votes to ``out_dir``
     and record the export; the card says how many pairs each threshold of ``VOTE_THRESHOLDS`` keeps.
 
     With ``min_gold_accuracy``, annotators whose gold-task accuracy is below it (after
-    ``MIN_GOLD_ANSWERS`` gold answers) are left out, and the card says how many votes that was.
+    ``MIN_GOLD_ANSWERS`` gold answers) are left out, and the card says how many votes that was; so are, unless
+    ``include_flagged``, the annotators ``annotate.hygiene`` flags.
     Raises ``NotAnExport`` for an ``out_dir`` that is, holds or lies inside the data folder (but
     for its own ``export/``) or holds anything but a previous export; nothing is touched then.
     """
     min_votes = check_int(min_votes, "min_votes", minimum=1)
     _check_outside_the_data(store, Path(out_dir))
     everything, gold = store.rankings(), store.gold_answers()
-    kept, trust = trusted_rankings(everything, gold, min_gold_accuracy)
+    kept, trust = counted_rankings(everything, gold, min_gold_accuracy, include_flagged)
     rankings = [r for r in kept if r.task_id not in gold]
     used = model_votes(kept, gold)
     majority_pairs = aggregate_pairs(used, min_margin=min_margin)
@@ -113,10 +115,13 @@ def export_human_pairs(store: Store, out_dir: str | os.PathLike, *, min_margin: 
         "tasks ranked": len({r.task_id for r in used}),
         "Krippendorff's alpha (ordinal)": alpha,
     }
-    if min_gold_accuracy is not None:
-        stats["votes left out (annotators below the gold accuracy threshold)"] = trust.left_out_votes
-        stats["annotators left out"] = ", ".join(trust.left_out_annotators) or "none"
-    verdicts = [compute_verdict(store, source, min_gold_accuracy=min_gold_accuracy) for source in ("human", "auto")]
+    if min_gold_accuracy is not None or trust.flagged:
+        stats["votes left out (annotators below the gold accuracy threshold or flagged)"] = trust.left_out_votes
+        stats["annotators left out"] = ", ".join(
+            f"{name} ({', '.join(trust.flagged[name])})" if name in trust.flagged else name
+            for name in trust.left_out_annotators) or "none"
+    verdicts = [compute_verdict(store, source, min_gold_accuracy=min_gold_accuracy, include_flagged=include_flagged)
+                for source in ("human", "auto")]
     rule = "" if min_gold_accuracy is None else (
         f"; annotators whose gold accuracy fell below {min_gold_accuracy:.0%} (after at least {MIN_GOLD_ANSWERS} gold "
         f"answers) were left out, {trust.left_out_votes} vote(s) in all")

@@ -27,7 +27,7 @@ import random
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -69,6 +69,7 @@ class TrustReport:
     scores: dict[str, GoldScore]
     left_out_annotators: tuple[str, ...]
     left_out_votes: int
+    flagged: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # annotate.hygiene's flags, by annotator
 
 
 def is_correct(ranking: Ranking, answer: Mapping[str, int]) -> bool:

@@ -184,4 +184,13 @@ MIGRATIONS: list[tuple[str, ...]] = [
         )""",
         *_insert_only("revealed_tasks"),
     ),
+    (
+        # Who sent a task from the Demo (keyed hashes of their gradio session and address): they know its clips'
+        # models, so the task is never given to them (Store.next_task) and stays out of the verdict unless asked.
+        """CREATE TABLE task_senders (
+            task_id INTEGER NOT NULL REFERENCES tasks(id),
+            sender TEXT NOT NULL,
+            PRIMARY KEY (task_id, sender)
+        )""",
+    ),
 ]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from .gold import gold_accuracy
+from .hygiene import annotator_hygiene
 from .pairs import annotator_agreement, ranking_alpha
 from .store import Store
 
 
 def dataset_stats(store: Store) -> dict:
-    """Tasks, votes, Krippendorff's alpha and per-annotator counts, leave-one-out agreement and gold accuracy.
+    """Tasks, votes, Krippendorff's alpha and per-annotator counts, leave-one-out agreement, gold accuracy and the
+    hygiene statistics and flags (``annotate.hygiene``: position bias, median seconds per vote, busiest hour).
 
     Task counts are of model tasks (gold tasks are not work towards the target), withdrawn
     tasks (a clip could not be read) apart. Undone votes count only as ``undone``.
@@ -17,6 +19,7 @@ def dataset_stats(store: Store) -> dict:
     rankings = [r for r in everything if r.undone_at is None]
     agreement = {a.annotator: a for a in annotator_agreement(r for r in rankings if r.task_id not in answers)}
     gold = gold_accuracy(rankings, answers)
+    hygiene = annotator_hygiene(rankings, answers)
     per_annotator: dict[str, dict] = {}
     for ranking in rankings:
         row = per_annotator.setdefault(ranking.annotator, {"votes": 0, "skipped": 0, "all_bad": 0})
@@ -29,6 +32,8 @@ def dataset_stats(store: Store) -> dict:
         row["compared"] = 0 if found is None else found.compared
         row["gold_answered"] = gold[name].answered if name in gold else 0
         row["gold_accuracy"] = gold[name].accuracy if name in gold else None
+        row.update({key: getattr(hygiene[name], key) for key in ("first_shown_wins", "median_s_per_vote",
+                                                                   "busiest_hour", "flags")})
     return {
         "tasks": len(progress),
         "tasks_at_target": sum(votes >= target for _, votes, target in progress),

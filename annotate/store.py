@@ -473,9 +473,22 @@ class Store:
             if not updated:
                 raise InvalidInput(f"`candidate_id` {preview(candidate_id)} is not a stored clip")
 
-    def add_task(self, candidate_ids: Iterable[str], *, target_overlap: int | None = None) -> int:
-        """Make (or find) the task that ranks these clips of one prompt; return its id."""
-        return self._add_task(list(candidate_ids), target_overlap)
+    def add_task(self, candidate_ids: Iterable[str], *, target_overlap: int | None = None,
+                 senders: Iterable[str] = ()) -> int:
+        """Make (or find) the task that ranks these clips of one prompt; return its id. ``senders``: who made it from
+        the Demo and so knows its models (opaque tokens, e.g. keyed hashes of a session and an address):
+        ``next_task`` never gives it to them, and ``sent_tasks`` lists it."""
+        senders = [check_text(sender, "sender", 128) for sender in senders]
+        task_id = self._add_task(list(candidate_ids), target_overlap)
+        if senders:
+            with self._write() as db:
+                db.executemany("INSERT OR IGNORE INTO task_senders (task_id, sender) VALUES (?, ?)",
+                               [(task_id, sender) for sender in senders])
+        return task_id
+
+    def sent_tasks(self) -> set[int]:
+        """The tasks made from the Demo by a visitor (``add_task(senders=...)``)."""
+        return {row[0] for row in self._connection().execute("SELECT DISTINCT task_id FROM task_senders")}
 
     def add_gold_task(self, answer: Mapping[str, int]) -> int:
         """Make a gold task over the clips of ``answer`` (clip id -> correct dense rank); return its id.
@@ -562,14 +575,16 @@ class Store:
         row = db.execute("SELECT id FROM annotators WHERE name = ?", (name,)).fetchone()
         return None if row is None else row[0]
 
-    def next_task(self, annotator: str) -> Task | None:
+    def next_task(self, annotator: str, senders: Iterable[str] = ()) -> Task | None:
         """The task this annotator should rank now, or None when nothing is left for them.
 
         Returns their open assignment if they have one (same clip order); otherwise
         assigns a new task (see the module docstring for the policy) and records the
-        shuffled order it is shown in.
+        shuffled order it is shown in, never one that any of ``senders`` (who is asking: their session, their
+        address) sent from the Demo.
         """
         name = check_name(annotator)
+        senders = json.dumps([str(sender) for sender in senders])
         with self._read() as db:  # the common re-ask needs no write lock
             task = self._open_task(db, name)
         if task is not None:
@@ -590,7 +605,7 @@ class Store:
                 row = db.execute(
                     _NEXT_TASK_SQL[self.informative_first],
                     {"annotator": annotator_id, "fresh_after": time.time() - self.assignment_ttl_s, "gold": gold,
-                     "max_clips": MAX_TASK_CLIPS},
+                     "max_clips": MAX_TASK_CLIPS, "senders": senders},
                 ).fetchone()
                 if row is not None:
                     break
@@ -920,7 +935,7 @@ class Store:
 
 _TABLES = ("prompts", "candidates", "tasks", "task_candidates", "annotators",
            "assignments", "open_assignments", "rankings", "ranking_entries", "exports", "gold_tasks",
-           "withdrawn_tasks", "vote_undos", "revealed_tasks")
+           "withdrawn_tasks", "vote_undos", "revealed_tasks", "task_senders")
 
 _STANDS = "r.id NOT IN (SELECT ranking_id FROM vote_undos)"  # a vote not undone
 
@@ -962,6 +977,7 @@ _NEXT_TASK_SQL = {
     WHERE NOT EXISTS (SELECT 1 FROM assignments mine WHERE mine.task_id = t.id AND mine.annotator_id = :annotator)
       AND t.id NOT IN (SELECT task_id FROM withdrawn_tasks)
       AND t.id NOT IN (SELECT task_id FROM revealed_tasks)
+      AND t.id NOT IN (SELECT task_id FROM task_senders WHERE sender IN (SELECT value FROM json_each(:senders)))
       AND (t.id IN (SELECT task_id FROM gold_tasks)) = :gold
       AND (SELECT COUNT(*) FROM task_candidates n WHERE n.task_id = t.id) <= :max_clips
     ORDER BY load >= t.target_overlap,

@@ -46,7 +46,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .gold import trusted_rankings
+from .hygiene import counted_rankings
 from .pairs import aggregate_pairs, ordered_pairs, usable
 from .store import Candidate, Ranking, Store
 
@@ -275,7 +275,7 @@ class Verdict:
     votes: int  # human: rankings; auto: tasks the ranker ranked
     rows: list[dict]
     by_category: dict[str, list[dict]] = field(default_factory=dict)
-    left_out_votes: int = 0  # votes of annotators below the gold-accuracy threshold
+    left_out_votes: int = 0  # votes of annotators below the gold-accuracy threshold or flagged (annotate.hygiene)
     left_out_annotators: tuple[str, ...] = ()
     pairs: list[dict] = field(default_factory=list)  # ``pair_win_rates``
 
@@ -332,12 +332,14 @@ def unpublished_votes(rankings: Sequence[Ranking], gold: Mapping[int, object], p
 
 def compute_verdict(store: Store, source: str = "human", *, min_gold_accuracy: float | None = None,
                     category: Callable[[str], str | None] = prompt_category, n_boot: int = BOOTSTRAP_SAMPLES,
-                    seed: int = 0, rankings: Sequence[Ranking] | None = None) -> Verdict:
+                    seed: int = 0, rankings: Sequence[Ranking] | None = None, include_flagged: bool = False,
+                    demo_tasks: bool = False) -> Verdict:
     """The verdict of the human rankings (``rankings``, all the store holds when None) or of the automatic
     ranker, from what ``store`` holds now.
 
-    With ``min_gold_accuracy``, the votes of annotators below it on gold tasks are left out
-    (as the export leaves them out).
+    With ``min_gold_accuracy``, the votes of annotators below it on gold tasks are left out, and unless
+    ``include_flagged`` those of annotators ``annotate.hygiene`` flags (as the export leaves them out). Unless
+    ``demo_tasks``, the tasks visitors sent from the Demo (``Store.sent_tasks``: they knew the models) are left out.
     """
     if source not in ("human", "auto"):
         raise ValueError(f"`source` must be 'human' or 'auto', got {source!r}")
@@ -345,9 +347,11 @@ def compute_verdict(store: Store, source: str = "human", *, min_gold_accuracy: f
     model_of = {clip_id: clip.model for clip_id, clip in clips.items()}
     left_out, excluded = 0, ()
     if source == "human":
-        kept, trust = trusted_rankings(store.rankings() if rankings is None else rankings, gold, min_gold_accuracy)
+        kept, trust = counted_rankings(store.rankings() if rankings is None else rankings, gold, min_gold_accuracy,
+                                       include_flagged)
         left_out, excluded = trust.left_out_votes, trust.left_out_annotators
-        tasks = [(r.task_id, r.ranks) for r in model_votes(kept, gold)]
+        sent = set() if demo_tasks else store.sent_tasks()
+        tasks = [(r.task_id, r.ranks) for r in model_votes(kept, gold) if r.task_id not in sent]
     else:
         tasks = list(auto_votes(store.task_clips(), clips, gold).items())
     prompt_of = {task_id: clips[next(iter(ranks))].prompt for task_id, ranks in tasks}
@@ -416,7 +420,7 @@ def verdict_markdown(verdicts: Sequence[Verdict], agreement: Mapping | None = No
             parts.append(f"**From {who}**: no comparisons between models yet.")
             continue
         note = (f"; {verdict.left_out_votes} vote(s) of {len(verdict.left_out_annotators)} annotator(s) below the "
-                f"gold-accuracy threshold left out" if verdict.left_out_votes else "")
+                f"gold-accuracy threshold or flagged left out" if verdict.left_out_votes else "")
         counted = f"{verdict.votes} ranking(s)" if human else f"{verdict.votes} task(s) it ranked"
         too_few = TOO_FEW_VOTES if human else "too few comparisons"
         words = "".join(f"- {line}\n" for line in verdict_in_words(verdict.pairs, min_comparisons))

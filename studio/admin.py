@@ -31,6 +31,13 @@ from .identity import IdentityError
 PREVIEW_PAIRS = 3  # pairs the Dataset tab plays: the strongest so far, or the first of an export
 
 
+def verdict_options(config: StudioConfig) -> dict:
+    """Which votes every verdict of the app counts (``compute_verdict``): the gold threshold, flagged annotators
+    (``annotate.hygiene``) left out unless --include-flagged, Demo-sent tasks unless --verdict-demo-tasks."""
+    return {"min_gold_accuracy": config.min_gold_accuracy, "include_flagged": config.include_flagged,
+            "demo_tasks": config.verdict_demo_tasks}
+
+
 def require_admin(name: str, config: StudioConfig) -> None:
     """Raise ``IdentityError`` unless ``name`` is one of the configured admins."""
     if not config.admins:
@@ -80,15 +87,17 @@ class DatasetOverview:
 
     def annotator_rows(self) -> list[list]:
         """[name, votes, skipped, all bad, agreement with the others' majority, pairs compared, gold accuracy,
-        gold answered]."""
+        gold answered, first-shown clip wins (position bias), median seconds per vote, votes in the busiest hour,
+        flags (``annotate.hygiene``; "" when none)]."""
         return [[name, row["votes"], row["skipped"], row["all_bad"],
                  None if row["agreement"] is None else round(row["agreement"], 3), row["compared"],
-                 None if row["gold_accuracy"] is None else round(row["gold_accuracy"], 3), row["gold_answered"]]
+                 None if row["gold_accuracy"] is None else round(row["gold_accuracy"], 3), row["gold_answered"],
+                 row["first_shown_wins"], row["median_s_per_vote"], row["busiest_hour"], ", ".join(row["flags"])]
                 for name, row in sorted(self.stats["annotators"].items())]
 
 
 ANNOTATOR_COLUMNS = ["annotator", "votes", "skipped", "all bad", "agreement", "pairs compared", "gold accuracy",
-                     "gold answered"]
+                     "gold answered", "first shown wins", "median s per vote", "busiest hour (votes)", "flagged"]
 
 
 def dataset_overview(store: Store, config: StudioConfig, preview: int = PREVIEW_PAIRS) -> DatasetOverview:
@@ -105,7 +114,7 @@ def dataset_overview(store: Store, config: StudioConfig, preview: int = PREVIEW_
         preview=[PairPreview(clips[p.chosen].prompt, clips[p.chosen].audio_path, clips[p.rejected].audio_path,
                              clips[p.chosen].model, clips[p.rejected].model, p.votes_for, p.votes_against)
                  for p in shown],
-        verdicts=[compute_verdict(store, source, min_gold_accuracy=config.min_gold_accuracy)
+        verdicts=[compute_verdict(store, source, **verdict_options(config))
                   for source in ("human", "auto")],
         agreement=ranker_agreement(rankings, clips, gold),
         min_gold_accuracy=config.min_gold_accuracy,
@@ -126,7 +135,7 @@ def leaderboard(store: Store, config: StudioConfig) -> list[dict]:
     ``preliminary``, from the published human rankings (``public_rankings``; gold-accuracy threshold applied); a
     model in fewer than ``config.min_comparisons`` comparisons comes last, its numbers None; one in fewer than
     ``config.preliminary_under`` is marked preliminary (``with_minimum``)."""
-    return with_minimum(compute_verdict(store, "human", min_gold_accuracy=config.min_gold_accuracy,
+    return with_minimum(compute_verdict(store, "human", **verdict_options(config),
                                         rankings=public_rankings(store, config)).rows, config.min_comparisons,
                         config.preliminary_under)
 
@@ -135,7 +144,7 @@ def results_markdown(store: Store, config: StudioConfig) -> str:
     """The public Results view: the verdicts with the models named (the Annotate tab never names them), from the
     published human rankings (``public_rankings``)."""
     rankings = public_rankings(store, config)
-    verdicts = [compute_verdict(store, source, min_gold_accuracy=config.min_gold_accuracy, rankings=rankings)
+    verdicts = [compute_verdict(store, source, **verdict_options(config), rankings=rankings)
                 for source in ("human", "auto")]
     agreement = ranker_agreement(rankings, store.candidates(), store.gold_answers())
     waiting = unpublished_votes(store.rankings(), store.gold_answers(), rankings)
@@ -156,7 +165,7 @@ def results_forest(store: Store, config: StudioConfig) -> str:
     """The Results tab's forest plot (``studio.forest``): per pair of models, the published human rankings' win rate
     and the automatic ranker's, each with its interval; pairs under ``config.min_comparisons`` left out."""
     rankings = public_rankings(store, config)
-    return forest_plot([(title, compute_verdict(store, source, min_gold_accuracy=config.min_gold_accuracy,
+    return forest_plot([(title, compute_verdict(store, source, **verdict_options(config),
                                                 rankings=rankings).pairs)
                         for source, title in (("human", "From human rankings"), ("auto", "From the automatic ranker"))],
                        config.min_comparisons)
@@ -164,7 +173,8 @@ def results_forest(store: Store, config: StudioConfig) -> str:
 
 def export_dataset(store: Store, config: StudioConfig) -> ExportResult:
     """``python -m annotate export`` into ``<data dir>/export`` (raises ``EmptyDataset`` with no pairs yet)."""
-    return export_human_pairs(store, config.export_dir, min_gold_accuracy=config.min_gold_accuracy)
+    return export_human_pairs(store, config.export_dir, min_gold_accuracy=config.min_gold_accuracy,
+                              include_flagged=config.include_flagged)
 
 
 NO_TASKS_HINT = ("**No tasks yet.** Tasks come from the Demo tab (generate, then \"Send these clips to "

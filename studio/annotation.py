@@ -185,9 +185,10 @@ class AnnotationSession:
         message = json.dumps(["clip", annotator, task_id, clip_id]).encode()
         return hmac.new(self.secret, message, hashlib.sha256).hexdigest()[:16]
 
-    def next_task(self, annotator: str) -> ShownTask | None:
-        """The annotator's open task (same order as before) or a new one; None when none is left."""
-        while (task := self.store.next_task(annotator)) is not None:
+    def next_task(self, annotator: str, senders: list[str] = ()) -> ShownTask | None:
+        """The annotator's open task (same order as before) or a new one, never one ``senders`` (who asks:
+        ``Studio.sender_tokens``) sent from the Demo; None when none is left."""
+        while (task := self.store.next_task(annotator, senders)) is not None:
             if len(task.candidates) > MAX_SHOWN_CLIPS:
                 # Assigned by an older version that allowed larger tasks: skip it for them, never show it.
                 logger.warning("skipping task %d for %r: %d clips, this app shows at most %d",

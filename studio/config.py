@@ -51,6 +51,8 @@ class StudioConfig:
     # spans about +-0.1 (1.96 * sqrt(0.25 / 100)), enough to tell 0.6 from 0.4. (TTS Arena: preliminary under 300
     # votes of one comparison each; a ranking of four clips here makes four.)
     preliminary_under: int = 100
+    include_flagged: bool = False  # count annotators annotate.hygiene flags in the verdict and the export
+    verdict_demo_tasks: bool = False  # count the tasks visitors sent from the Demo in the verdict
     min_heard_fraction: float = MIN_HEARD_FRACTION  # a vote counts once each clip was heard this share of its length
 
     @property
@@ -102,6 +104,11 @@ _FLAGS = {
                           "once it took part in this many comparisons; fewer: 'too few votes'"),
     "--preliminary-under": ("TANGO_PRELIMINARY_UNDER", "the public results mark a model 'preliminary' while it took "
                             "part in fewer comparisons than this"),
+    "--include-flagged": ("TANGO_INCLUDE_FLAGGED", "count the votes of annotators the hygiene rule flags (position "
+                          "bias, against the majority, failed gold, too fast, too many per hour) in the verdict and "
+                          "the export; off: they are left out"),
+    "--verdict-demo-tasks": ("TANGO_VERDICT_DEMO_TASKS", "count the tasks visitors sent from the Demo in the verdict "
+                             "(their sender heard the models); off: left out"),
     "--min-heard-fraction": ("TANGO_MIN_HEARD_FRACTION", "a vote counts (verdict, export, a task's target, a "
                              "reveal) only if each clip could have been heard for this share of its length, timed "
                              "by the server from the plays; 0: every vote counts"),
@@ -110,7 +117,8 @@ _INT_FLAGS = {"port": (0, 65535), "max_steps": (1, 1000), "max_candidates": (1, 
               "generate_queue": (0, 1000), "generate_threads": (0, 1024), "leaderboard_every": (1, 10**6),
               "min_comparisons": (0, 10**9), "preliminary_under": (0, 10**9)}
 # on/off flags: `--reveal-models` alone, or the variable = 1/true
-_SWITCHES = {"reveal_models", "show_gold_accuracy", "informative_first", "allow_shrinking_backup", "trust_proxy"}
+_SWITCHES = {"reveal_models", "show_gold_accuracy", "informative_first", "allow_shrinking_backup", "trust_proxy",
+             "include_flagged", "verdict_demo_tasks"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
@@ -205,6 +213,8 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         informative_first=_switch(parser, args.informative_first, "--informative-first"),
         reward_model=reward_model,
         trust_proxy=_switch(parser, args.trust_proxy, "--trust-proxy"),
+        include_flagged=_switch(parser, args.include_flagged, "--include-flagged"),
+        verdict_demo_tasks=_switch(parser, args.verdict_demo_tasks, "--verdict-demo-tasks"),
         min_heard_fraction=_number(parser, args.min_heard_fraction or MIN_HEARD_FRACTION, "--min-heard-fraction", 0, 1),
     )
 

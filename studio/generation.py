@@ -26,7 +26,7 @@ import math
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -466,8 +466,9 @@ def _prune(out_dir: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def send_to_annotation(store: Store, generation: Generation) -> int:
-    """Store every clip of a generation as a candidate and make one ranking task of them; return its id."""
+def send_to_annotation(store: Store, generation: Generation, senders: Sequence[str] = ()) -> int:
+    """Store every clip of a generation as a candidate and make one ranking task of them, never to be given to
+    ``senders`` (who sent it: they heard its models); return its id."""
     settings = generation.settings
     clip_ids = []
     for column in generation.columns:
@@ -482,4 +483,4 @@ def send_to_annotation(store: Store, generation: Generation) -> int:
     if len(clip_ids) < 2:
         raise GenerationError(f"a ranking task needs at least 2 distinct clips; this generation has {len(clip_ids)}: "
                               "generate more candidates (or with both models)")
-    return store.add_task(clip_ids)
+    return store.add_task(clip_ids, senders=senders)

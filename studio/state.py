@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import atexit
+import hashlib
+import hmac
 import logging
 import os
 import shutil
@@ -89,6 +91,12 @@ class Studio:
         pipes = [m.pipe for m in self.models if m.pipe is not None]
         return pipes[0].device if pipes else torch.device("cpu")
 
+    def sender_tokens(self, session: str | None, visitor: str) -> list[str]:
+        """Who is asking, as the store keeps the senders of Demo tasks: keyed hashes (no address is stored) of their
+        gradio session and of their visitor key (``studio.limits.visitor_of``: a log-in name, else an address)."""
+        return [hmac.new(self.secret, f"{kind}\x00{value}".encode(), hashlib.sha256).hexdigest()[:32]
+                for kind, value in (("session", session), ("visitor", visitor)) if value]
+
     def who(self, typed: str | None, username: str | None, oauth_username: str | None) -> str:
         """The name of whoever sent a request (see ``studio.identity.resolve_name``)."""
         return resolve_name(self.identity_mode, typed=typed, username=username, oauth_username=oauth_username)
@@ -120,9 +128,10 @@ class Studio:
     def generate(self, settings: GenerationSettings, progress: Callable[[float, str], None] | None = None) -> Generation:
         return generate_both(self.models, settings, self.generated_dir, progress, secret=self.secret)
 
-    def send_to_annotation(self, generation: Generation) -> int:
-        """Store a generation's clips as one ranking task (scored by the ranker); return its id."""
-        task_id = send_to_annotation(self.store, generation)
+    def send_to_annotation(self, generation: Generation, senders: list[str] = ()) -> int:
+        """Store a generation's clips as one ranking task (scored by the ranker), never given to ``senders``
+        (``sender_tokens``); return its id."""
+        task_id = send_to_annotation(self.store, generation, senders)
         self.score_clips()
         return task_id
 

@@ -103,14 +103,14 @@ def test_a_random_gold_answerer_is_flagged_and_left_out_and_a_careful_one_kept(t
     clicker_votes = sum(r.annotator == "clicker" for r in store.rankings())
     assert result.left_out_annotators == ("clicker",) and result.left_out_votes == clicker_votes == 24
     card = (tmp_path / "export" / "README.md").read_text()
-    assert "votes left out (annotators below the gold accuracy threshold): 24" in card
+    assert "votes left out (annotators below the gold accuracy threshold or flagged): 24" in card
     assert "annotators left out: clicker" in card
     assert "rankings used: 24" in card  # 12 model tasks x the 2 careful annotators; gold tasks yield no pairs
     # Without the clicker, the DPO model wins every comparison; gold clips never enter the verdict.
     verdict = card.split("## Verdict")[1]
     assert f"| {DPO} | 1.000 |" in verdict and "gold:" not in verdict
 
-    everyone = export_human_pairs(store, tmp_path / "everyone")
+    everyone = export_human_pairs(store, tmp_path / "everyone", include_flagged=True)  # hygiene flags the clicker too
     assert everyone.left_out_votes == 0 and everyone.alpha < 0.1 < result.alpha == 1.0  # the clicker broke agreement
     stats = dataset_stats(store)
     assert stats["annotators"]["clicker"]["gold_accuracy"] == scores["clicker"].accuracy

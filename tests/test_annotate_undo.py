@@ -184,7 +184,9 @@ def test_a_store_of_the_previous_schema_migrates_with_its_votes(tmp_path, monkey
     monkeypatch.setattr(store_module, "_CANDIDATE_SQL", store_module._CANDIDATE_SQL.replace("c.auto_scorer", "NULL"))
     # nor revealed tasks (schema 8)
     monkeypatch.setattr(store_module, "_NEXT_TASK_SQL", {
-        informative: sql.replace("AND t.id NOT IN (SELECT task_id FROM revealed_tasks)", "")
+        informative: sql.replace("AND t.id NOT IN (SELECT task_id FROM revealed_tasks)", "").replace(
+            "AND t.id NOT IN (SELECT task_id FROM task_senders WHERE sender IN (SELECT value FROM json_each(:senders)))",
+            "")
         for informative, sql in store_module._NEXT_TASK_SQL.items()})
     old = Store(tmp_path / "data")
     make_tasks(old, 2)

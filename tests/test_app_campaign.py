@@ -310,3 +310,62 @@ def test_gold_clips_cannot_be_told_from_model_clips_by_their_statistics(tmp_path
             [0] * len(model_clips) + [1] * len(gold_clips))
     assert statistics["none"] > 0.9  # the classifier tells bare renders apart ...
     assert statistics["vocoder"] <= 0.6, statistics  # ... and not renders through the model's decoder path
+
+
+def visitor_request(session: str, address: str):
+    """What the handlers read of a gradio request: its session, its client's address, no log-in, no proxy header."""
+    import types
+
+    return types.SimpleNamespace(session_hash=session, client=types.SimpleNamespace(host=address), headers={},
+                                 username=None)
+
+
+def test_a_demo_task_never_goes_to_its_sender_session_or_address_and_stays_out_of_the_verdict(tmp_path):
+    """The attack: a visitor's Demo generation became a task that visitor was later served under another name, its
+    models known from the Demo (4 of 4)."""
+    studio = campaign(tmp_path, min_heard_fraction=0, leaderboard_every=1, min_comparisons=1)
+    store = studio.store
+    sender = visitor_request("session-1", "10.0.0.5")
+    sent = store.add_task(clips(store, "two knocks", 2), senders=app.asking(studio, sender))
+    assert store.sent_tasks() == {sent}
+    for request in (visitor_request("session-1", "10.0.0.9"), visitor_request("session-2", "10.0.0.5")):
+        info = app.next_task(studio, f"other-name-{request.session_hash}", request, None)[0]
+        assert info["task_id"] is None  # the same session under a new name, or the same address: nothing
+    other = visitor_request("session-3", "10.0.0.7")
+    task = app.next_task(studio, "someone", other, None)[2]
+    assert task.task_id == sent
+    listen_and_rank(studio, "someone", task)
+    assert app.public_leaderboard(studio) == []  # out of the verdict ...
+    studio.config = replace(studio.config, verdict_demo_tasks=True)
+    assert [row["comparisons"] for row in app.public_leaderboard(studio)] == [1, 1]  # ... unless the owner asks
+
+
+def test_a_position_biased_clicker_is_flagged_shown_on_the_dataset_tab_and_left_out_unless_asked(tmp_path):
+    from annotate.export import export_human_pairs
+    from studio.admin import ANNOTATOR_COLUMNS, dataset_overview
+
+    studio = campaign(tmp_path, min_heard_fraction=0, admins=frozenset({"boss"}))
+    store = studio.store
+    for p in range(12):
+        store.add_task(clips(store, f"{p + 2} knocks", 3), target_overlap=3)
+    for name in ("careful", "also-careful", "clicker"):
+        while (task := app.next_task(studio, name, None, None)[2]) is not None:
+            for label in task.labels:
+                app.played(studio, name, task.task_id, label, None, None)
+            studio.annotation.clock.now += 20.0
+            models = [store.candidates([c])[c].model for c in studio.annotation._shown[(name, task.task_id)]]
+            if name == "clicker":  # A, B, C in the order shown, whatever the clips
+                ranking = {label: i + 1 for i, label in enumerate(task.labels)}
+            else:  # the DPO model's clips first
+                ranking = {label: 1 if model == "dpo" else 2 for label, model in zip(task.labels, models)}
+            app.vote(studio, name, task.task_id, ranking)
+    overview = dataset_overview(store, studio.config)
+    rows = {row[0]: dict(zip(ANNOTATOR_COLUMNS, row)) for row in overview.annotator_rows()}
+    assert rows["clicker"]["first shown wins"] == 1.0 and "position bias" in rows["clicker"]["flagged"]
+    assert rows["careful"]["flagged"] == "" and 0.2 < rows["careful"]["first shown wins"] < 0.8
+    assert rows["careful"]["median s per vote"] == 20.0 and rows["careful"]["busiest hour (votes)"] == 12
+    [human, _] = overview.verdicts
+    assert human.left_out_annotators == ("clicker",) and human.votes == 24
+    assert export_human_pairs(store, tmp_path / "export").left_out_annotators == ("clicker",)
+    studio.config = replace(studio.config, include_flagged=True)
+    assert dataset_overview(store, studio.config).verdicts[0].votes == 36

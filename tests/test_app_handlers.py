@@ -235,7 +235,7 @@ def test_an_assigned_task_whose_clip_went_missing_gives_way_and_skip_needs_no_lo
 
 
 def test_file_errors_never_show_a_server_path(studio, monkeypatch):
-    def unreadable(name):
+    def unreadable(name, senders=()):
         raise PermissionError(13, "Permission denied", "/srv/secret/data/audio/ab/ab12.wav")
 
     monkeypatch.setattr(studio.annotation, "next_task", unreadable)
