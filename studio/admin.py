@@ -148,8 +148,10 @@ def results_markdown(store: Store, config: StudioConfig) -> str:
                 for source in ("human", "auto")]
     agreement = ranker_agreement(rankings, store.candidates(), store.gold_answers())
     waiting = unpublished_votes(store.rankings(), store.gold_answers(), rankings)
-    batch = (f"**{'Next update' if rankings else 'First results'}**: {waiting} of {config.leaderboard_every} votes "
-             "in.\n\n")
+    annotators = min(MIN_BATCH_ANNOTATORS, config.leaderboard_every)
+    batch = (f"**{'Next update' if rankings else 'First results'}**: "
+             + (f"{waiting} of {config.leaderboard_every} votes in.\n\n" if waiting < config.leaderboard_every else
+                f"{waiting} votes in, waiting for votes of {annotators} different annotators.\n\n"))
     return ("Which model do the blind rankings prefer? Win rate over head-to-head clip pairs (two clips of "
             "different models in one ranking; ties count half) and Bradley-Terry score (Elo scale, 1000 = "
             "average), with 95 % bootstrap intervals; models come by the lower end of that interval. The human "

@@ -3,6 +3,7 @@ after, and refused input comes out as a gr.Error with the reason."""
 
 import inspect
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -96,6 +97,8 @@ def test_results_count_towards_the_first_batch_and_score_clips_pooled_while_the_
     assert "**First results**: 7 of 20 votes in." in results and "From human rankings**: no comparisons" in results
     assert all(clip.auto_score is not None for clip in studio.store.candidates().values())
     assert "From the automatic ranker** (7 task(s) it ranked)" in results and "From the automatic ranker" in forest
+    studio.config = replace(studio.config, leaderboard_every=4)  # enough votes, but all of one annotator
+    assert "**First results**: 7 votes in, waiting for votes of 4 different annotators." in app.show_results(studio)[0]
 
 
 def test_api_handlers_refuse_with_the_reason(studio):
