@@ -219,3 +219,44 @@ def preference_loss(
     else:
         losses = sft_loss(policy_w)
     return losses.mean(), {name: value.detach() for name, value in metrics.items()}
+
+
+# -- online preference optimisation on the sampler's own steps (train_grpo.py) -----------------
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's advantages (Shao et al. 2024; Flow-GRPO): each clip's reward against the other clips of its prompt.
+
+        A_i = (r_i - mean(r_group)) / (std(r_group) + eps)
+
+    ``rewards``, Shape: `(groups * group_size,)`, the clips of one prompt adjacent; std is the population std.
+    A group whose clips all scored the same gets advantage 0 for every clip: it says nothing about which way to go.
+    """
+    grouped = rewards.reshape(-1, group_size)
+    mean = grouped.mean(dim=1, keepdim=True)
+    std = grouped.std(dim=1, unbiased=False, keepdim=True)
+    return ((grouped - mean) / (std + eps)).reshape(-1)
+
+
+def grpo_loss(log_prob, old_log_prob, advantages, clip_range: float, kl=None, beta: float = 0.0):
+    """The clipped policy-gradient loss of one denoising step (PPO's, as DDPO and Flow-GRPO use it), plus a KL term.
+
+        ratio = exp(log π_θ(x_s | x_t) - log π_old(x_s | x_t))
+        loss  = mean(max(-A · ratio, -A · clip(ratio, 1 - ε, 1 + ε))) + β · mean(KL)
+
+    ``log_prob``: the policy's log-density of each recorded transition (with gradients), ``old_log_prob``: the
+    sampler's when it drew it, ``advantages`` from ``group_advantages``, all Shape: `(batch_size,)`; ``kl``: each
+    clip's KL(π_θ || π_ref) at this step (Shape: `(batch_size,)`, or None). Returns ``(loss, metrics)``, the
+    metrics detached: ``clip_fraction`` (share of clips whose ratio left [1 - ε, 1 + ε]) and the mean ``kl``.
+    """
+    import torch
+
+    ratio = torch.exp(log_prob - old_log_prob)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+    loss = torch.maximum(unclipped, clipped).mean()
+    metrics = {"clip_fraction": float(((ratio - 1).abs() > clip_range).float().mean()), "kl": 0.0}
+    if kl is not None:
+        loss = loss + beta * kl.mean()
+        metrics["kl"] = float(kl.detach().mean())
+    return loss, metrics

@@ -97,6 +97,92 @@ class TangoPipelineOutput(BaseOutput):
     latents: torch.Tensor | None = None
 
 
+@dataclass
+class TangoTrajectory(BaseOutput):
+    """What ``TangoPipeline.sample_trajectory`` returns: the clips and the random path that made them.
+
+    ``audios``: (clips, samples) as ``TangoPipelineOutput.audios``; ``latents``: the final latents (float32).
+    ``timesteps``: (steps,) the training timestep of each stochastic step, noisiest first.
+    ``step_latents``: (clips, steps + 1, channels, frames, bins) float32: the latent before each stochastic
+    step, then the latent after the last one (the deterministic steps continue from it).
+    ``log_probs``: (clips, steps) float32: the log-density of each stochastic transition under the model
+    that sampled it (``ddim_step_with_log_prob``), what a policy-gradient trainer compares against.
+    """
+
+    audios: np.ndarray | torch.Tensor
+    latents: torch.Tensor
+    timesteps: torch.Tensor
+    step_latents: torch.Tensor
+    log_probs: torch.Tensor
+
+
+def ddim_step_mean_std(
+    model_output: torch.Tensor,
+    timestep: int,
+    prev_timestep: int,
+    sample: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    prediction_type: str,
+    eta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The Gaussian one DDIM step (Song et al. 2021, eq. 12) draws from, going from ``timestep`` t to
+    ``prev_timestep`` s < t (s < 0: the clean end, a_s = a_0).
+
+    With a = alphas_cumprod, the model's prediction gives x0 and eps (v-prediction: x0 = sqrt(a_t) x_t -
+    sqrt(1 - a_t) v, eps = sqrt(a_t) v + sqrt(1 - a_t) x_t), and
+
+        std  = eta * sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))
+        mean = sqrt(a_s) x0 + sqrt(1 - a_s - std^2) eps
+        x_s  = mean + std * z,  z ~ N(0, I)
+
+    eta = 0 is deterministic DDIM (std 0), eta = 1 the DDPM posterior. Returns ``(mean, std)``, std a scalar tensor.
+    """
+    if eta < 0:
+        raise ValueError(f"`eta` must be >= 0, got {eta!r}")
+    a_t = alphas_cumprod[timestep].to(sample.dtype)
+    a_s = alphas_cumprod[max(prev_timestep, 0)].to(sample.dtype)
+    if prediction_type == "v_prediction":
+        x0 = a_t.sqrt() * sample - (1 - a_t).sqrt() * model_output
+        eps = a_t.sqrt() * model_output + (1 - a_t).sqrt() * sample
+    elif prediction_type == "epsilon":
+        x0 = (sample - (1 - a_t).sqrt() * model_output) / a_t.sqrt()
+        eps = model_output
+    else:
+        raise ValueError(f"prediction type {prediction_type!r} is not supported (v_prediction or epsilon)")
+    std = eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)).sqrt()
+    mean = a_s.sqrt() * x0 + (1 - a_s - std**2).clamp(min=0).sqrt() * eps
+    return mean, std
+
+
+def gaussian_log_prob(value: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """log N(value; mean, std^2 I) per clip, averaged over the latent's elements (DDPO's and Flow-GRPO's
+    convention: one scale whatever the latent's size)."""
+    log_density = -((value.detach() - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
+    return log_density.mean(dim=tuple(range(1, value.ndim)))
+
+
+def ddim_step_with_log_prob(
+    model_output: torch.Tensor,
+    timestep: int,
+    prev_timestep: int,
+    sample: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    prediction_type: str,
+    eta: float,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    prev_sample: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One DDIM step (``ddim_step_mean_std``) drawn with ``generator`` (one, or one per clip), and its log-density
+    (``gaussian_log_prob``). ``prev_sample`` given: no draw, its log-density under this step is returned (a trainer
+    re-scoring a recorded transition). eta = 0: ``(mean, None)``, a deterministic step has no density."""
+    mean, std = ddim_step_mean_std(model_output, timestep, prev_timestep, sample, alphas_cumprod, prediction_type, eta)
+    if eta == 0:
+        return mean, None
+    if prev_sample is None:
+        prev_sample = mean + std * randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+    return prev_sample, gaussian_log_prob(prev_sample, mean, std)
+
+
 class TangoPipeline(DiffusionPipeline):
     r"""
     Pipeline for text-to-audio generation with Tango and Tango 2.
@@ -399,6 +485,38 @@ class TangoPipeline(DiffusionPipeline):
         mel = mel_spectrogram.squeeze(1).to(self.vocoder.dtype)
         return self.vocoder(mel).float()
 
+    def guided_prediction(
+        self,
+        latents: torch.Tensor,
+        timestep,
+        prompt_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        guidance_scale: float,
+        guided: bool,
+        unet: torch.nn.Module | None = None,
+    ) -> torch.Tensor:
+        """The UNet's prediction for ``latents`` at ``timestep``, with classifier-free guidance when ``guided``.
+
+        ``prompt_embeds``/``attention_mask`` come from ``encode_prompt``: with guidance on, the unconditional half
+        first; an unguided step of a guided call runs the prompt half alone (half the work). Float32 out.
+        Differentiable: a trainer calls it with gradients on, passing ``unet`` (its policy, wrapped for several
+        processes, or the frozen reference) in place of the pipeline's own.
+        """
+        batch_size = latents.shape[0]
+        has_unconditional_half = prompt_embeds.shape[0] == 2 * batch_size
+        model_input = torch.cat([latents] * 2) if guided else latents
+        conditional = slice(-batch_size, None) if has_unconditional_half and not guided else slice(None)
+        prediction = (unet or self.unet)(
+            model_input.to(self.unet.dtype),
+            timestep,
+            encoder_hidden_states=prompt_embeds[conditional],
+            encoder_attention_mask=attention_mask[conditional],
+        ).sample.float()
+        if guided:
+            unconditional, text = prediction.chunk(2)
+            prediction = unconditional + guidance_scale * (text - unconditional)
+        return prediction
+
     # -- generation -----------------------------------------------------------------------
 
     @torch.no_grad()
@@ -525,19 +643,8 @@ class TangoPipeline(DiffusionPipeline):
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 guided = do_classifier_free_guidance and guided_steps[i]
-                latent_model_input = torch.cat([latents] * 2) if guided else latents
-                latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
-                # Unguided steps of a guided call see the prompt half only (the unconditional half comes first).
-                conditional = slice(-batch_size, None) if do_classifier_free_guidance and not guided else slice(None)
-                noise_pred = self.unet(
-                    latent_model_input.to(self.unet.dtype),
-                    t,
-                    encoder_hidden_states=prompt_embeds[conditional],
-                    encoder_attention_mask=attention_mask[conditional],
-                ).sample.float()
-                if guided:
-                    noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-                    noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
+                noise_pred = self.guided_prediction(self.scheduler.scale_model_input(latents, t), t, prompt_embeds,
+                                                    attention_mask, guidance_scale, guided)
                 latents = self.scheduler.step(noise_pred, t, latents, **step_options).prev_sample
 
                 if callback_on_step_end is not None:
@@ -562,3 +669,92 @@ class TangoPipeline(DiffusionPipeline):
             return (audio,)
         return TangoPipelineOutput(audios=audio, latents=latents.float().cpu())
 
+
+    # -- sampling for online preference optimisation ------------------------------------------
+
+    def trajectory_scheduler(self, num_inference_steps: int) -> SchedulerMixin:
+        """The DDIM schedule ``sample_trajectory`` steps on: this model's noise schedule and prediction type,
+        ``trailing`` spacing (the first step starts from pure noise at t = T - 1), timesteps set."""
+        from diffusers import DDIMScheduler
+
+        scheduler = DDIMScheduler.from_config(self.scheduler.config, timestep_spacing="trailing")
+        scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        return scheduler
+
+    @torch.no_grad()
+    @flush_denormals()
+    def sample_trajectory(
+        self,
+        prompt: str | list[str],
+        num_inference_steps: int = 20,
+        guidance_scale: float = 3.0,
+        guidance_interval: tuple[float, float] | None = None,
+        num_waveforms_per_prompt: int = 1,
+        eta: float = 1.0,
+        stochastic_steps: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "np",
+    ) -> TangoTrajectory:
+        r"""
+        Generates audio with a stochastic sampler and records the random path: what online preference
+        optimisation (DDPO, GRPO) trains on.
+
+        DDIM steps on the model's own schedule (``trajectory_scheduler``); the first ``stochastic_steps`` draw
+        their next latent with ``eta`` > 0 and record it with its log-probability (``ddim_step_with_log_prob``),
+        the rest are deterministic DDIM (eta 0). The prompt's layout is set in the first, noisiest steps, so
+        training only those costs a fraction of the whole path. Clips are at the model's training length.
+
+        Args:
+            prompt, num_inference_steps, guidance_scale, guidance_interval, num_waveforms_per_prompt, generator,
+            output_type: as in `__call__` (`output_type` "np", "pt" or "latent").
+            eta (`float`, defaults to 1.0):
+                Noise of the stochastic steps: 1 is the DDPM posterior, smaller is closer to deterministic DDIM.
+            stochastic_steps (`int`, *optional*):
+                How many of the first steps are stochastic and recorded; all of them when `None`.
+
+        Returns:
+            [`TangoTrajectory`]. Same generator(s), same trajectory: the initial noise and every step's noise
+            come from `generator` in order.
+        """
+        stochastic_steps = num_inference_steps if stochastic_steps is None else stochastic_steps
+        self.check_inputs(prompt, None, num_inference_steps, guidance_scale, num_waveforms_per_prompt, None, output_type)
+        if not eta > 0:
+            raise ValueError(f"`eta` must be > 0 (stochastic steps), got {eta!r}")
+        if not 1 <= stochastic_steps <= num_inference_steps:
+            raise ValueError(f"`stochastic_steps` must be between 1 and num_inference_steps ({num_inference_steps}), "
+                             f"got {stochastic_steps!r}")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        batch_size = len(prompts) * num_waveforms_per_prompt
+        device = self._execution_device
+        do_classifier_free_guidance = guidance_scale > 1.0
+        prompt_embeds, attention_mask = self.encode_prompt(prompts, device, num_waveforms_per_prompt,
+                                                           do_classifier_free_guidance)
+        prompt_embeds = prompt_embeds.to(self.unet.dtype)
+        scheduler = self.trajectory_scheduler(num_inference_steps)
+        timesteps = scheduler.timesteps.tolist()
+        guided_steps = self.guided_steps(timesteps, guidance_interval)
+        latent_frames = self.unet.config.sample_size[0]
+        latents = self.prepare_latents(batch_size, latent_frames, torch.float32, device, generator)
+
+        step_latents, log_probs = [latents], []
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            prediction = self.guided_prediction(latents, t, prompt_embeds, attention_mask, guidance_scale,
+                                                do_classifier_free_guidance and guided_steps[i])
+            prev_t = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+            latents, log_prob = ddim_step_with_log_prob(prediction, t, prev_t, latents, scheduler.alphas_cumprod,
+                                                        scheduler.config.prediction_type,
+                                                        eta if i < stochastic_steps else 0.0, generator)
+            if log_prob is not None:
+                step_latents.append(latents)
+                log_probs.append(log_prob)
+        if output_type == "latent":
+            audio = latents
+        else:
+            audio = self.mel_spectrogram_to_waveform(self.decode_latents(latents))
+            audio = audio[:, : int(round(self.default_audio_length_in_s * self.sampling_rate))]
+            if output_type == "np":
+                audio = audio.cpu().numpy().astype(np.float32)
+        return TangoTrajectory(audios=audio, latents=latents.float().cpu(),
+                               timesteps=torch.tensor(timesteps[:stochastic_steps]),
+                               step_latents=torch.stack(step_latents, dim=1).float().cpu(),
+                               log_probs=torch.stack(log_probs, dim=1).float().cpu())

@@ -1,0 +1,492 @@
+"""Fine-tune a Tango pipeline online with GRPO on its own sampler's steps, rewarded by a ranker.
+
+    python train_grpo.py --pretrained_model tiny --reward judge --output_dir tiny-grpo
+    python train_grpo.py --reward reward:prefs/ --output_dir tiny-grpo-prefs    # a preference model learned from votes
+    ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 train_grpo.py ...       # several CPU processes (gloo)
+    accelerate launch train_grpo.py ...                                         # several GPUs
+    python app.py --dpo-model tiny-grpo/best     # the app loads the result (any spec works)
+
+Why beside train_dpo.py: Diffusion-DPO sees a preference only through a one-draw estimate of a
+denoising-loss difference at a random timestep; what a prompt's order changes is set in the
+first, noisiest sampler steps and that estimate barely sees it. Online RL (DDPO, Black et al.
+2023; Flow-GRPO, Liu et al. 2025) instead trains on the exact log-probability of each step the
+sampler took. One iteration:
+
+1. Sample. ``--prompts_per_iteration`` fresh training prompts (never the validation prompts),
+   ``--group_size`` clips each, with ``TangoPipeline.sample_trajectory``: DDIM on the model's own
+   schedule, the first ``--stochastic_steps`` steps drawn with ``--eta`` and recorded with their
+   log-probabilities, the rest deterministic. Each process samples its share of the prompts.
+2. Reward. ``--reward``: ``judge`` (the sound world's exact judge), ``reward:PATH`` (a preference
+   model learned from votes, ``python -m annotate.reward``) or ``clap`` (real audio).
+3. Advantages within each prompt's group (``losses.group_advantages``); groups whose clips all
+   scored the same carry no signal and are not trained on.
+4. Update. For ``--inner_epochs`` passes over the clips in mini-batches, the policy re-scores
+   every recorded stochastic step: ``losses.grpo_loss`` (clipped ratio against the sampler's
+   log-probability, plus ``--beta_kl`` times the KL to the frozen reference's step), one
+   optimizer step per mini-batch. LoRA on the UNet's transformer blocks (``--lora_rank``), or the
+   full UNet with ``--lora_rank 0``.
+
+Every ``--validation_every`` iterations the policy generates clips for fixed validation prompts with
+the model's own default sampler (what users get) and they are judged (sound-world models) and
+rewarded. A resumable checkpoint is written after every iteration (``--resume``); the output
+is a diffusers pipeline that ``load_pipeline`` loads, the best one on validation in
+``OUTPUT_DIR/best``, with ``train_metrics.json``, ``train_config.json``, ``training_curves.png``
+and a model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("train_grpo")
+REWARD_CHOICES = "judge (the sound world's judge), reward:PATH (a preference model folder), clap (real audio)"
+# Settings a resumed run may change; any other difference from the checkpoint's configuration is refused.
+RESUMABLE_CHANGES = {"iterations", "resume", "output_dir", "validation_every"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from annotate.autorank import ranker_spec  # torch-free: checks the folder, loads nothing
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    group = parser.add_argument_group("model, reward and prompts")
+    group.add_argument("--pretrained_model", default="tiny", help="model spec: embedded name, folder or Hub id")
+    group.add_argument("--reward", type=ranker_spec, default="judge", help=f"the reward: {REWARD_CHOICES}")
+    group.add_argument("--prompts", default="train",
+                       help="'train' (the sound world's training split) or a text file, one prompt a line")
+    group.add_argument("--output_dir", required=True, help="where the tuned pipeline, checkpoint and metrics go")
+    group = parser.add_argument_group("sampling (each iteration)")
+    group.add_argument("--prompts_per_iteration", type=int, default=8, help="fresh prompts per iteration (all processes)")
+    group.add_argument("--group_size", type=int, default=8, help="clips per prompt, compared with each other")
+    group.add_argument("--num_inference_steps", type=int, default=16, help="DDIM steps of the training sampler")
+    group.add_argument("--stochastic_steps", type=int, default=6,
+                       help="the first steps drawn with noise and trained on (where the layout is set)")
+    group.add_argument("--eta", type=float, default=1.0, help="noise of the stochastic steps (1: DDPM posterior)")
+    group.add_argument("--guidance_scale", type=float, default=3.0, help="classifier-free guidance, as users sample")
+    group = parser.add_argument_group("optimisation (losses.grpo_loss)")
+    group.add_argument("--iterations", type=int, default=30, help="sample-reward-update rounds")
+    group.add_argument("--inner_epochs", type=int, default=1, help="passes over each iteration's clips")
+    group.add_argument("--train_batch_size", type=int, default=16, help="clips per optimizer step (per process)")
+    group.add_argument("--learning_rate", type=float, default=3e-4)
+    group.add_argument("--lora_rank", type=int, default=16, help="LoRA rank on the transformer blocks; 0: full UNet")
+    group.add_argument("--clip_range", type=float, default=1e-3, help="PPO ratio clip epsilon")
+    group.add_argument("--beta_kl", type=float, default=0.01, help="weight of the KL to the reference, per step")
+    group.add_argument("--advantage_clip", type=float, default=5.0, help="advantages clipped to +-this")
+    group.add_argument("--max_grad_norm", type=float, default=1.0)
+    group.add_argument("--seed", type=int, default=0, help="prompts, clip noise and mini-batch order (per iteration)")
+    group = parser.add_argument_group("validation and checkpoints")
+    group.add_argument("--validation_prompts", type=int, default=64,
+                       help="fixed training-split prompts judged with the model's default sampler (0: none)")
+    group.add_argument("--validation_every", type=int, default=5, help="iterations between validations")
+    group.add_argument("--validation_seed", type=int, default=4321, help="seed of the validation prompts and clips")
+    group.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint (same settings)")
+    args = parser.parse_args(argv)
+    for name in ("prompts_per_iteration", "group_size", "num_inference_steps", "stochastic_steps", "iterations",
+                 "inner_epochs", "train_batch_size", "validation_every"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.group_size < 2:
+        parser.error("--group_size must be at least 2: advantages compare the clips of one prompt")
+    if args.stochastic_steps > args.num_inference_steps:
+        parser.error(f"--stochastic_steps ({args.stochastic_steps}) cannot exceed --num_inference_steps "
+                     f"({args.num_inference_steps})")
+    if not args.eta > 0:
+        parser.error(f"--eta must be > 0 (the trained steps are stochastic), got {args.eta}")
+    if args.prompts != "train" and not Path(args.prompts).is_file():
+        parser.error(f"--prompts must be 'train' or a text file of prompts; {args.prompts!r} is neither")
+    return args
+
+
+# -- prompts ------------------------------------------------------------------------------------
+
+
+def prompt_source(spec: str, validation: list[str]):
+    """``prompts(iteration, n)``: the iteration's training prompts, deterministic in (seed, iteration) so a resumed
+    run draws what the killed one would have, never one of the ``validation`` prompts."""
+    held_out = set(validation)
+    if spec == "train":
+        from soundworld import sample_prompts
+
+        def prompts(seed: int, n: int) -> list[str]:
+            drawn = [p for p in sample_prompts("train", 2 * n + 8, seed) if p not in held_out]
+            return drawn[:n]
+        return prompts
+    lines = [line.strip() for line in Path(spec).read_text(encoding="utf-8").splitlines()]
+    pool = [line for line in dict.fromkeys(lines) if line and line not in held_out]
+    if not pool:
+        raise SystemExit(f"error: {spec} holds no prompt outside the validation prompts")
+
+    def prompts(seed: int, n: int) -> list[str]:
+        import numpy as np
+
+        return [pool[i] for i in np.random.default_rng(seed).choice(len(pool), n, replace=len(pool) < n)]
+    return prompts
+
+
+def validation_prompts(spec: str, n: int, seed: int) -> list[str]:
+    if n == 0:
+        return []
+    if spec == "train":
+        from soundworld import sample_prompts
+
+        return list(dict.fromkeys(sample_prompts("train", n, seed)))
+    lines = [line.strip() for line in Path(spec).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return list(dict.fromkeys(lines))[:n]
+
+
+# -- one iteration's pieces -----------------------------------------------------------------------
+
+
+def iteration_seed(seed: int, iteration: int) -> int:
+    return seed * 1_000_003 + iteration
+
+
+def policy_step(pipe, unet, reference, batch: dict, step: int, args, scheduler, guided: list[bool]):
+    """The policy's log-probability of the recorded transition at stochastic ``step`` for a mini-batch, and each
+    clip's KL to the reference's step (both Gaussians share their std, so KL = |mean - mean_ref|^2 / 2 std^2)."""
+    import torch
+
+    from pipeline.tango import ddim_step_mean_std, gaussian_log_prob
+
+    timesteps = scheduler.timesteps.tolist()
+    t, prev_t = timesteps[step], timesteps[step + 1] if step + 1 < len(timesteps) else -1
+    latents, next_latents = batch["step_latents"][:, step], batch["step_latents"][:, step + 1]
+
+    def step_mean(model):
+        prediction = pipe.guided_prediction(latents, t, batch["prompt_embeds"], batch["attention_mask"],
+                                            args.guidance_scale, guided[step], unet=model)
+        return ddim_step_mean_std(prediction, t, prev_t, latents, scheduler.alphas_cumprod,
+                                  scheduler.config.prediction_type, args.eta)
+
+    mean, std = step_mean(unet)
+    log_prob = gaussian_log_prob(next_latents, mean, std)
+    kl = None
+    if args.beta_kl > 0:
+        with torch.no_grad(), reference() as reference_unet:
+            reference_mean, _ = step_mean(reference_unet)
+        kl = ((mean - reference_mean) ** 2).mean(dim=(1, 2, 3)) / (2 * std**2)
+    return log_prob, kl
+
+
+def validate(pipe, prompts: list[str], seed: int, ranker) -> dict:
+    """The policy at the model's default sampler on fixed prompts: the ranker's mean reward and, for sound-world
+    models, the judge's recall / order / count / score / extra events."""
+    import numpy as np
+
+    from pipeline.tango import clip_seeds
+
+    seeds = clip_seeds(seed, len(prompts))
+    rewards, judged = [], []
+    for start in range(0, len(prompts), 16):
+        batch = prompts[start:start + 16]
+        audios = pipe(batch, generator=pipe.clip_generators(seeds[start:start + 16])).audios
+        for audio, prompt in zip(audios, batch):
+            rewards.extend(ranker(audio[None], pipe.sampling_rate, prompt))
+            if pipe.reads_only_the_sound_world:
+                from soundworld import judge
+
+                judged.append(judge(audio, pipe.sampling_rate, prompt))
+    record = {"reward": float(np.mean(rewards))}
+    if judged:
+        orders = [r.order_correct for r in judged if r.order_correct is not None]
+        record.update(recall=float(np.mean([r.event_recall for r in judged])),
+                      order=float(np.mean(orders)) if orders else None,
+                      count=float(np.mean([r.count_correct for r in judged])),
+                      score=float(np.mean([r.score for r in judged])),
+                      extra_events=float(np.mean([r.extra_events for r in judged])))
+    return record
+
+
+def validation_rank(record: dict) -> tuple:
+    """What "best" means on validation: the judge's mean score where there is one (it holds recall, order and
+    extra events), else the mean reward; the later iteration on a tie."""
+    return record.get("score", record["reward"]), record["iteration"]
+
+
+# -- saving ------------------------------------------------------------------------------------------
+
+
+def save_pipeline(pipe, unet, folder: Path, lora: bool) -> None:
+    """The policy as a plain diffusers pipeline (LoRA fused into a copy of the UNet), written atomically."""
+    import copy
+
+    merged = copy.deepcopy(unet)
+    if lora:
+        merged.fuse_lora()
+        merged.unload_lora()
+    partial = folder.with_name(f".partial-{folder.name}")
+    shutil.rmtree(partial, ignore_errors=True)
+    pipe.with_components(unet=merged.eval()).save_pretrained(partial, safe_serialization=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(partial, folder)
+
+
+def save_checkpoint(accelerator, output_dir: Path, iteration: int, config: dict, history: dict) -> None:
+    """Model, optimizer and RNG state plus the history, written under a temporary name and renamed when complete."""
+    final, partial = output_dir / "checkpoint", output_dir / ".partial-checkpoint"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (partial / "history.json").write_text(json.dumps(history))
+        (partial / "progress.json").write_text(json.dumps({"iterations_done": iteration + 1, "config": config}))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+    accelerator.wait_for_everyone()
+
+
+def plot_curves(history: dict, path: Path) -> None:
+    """Training reward, KL and clip fraction per iteration; validation judge metrics, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, validation = history["train"], history["validation"]
+    panels = [("reward_mean", "mean reward of the sampled clips"), ("kl", "KL to the reference (per step)"),
+              ("clip_fraction", "clipped ratio fraction")]
+    figure, axes = plt.subplots(1, 4, figsize=(18, 3.4))
+    for axis, (key, title) in zip(axes, panels):
+        axis.plot([r["iteration"] for r in train], [r[key] for r in train], lw=1)
+        axis.set_title(title)
+        axis.set_xlabel("iteration")
+    for key in ("score", "recall", "order", "reward"):
+        points = [(r["iteration"], r[key]) for r in validation if r.get(key) is not None]
+        if points:
+            axes[3].plot(*zip(*points), "o-", label=key)
+    axes[3].set_title("validation prompts, default sampler")
+    axes[3].set_xlabel("iteration")
+    axes[3].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_model_card(output_dir: Path, config: dict, history: dict, best: dict | None) -> None:
+    first = history["validation"][0] if history["validation"] else None
+    lines = [
+        "---", "library_name: diffusers", "tags:", "- text-to-audio", "- tango", "- grpo", "---", "",
+        f"# {output_dir.name}", "",
+        f"Tango fine-tuned online with GRPO on its sampler's own steps by Tango DPO Studio's `train_grpo.py`, "
+        f"rewarded by `{config['reward']}`.", "",
+        "| | |", "| --- | --- |",
+        f"| base model | `{config['pretrained_model']}` |",
+        f"| iterations | {len(history['train'])} x {config['prompts_per_iteration']} prompts x "
+        f"{config['group_size']} clips ({sum(r['clips'] for r in history['train'])} clips sampled) |",
+        f"| sampler | DDIM {config['num_inference_steps']} steps, the first {config['stochastic_steps']} "
+        f"stochastic (eta {config['eta']}) and trained |",
+        f"| update | clip {config['clip_range']}, KL weight {config['beta_kl']}, lr {config['learning_rate']}, "
+        f"{'LoRA rank ' + str(config['lora_rank']) if config['lora_rank'] else 'full UNet'}, "
+        f"{config['inner_epochs']} inner epoch(s) of {config['train_batch_size']} clips |",
+    ]
+    if first and best:
+        keys = [k for k in ("score", "recall", "order", "extra_events", "reward") if first.get(k) is not None]
+        lines += ["", f"Validation ({config['validation_prompts']} training-split prompts, the model's default "
+                      f"sampler): before -> best (iteration {best['iteration']})", "",
+                  "| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys),
+                  "| " + " | ".join(f"{first[k]:.3f} -> {best[k]:.3f}" for k in keys) + " |"]
+    lines += ["", "```python", "from pipeline import load_pipeline", f"pipe = load_pipeline({str(output_dir)!r})",
+              "```", ""]
+    (output_dir / "README.md").write_text("\n".join(lines))
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+
+    import contextlib
+    import copy
+    import time
+
+    import numpy as np
+    import torch
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from annotate.autorank import load_ranker
+    from losses import group_advantages, grpo_loss
+    from pipeline import load_pipeline
+
+    accelerator = Accelerator()
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if args.prompts_per_iteration % world:
+        raise SystemExit(f"error: --prompts_per_iteration ({args.prompts_per_iteration}) must be a multiple of the "
+                         f"number of processes ({world}): each samples its share")
+    config = {**vars(args), "num_processes": world}
+
+    # Model: the loaded pipeline is shared by the registry and never changed; the policy is a copy of its UNet.
+    torch.manual_seed(args.seed)  # the adapters' initial weights: a resumed run rebuilds them before loading its state
+    base = load_pipeline(args.pretrained_model, device=accelerator.device, dtype=torch.float32)
+    base.set_progress_bar_config(disable=True)
+    unet = copy.deepcopy(base.unet)
+    lora = args.lora_rank > 0
+    if lora:
+        from peft import LoraConfig
+
+        unet.requires_grad_(False)
+        unet.add_adapter(LoraConfig(r=args.lora_rank, lora_alpha=args.lora_rank, init_lora_weights="gaussian",
+                                    target_modules=["to_k", "to_q", "to_v", "to_out.0", "proj_in", "proj_out"]))
+
+    @contextlib.contextmanager
+    def reference():
+        """The frozen reference UNet: the policy with its adapters off, or the base's own UNet."""
+        if not lora:
+            yield base.unet
+            return
+        plain = accelerator.unwrap_model(unet)
+        plain.disable_adapters()
+        try:
+            yield plain
+        finally:
+            plain.enable_adapters()
+
+    trainable = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=1e-4)
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    policy = base.with_components(unet=accelerator.unwrap_model(unet))
+    policy.set_progress_bar_config(disable=True)
+    scheduler = policy.trajectory_scheduler(args.num_inference_steps)
+    guided = policy.guided_steps(scheduler.timesteps.tolist())
+    ranker = load_ranker(args.reward, device=str(accelerator.device))
+
+    held_out = validation_prompts(args.prompts, args.validation_prompts, args.validation_seed)
+    training_prompts = prompt_source(args.prompts, held_out)
+    history = {"train": [], "validation": []}
+    start = 0
+    checkpoint = output_dir / "checkpoint"
+    if args.resume and (checkpoint / "progress.json").is_file():
+        progress = json.loads((checkpoint / "progress.json").read_text())
+        changed = {k: (progress["config"].get(k), config.get(k)) for k in set(progress["config"]) | set(config)
+                   if k not in RESUMABLE_CHANGES and progress["config"].get(k) != config.get(k)}
+        if changed:
+            details = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
+            raise SystemExit(f"error: the checkpoint was trained with other settings ({details}); resume with the "
+                             "same settings or start a new --output_dir")
+        accelerator.load_state(str(checkpoint))
+        history = json.loads((checkpoint / "history.json").read_text())
+        start = progress["iterations_done"]
+        logger.info(f"resumed after iteration {start}")
+    elif args.resume:
+        logger.info(f"--resume: no checkpoint in {output_dir}, starting from the beginning")
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "train_config.json").write_text(json.dumps(config, indent=1))
+
+    def validation_record(iteration: int) -> None:
+        if not held_out or not accelerator.is_main_process:
+            return
+        unet.eval()
+        record = {"iteration": iteration, **validate(policy, held_out, args.validation_seed, ranker)}
+        history["validation"].append(record)
+        logger.info("validation " + " ".join(f"{k} {v:.3f}" for k, v in record.items() if isinstance(v, float)))
+        if record is max(history["validation"], key=validation_rank):
+            save_pipeline(base, accelerator.unwrap_model(unet), output_dir / "best", lora)
+
+    if start == 0:
+        validation_record(0)
+    per_process = args.prompts_per_iteration // world
+    bar = tqdm(range(start, args.iterations), initial=start, total=args.iterations, unit="iteration",
+               disable=not accelerator.is_main_process)
+    for iteration in bar:
+        began = time.time()
+        seed = iteration_seed(args.seed, iteration)
+        prompts = training_prompts(seed, args.prompts_per_iteration)
+        mine = prompts[rank * per_process:(rank + 1) * per_process]
+
+        # 1-2. Sample this process's groups and reward them.
+        unet.eval()
+        first_clip = rank * per_process * args.group_size
+        clip_seeds = [seed * 10_000 + first_clip + i for i in range(per_process * args.group_size)]
+        trajectory = policy.sample_trajectory(
+            mine, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+            num_waveforms_per_prompt=args.group_size, eta=args.eta, stochastic_steps=args.stochastic_steps,
+            generator=policy.clip_generators(clip_seeds))
+        rewards = []
+        for index, prompt in enumerate(mine):
+            group = trajectory.audios[index * args.group_size:(index + 1) * args.group_size]
+            rewards.extend(ranker(group, policy.sampling_rate, prompt))
+        device = accelerator.device
+        rewards = accelerator.gather(torch.tensor(rewards, dtype=torch.float32, device=device)).cpu()
+        step_latents = accelerator.gather(trajectory.step_latents.to(device)).cpu()
+        old_log_probs = accelerator.gather(trajectory.log_probs.to(device)).cpu()
+
+        # 3. Advantages within each prompt's group; groups that all scored the same are left out.
+        advantages = group_advantages(rewards, args.group_size).clamp(-args.advantage_clip, args.advantage_clip)
+        informative = rewards.reshape(-1, args.group_size).std(dim=1) > 1e-6
+        kept = torch.nonzero(informative.repeat_interleave(args.group_size)).flatten()
+        order = kept[torch.randperm(len(kept), generator=torch.Generator().manual_seed(seed))]
+        order = order[: len(order) - len(order) % world]  # every process trains the same number of clips
+        my_clips = order[rank::world]
+        clip_prompts = [p for p in prompts for _ in range(args.group_size)]
+
+        # 4. Clipped policy-gradient updates on the recorded stochastic steps.
+        unet.train()
+        losses_seen, kls, clipped = [], [], []
+        for _ in range(args.inner_epochs):
+            for first in range(0, len(my_clips), args.train_batch_size):
+                chosen = my_clips[first:first + args.train_batch_size]
+                with torch.no_grad():
+                    embeds, mask = policy.encode_prompt([clip_prompts[i] for i in chosen], device, 1,
+                                                        args.guidance_scale > 1.0)
+                batch = {"step_latents": step_latents[chosen].to(device), "prompt_embeds": embeds,
+                         "attention_mask": mask}
+                total = 0.0
+                for step in range(args.stochastic_steps):
+                    log_prob, kl = policy_step(policy, unet, reference, batch, step, args, scheduler, guided)
+                    loss, metrics = grpo_loss(log_prob, old_log_probs[chosen, step].to(device),
+                                              advantages[chosen].to(device), args.clip_range, kl, args.beta_kl)
+                    total = total + loss / args.stochastic_steps
+                    kls.append(metrics["kl"])
+                    clipped.append(metrics["clip_fraction"])
+                if not torch.isfinite(total):
+                    raise SystemExit(f"error: non-finite loss at iteration {iteration}: lower --learning_rate")
+                accelerator.backward(total)
+                accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses_seen.append(float(total.detach()))
+
+        record = {"iteration": iteration + 1, "reward_mean": float(rewards.mean()),
+                  "reward_std": float(rewards.reshape(-1, args.group_size).std(dim=1).mean()),
+                  "groups_trained": int(informative.sum()), "clips": len(rewards),
+                  "loss": float(np.mean(losses_seen)) if losses_seen else 0.0,
+                  "kl": float(np.mean(kls)) if kls else 0.0,
+                  "clip_fraction": float(np.mean(clipped)) if clipped else 0.0,
+                  "seconds": time.time() - began}
+        history["train"].append(record)
+        bar.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.2e}",
+                        clipped=f"{record['clip_fraction']:.2f}", s=f"{record['seconds']:.0f}")
+        if (iteration + 1) % args.validation_every == 0 or iteration + 1 == args.iterations:
+            validation_record(iteration + 1)
+        save_checkpoint(accelerator, output_dir, iteration, config, history)
+
+    # The final policy, its curves, metrics and card.
+    if accelerator.is_main_process:
+        save_pipeline(base, accelerator.unwrap_model(unet), output_dir / "final", lora)
+        best = max(history["validation"], key=validation_rank, default=None)
+        (output_dir / "train_metrics.json").write_text(json.dumps({**history, "best": best}, indent=1))
+        plot_curves(history, output_dir / "training_curves.png")
+        write_model_card(output_dir, config, history, best)
+        for folder in ("best", "final"):
+            if (output_dir / folder).is_dir():
+                shutil.copy(output_dir / "README.md", output_dir / folder / "README.md")
+        logger.info(f"done: {output_dir / 'best'} (validation-best), {output_dir / 'final'} (last iteration)")
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
