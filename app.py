@@ -18,6 +18,7 @@ import os
 import socket
 import sqlite3
 import sys
+from pathlib import Path
 
 from studio.config import StudioConfig, device_refusal, parse_config
 
@@ -724,6 +725,13 @@ def dataset_tab(studio: Studio, name_box: gr.Textbox, tab: gr.Tab) -> None:
     gr.api(bind(push, studio), api_name="push")
 
 
+def gradio_copy(cache: str, served: Path) -> Path:
+    """Where gradio keeps its own copy of a file a handler returned (``processing_utils.save_file_to_cache``)."""
+    from gradio.processing_utils import hash_file
+
+    return Path(cache) / hash_file(served) / served.name
+
+
 def launch(studio: Studio, demo: gr.Blocks, **options):
     """Queue and serve the app as configured; ``options`` go to ``launch`` (tests pass prevent_thread_lock)."""
     cores = os.cpu_count() or 1
@@ -733,6 +741,8 @@ def launch(studio: Studio, demo: gr.Blocks, **options):
         logger.info("generation uses %d CPU thread(s) of %d", threads, cores)
     demo.queue(default_concurrency_limit=ANNOTATION_CONCURRENCY)
     arguments, indices = endpoint_arguments(demo)
+    # Gradio's copy of a served clip goes with ours: its cache of clips keeps our bound between its hourly prunes.
+    studio.clip_server.twin = functools.partial(gradio_copy, demo.GRADIO_CACHE)
     return demo.launch(
         server_name=studio.config.host,
         server_port=studio.config.port,
@@ -740,6 +750,8 @@ def launch(studio: Studio, demo: gr.Blocks, **options):
         # Nothing is served but what handlers return (see studio.serving); never the data folder.
         blocked_paths=[str(studio.config.data_dir.resolve())],
         head=SHORTCUTS_JS,
+        # A gradio session holds a copy of the page's state (0.3 MB here); the least recently used go beyond this many.
+        state_session_capacity=studio.config.max_sessions,
         css=TOASTS_CSS,
         # No uploads, no body over 1 MB; a call with more or fewer values than its endpoint takes is refused with a
         # message (studio.calls); log-ins are throttled per name and per address (studio.identity).

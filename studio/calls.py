@@ -1,8 +1,10 @@
 """What an API call must send: exactly as many values as its endpoint takes, in a small body, and no uploads.
 
 ``RequestLimits`` refuses uploads (the app has no upload input; gradio would take 64 MB or
-300 files per request into its cache) and any request body over ``MAX_BODY_BYTES``, before
-gradio reads it (two 9.5 MB votes stalled every other request for 24 s).
+300 files per request into its cache) and any request body over its endpoint's limit
+(``CALL_BODY_BYTES``, else ``MAX_BODY_BYTES``), from the length it declares, before gradio
+reads it (two 9.5 MB votes stalled every other request for 24 s; sixteen 1 MB votes, taken in,
+made other visitors' /leaderboard take 3 s).
 
 Gradio drops the values a call sends beyond what its endpoint takes (a vote sent with eight
 arguments was stored as if it had five) and answers a call short of them with an error whose
@@ -20,7 +22,11 @@ from collections.abc import Mapping
 
 from starlette.responses import JSONResponse, PlainTextResponse
 
-MAX_BODY_BYTES = 1 << 20  # the largest request body taken: an API call or a log-in is a few kB
+MAX_BODY_BYTES = 64 << 10  # the largest request body taken: a page's event, an API call or a log-in is a few kB
+# Per named API call (``POST /gradio_api/call/<name>``), sized to what it takes: a vote is a few hundred bytes, with
+# a comment of MAX_COMMENT_CHARS characters at most 12 kB as JSON escapes them.
+CALL_BODY_BYTES = {"vote": 16 << 10, "played": 2 << 10, "next_task": 2 << 10, "undo": 2 << 10,
+                   "leaderboard": 1 << 10, "export": 2 << 10, "push": 2 << 10, "generate": 8 << 10}
 UPLOAD_PATH = re.compile(r"/gradio_api/upload/?$")
 CALL_PATH = re.compile(r"/gradio_api/(?:call/(?P<name>[^/]+)/?|queue/join)$")
 
@@ -84,36 +90,40 @@ class ArgumentCount:
 
 
 class RequestLimits:
-    """Answers 403 to ``POST /gradio_api/upload`` and 413 to a request whose body exceeds ``max_body``."""
+    """Answers 403 to ``POST /gradio_api/upload`` and 413 to a request whose body exceeds its limit: ``calls[name]``
+    for a named API call, else ``max_body``."""
 
-    def __init__(self, app, max_body: int = MAX_BODY_BYTES):
-        self.app, self.max_body = app, max_body
+    def __init__(self, app, max_body: int = MAX_BODY_BYTES, calls: Mapping[str, int] = CALL_BODY_BYTES):
+        self.app, self.max_body, self.calls = app, max_body, calls
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         if UPLOAD_PATH.search(scope["path"]):
             return await PlainTextResponse("this app takes no uploads", status_code=403)(scope, receive, send)
+        call = CALL_PATH.search(scope["path"])
+        limit = self.calls.get(call["name"], self.max_body) if call and call["name"] else self.max_body
         declared = dict(scope.get("headers", [])).get(b"content-length", b"0")
-        if not declared.isdigit() or int(declared) > self.max_body:
-            return await self.too_large(scope, receive, send)
+        if not declared.isdigit() or int(declared) > limit:  # refused before a byte of it is read
+            return await self.too_large(scope, receive, send, limit)
         taken = 0
 
         async def counted():
             nonlocal taken
             message = await receive()
             taken += len(message.get("body", b""))
-            if taken > self.max_body:  # a body longer than it said (or chunked without a length)
+            if taken > limit:  # a body longer than it said (or chunked without a length)
                 raise BodyTooLarge
             return message
 
         try:
             await self.app(scope, counted, send)
         except BodyTooLarge:
-            await self.too_large(scope, receive, send)
+            await self.too_large(scope, receive, send, limit)
 
-    async def too_large(self, scope, receive, send):
-        await PlainTextResponse(f"request bodies are limited to {self.max_body} bytes", status_code=413)(
+    @staticmethod
+    async def too_large(scope, receive, send, limit: int):
+        await PlainTextResponse(f"request bodies are limited to {limit} bytes here", status_code=413)(
             scope, receive, send)
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from annotate.store import EXPORT_DIR, MIN_HEARD_FRACTION
 from pipeline.specs import DEFAULT_DPO_SPEC, DEFAULT_SPEC  # torch-free: the flags are read before torch loads
 
+from .serving import MAX_SERVED_BYTES
+
 DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -51,6 +53,8 @@ class StudioConfig:
     # spans about +-0.1 (1.96 * sqrt(0.25 / 100)), enough to tell 0.6 from 0.4. (TTS Arena: preliminary under 300
     # votes of one comparison each; a ranking of four clips here makes four.)
     preliminary_under: int = 100
+    max_sessions: int = 50  # gradio sessions kept (the least recently used beyond it end): 0.3 MB each
+    max_served_mb: int = MAX_SERVED_BYTES >> 20  # served copies of clips (and gradio's copies of them) at most
     include_flagged: bool = False  # count annotators annotate.hygiene flags in the verdict and the export
     verdict_demo_tasks: bool = False  # count the tasks visitors sent from the Demo in the verdict
     min_heard_fraction: float = MIN_HEARD_FRACTION  # a vote counts once each clip was heard this share of its length
@@ -104,6 +108,10 @@ _FLAGS = {
                           "once it took part in this many comparisons; fewer: 'too few votes'"),
     "--preliminary-under": ("TANGO_PRELIMINARY_UNDER", "the public results mark a model 'preliminary' while it took "
                             "part in fewer comparisons than this"),
+    "--max-sessions": ("TANGO_MAX_SESSIONS", "gradio sessions (open pages, API clients) kept, about 0.3 MB each; the "
+                       "least recently used beyond it end (its page then asks for Next task again)"),
+    "--max-served-mb": ("TANGO_MAX_SERVED_MB", "megabytes of clip copies served to annotators (gradio's own copies of "
+                        "them go with them); the oldest go first"),
     "--include-flagged": ("TANGO_INCLUDE_FLAGGED", "count the votes of annotators the hygiene rule flags (position "
                           "bias, against the majority, failed gold, too fast, too many per hour) in the verdict and "
                           "the export; off: they are left out"),
@@ -115,7 +123,8 @@ _FLAGS = {
 }
 _INT_FLAGS = {"port": (0, 65535), "max_steps": (1, 1000), "max_candidates": (1, 4), "generate_per_minute": (1, 10**6),
               "generate_queue": (0, 1000), "generate_threads": (0, 1024), "leaderboard_every": (1, 10**6),
-              "min_comparisons": (0, 10**9), "preliminary_under": (0, 10**9)}
+              "min_comparisons": (0, 10**9), "preliminary_under": (0, 10**9), "max_served_mb": (1, 10**6),
+              "max_sessions": (1, 10**6)}
 # on/off flags: `--reveal-models` alone, or the variable = 1/true
 _SWITCHES = {"reveal_models", "show_gold_accuracy", "informative_first", "allow_shrinking_backup", "trust_proxy",
              "include_flagged", "verdict_demo_tasks"}

@@ -11,7 +11,9 @@ are copied: a clip replaced by a link (to the database, say) is refused, not ser
 
 Copies go after ``keep_s`` and, oldest first, whenever they hold more than ``max_bytes``, so
 visitors typing new names cannot fill the disk (the page already holds gradio's own copy of
-what it plays; a task handed out again gets fresh copies).
+what it plays; a task handed out again gets fresh copies). Gradio keeps its own copy of every
+file a handler returns until its hourly prune; ``twin`` says where, so that it goes with ours
+and gradio's cache of clips stays within the same bound between its prunes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import shutil
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 KEEP_SERVED_S = 6 * 3600  # copies older than this are deleted (an assignment left open longer gets new ones)
@@ -37,11 +40,12 @@ class ClipServer:
     """Copies clips from ``clips`` (the store's clip folder) to ``folder`` under random names; prunes old copies."""
 
     def __init__(self, folder: str | Path, clips: str | Path, keep_s: float = KEEP_SERVED_S,
-                 max_bytes: int = MAX_SERVED_BYTES):
+                 max_bytes: int = MAX_SERVED_BYTES, twin: Callable[[Path], Path] | None = None):
+        """``twin``: where another cache (gradio's) keeps its own copy of a served copy, deleted with it."""
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.clips = Path(clips).resolve()
-        self.keep_s, self.max_bytes = keep_s, max_bytes
+        self.keep_s, self.max_bytes, self.twin = keep_s, max_bytes, twin
         self._lock = threading.Lock()
         self._copies: collections.OrderedDict[Path, tuple[int, float]] = collections.OrderedDict()  # oldest first
         self._bytes = 0
@@ -77,4 +81,6 @@ class ClipServer:
                     break
                 del self._copies[oldest]
                 self._bytes -= size
+                if self.twin is not None and oldest.exists():
+                    self.twin(oldest).unlink(missing_ok=True)
                 oldest.unlink(missing_ok=True)

@@ -69,7 +69,8 @@ class Studio:
         self.generated_dir = Path(tempfile.mkdtemp(prefix="tango-studio-"))  # removed by close (at exit too)
         atexit.register(self.close)
         # Clips leave the data folder only as copies with random names (see studio.serving).
-        self.clip_server = ClipServer(self.generated_dir / "served", self.store.audio_dir)
+        self.clip_server = ClipServer(self.generated_dir / "served", self.store.audio_dir,
+                                      max_bytes=config.max_served_mb << 20)
         self.annotation = AnnotationSession(self.store, self.secret, self.clip_server.serve)
         self.gate = GenerationGate(config.generate_queue, config.generate_per_minute)
         if self.users is not None:

@@ -6,6 +6,7 @@ like the rest, and per-annotator hygiene."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -369,3 +370,46 @@ def test_a_position_biased_clicker_is_flagged_shown_on_the_dataset_tab_and_left_
     assert export_human_pairs(store, tmp_path / "export").left_out_annotators == ("clicker",)
     studio.config = replace(studio.config, include_flagged=True)
     assert dataset_overview(store, studio.config).verdicts[0].votes == 36
+
+
+def test_request_bodies_are_limited_per_endpoint_and_refused_before_they_are_read():
+    """The attack: 16 concurrent ~1 MB /vote bodies made other visitors' /leaderboard take 3 s, each refusal 4.2 s."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from studio.calls import CALL_BODY_BYTES, MAX_BODY_BYTES, RequestLimits
+
+    async def echo(request):
+        return PlainTextResponse(str(len(await request.body())))
+
+    served = TestClient(Starlette(routes=[Route("/{path:path}", echo, methods=["POST"])],
+                                  middleware=[Middleware(RequestLimits)]))
+    vote = CALL_BODY_BYTES["vote"]
+    assert served.post("/gradio_api/call/vote", content=b"x" * vote).text == str(vote)
+    refused = served.post("/gradio_api/call/vote", content=b"x" * (vote + 1))
+    assert refused.status_code == 413 and f"limited to {vote} bytes" in refused.text
+    assert served.post("/gradio_api/call/leaderboard", content=b"x" * 2048).status_code == 413
+    assert served.post("/gradio_api/queue/join", content=b"x" * (vote + 1)).status_code == 200  # a page's event
+    assert served.post("/gradio_api/queue/join", content=b"x" * (MAX_BODY_BYTES + 1)).status_code == 413
+
+
+def test_gradio_copies_of_served_clips_go_with_them(tmp_path):
+    from studio.serving import ClipServer
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / "a.wav").write_bytes(b"RIFF" + bytes(1000))
+    cache = tmp_path / "gradio"
+    twin = lambda copy: cache / copy.name  # noqa: E731 (gradio's copy of a served copy)
+
+    def served_by_gradio(path):
+        cache.mkdir(exist_ok=True)
+        (cache / Path(path).name).write_bytes(Path(path).read_bytes())
+
+    server = ClipServer(tmp_path / "served", clips, max_bytes=3 * 1004, twin=twin)
+    for _ in range(10):
+        served_by_gradio(server.serve(clips / "a.wav"))
+    assert len(list((tmp_path / "served").iterdir())) == len(list(cache.iterdir())) == 3
