@@ -80,6 +80,7 @@ FEATURES = Features({
 
 
 EXPORT_MARKER = ".tango-export"  # in every folder the writer makes: the next write may replace it
+CARD_SIGNATURE = "made with Tango DPO Studio"  # in every card the writer makes (exports from before the marker too)
 MAX_SHARD_BYTES = 500 * 2**20  # the Hub's usual shard size
 ROWS_PER_GROUP = 64  # ~80 MB row groups for 10 s float32 clips: readable in streaming
 
@@ -178,9 +179,12 @@ def check_replaceable(out_dir: Path) -> None:
 
 
 def _has_export_layout(folder: Path) -> bool:
-    """Exactly README.md and data/train-*.parquet: an export written before the marker existed."""
+    """Exactly README.md, a card this writer made (``CARD_SIGNATURE``), and data/train-*.parquet: an export written
+    before the marker existed. A hand-made dataset of the same layout has a card of its own: it is refused."""
     entries = {child.name: child for child in folder.iterdir()}
     if set(entries) != {"README.md", "data"} or not entries["README.md"].is_file() or not entries["data"].is_dir():
+        return False
+    if CARD_SIGNATURE not in entries["README.md"].read_text(encoding="utf-8", errors="replace"):
         return False
     return all(shard.is_file() and shard.match("train-*.parquet") for shard in entries["data"].iterdir())
 
@@ -384,7 +388,7 @@ def dataset_card(summary: DatasetSummary, *, how_made: str, stats: Mapping[str, 
 # Tango preference pairs
 
 Text-to-audio preference pairs (prompt, chosen clip, rejected clip) for Diffusion-DPO
-fine-tuning of Tango, made with Tango DPO Studio. Columns follow Audio-Alpaca
+fine-tuning of Tango, {CARD_SIGNATURE}. Columns follow Audio-Alpaca
 (`prompt`, `chosen`, `rejected`, `strategy`: `inference`, `perturbed`, `temporal` or `human`;
 `reordered` where one clip is the other cut at the silences between its events and put in another order)
 plus provenance: who ranked (`ranker`), the prompt each clip was generated from, the model spec

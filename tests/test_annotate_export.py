@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 import threading
 import time
 from dataclasses import replace
@@ -146,6 +147,14 @@ def test_an_export_replaces_only_a_previous_export_never_the_data(voted_store, t
     write_preference_dataset([preference_row(0)], legacy, how_made="old")
     (legacy / EXPORT_MARKER).unlink()
     assert export_human_pairs(voted_store, legacy).summary.rows == 12
+    # Issue 31: a hand-made dataset of the same layout (its own card, no marker) was replaced.
+    hand_made = tmp_path / "hand-made"
+    shutil.copytree(legacy / "data", hand_made / "data")
+    (hand_made / "README.md").write_text("# My own recordings\n")
+    before = files_in(hand_made)
+    with pytest.raises(NotAnExport, match="holds files no export made"):
+        export_human_pairs(voted_store, hand_made)
+    assert files_in(hand_made) == before and (hand_made / "README.md").read_text() == "# My own recordings\n"
 
 
 def test_pair_id_ignores_direction():
