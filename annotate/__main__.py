@@ -191,15 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     data_dir = Path(args.data_dir)
-    had_folder, had_store = data_dir.is_dir(), (data_dir / DB_NAME).exists()
+    had_store = (data_dir / DB_NAME).exists()
+    made = [folder for folder in (data_dir, *data_dir.parents) if not folder.exists()]  # deepest first
     try:
         return args.handler(args)
     except (ValueError, OSError) as err:  # bad input (InvalidInput, EmptyDataset, UnusableStore ...), files, PushError
         print(f"error: {err}", file=sys.stderr)
-    # Refused (the handler's store is closed by now): a store it made that holds nothing goes, and so does its folder.
-    if not had_store and (data_dir / DB_NAME).exists() and Store(data_dir).remove_if_empty() and not had_folder:
-        with suppress(OSError):  # something else was put there meanwhile
-            data_dir.rmdir()
+    # Refused (the handler's store is closed by now): a store it made that holds nothing goes, and so do the folders
+    # it made for it (missing/sub: both).
+    if not had_store and (data_dir / DB_NAME).exists() and Store(data_dir).remove_if_empty():
+        for folder in made:
+            with suppress(OSError):  # something else was put there meanwhile
+                folder.rmdir()
     return 2
 
 

@@ -108,7 +108,7 @@ def test_commands_on_an_empty_data_folder_create_no_file(tmp_path, capsys):
                 ["push", "--repo", "me/prefs"], ["pool", "--prompts", str(blank)], ["pool", "--prompts", nowhere],
                 ["pool", "--prompts", str(dog), "--k", "9"], ["gold", "--prompts", nowhere],
                 ["gold", "--prompts", str(dog)], ["gold", "--prompts", str(dog), "--distractors", "0"]]
-    for folder in (empty, missing):
+    for folder in (empty, missing, missing / "sub"):  # issue 31: a refused pool on missing/sub left missing/
         for name, *options in commands:
             assert main([name, "--data-dir", str(folder), *options]) == 2, name
             error = capsys.readouterr().err
