@@ -9,7 +9,8 @@ made other visitors' /leaderboard take 3 s).
 Gradio drops the values a call sends beyond what its endpoint takes (a vote sent with eight
 arguments was stored as if it had five) and answers a call short of them with an error whose
 message is empty. ``ArgumentCount``, an ASGI middleware in front of the app, refuses both for the
-public endpoints, naming the arguments the endpoint takes. It reads the calls the way gradio
+public endpoints, naming the arguments the endpoint takes, to callers gradio lets in (with ``--auth-file``, the
+logged-in: gradio answers anyone else 401, and nothing names an argument to them). It reads the calls the way gradio
 serves them: ``POST /gradio_api/call/<name>`` (``{"data": [...]}``) and the queue's
 ``POST /gradio_api/queue/join`` (``{"data": [...], "fn_index": i, ...}``, what gradio_client sends).
 """
@@ -20,6 +21,7 @@ import json
 import re
 from collections.abc import Mapping
 
+from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 
 MAX_BODY_BYTES = 64 << 10  # the largest request body taken: a page's event, an API call or a log-in is a few kB
@@ -40,6 +42,16 @@ def endpoint_arguments(demo) -> tuple[dict[str, list[str]], dict[int, str]]:
     return arguments, indices
 
 
+def logged_in(scope) -> bool:
+    """Whether gradio takes this request's user as logged in: no log-in is required (no ``auth``), or it carries a
+    log-in cookie gradio issued."""
+    app = scope.get("app")  # gradio's FastAPI app: Starlette puts it in the scope
+    if getattr(app, "auth", None) is None:
+        return True
+    cookies = Request(scope).cookies
+    return any(cookies.get(f"{name}-{app.cookie_id}") in app.tokens for name in ("access-token", "access-token-unsecure"))
+
+
 class ArgumentCount:
     """Answers 422 with a message to a call of a public endpoint whose ``data`` holds too many or too few values."""
 
@@ -48,7 +60,7 @@ class ArgumentCount:
 
     async def __call__(self, scope, receive, send):
         call = CALL_PATH.search(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
-        if call is None:
+        if call is None or not logged_in(scope):  # gradio refuses a call without a log-in, saying nothing of it
             return await self.app(scope, receive, send)
         chunks, more = [], True
         while more:

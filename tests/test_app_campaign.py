@@ -413,3 +413,28 @@ def test_gradio_copies_of_served_clips_go_with_them(tmp_path):
     for _ in range(10):
         served_by_gradio(server.serve(clips / "a.wav"))
     assert len(list((tmp_path / "served").iterdir())) == len(list(cache.iterdir())) == 3
+
+
+def test_with_log_in_required_a_call_without_one_learns_nothing_of_the_endpoint():
+    """The attack: in --auth-file mode an unauthenticated /call/vote was answered 422 with the vote's arguments."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from studio.calls import ArgumentCount
+
+    async def gradio_stand_in(request):  # gradio answers a call without a log-in with 401
+        logged = request.cookies.get(f"access-token-{served.cookie_id}") in served.tokens
+        return PlainTextResponse("ok" if logged else "Not authenticated", status_code=200 if logged else 401)
+
+    served = Starlette(routes=[Route("/{path:path}", gradio_stand_in, methods=["POST"])],
+                       middleware=[Middleware(ArgumentCount, arguments={"vote": ["annotator", "task_id"]}, indices={})])
+    served.auth, served.tokens, served.cookie_id = {"ann": "pw"}, {"token-1": "ann"}, "app"
+    client = TestClient(served)
+    stranger = client.post("/gradio_api/call/vote", json={"data": [1, 2, 3]})
+    assert stranger.status_code == 401 and "annotator" not in stranger.text
+    client.cookies.set("access-token-app", "token-1")
+    member = client.post("/gradio_api/call/vote", json={"data": [1, 2, 3]})
+    assert member.status_code == 422 and "takes 2 argument(s) (annotator, task_id), got 3" in member.text
