@@ -15,6 +15,7 @@ import functools
 import inspect
 import logging
 import os
+import signal
 import socket
 import sqlite3
 import sys
@@ -771,6 +772,8 @@ def main(argv=None) -> None:
         sys.exit(2)
     except START_REFUSALS as err:  # the reason, not a traceback
         sys.exit(f"error: {err}")
+    # SIGTERM (a Space stopping, `kill`) ends the app as Ctrl-C does, so its temporary folder goes (Studio.close).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         launch(studio, build_app(studio))
     finally:

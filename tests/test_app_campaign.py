@@ -438,3 +438,15 @@ def test_with_log_in_required_a_call_without_one_learns_nothing_of_the_endpoint(
     client.cookies.set("access-token-app", "token-1")
     member = client.post("/gradio_api/call/vote", json={"data": [1, 2, 3]})
     assert member.status_code == 422 and "takes 2 argument(s) (annotator, task_id), got 3" in member.text
+
+
+def test_sigterm_removes_the_apps_temporary_folder(tmp_path):
+    """The attack left the app's tango-studio-* folder (served clips) behind after SIGTERM."""
+    from tests.app_helpers import AppProcess
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    app_process = AppProcess("--data-dir", str(tmp_path / "data"), env={"TMPDIR": str(temp)})
+    assert len(list(temp.glob("tango-studio-*"))) == 1
+    app_process.stop()  # SIGTERM
+    assert app_process.process.returncode != 0 and list(temp.glob("tango-studio-*")) == []
