@@ -193,4 +193,8 @@ MIGRATIONS: list[tuple[str, ...]] = [
             PRIMARY KEY (task_id, sender)
         )""",
     ),
+    (
+        # A withdrawn task whose clips are back is handed out again (Store.reinstate_readable): its row goes.
+        "DROP TRIGGER withdrawn_tasks_no_delete",
+    ),
 ]

@@ -56,8 +56,9 @@ nowhere (``Ranking.counts``): not towards its task's target, the verdict, the ex
 Reveals (``reveal``) are given only where nobody else can be given the same clips again, and retire the task.
 
 A task whose clips cannot be read (a file missing or unreadable) is withdrawn
-(``withdraw_task``): it is never assigned again, open assignments of it are closed, and it
-no longer counts among the tasks to do; ``withdrawn_tasks`` lists them with the reason.
+(``withdraw_task``): it is not assigned again until its clips are back (``reinstate_readable``), open
+assignments of it are closed, and it no longer counts among the tasks to do; ``withdrawn_tasks`` lists them
+with the reason.
 """
 
 from __future__ import annotations
@@ -636,8 +637,8 @@ class Store:
         return None if row is None else row[0]
 
     def withdraw_task(self, task_id: int, reason: str) -> None:
-        """Take a task out of assignment for good (its clips cannot be read): nobody gets it again and its open
-        assignments close. ``reason`` is for the admins. Withdrawing a withdrawn task changes nothing."""
+        """Take a task out of assignment (its clips cannot be read): nobody gets it again until its clips are back
+        (``reinstate_readable``), and its open assignments close. ``reason`` is for the admins. Withdrawing a withdrawn task changes nothing."""
         task_id = check_int(task_id, "task_id", minimum=1)
         reason = check_text(reason, "reason", MAX_PROMPT_CHARS)
         with self._write() as db:
@@ -646,6 +647,22 @@ class Store:
             db.execute("INSERT INTO withdrawn_tasks (task_id, reason, created_at) VALUES (?, ?, ?) "
                        "ON CONFLICT (task_id) DO NOTHING", (task_id, reason, time.time()))
             db.execute("DELETE FROM open_assignments WHERE task_id = ?", (task_id,))
+
+    def reinstate_readable(self) -> list[int]:
+        """Hand out again the withdrawn tasks whose clip files are all back (regular files); return their ids."""
+        withdrawn = [row[0] for row in self._connection().execute("SELECT task_id FROM withdrawn_tasks")]
+        if not withdrawn:
+            return []
+        back = []
+        for task_id in withdrawn:
+            paths = [clip_path(self.audio_dir, sha) for _, sha in self._connection().execute(_TASK_CLIPS_SQL, (task_id,))]
+            if all(path.is_file() and not path.is_symlink() and os.access(path, os.R_OK) for path in paths):
+                back.append(task_id)
+        if back:
+            with self._write() as db:
+                db.executemany("DELETE FROM withdrawn_tasks WHERE task_id = ?", [(task_id,) for task_id in back])
+            logger.info("reinstated task(s) %s: their clips are back", back)
+        return back
 
     def withdrawn_tasks(self) -> list[WithdrawnTask]:
         """Every withdrawn task with its prompt and reason, oldest first."""

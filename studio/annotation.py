@@ -187,7 +187,9 @@ class AnnotationSession:
 
     def next_task(self, annotator: str, senders: list[str] = ()) -> ShownTask | None:
         """The annotator's open task (same order as before) or a new one, never one ``senders`` (who asks:
-        ``Studio.sender_tokens``) sent from the Demo; None when none is left."""
+        ``Studio.sender_tokens``) sent from the Demo; None when none is left. A withdrawn task whose clips are back
+        is handed out again."""
+        self.store.reinstate_readable()
         while (task := self.store.next_task(annotator, senders)) is not None:
             if len(task.candidates) > MAX_SHOWN_CLIPS:
                 # Assigned by an older version that allowed larger tasks: skip it for them, never show it.

@@ -450,3 +450,16 @@ def test_sigterm_removes_the_apps_temporary_folder(tmp_path):
     assert len(list(temp.glob("tango-studio-*"))) == 1
     app_process.stop()  # SIGTERM
     assert app_process.process.returncode != 0 and list(temp.glob("tango-studio-*")) == []
+
+
+def test_a_withdrawn_task_comes_back_once_its_clip_is_restored(tmp_path):
+    studio = campaign(tmp_path, min_heard_fraction=0)
+    store = studio.store
+    task_id = store.add_task(clips(store, "two knocks", 2))
+    clip = Path(store.candidates()[store.task_clips()[task_id][0]].audio_path)
+    kept = clip.read_bytes()
+    clip.unlink()
+    assert app.next_task(studio, "ann", None, None)[2] is None
+    assert [w.task_id for w in store.withdrawn_tasks()] == [task_id]
+    clip.write_bytes(kept)  # the owner restores the file
+    assert app.next_task(studio, "bo", None, None)[2].task_id == task_id and store.withdrawn_tasks() == []
