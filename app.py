@@ -392,11 +392,10 @@ def vote(studio: Studio, annotator: str, task_id: int, ranking: dict | None = No
 @visible_errors
 def undo(studio: Studio, annotator: str, request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
     """Undo your last vote within a minute of casting it (annotate.store.UNDO_WINDOW_S), unless --reveal-models
-    showed you its models or the public results already count it (--leaderboard-every): returns the undone vote_id,
-    its task_id (yours to vote again: /next_task gives it back) and your progress."""
+    showed you its models or it answered a check task: returns the undone vote_id, its task_id (yours to vote
+    again: /next_task gives it back) and your progress. Public results that count it keep it until their next batch."""
     name = who(studio, annotator, request, profile)
-    undone = studio.annotation.undo_last_vote(name, reveal_models=studio.config.reveal_models,
-                                              leaderboard_every=studio.config.leaderboard_every)
+    undone = studio.annotation.undo_last_vote(name, reveal_models=studio.config.reveal_models)
     return {"vote_id": undone.id, "task_id": undone.task_id, "progress": progress_text(studio, name)}
 
 

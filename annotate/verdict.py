@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -311,16 +311,27 @@ def published_rankings(rankings: Sequence[Ranking], gold: Mapping[int, object], 
     """The rankings (oldest first) as they stood when the last batch closed: what a public verdict shows, so that
     its change says nothing about one vote. A batch closes once it holds ``every`` informative model votes
     (``informative``; ties-only, all-bad and skips do not fill it) from at least ``min(min_annotators, every)``
-    annotators. Every vote up to that point stays (the gold-accuracy filter needs the gold ones)."""
-    last, batch, names = None, 0, set()
-    for ranking in model_votes(rankings, gold):
-        if not informative(ranking):
+    annotators. Every vote standing then stays (the gold-accuracy filter needs the gold ones).
+
+    ``rankings`` holds the undone votes too (``Store.rankings(include_undone=True)``): a vote undone after its batch
+    closed stays in what was published, as it stood (taking it out would show what it changed), and leaves the
+    public results when the next batch closes; one undone before fills no batch."""
+    events = sorted([(r.created_at, False, r.id, r) for r in rankings]
+                    + [(r.undone_at, True, r.id, r) for r in rankings if r.undone_at is not None])
+    standing: dict[int, Ranking] = {}
+    batch: dict[int, str] = {}  # the informative model votes of the batch filling up -> their annotators
+    published = None
+    for _, undone, vote_id, ranking in events:
+        if undone:
+            standing.pop(vote_id, None)
+            batch.pop(vote_id, None)
             continue
-        batch += 1
-        names.add(ranking.annotator)
-        if batch >= every and len(names) >= min(min_annotators, every):
-            last, batch, names = ranking.id, 0, set()
-    return [] if last is None else [r for r in rankings if r.id <= last]
+        standing[vote_id] = replace(ranking, undone_at=None)  # as it stood then
+        if ranking.task_id not in gold and informative(standing[vote_id]):
+            batch[vote_id] = ranking.annotator
+            if len(batch) >= every and len(set(batch.values())) >= min(min_annotators, every):
+                published, batch = list(standing.values()), {}
+    return [] if published is None else sorted(published, key=lambda r: r.id)
 
 
 def unpublished_votes(rankings: Sequence[Ranking], gold: Mapping[int, object], published: Sequence[Ranking]) -> int:

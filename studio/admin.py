@@ -125,8 +125,8 @@ def dataset_overview(store: Store, config: StudioConfig, preview: int = PREVIEW_
 def public_rankings(store: Store, config: StudioConfig) -> list:
     """The human rankings the public results show: as of the last whole batch of ``config.leaderboard_every``
     informative model votes from several annotators (``annotate.verdict.published_rankings``), so no single
-    vote's effect can be read off them."""
-    return published_rankings(store.rankings(), store.gold_answers(), config.leaderboard_every)
+    vote's effect can be read off them (nor an undo's: a published vote leaves them with the next batch)."""
+    return published_rankings(store.rankings(include_undone=True), store.gold_answers(), config.leaderboard_every)
 
 
 def leaderboard(store: Store, config: StudioConfig) -> list[dict]:

@@ -41,7 +41,6 @@ from pathlib import Path
 from annotate import InvalidVote, Ranking, Store, Task
 from annotate.gold import GoldScore, gold_accuracy
 from annotate.store import MAX_TASK_CLIPS, MAX_TIME_SPENT_S, RevealWithheld, reveals_models
-from annotate.verdict import published_rankings
 from annotate.validation import check_int, check_ranking
 
 from .serving import NotAClip
@@ -345,12 +344,12 @@ class AnnotationSession:
                 table.pop(key, None)
         return vote_id
 
-    def undo_last_vote(self, annotator: str, reveal_models: bool = False, leaderboard_every: int | None = None) -> Ranking:
+    def undo_last_vote(self, annotator: str, reveal_models: bool = False) -> Ranking:
         """Take back the annotator's last vote (``Store.undo_vote``: theirs, within the window) and return it; its
         task is theirs to vote again, every clip played anew. With ``reveal_models`` a vote that showed them the
-        models (``reveals_models``) stays: voting again knowing the models would not be blind. With
-        ``leaderboard_every`` a vote the public results already count (``published_rankings``) stays too: taking it
-        out would change them by that one vote, which is what publishing in batches hides."""
+        models (``reveals_models``) stays: voting again knowing the models would not be blind; so does a vote on a
+        gold task. A vote the public results already count leaves them only with the next batch
+        (``published_rankings``), so no undo changes them by one vote."""
         last = self.store.last_vote(annotator)
         if last is None:
             raise InvalidVote("you have no vote to undo")
@@ -360,11 +359,6 @@ class AnnotationSession:
         if reveal_models and reveals_models(last):
             raise InvalidVote(f"vote {last.id} showed you the models behind its clips, so it stays: "
                               "a vote made knowing them would not be blind")
-        if leaderboard_every is not None and last.undone_at is None:
-            published = published_rankings(self.store.rankings(), self.store.gold_answers(), leaderboard_every)
-            if published and last.id <= published[-1].id:
-                raise InvalidVote(f"vote {last.id} is already counted in the published results, so it stays: "
-                                  "taking it out would show what this one vote changed")
         return self.store.undo_vote(annotator, last.id)
 
     def progress(self, annotator: str, show_gold: bool = False) -> Progress:

@@ -5,7 +5,6 @@ import os
 import re
 import shutil
 import zipfile
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -334,9 +333,8 @@ def test_a_two_clip_task_is_voted_a_b_with_the_keyboard_undone_and_the_results_s
     expect(page.locator("#task-prompt")).to_contain_text("a hiss", timeout=30_000)  # the next task loaded
     expect(page.locator("#annotate-progress")).to_contain_text("You have ranked 1 task(s)")
 
-    # Undo: the vote is taken back (a new row, never a rewrite) and its task comes back, to be played again. (Not a
-    # vote the published results count: with batches of one, every vote is; test_app_arena tests that refusal.)
-    studio.config = replace(studio.config, leaderboard_every=2)
+    # Undo: the vote is taken back (a new row, never a rewrite) and its task comes back, to be played again. (The
+    # published results keep it until their next batch: test_app_arena.)
     page.locator("#undo-button").click()
     expect(page.locator("#annotate-status")).to_contain_text(f"Vote {first.id} undone", timeout=30_000)
     expect(page.locator("#task-prompt")).to_contain_text("two knocks", timeout=30_000)
@@ -351,7 +349,6 @@ def test_a_two_clip_task_is_voted_a_b_with_the_keyboard_undone_and_the_results_s
     expect(page.locator("#annotate-status")).to_contain_text("stored (tie)", timeout=30_000)
     [tie] = studio.store.rankings()
     assert tie.task_id == first.task_id and set(tie.ranks.values()) == {1}
-    studio.config = replace(studio.config, leaderboard_every=1)
 
     # The Results tab shows its content when opened (no Refresh pressed): one comparison per model, below the 3
     # the owner asked for.
