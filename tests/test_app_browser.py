@@ -289,7 +289,8 @@ def arena(tmp_path_factory):
     from tests.annotate_helpers import SAMPLE_RATE, tone
 
     config = StudioConfig(data_dir=tmp_path_factory.mktemp("arena-data"), port=free_port(), leaderboard_every=1,
-                          min_comparisons=3)
+                          min_comparisons=3,
+                          min_heard_fraction=0)  # the votes below follow short plays (listening time: test_app_campaign)
     studio = Studio(config, models=[LoadedModel("base", "Base", "none-a", None, "not loaded in this test"),
                                     LoadedModel("dpo", "DPO-tuned", "none-b", None, "not loaded in this test")])
     for p, prompt in enumerate(("two knocks", "a hiss")):
