@@ -33,7 +33,8 @@ def served(app_models, tmp_path_factory):
     base, dpo = map(str, app_models)
     config = StudioConfig(base_model=base, dpo_model=dpo, data_dir=tmp_path_factory.mktemp("app-data"),
                           admins=frozenset({"admin"}), device="cpu", port=free_port(),
-                          generate_per_minute=1000)  # these tests generate often, from one address
+                          generate_per_minute=1000,  # these tests generate often, from one address
+                          min_heard_fraction=0)  # and vote as soon as they played (listening time: test_app_campaign)
     studio = Studio(config)
     build_pool(studio.store, PROMPTS, [base, dpo], k=1, steps=2, progress=False)
     demo = app.build_app(studio)
