@@ -359,6 +359,8 @@ def vote_from_form(studio: Studio, verdict: str, annotator: str, task: ShownTask
         ranking = {label: int(rank) for label, rank in zip(task.labels, ranks)}
     vote_id = studio.annotation.vote(name, task.task_id, ranking, verdict, comment=comment)
     message = f"Vote {vote_id} stored ({VERDICT_NAMES[verdict]})."
+    if (uncounted := studio.annotation.uncounted(name, task.task_id)) is not None:
+        message += f" {uncounted}"
     if studio.config.reveal_models and verdict in RANKING_VERDICTS:
         models, withheld = studio.annotation.reveal_if_private(name, task.task_id)
         message += f" Revealed: {task.revealed(models)}." if models else f" The {withheld}."
@@ -383,6 +385,8 @@ def vote(studio: Studio, annotator: str, task_id: int, ranking: dict | None = No
     name = who(studio, annotator, request, profile)
     vote_id = studio.annotation.vote(name, task_id, ranking, verdict, comment=comment)
     answer = {"vote_id": vote_id, "progress": progress_text(studio, name)}
+    if (uncounted := studio.annotation.uncounted(name, task_id)) is not None:
+        answer["not_counted"] = uncounted
     if studio.config.reveal_models and verdict in RANKING_VERDICTS:
         models, withheld = studio.annotation.reveal_if_private(name, task_id)
         answer.update({"models": models} if models else {"models_hidden": withheld})

@@ -385,6 +385,15 @@ class AnnotationSession:
         return {self.public_clip_id(annotator, task_id, clip_id): model
                 for clip_id, model in self.store.reveal(annotator, task_id).items()}
 
+    def uncounted(self, annotator: str, task_id: int) -> str | None:
+        """Why the annotator's vote on the task counts nowhere (its clips were not heard long enough:
+        ``Ranking.counts``), in their words; None when it counts."""
+        vote = self.store.vote_of(annotator, task_id)
+        if vote is None or vote.heard is not False:
+            return None
+        return (f"It does not count: every clip must play for at least {self.store.min_heard_fraction:.0%} of its "
+                "length before the vote.")
+
     def reveal_if_private(self, annotator: str, task_id: int) -> tuple[dict[str, str] | None, str | None]:
         """After a ranking: (``reveal``'s models, None), or (None, why they stay hidden) where the vote does not
         count or another annotator may still be given these clips (``Store.reveal``)."""

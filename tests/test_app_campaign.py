@@ -111,6 +111,8 @@ def test_a_vote_whose_clips_were_not_heard_long_enough_is_kept_but_does_not_coun
     task = app.next_task(studio, "quick", None, None)[2]
     answer = listen_and_rank(studio, "quick", task, listen_s=0.4 * CLIP_S)  # 40 %: under half of each clip
     assert answer["models_hidden"].startswith("models stay hidden: this vote does not count")
+    assert answer["not_counted"] == ("It does not count: every clip must play for at least 50% of its length before "
+                                     "the vote.")
     [vote] = store.rankings()
     assert vote.heard is False and not vote.counts
     assert app.public_leaderboard(studio) == []
@@ -118,7 +120,7 @@ def test_a_vote_whose_clips_were_not_heard_long_enough_is_kept_but_does_not_coun
     task = app.next_task(studio, "careful", None, None)[2]
     assert task is not None
     answer = listen_and_rank(studio, "careful", task, listen_s=0.5 * CLIP_S)
-    assert set(answer["models"].values()) == {"base", "dpo"}
+    assert set(answer["models"].values()) == {"base", "dpo"} and "not_counted" not in answer
     assert store.rankings()[-1].heard is True
     assert [row["comparisons"] for row in app.public_leaderboard(studio)] == [1, 1]
 
