@@ -251,8 +251,13 @@ def show_generation(studio: Studio, generation: Generation | None, error: str):
 
 
 def asking(studio: Studio, request: gr.Request | None) -> list[str]:
-    """Who sends this request, as the store keeps the senders of Demo tasks (``Studio.sender_tokens``)."""
-    return studio.sender_tokens(getattr(request, "session_hash", None), visitor(studio, request))
+    """Who sends this request, as the store keeps the senders of Demo tasks (``Studio.sender_tokens``): its gradio
+    session, its log-in name if any, and its address (a log-in name does not hide the address)."""
+    if request is None:
+        return studio.sender_tokens(None, visitor(studio, request))
+    address = visitor_of(None, getattr(request.client, "host", None), request.headers.get("x-forwarded-for"),
+                         studio.config.trust_proxy)
+    return studio.sender_tokens(request.session_hash, visitor(studio, request), address)
 
 
 @visible_errors

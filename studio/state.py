@@ -92,11 +92,12 @@ class Studio:
         pipes = [m.pipe for m in self.models if m.pipe is not None]
         return pipes[0].device if pipes else torch.device("cpu")
 
-    def sender_tokens(self, session: str | None, visitor: str) -> list[str]:
+    def sender_tokens(self, session: str | None, *visitors: str) -> list[str]:
         """Who is asking, as the store keeps the senders of Demo tasks: keyed hashes (no address is stored) of their
-        gradio session and of their visitor key (``studio.limits.visitor_of``: a log-in name, else an address)."""
+        gradio session and of their visitor keys (``studio.limits.visitor_of``: a log-in name, an address)."""
+        keys = [("session", session), *(("visitor", visitor) for visitor in visitors)]
         return [hmac.new(self.secret, f"{kind}\x00{value}".encode(), hashlib.sha256).hexdigest()[:32]
-                for kind, value in (("session", session), ("visitor", visitor)) if value]
+                for kind, value in keys if value]
 
     def who(self, typed: str | None, username: str | None, oauth_username: str | None) -> str:
         """The name of whoever sent a request (see ``studio.identity.resolve_name``)."""

@@ -315,12 +315,13 @@ def test_gold_clips_cannot_be_told_from_model_clips_by_their_statistics(tmp_path
     assert statistics["vocoder"] <= 0.6, statistics  # ... and not renders through the model's decoder path
 
 
-def visitor_request(session: str, address: str):
-    """What the handlers read of a gradio request: its session, its client's address, no log-in, no proxy header."""
+def visitor_request(session: str, address: str, username: str | None = None):
+    """What the handlers read of a gradio request: its session, its client's address, a log-in name, no proxy
+    header."""
     import types
 
     return types.SimpleNamespace(session_hash=session, client=types.SimpleNamespace(host=address), headers={},
-                                 username=None)
+                                 username=username)
 
 
 def test_a_demo_task_never_goes_to_its_sender_session_or_address_and_stays_out_of_the_verdict(tmp_path):
@@ -331,7 +332,8 @@ def test_a_demo_task_never_goes_to_its_sender_session_or_address_and_stays_out_o
     sender = visitor_request("session-1", "10.0.0.5")
     sent = store.add_task(clips(store, "two knocks", 2), senders=app.asking(studio, sender))
     assert store.sent_tasks() == {sent}
-    for request in (visitor_request("session-1", "10.0.0.9"), visitor_request("session-2", "10.0.0.5")):
+    for request in (visitor_request("session-1", "10.0.0.9"), visitor_request("session-2", "10.0.0.5"),
+                    visitor_request("session-4", "10.0.0.5", username="logged-in-elsewhere")):
         info = app.next_task(studio, f"other-name-{request.session_hash}", request, None)[0]
         assert info["task_id"] is None  # the same session under a new name, or the same address: nothing
     other = visitor_request("session-3", "10.0.0.7")
