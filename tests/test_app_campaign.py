@@ -91,7 +91,7 @@ def test_with_reveal_models_a_second_name_gets_no_clip_whose_model_another_name_
 
     answers_to_b = {}
     while (task := app.next_task(studio, "b", None, None)[2]) is not None:
-        assert not set(studio.annotation._shown[("b", task.task_id)]) & known_to_a
+        assert not {clip.id for clip in store.next_task("b").candidates} & known_to_a  # B's open task, as stored
         answers_to_b[prompt_of(store, task.task_id), len(task.clip_ids)] = listen_and_rank(studio, "b", task)
     assert set(answers_to_b) == {("a hiss then a click", 4), ("a hiss then a click", 2), ("two beeps", 3)}
     # B cast the last vote "two beeps" needed and nobody else holds it: B sees its models, and nobody gets it again.
@@ -358,7 +358,7 @@ def test_a_position_biased_clicker_is_flagged_shown_on_the_dataset_tab_and_left_
             for label in task.labels:
                 app.played(studio, name, task.task_id, label, None, None)
             studio.annotation.clock.now += 20.0
-            models = [store.candidates([c])[c].model for c in studio.annotation._shown[(name, task.task_id)]]
+            models = [store.candidates([c.id])[c.id].model for c in store.next_task(name).candidates]  # as shown
             if name == "clicker":  # A, B, C in the order shown, whatever the clips
                 ranking = {label: i + 1 for i, label in enumerate(task.labels)}
             else:  # the DPO model's clips first
