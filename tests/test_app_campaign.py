@@ -1,7 +1,8 @@
 """Issue 31: a public campaign that one person with several names cannot game, through app.py's handlers and the
-libraries (no server): reveals that serve nobody else, votes that count only once their clips were heard, log-in
-throttling that a stranger cannot turn against a user, a leaderboard that cannot be differenced, gold that looks
-like the rest, and per-annotator hygiene."""
+libraries (a server only for SIGTERM): reveals that serve nobody else, votes that count only once their clips were
+heard, log-in throttling that a stranger cannot turn against a user, a leaderboard that cannot be differenced, gold
+that looks like the rest, per-annotator hygiene and Demo tasks kept from their sender, bounded cost per call, and
+the low-severity findings (bench/campaign_costs.py measures the costs)."""
 
 from __future__ import annotations
 
