@@ -95,9 +95,11 @@ def annotator_hygiene(rankings: Sequence[Ranking], answers: Mapping[int, Mapping
     model_votes = [r for r in standing if r.task_id not in answers]
     agreement = {a.annotator: a for a in annotator_agreement(model_votes)}
     gold = gold_accuracy(standing, answers)
+    by_annotator: dict[str, list[Ranking]] = {}
+    for ranking in standing:
+        by_annotator.setdefault(ranking.annotator, []).append(ranking)
     result = {}
-    for name in sorted({r.annotator for r in standing}):
-        theirs = [r for r in standing if r.annotator == name]
+    for name, theirs in sorted(by_annotator.items()):
         ranked = [r for r in theirs if usable(r)]
         wins, position_pairs = _first_shown_wins(ranked)
         spent = [r.time_spent_s for r in theirs if not r.skipped and r.time_spent_s is not None]
