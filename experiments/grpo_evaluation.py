@@ -33,14 +33,14 @@ METRIC_LABELS = {"event_recall": "recall", "order_accuracy": "order", "count_acc
                  "mean_score": "score", "extra_events": "extra events / clip"}
 
 
-def demo_clips(pipe, prompts: list[str]) -> tuple[dict, dict]:
-    """Per Demo prompt, how many of ``DEMO_SEEDS`` clips (seeds 0..7, as the Demo's seed 0 with 8 candidates)
+def demo_clips(pipe, prompts: list[str], seeds: int = DEMO_SEEDS) -> tuple[dict, dict]:
+    """Per Demo prompt, how many of ``seeds`` clips (seeds 0, 1, ..., as the Demo's seed 0 with that many candidates)
     render every prompted event in order; and each prompt's seed-0 clip with what the judge heard in it."""
     from soundworld import judge
 
     counts, first_clips = {}, {}
     for prompt in prompts:
-        audios = pipe([prompt] * DEMO_SEEDS, generator=pipe.clip_generators(range(DEMO_SEEDS))).audios
+        audios = pipe([prompt] * seeds, generator=pipe.clip_generators(range(seeds))).audios
         results = [judge(audio, pipe.sampling_rate, prompt) for audio in audios]
         counts[prompt] = sum(r.event_recall == 1.0 and r.order_correct is not False for r in results)
         first_clips[prompt] = (audios[0], [name for name, _ in results[0].detected])
@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n", type=int, default=200, help="prompts per split")
     parser.add_argument("--seed", type=int, default=2026, help="prompts, clip seeds and bootstrap (use an untuned one)")
     parser.add_argument("--out", type=Path, required=True, help="the JSON report (the forest plot goes beside it)")
+    parser.add_argument("--reuse", type=Path, help="an earlier report with the same --n and --seed: its models' clips "
+                                                   "are taken from it instead of generated again")
     args = parser.parse_args(argv)
     if len(args.models) < 2:
         parser.error("--models needs a baseline and at least one model to compare with it")
@@ -117,9 +119,18 @@ def main(argv: list[str] | None = None) -> dict:
     first_clips = {}
     demo_prompts = sample_prompts("heldout", 6, seed=0)  # the Demo's examples (studio.generation.example_prompts)
     clips = {split: {} for split in SPLITS}
+    earlier = json.loads(args.reuse.read_text()) if args.reuse else {"seed": None}
+    if args.reuse and (earlier["seed"] != args.seed or earlier["test"]["n"] != args.n):
+        parser.error(f"--reuse {args.reuse} was made with --seed {earlier['seed']} --n {earlier['test']['n']}")
     for spec in args.models:
         pipe = pipeline.load_pipeline(spec)
         pipe.set_progress_bar_config(disable=True)
+        if spec in earlier.get("demo", {}):
+            for split in SPLITS:
+                clips[split][spec] = earlier["clips"][split][spec]
+            report["demo"][spec] = earlier["demo"][spec]
+            _, first_clips[spec] = demo_clips(pipe, demo_prompts, seeds=1)
+            continue
         for split in SPLITS:
             prompts = sample_prompts(split, args.n, args.seed)
             results, _ = evaluate_pipeline(pipe, prompts, pipeline.clip_seeds(args.seed, args.n),
