@@ -42,6 +42,15 @@ def checked_config(argv) -> StudioConfig:
     """The configuration from flags and environment, once the port and the device are known to be usable;
     otherwise exit with the reason in one line."""
     config = parse_config(argv)
+    if config.reward_model is not None:  # a planted or damaged folder: refused before the models load
+        from annotate.reward import check_preference_folder
+        from annotate.validation import InvalidInput
+
+        try:
+            check_preference_folder(config.reward_model)
+        except InvalidInput as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
     check_port_free(config.host, config.port)
     refusal = device_refusal(config.device, config.dtype)
     if refusal:

@@ -417,11 +417,7 @@ class PreferenceModel:
         from transformers import AutoTokenizer, T5EncoderModel
 
         folder = Path(folder)
-        if not (folder / "reward" / "config.json").is_file():
-            raise InvalidInput(f"{folder} is not a preference model folder (no reward/config.json): train one with "
-                               "`python -m annotate.reward train`")
-        # a planted or damaged folder is refused in one line naming the file, before anything loads
-        report = check_model_folder(folder, "preference model", {TRAINING_FILE: TrainingReport}).get(TRAINING_FILE)
+        report = check_preference_folder(folder)
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
             text_encoder = T5EncoderModel.from_pretrained(folder / "text_encoder")
@@ -434,6 +430,17 @@ class PreferenceModel:
                        AutoencoderKL.from_pretrained(folder / "vae"), report)
         except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as err:
             raise model_load_error(folder, "a preference model", err) from None
+
+
+def check_preference_folder(folder: str | Path) -> TrainingReport | None:
+    """The training record of a saved preference model, once the folder is known to be one that loads only checked
+    JSON and safetensors; ``InvalidInput`` in one line naming the file otherwise (a planted or damaged folder is
+    refused before anything loads)."""
+    folder = Path(folder)
+    if not (folder / "reward" / "config.json").is_file():
+        raise InvalidInput(f"{folder} is not a preference model folder (no reward/config.json): train one with "
+                           "`python -m annotate.reward train`")
+    return check_model_folder(folder, "preference model", {TRAINING_FILE: TrainingReport}).get(TRAINING_FILE)
 
 
 def model_card(report: TrainingReport) -> str:
