@@ -485,9 +485,10 @@ def main(argv: list[str] | None = None) -> int:
         (output_dir / "train_metrics.json").write_text(json.dumps({**history, "best": best}, indent=1))
         plot_curves(history, output_dir / "training_curves.png")
         write_model_card(output_dir, config, history, best)
-        for folder in ("best", "final"):
+        for folder in ("best", "final"):  # each a model that travels alone: its card and how it was trained
             if (output_dir / folder).is_dir():
-                shutil.copy(output_dir / "README.md", output_dir / folder / "README.md")
+                for name in ("README.md", "train_config.json", "train_metrics.json", "training_curves.png"):
+                    shutil.copy(output_dir / name, output_dir / folder / name)
         logger.info(f"done: {output_dir / 'best'} (validation-best), {output_dir / 'final'} (last iteration)")
     accelerator.end_training()
     return 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import math
 import shutil
@@ -39,7 +40,7 @@ from annotate.pool import MAX_POOL_SEED
 from annotate.store import latent_path
 from annotate.validation import MAX_INT, MAX_PROMPT_CHARS, InvalidInput, check_text
 from pipeline.audio import save_audio
-from pipeline.registry import EMBEDDED, load_pipeline
+from pipeline.registry import EMBEDDED, SpecError, load_pipeline, resolve_spec
 from pipeline.tango import TangoPipeline, clip_seeds
 from soundworld.judge import JudgeResult, judge
 
@@ -73,15 +74,15 @@ MAX_SEED = 2**32 - 1 - MAX_CANDIDATES
 MAX_DURATION_S = 30.72  # three times Tango's 10.24 s, the pipeline's own limit
 KEEP_GENERATIONS = 200  # generation folders kept on disk (older ones are deleted)
 
-# What the README's evaluation measured between the two embedded models at their default sampler (its section
-# "Shipped models at the default sampler": 200 test and 200 held-out prompts, seed 424242, paired 95 % intervals).
-# The Demo shows it under the columns so that one prompt's clips are not read as more than that; update it with
-# the README's table when a new model or default is shipped.
-EVALUATED_MODELS = ("tiny", "tiny-dpo")
-EVALUATION_LINE = ("**Measured difference** (README, \"Shipped models at the default sampler\", 200 prompts per "
-                   "split): `tiny-dpo` hears more of the prompt's events on unseen test prompts (event recall "
-                   "+0.027 [+0.002, +0.053]) but does not follow order better (-0.014 [-0.049, +0.021]); on a few "
-                   "clips, which column follows the prompt better is mostly chance.")
+# What the README's evaluations measured between the embedded base and each tuned model at their default sampler
+# (200 test and 200 held-out prompts, paired 95 % intervals). The Demo shows it under the columns so that one
+# prompt's clips are not read as more than that; update it with the README's table when a model or default changes.
+EVALUATION_LINES = {
+    ("tiny", "tiny-dpo"): ("**Measured difference** (README, \"Shipped models at the default sampler\", 200 prompts "
+                           "per split): `tiny-dpo` hears more of the prompt's events on unseen test prompts (event "
+                           "recall +0.027 [+0.002, +0.053]) but does not follow order better (-0.014 [-0.049, "
+                           "+0.021]); on a few clips, which column follows the prompt better is mostly chance."),
+}
 NO_EVALUATION_LINE = ("**No evaluation of these two models is on record**: on a few clips, which column follows the "
                       "prompt better may be chance; the Results tab counts many rankings.")
 
@@ -198,11 +199,24 @@ class LoadedModel:
         return f"**{self.title}** (`{self.spec}`)"
 
 
+def tuned_title(spec: str) -> str:
+    """The tuned column's title, by how its model was tuned: "GRPO-tuned" for a folder ``train_grpo.py`` wrote (its
+    ``train_config.json`` names a ``reward`` and a ``group_size``), "DPO-tuned" otherwise (``train_dpo.py``'s output,
+    Hub models, anything unreadable)."""
+    try:
+        _, folder = resolve_spec(spec)
+        saved = json.loads((folder / "train_config.json").read_text(encoding="utf-8")) if folder else {}
+    except (SpecError, OSError, ValueError):
+        return "DPO-tuned"
+    return "GRPO-tuned" if isinstance(saved, dict) and {"reward", "group_size"} <= set(saved) else "DPO-tuned"
+
+
 def load_models(config: StudioConfig, loader: Callable[..., TangoPipeline] = load_pipeline) -> list[LoadedModel]:
     """Base and DPO-tuned model; a model that fails to load becomes a column that says why."""
     dtype = getattr(torch, config.dtype) if config.dtype else None
     models = []
-    for role, title, spec in (("base", "Base", config.base_model), ("dpo", "DPO-tuned", config.dpo_model)):
+    for role, title, spec in (("base", "Base", config.base_model), ("dpo", tuned_title(config.dpo_model),
+                                                                     config.dpo_model)):
         try:
             pipe = loader(spec, device=config.device, dtype=dtype)
         except Exception as err:  # the app must start whatever the spec: the column shows the reason
@@ -251,7 +265,7 @@ def prompt_hint(models: list[LoadedModel]) -> tuple[str, str]:
 
 def evaluation_line(models: list[LoadedModel]) -> str:
     """The one line under the Demo's columns on how much the two models were measured to differ."""
-    return EVALUATION_LINE if tuple(m.spec for m in models) == EVALUATED_MODELS else NO_EVALUATION_LINE
+    return EVALUATION_LINES.get(tuple(m.spec for m in models), NO_EVALUATION_LINE)
 
 
 def duration_note(models: list[LoadedModel]) -> str:

@@ -15,7 +15,7 @@ from annotate.verdict import compute_verdict, model_votes
 from soundworld import render
 from studio import Studio, StudioConfig, parse_config
 from studio.admin import dataset_overview, leaderboard, results_markdown
-from studio.generation import (EVALUATION_LINE, GeneratedClip, GenerationError, GenerationSettings, LoadedModel,
+from studio.generation import (EVALUATION_LINES, GeneratedClip, GenerationError, GenerationSettings, LoadedModel,
                                check_prompt, duration_note, evaluation_line, generate_both)
 from tests.annotate_helpers import add_rendered_gold, make_tasks
 from tests.local_hub import LocalHub
@@ -186,10 +186,24 @@ def test_each_clip_says_what_the_judge_heard_and_each_column_its_mean_score(app_
 
 def test_the_demo_states_the_measured_difference_and_no_more():
     embedded = [LoadedModel("base", "Base", "tiny", None), LoadedModel("dpo", "DPO-tuned", "tiny-dpo", None)]
-    assert evaluation_line(embedded) == EVALUATION_LINE and "+0.027" in EVALUATION_LINE
-    assert "not" in EVALUATION_LINE and "order" in EVALUATION_LINE  # says what did not move, too
+    line = EVALUATION_LINES[("tiny", "tiny-dpo")]
+    assert evaluation_line(embedded) == line and "+0.027" in line
+    assert "not" in line and "order" in line  # says what did not move, too
     others = [LoadedModel("base", "Base", "tiny", None), LoadedModel("dpo", "DPO-tuned", "runs/mine", None)]
     assert "No evaluation of these two models" in evaluation_line(others)
+
+
+def test_the_tuned_column_is_titled_by_how_its_model_was_tuned(tmp_path):
+    from studio.generation import tuned_title
+
+    grpo = tmp_path / "grpo"
+    grpo.mkdir()
+    (grpo / "train_config.json").write_text('{"reward": "judge", "group_size": 8}')
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "train_config.json").write_text("{not json")
+    assert tuned_title(str(grpo)) == "GRPO-tuned"
+    assert tuned_title("tiny-dpo") == tuned_title(str(broken)) == tuned_title("declare-lab/tango2") == "DPO-tuned"
 
 
 def test_the_duration_control_says_what_the_models_were_trained_on():
