@@ -1,7 +1,7 @@
 """The console commands ``pip install .`` makes (pyproject.toml's ``[project.scripts]``).
 
-``tango-studio`` and ``tango-train-dpo`` run ``app.py`` and ``train_dpo.py`` exactly as ``python app.py``
-and ``python train_dpo.py`` do, as ``__main__``: those files read and check their flags before they
+``tango-studio``, ``tango-train-dpo`` and ``tango-train-grpo`` run ``app.py``, ``train_dpo.py`` and
+``train_grpo.py`` exactly as ``python app.py`` and ``python train_dpo.py`` do, as ``__main__``: those files read and check their flags before they
 import torch, gradio and diffusers, which an ordinary import of them would load first, so ``--help``
 answers in a second either way. (``tango-annotate`` runs ``annotate.__main__.main``: its heavy imports
 already wait for the subcommand.)
@@ -28,3 +28,7 @@ def annotate() -> None:
 
 def train_dpo() -> None:
     runpy.run_module("train_dpo", run_name="__main__")  # argparse names the command itself (sys.argv[0])
+
+
+def train_grpo() -> None:
+    runpy.run_module("train_grpo", run_name="__main__")

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = {
     "python app.py --help": ["app.py", "--help"],
     "python train_dpo.py --help": ["train_dpo.py", "--help"],
+    "python train_grpo.py --help": ["train_grpo.py", "--help"],
     "python -m annotate --help": ["-m", "annotate", "--help"],
     "python -m annotate.autorank --help": ["-m", "annotate.autorank", "--help"],
 }

@@ -18,6 +18,7 @@ HEAVY = ("torch", "gradio", "diffusers", "transformers", "accelerate", "datasets
 COMMANDS = {
     "app.py": ("path", "app.py", []),
     "train_dpo.py": ("path", "train_dpo.py", []),
+    "train_grpo.py": ("path", "train_grpo.py", []),
     "annotate": ("module", "annotate", []),
     "annotate pool": ("module", "annotate", ["pool"]),
     "annotate export": ("module", "annotate", ["export"]),

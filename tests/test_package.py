@@ -16,7 +16,7 @@ import pytest
 from tests.test_cli import HEAVY
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = ("tango-studio", "tango-annotate", "tango-train-dpo")
+COMMANDS = ("tango-studio", "tango-annotate", "tango-train-dpo", "tango-train-grpo")
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("setuptools") is None,
                                 reason="building the package offline (--no-build-isolation) needs setuptools installed")
 
