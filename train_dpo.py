@@ -50,6 +50,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from losses import LOSS_NAMES, PreferenceLossConfig, denoising_loss, preference_loss
+from pipeline.saving import merged_unet, save_pipeline_atomically
 from pipeline.specs import SpecError, missing_local_folder, resolve_spec
 
 logger = logging.getLogger("train_dpo")
@@ -592,22 +593,6 @@ def overfitting(record: dict, epoch_train_accuracy: list[float]) -> bool:
     untouched model, whose loss is exactly log 2) while the training pairs' implicit accuracy is above chance."""
     return (record.get("val_loss") is not None and record["val_loss"] > math.log(2)
             and bool(epoch_train_accuracy) and float(np.mean(epoch_train_accuracy)) > 0.5)
-
-
-def merged_unet(unet, lora: bool):
-    """The UNet as a plain diffusers model: LoRA adapters fused into the weights (in place)."""
-    if lora:
-        unet.fuse_lora()
-        unet.unload_lora()
-    return unet.eval()
-
-
-def save_pipeline_atomically(pipe, folder: Path) -> None:
-    partial = folder.with_name(f".partial-{folder.name}")
-    shutil.rmtree(partial, ignore_errors=True)
-    pipe.save_pretrained(partial, safe_serialization=True)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(partial, folder)
 
 
 def plot_curves(history: dict, path: Path) -> None:

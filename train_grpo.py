@@ -216,15 +216,9 @@ def save_pipeline(pipe, unet, folder: Path, lora: bool) -> None:
     """The policy as a plain diffusers pipeline (LoRA fused into a copy of the UNet), written atomically."""
     import copy
 
-    merged = copy.deepcopy(unet)
-    if lora:
-        merged.fuse_lora()
-        merged.unload_lora()
-    partial = folder.with_name(f".partial-{folder.name}")
-    shutil.rmtree(partial, ignore_errors=True)
-    pipe.with_components(unet=merged.eval()).save_pretrained(partial, safe_serialization=True)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(partial, folder)
+    from pipeline.saving import merged_unet, save_pipeline_atomically
+
+    save_pipeline_atomically(pipe.with_components(unet=merged_unet(copy.deepcopy(unet), lora)), folder)
 
 
 def save_checkpoint(accelerator, output_dir: Path, iteration: int, config: dict, history: dict) -> None:
