@@ -55,7 +55,6 @@ from pipeline.specs import SpecError, missing_local_folder, resolve_spec
 
 logger = logging.getLogger("train_dpo")
 CACHE_VERSION = 3  # bump when what the cache holds changes
-MAX_AMPLITUDE = 2.0  # decoded audio beyond this is corrupt, not loud
 # Settings a resumed run may change; any other difference from the checkpoint's configuration is refused.
 RESUMABLE_CHANGES = {"max_train_steps", "num_train_epochs", "checkpointing_steps", "checkpoints_total_limit",
                      "resume_from_checkpoint", "report_to", "push_to_hub", "hub_model_id", "output_dir", "cache_dir"}
@@ -161,67 +160,17 @@ import torch.nn.functional as F  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 
 from annotate.clips import latent_from_bytes  # noqa: E402
+# Reading a preference dataset is the library's (the preference model reads it too).
+from annotate.dataset import DatasetError, decode_audio, load_pairs, split_validation  # noqa: E402
 from pipeline import load_pipeline  # noqa: E402
-from pipeline.audio import AudioError, load_audio, wav_to_fbank  # noqa: E402
+from pipeline.audio import AudioError, wav_to_fbank  # noqa: E402
 
 
 # -- data ------------------------------------------------------------------------------------
 
 
-class DatasetError(ValueError):
-    """A preference dataset that cannot be trained on."""
-
-
 class ConfigMismatch(ValueError):
     """A resumed run whose settings differ from its checkpoint's."""
-
-
-def decode_audio(value, base_dir: Path | None) -> np.ndarray:
-    """An Audio cell ({"bytes", "path"}) or a path string -> mono 16 kHz float32, checked.
-
-    Raises ``AudioError`` for undecodable or non-finite audio and ``DatasetError`` for audio
-    that decodes but cannot be right: bytes whose sha256 differs from the hash the cell's file
-    name states (as ``annotate export`` names clips), or samples beyond ``MAX_AMPLITUDE``.
-    """
-    if isinstance(value, dict) and value.get("bytes"):
-        named = re.fullmatch(r"([0-9a-f]{64})\.\w+", Path(value.get("path") or "").name)
-        if named and hashlib.sha256(value["bytes"]).hexdigest() != named.group(1):
-            raise DatasetError("content hash mismatch: the bytes are not the clip the row names")
-        waveform = load_audio(value["bytes"])
-    else:
-        path = value.get("path") if isinstance(value, dict) else value
-        if not isinstance(path, str) or not path:
-            raise AudioError("no audio bytes or path")
-        path = Path(path)
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        waveform = load_audio(path)
-    if np.abs(waveform).max(initial=0.0) > MAX_AMPLITUDE:
-        raise DatasetError(f"audio amplitude above {MAX_AMPLITUDE} (corrupt samples)")
-    return waveform
-
-
-def load_pairs(dataset: str, split: str):
-    """Load the dataset with audio left undecoded (datasets' decoder needs torchcodec)."""
-    from datasets import Audio, load_dataset
-
-    # A local export is rewritten in place (same file names); never serve it from datasets' cache.
-    # (The rows are checked below, not against split sizes a card may still state from before.)
-    fresh = {"download_mode": "force_redownload", "verification_mode": "no_checks"} if Path(dataset).is_dir() else {}
-    try:
-        ds = load_dataset(dataset, split=split, **fresh)
-    except Exception as err:  # datasets raises many types; say what failed
-        if has_no_rows(dataset):
-            raise DatasetError(f"dataset {dataset!r} has no rows: its parquet files are empty (export some pairs "
-                               f"first)") from None
-        raise DatasetError(f"cannot load dataset {dataset!r} (split {split!r}): {type(err).__name__}: {err}") from None
-    missing = [c for c in ("prompt", "chosen", "rejected") if c not in ds.column_names]
-    if missing:
-        raise DatasetError(f"dataset {dataset!r} lacks column(s) {missing}; it has {ds.column_names}")
-    for column in ("chosen", "rejected"):
-        if isinstance(ds.features[column], Audio):
-            ds = ds.cast_column(column, Audio(decode=False))
-    return ds
 
 
 def describe_skipped(skipped: dict[str, int]) -> str:
@@ -230,19 +179,6 @@ def describe_skipped(skipped: dict[str, int]) -> str:
         return "none"
     reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(skipped.items(), key=lambda item: -item[1]))
     return f"{sum(skipped.values())} ({reasons})"
-
-
-def has_no_rows(dataset: str) -> bool:
-    """Whether ``dataset`` is a local folder whose parquet files hold no row (datasets then fails with a generic
-    DatasetGenerationError)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    shards = sorted(Path(dataset).rglob("*.parquet")) if Path(dataset).is_dir() else []
-    try:
-        return bool(shards) and not any(pq.read_metadata(shard).num_rows for shard in shards)
-    except (OSError, pa.ArrowException):  # unreadable: the load error says more
-        return False
 
 
 LATENT_COLUMNS = ["chosen_latent", "rejected_latent", "latent_fingerprint"]
@@ -413,22 +349,6 @@ def collate(indices: list[int], cache: dict, generator: torch.Generator):
     embeds = torch.stack([F.pad(s, (0, 0, 0, length - s.shape[0])) for s in states])
     masks = torch.stack([torch.arange(length) < s.shape[0] for s in states])
     return latents[:, 0], latents[:, 1], embeds, masks
-
-
-def split_validation(prompts: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, validation) pair indices holding out whole prompts: a seeded ``fraction`` of the distinct
-    prompts, at least one each way. No held-out pair shares its prompt with a training pair, so validation
-    measures what generalises to new prompts, not pairs memorised through their prompt and shared clips."""
-    if fraction <= 0:
-        return list(range(len(prompts))), []
-    distinct = list(dict.fromkeys(p.strip() for p in prompts))
-    if len(distinct) < 2:
-        raise DatasetError(f"--validation_fraction needs at least two distinct prompts; the pairs have {len(distinct)}")
-    held = min(len(distinct) - 1, max(1, round(fraction * len(distinct))))
-    order = np.random.default_rng(seed).permutation(len(distinct))
-    held_prompts = {distinct[i] for i in order[:held]}
-    train = [i for i, p in enumerate(prompts) if p.strip() not in held_prompts]
-    return train, [i for i, p in enumerate(prompts) if p.strip() in held_prompts]
 
 
 # -- training --------------------------------------------------------------------------------

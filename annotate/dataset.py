@@ -27,6 +27,7 @@ path that is not a folder is refused with ``NotAnExport`` and left as it was.
 from __future__ import annotations
 
 import hashlib
+import re
 import io
 import os
 import shutil
@@ -437,3 +438,90 @@ def _format_stat(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value)
+
+# -- reading a preference dataset (train_dpo.py, the preference model) ----------------------------------
+
+MAX_AMPLITUDE = 2.0  # decoded audio beyond this is corrupt, not loud
+
+
+class DatasetError(ValueError):
+    """A preference dataset that cannot be trained on."""
+
+
+def decode_audio(value, base_dir: Path | None) -> np.ndarray:
+    """An Audio cell ({"bytes", "path"}) or a path string -> mono 16 kHz float32, checked.
+
+    Raises ``AudioError`` for undecodable or non-finite audio and ``DatasetError`` for audio
+    that decodes but cannot be right: bytes whose sha256 differs from the hash the cell's file
+    name states (as ``annotate export`` names clips), or samples beyond ``MAX_AMPLITUDE``.
+    """
+    from pipeline.audio import AudioError, load_audio  # torch and scipy: only when audio is read
+
+    if isinstance(value, dict) and value.get("bytes"):
+        named = re.fullmatch(r"([0-9a-f]{64})\.\w+", Path(value.get("path") or "").name)
+        if named and hashlib.sha256(value["bytes"]).hexdigest() != named.group(1):
+            raise DatasetError("content hash mismatch: the bytes are not the clip the row names")
+        waveform = load_audio(value["bytes"])
+    else:
+        path = value.get("path") if isinstance(value, dict) else value
+        if not isinstance(path, str) or not path:
+            raise AudioError("no audio bytes or path")
+        path = Path(path)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        waveform = load_audio(path)
+    if np.abs(waveform).max(initial=0.0) > MAX_AMPLITUDE:
+        raise DatasetError(f"audio amplitude above {MAX_AMPLITUDE} (corrupt samples)")
+    return waveform
+
+
+def load_pairs(dataset: str, split: str):
+    """Load the dataset with audio left undecoded (datasets' decoder needs torchcodec)."""
+    from datasets import Audio, load_dataset
+
+    # A local export is rewritten in place (same file names); never serve it from datasets' cache.
+    # (The rows are checked below, not against split sizes a card may still state from before.)
+    fresh = {"download_mode": "force_redownload", "verification_mode": "no_checks"} if Path(dataset).is_dir() else {}
+    try:
+        ds = load_dataset(dataset, split=split, **fresh)
+    except Exception as err:  # datasets raises many types; say what failed
+        if has_no_rows(dataset):
+            raise DatasetError(f"dataset {dataset!r} has no rows: its parquet files are empty (export some pairs "
+                               f"first)") from None
+        raise DatasetError(f"cannot load dataset {dataset!r} (split {split!r}): {type(err).__name__}: {err}") from None
+    missing = [c for c in ("prompt", "chosen", "rejected") if c not in ds.column_names]
+    if missing:
+        raise DatasetError(f"dataset {dataset!r} lacks column(s) {missing}; it has {ds.column_names}")
+    for column in ("chosen", "rejected"):
+        if isinstance(ds.features[column], Audio):
+            ds = ds.cast_column(column, Audio(decode=False))
+    return ds
+
+
+def has_no_rows(dataset: str) -> bool:
+    """Whether ``dataset`` is a local folder whose parquet files hold no row (datasets then fails with a generic
+    DatasetGenerationError)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shards = sorted(Path(dataset).rglob("*.parquet")) if Path(dataset).is_dir() else []
+    try:
+        return bool(shards) and not any(pq.read_metadata(shard).num_rows for shard in shards)
+    except (OSError, pa.ArrowException):  # unreadable: the load error says more
+        return False
+
+
+def split_validation(prompts: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, validation) pair indices holding out whole prompts: a seeded ``fraction`` of the distinct
+    prompts, at least one each way. No held-out pair shares its prompt with a training pair, so validation
+    measures what generalises to new prompts, not pairs memorised through their prompt and shared clips."""
+    if fraction <= 0:
+        return list(range(len(prompts))), []
+    distinct = list(dict.fromkeys(p.strip() for p in prompts))
+    if len(distinct) < 2:
+        raise DatasetError(f"--validation_fraction needs at least two distinct prompts; the pairs have {len(distinct)}")
+    held = min(len(distinct) - 1, max(1, round(fraction * len(distinct))))
+    order = np.random.default_rng(seed).permutation(len(distinct))
+    held_prompts = {distinct[i] for i in order[:held]}
+    train = [i for i, p in enumerate(prompts) if p.strip() not in held_prompts]
+    return train, [i for i, p in enumerate(prompts) if p.strip() in held_prompts]

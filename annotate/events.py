@@ -256,7 +256,7 @@ def train_event_tagger(clips: Sequence[TimedClip], tokenizer, text_encoder, *, b
     from torch.nn.utils.rnn import pad_sequence
     from tqdm.auto import tqdm
 
-    from train_dpo import split_validation
+    from .dataset import split_validation
 
     from .reward import prompt_hidden_states
 

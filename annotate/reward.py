@@ -202,7 +202,7 @@ def comparisons_from_dataset(dataset: str, split: str = "train") -> Comparisons:
     """An exported preference dataset (Audio-Alpaca's columns; a folder or Hub id): each row is one comparison,
     chosen over rejected. Rows whose audio cannot be read are left out (with a warning), as ``train_dpo.py`` does."""
     from pipeline.audio import AudioError
-    from train_dpo import DatasetError, decode_audio, load_pairs
+    from .dataset import DatasetError, decode_audio, load_pairs
 
     try:
         rows = load_pairs(dataset, split)
@@ -584,7 +584,7 @@ def train_preference_model(comparisons: Comparisons, *, base: str = "tiny", sour
     import torch
     import torch.nn.functional as F
 
-    from train_dpo import split_validation  # whole prompts held out, as train_dpo.py validates
+    from .dataset import split_validation  # whole prompts held out, as train_dpo.py validates
 
     if not comparisons.items:
         raise InvalidInput("no comparisons to learn from: rank some clips first (ties, skips and all-bad votes "
@@ -633,7 +633,7 @@ def pretrain_preference_model(captions: CaptionedClips, *, base: str = "tiny", s
     contrasts for their caption. Fine-tune on rankings with ``train_preference_model(init=...)``."""
     import torch
 
-    from train_dpo import split_validation
+    from .dataset import split_validation
 
     groups = [g for g in captions.groups if g.contrasts]
     if not groups:
