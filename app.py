@@ -552,8 +552,8 @@ def outcome(action, title: str, *args) -> str:
 def build_app(studio: Studio) -> gr.Blocks:
     """The whole UI: Demo, Annotate, Results and Dataset tabs, their events and the named API endpoints."""
     with gr.Blocks(title="Tango DPO Studio", delete_cache=(3600, 3600)) as demo:
-        gr.Markdown("# Tango DPO Studio\nBase model vs its Diffusion-DPO-tuned version, blind ranking of clips, "
-                    "and the preference dataset they make.")
+        gr.Markdown("# Tango DPO Studio\nBase model vs its preference-tuned version (Diffusion-DPO or GRPO), blind "
+                    "ranking of clips, and the preference dataset they make.")
         with gr.Row():
             if studio.identity_mode == "oauth":
                 gr.LoginButton()
