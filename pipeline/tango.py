@@ -170,16 +170,14 @@ def ddim_step_with_log_prob(
     prediction_type: str,
     eta: float,
     generator: torch.Generator | list[torch.Generator] | None = None,
-    prev_sample: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One DDIM step (``ddim_step_mean_std``) drawn with ``generator`` (one, or one per clip), and its log-density
-    (``gaussian_log_prob``). ``prev_sample`` given: no draw, its log-density under this step is returned (a trainer
-    re-scoring a recorded transition). eta = 0: ``(mean, None)``, a deterministic step has no density."""
+    (``gaussian_log_prob``; a trainer re-scoring a recorded transition calls those two itself). eta = 0:
+    ``(mean, None)``, a deterministic step has no density."""
     mean, std = ddim_step_mean_std(model_output, timestep, prev_timestep, sample, alphas_cumprod, prediction_type, eta)
     if eta == 0:
         return mean, None
-    if prev_sample is None:
-        prev_sample = mean + std * randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+    prev_sample = mean + std * randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
     return prev_sample, gaussian_log_prob(prev_sample, mean, std)
 
 
@@ -506,7 +504,7 @@ class TangoPipeline(DiffusionPipeline):
         has_unconditional_half = prompt_embeds.shape[0] == 2 * batch_size
         model_input = torch.cat([latents] * 2) if guided else latents
         conditional = slice(-batch_size, None) if has_unconditional_half and not guided else slice(None)
-        prediction = (unet or self.unet)(
+        prediction = (self.unet if unet is None else unet)(
             model_input.to(self.unet.dtype),
             timestep,
             encoder_hidden_states=prompt_embeds[conditional],
