@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--pretrained_model", default="tiny", help="model spec: embedded name, folder or Hub id")
     group.add_argument("--reward", type=ranker_spec, default="judge", help=f"the reward: {REWARD_CHOICES}")
     group.add_argument("--prompts", default="train",
-                       help="'train' (the sound world's training split) or a text file, one prompt a line")
+                       help="'train' (the sound world's training split) or a prompts file (one a line, # comments)")
     group.add_argument("--output_dir", required=True, help="where the tuned pipeline, checkpoint and metrics go")
     group = parser.add_argument_group("sampling (each iteration)")
     group.add_argument("--prompts_per_iteration", type=int, default=8, help="fresh prompts per iteration (all processes)")
@@ -117,8 +117,9 @@ def prompt_source(spec: str, validation: list[str]):
             drawn = [p for p in sample_prompts("train", 2 * n + 8, seed) if p not in held_out]
             return drawn[:n]
         return prompts
-    lines = [line.strip() for line in Path(spec).read_text(encoding="utf-8").splitlines()]
-    pool = [line for line in dict.fromkeys(lines) if line and line not in held_out]
+    from annotate.autorank import read_prompts
+
+    pool = [line for line in dict.fromkeys(read_prompts(spec, None, 0)) if line not in held_out]
     if not pool:
         raise SystemExit(f"error: {spec} holds no prompt outside the validation prompts")
 
@@ -136,8 +137,9 @@ def validation_prompts(spec: str, n: int, seed: int) -> list[str]:
         from soundworld import sample_prompts
 
         return list(dict.fromkeys(sample_prompts("train", n, seed)))
-    lines = [line.strip() for line in Path(spec).read_text(encoding="utf-8").splitlines() if line.strip()]
-    return list(dict.fromkeys(lines))[:n]
+    from annotate.autorank import read_prompts
+
+    return list(dict.fromkeys(read_prompts(spec, None, 0)))[:n]
 
 
 # -- one iteration's pieces -----------------------------------------------------------------------

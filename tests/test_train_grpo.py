@@ -230,3 +230,12 @@ def test_two_cpu_processes_share_the_sampling_and_train_one_model(tmp_path):
     tuned, base = unet_weights(out / "final"), unet_weights(EMBEDDED["tiny"])
     assert any(not tuned[k].equal(base[k]) for k in tuned)
     assert type(load_pipeline(str(out / "final"), device="cpu").unet).__name__ == "TimePositionUNet"
+
+
+def test_a_prompts_file_is_read_as_everywhere_and_never_yields_a_validation_prompt(tmp_path):
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("# my campaign\na beep\n\ntwo knocks\na beep\na hiss\n")
+    held_out = train_grpo.validation_prompts(str(prompts_file), 1, seed=0)
+    assert held_out == ["a beep"]
+    drawn = train_grpo.prompt_source(str(prompts_file), held_out)(seed=3, n=6)
+    assert len(drawn) == 6 and set(drawn) <= {"two knocks", "a hiss"}
