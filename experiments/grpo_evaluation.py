@@ -27,10 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere: the repository's packages
 
+from experiments.figures import METRIC_LABELS, forest_plot  # noqa: E402  (the one forest plot of the docs' figures)
+
 SPLITS = ("test", "heldout")
 DEMO_SEEDS = 8
-METRIC_LABELS = {"event_recall": "recall", "order_accuracy": "order", "count_accuracy": "count",
-                 "mean_score": "score", "extra_events": "extra events / clip"}
 
 
 def demo_clips(pipe, prompts: list[str], seeds: int = DEMO_SEEDS) -> tuple[dict, dict]:
@@ -67,34 +67,6 @@ def spectrograms(clips: dict, sample_rate: int, path: Path) -> None:
             axis.set_yticks([])
     figure.tight_layout()
     figure.savefig(path, dpi=90)
-    plt.close(figure)
-
-
-def forest_plot(report: dict, path: Path) -> None:
-    """Each model minus the baseline, one panel per split, one row per metric, with the 95 % interval."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    baseline, others = report["models"][0], report["models"][1:]
-    figure, axes = plt.subplots(1, len(SPLITS), figsize=(6.5 * len(SPLITS), 0.5 + 0.45 * len(METRIC_LABELS) * len(others)),
-                                squeeze=False)
-    for axis, split in zip(axes[0], SPLITS):
-        rows = [(f"{METRIC_LABELS[metric]}: {model}", report[split]["compared"][model][metric])
-                for metric in METRIC_LABELS for model in others if report[split]["compared"][model][metric]]
-        for y, (label, row) in enumerate(reversed(rows)):
-            low, high = row["interval"]
-            good = low > 0 if "extra" not in label else high < 0
-            colour = "#1f6feb" if good else ("#c0392b" if (high < 0 if "extra" not in label else low > 0) else "#666")
-            axis.plot([low, high], [y, y], color=colour, lw=3)
-            axis.plot(row["difference"], y, "o", color=colour)
-        axis.set_yticks(range(len(rows)), [label for label, _ in reversed(rows)])
-        axis.axvline(0, color="#888", ls="--")
-        axis.set_title(f"minus {baseline}, {report[split]['n']} {split} prompts (seed {report['seed']})")
-        axis.set_xlabel("paired difference, 95 % interval")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
