@@ -37,7 +37,7 @@ GOAL_S = 15 * 60
 def readme_loop() -> list[list[str]]:
     """The commands of the README's "Closing the loop" block, each as argv (comments dropped)."""
     text = (ROOT / "README.md").read_text()
-    block = re.search(r"```bash\n(.*?)```", text[text.index("### Closing the loop"):], re.S).group(1)
+    block = re.search(r"```bash\n(.*?)```", text[text.index("## Closing the loop"):], re.S).group(1)
     return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
 
 

@@ -1,4 +1,4 @@
-"""The README's API example, run as written against `python app.py --admins you --leaderboard-every 1
+"""The API example of docs/app.md, run as written against `python app.py --admins you --leaderboard-every 1
 --min-comparisons 1` (the embedded models) with a pool made by the README's own command; and what a second app on
 the same port says."""
 
@@ -14,8 +14,9 @@ from annotate import Store
 from tests.app_helpers import REPO, AppProcess
 
 
-def readme_block(after: str, language: str) -> str:
-    text = (REPO / "README.md").read_text()
+def readme_block(after: str, language: str, page: str = "README.md") -> str:
+    """The first ``language`` block after the heading ``after`` in ``page`` (the README or a docs/ page), as written."""
+    text = (REPO / page).read_text()
     section = text[text.index(after):]
     return re.search(rf"```{language}\n(.*?)```", section, re.S).group(1)
 
@@ -25,7 +26,7 @@ def served(tmp_path_factory):
     data = tmp_path_factory.mktemp("readme") / "data"
     prompts = data.parent / "prompts.txt"
     prompts.write_text("two knocks\n")
-    [pool_line] = [line for line in readme_block("### Closing the loop", "bash").splitlines()
+    [pool_line] = [line for line in readme_block("## Closing the loop", "bash").splitlines()
                    if line.startswith("python -m annotate pool")]
     command = pool_line.replace("--data-dir data", f"--data-dir {data}").replace("prompts.txt", str(prompts))
     subprocess.run([sys.executable, *command.split()[1:]], cwd=REPO, check=True, capture_output=True, timeout=600)
@@ -34,11 +35,11 @@ def served(tmp_path_factory):
         yield app, data
 
 
-def test_the_readme_api_example_runs_as_written(served, capsys):
+def test_the_documented_api_example_runs_as_written(served, capsys):
     app, data = served
-    code = readme_block("### API (gradio_client)", "python")
+    code = readme_block("## API (gradio_client)", "python", page="docs/app.md")
     assert "http://127.0.0.1:7860/" in code
-    exec(compile(code.replace("http://127.0.0.1:7860/", app.url), "README.md", "exec"), {})
+    exec(compile(code.replace("http://127.0.0.1:7860/", app.url), "docs/app.md", "exec"), {})
     out = capsys.readouterr().out
     assert "'model': 'tiny-dpo'" in out and "'win_rate_interval'" in out and "'bt_score'" in out
     assert "'too_few_votes': False" in out

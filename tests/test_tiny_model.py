@@ -42,7 +42,7 @@ def test_embedded_models_ship_small_safetensors_and_their_sampling_steps(spec):
     assert sum(path.stat().st_size for path in files) <= 30 * 2**20
     assert not [path for path in files if path.suffix in (".bin", ".pt", ".ckpt")]
     # Both sample with the cheapest sampler setting whose judge score is within 0.01 of the best one
-    # (bench/samplers.py's sweep, bench/results/samplers-tiny-cpu.json); tiny-dpo keeps its base's default.
+    # (experiments/samplers.py's sweep, bench/results/samplers-tiny-cpu.json); tiny-dpo keeps its base's default.
     sweep = json.loads((Path(__file__).parents[1] / "bench/results/samplers-tiny-cpu.json").read_text())
     chosen = next(row for row in sweep["rows"] if row["label"] == sweep["cheapest_within_tolerance"])
     pipe = load_pipeline(spec, device="cpu")
@@ -74,7 +74,7 @@ def test_tiny_generates_clips_that_follow_their_prompts(tiny):
     own = [judge(audio, 16000, prompt) for audio, prompt in zip(audios, prompts)]
     shuffled = [judge(audio, 16000, prompts[j]) for audio, j in zip(audios, evaluate.shuffled_partners(8, seed=0))]
     own_score, shuffled_score = np.mean([r.score for r in own]), np.mean([r.score for r in shuffled])
-    # The tiny model hears most events but rarely gets their order (see README): "well above chance"
+    # The tiny model hears most events but rarely gets their order (see docs/models.md): "well above chance"
     # here means more than twice the score of the same clips judged against other prompts.
     assert own_score > 2 * shuffled_score and own_score - shuffled_score > 0.05, (own_score, shuffled_score)
     assert np.mean([r.event_recall for r in own]) >= 0.4
