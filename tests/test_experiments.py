@@ -34,3 +34,16 @@ def test_the_grpo_evaluation_draws_its_forest_plot_and_spectrograms_from_a_repor
     clips = {model: {"a beep": (rng.normal(size=16000).astype(np.float32), ["beep"])} for model in report["models"]}
     evaluation.spectrograms(clips, 16000, tmp_path / "spectrograms.png")
     assert (tmp_path / "spectrograms.png").stat().st_size > 10_000
+
+
+def test_a_research_script_moved_from_bench_still_runs_at_its_old_path_and_says_where_it_went():
+    import subprocess
+    import sys
+
+    forwards = [path for path in (ROOT / "bench").glob("*.py") if "run_moved(__file__)" in path.read_text()]
+    assert len(forwards) >= 11 and all((ROOT / "experiments" / path.name).is_file() for path in forwards)
+    finished = subprocess.run([sys.executable, "bench/order_failures.py", "--help"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+    assert finished.returncode == 0 and finished.stdout.startswith("usage: order_failures.py")
+    assert finished.stderr.strip() == ("bench/order_failures.py moved to experiments/order_failures.py; "
+                                       "this path goes in the next release")
