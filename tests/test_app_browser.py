@@ -14,8 +14,10 @@ from studio import Studio, StudioConfig
 from tests.app_helpers import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
-# The README's screenshot; refreshed only when asked (UPDATE_DOCS_SCREENSHOT=1), so a test run leaves the tree clean.
-SCREENSHOT_COPY = Path(__file__).resolve().parent.parent / "docs" / "app_screenshot.png"
+REPO = Path(__file__).resolve().parent.parent
+# The README's screenshot of the Demo; refreshed only when asked (UPDATE_DOCS_SCREENSHOT=1), so a test run leaves the
+# tree clean.
+SCREENSHOT_COPY = REPO / "docs" / "app_screenshot.png"
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
                                                                "(apt-get install chromium; .ci/run installs it)")
@@ -63,10 +65,21 @@ def press_until_playing(page, letter: str, tries: int = 15):
     expect(button).to_have_attribute("aria-label", "Pause", timeout=1)
 
 
+def readme_tab_names() -> list[str]:
+    """The tabs the README names in its first command's sentence ("tabs: Demo, Annotate, ... on http://...")."""
+    stated = re.search(r"\(tabs: ([^)]*?) on http", (REPO / "README.md").read_text(), re.S).group(1)
+    return [name.strip() for name in re.split(r",|\band\b", " ".join(stated.split())) if name.strip()]
+
+
 def test_generate_then_rank_in_the_browser(url, page, tmp_path):
     from playwright.sync_api import expect
 
     page.goto(url)
+    # The README (and its screenshot, retaken below) show the app's tabs as they are: a new tab fails here first.
+    expect(page.get_by_role("tab", name="Demo")).to_be_visible(timeout=30_000)
+    tabs = [name.split(" (")[0].strip() for name in page.get_by_role("tab").all_inner_texts()]
+    assert tabs == readme_tab_names(), (f"the app's tabs {tabs} are not the README's {readme_tab_names()}: update "
+                                        "README.md and retake docs/app_screenshot.png (UPDATE_DOCS_SCREENSHOT=1)")
     page.locator("#annotator-name input").fill("browser-annotator")
     page.locator("#prompt textarea").fill("two knocks then a hiss")
     page.locator("#generate-button").click()
@@ -93,6 +106,8 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
     page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
     if os.environ.get("DEMO_SCREENSHOT"):
         shutil.copy(tmp_path / "demo.png", os.environ["DEMO_SCREENSHOT"])
+    if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1":  # the Demo with both columns, under the app's four tabs
+        shutil.copy(tmp_path / "demo.png", SCREENSHOT_COPY)
 
     page.get_by_role("button", name="Send these clips to annotation").click()
     expect(page.get_by_text("is ready on the Annotate tab")).to_be_visible(timeout=30_000)
@@ -165,8 +180,6 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
     expect(page.locator("#annotate-status")).to_contain_text("All clips played", timeout=30_000)
     expect(page.locator("#vote-button")).to_be_enabled()
     page.screenshot(path=str(tmp_path / "annotate.png"), full_page=True)
-    if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1":
-        shutil.copy(tmp_path / "annotate.png", SCREENSHOT_COPY)
     page.keyboard.press("Enter")  # refused: D has no rank
     toasts = page.locator(".toast-body, [data-testid=toast-body]")
     expect(toasts.filter(has_text="missing: D")).to_have_count(1, timeout=30_000)
