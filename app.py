@@ -43,7 +43,7 @@ def checked_config(argv) -> StudioConfig:
     otherwise exit with the reason in one line."""
     config = parse_config(argv)
     if config.reward_model is not None:  # a planted or damaged folder: refused before the models load
-        from annotate.reward import check_preference_folder
+        from preference.reward import check_preference_folder
         from annotate.validation import InvalidInput
 
         try:

@@ -44,6 +44,7 @@ import os
 import re
 import shutil
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "clip's layout is set); validation still draws from all of them; default: all")
     group.add_argument("--mirror_batches", action="store_true",
                        help="a pair and its mirror (the same two clips the other way round, for another prompt: "
-                            "annotate.reorder's) go in one batch with the same noise and timestep, so what the clips "
+                            "autopairs.reorder's) go in one batch with the same noise and timestep, so what the clips "
                             "differ in cancels and the step sees what the prompt's order changes; a batch then holds "
                             "--train_batch_size pairs and their mirrors")
     group.add_argument("--mirror_margin", action="store_true",
@@ -159,9 +160,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 
-from annotate.clips import latent_from_bytes  # noqa: E402
+from preference_data.latents import latent_from_bytes  # noqa: E402
 # Reading a preference dataset is the library's (the preference model reads it too).
-from annotate.dataset import DatasetError, decode_audio, load_pairs, split_validation  # noqa: E402
+from preference_data.dataset import DatasetError, decode_audio, load_pairs, split_validation  # noqa: E402
 from pipeline import load_pipeline  # noqa: E402
 from pipeline.audio import AudioError, wav_to_fbank  # noqa: E402
 
@@ -568,234 +569,305 @@ def write_model_card(output_dir: Path, config: dict, stats: dict) -> None:
     (output_dir / "README.md").write_text("\n".join(lines))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_dir=str(output_dir),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+@dataclass
+class Run:
+    """What the stages of ``main`` share: the models, the data, the optimizer and how far training has come."""
 
-    # Model: the loaded pipeline's UNet is the frozen reference (the registry shares pipelines:
-    # it is never changed); the policy is a copy. Two UNets on the device.
-    pipe = load_pipeline(args.pretrained_model, device=accelerator.device, dtype=torch.float32)
-    reference = pipe.unet.eval()
-    policy = copy.deepcopy(pipe.unet).train()
+    args: argparse.Namespace
+    accelerator: Accelerator
+    output_dir: Path
+    pipe: object = None  # the loaded TangoPipeline: its UNet is the frozen reference
+    reference: torch.nn.Module = None
+    policy: torch.nn.Module = None
+    noise_scheduler: object = None
+    config: dict = field(default_factory=dict)  # the resolved configuration: saved in checkpoints, checked on resume
+    loss_config: PreferenceLossConfig = None
+    sft_config: PreferenceLossConfig = None
+    cache: dict = None  # the training pairs, encoded
+    val_cache: dict = None
+    train_indices: list = field(default_factory=list)
+    val_indices: list = field(default_factory=list)
+    group_of: dict = field(default_factory=dict)  # pair -> its mirror unit (--mirror_batches)
+    trainable: list = field(default_factory=list)
+    optimizer: torch.optim.Optimizer = None
+    loader: torch.utils.data.DataLoader = None
+    lr_scheduler: object = None
+    max_steps: int = 0
+    epochs: int = 0
+    step: int = 0
+    first_epoch: int = 0
+    skip_batches: int = 0
+    history: dict = field(default_factory=lambda: {"train": [], "validation": []})
+    stats: dict = field(default_factory=dict)  # the last step's metrics
+    first_noise: float | None = None  # each process's first noise draw (the summary shows they differ)
+
+
+def load_models(run: Run) -> None:
+    """The pipeline, its frozen UNet as the reference and a trainable copy as the policy (LoRA or full), the
+    training noise scheduler and the losses."""
+    args, accelerator = run.args, run.accelerator
+    # The registry shares loaded pipelines: the reference is never changed; the policy is a copy. Two UNets.
+    run.pipe = load_pipeline(args.pretrained_model, device=accelerator.device, dtype=torch.float32)
+    run.reference = run.pipe.unet.eval()
+    run.policy = copy.deepcopy(run.pipe.unet).train()
     if args.lora_rank > 0:
         from peft import LoraConfig
 
-        policy.requires_grad_(False)
-        policy.add_adapter(LoraConfig(r=args.lora_rank, lora_alpha=args.lora_rank, init_lora_weights="gaussian",
-                                      target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+        run.policy.requires_grad_(False)
+        run.policy.add_adapter(LoraConfig(r=args.lora_rank, lora_alpha=args.lora_rank, init_lora_weights="gaussian",
+                                          target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
     if args.gradient_checkpointing:
-        policy.enable_gradient_checkpointing()
+        run.policy.enable_gradient_checkpointing()
     from diffusers import DDPMScheduler
-    from diffusers.optimization import get_scheduler
 
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    audio_length_in_s = args.audio_length_in_s or pipe.default_audio_length_in_s
-    latent_posterior = args.latent_posterior or pipe.config.latent_posterior
-    # The resolved configuration: saved in every checkpoint, checked on resume.
-    config = {**vars(args), "audio_length_in_s": audio_length_in_s, "latent_posterior": latent_posterior,
-              "num_processes": accelerator.num_processes}
-    loss_config = PreferenceLossConfig(args.loss, beta_dpo=args.beta_dpo, sft_weight=args.sft_weight,
-                                       beta_mapo=args.beta_mapo, snr_gamma=args.snr_gamma,
-                                       num_train_timesteps=noise_scheduler.config.num_train_timesteps)
-    sft_config = PreferenceLossConfig("sft", beta_dpo=args.beta_dpo, snr_gamma=args.snr_gamma)
-    if args.timestep_range is not None and args.timestep_range[1] > noise_scheduler.config.num_train_timesteps:
-        raise SystemExit(f"error: --timestep_range {args.timestep_range}: the model has "
-                         f"{noise_scheduler.config.num_train_timesteps} training timesteps")
+    run.noise_scheduler = DDPMScheduler.from_config(run.pipe.scheduler.config)
+    timesteps = run.noise_scheduler.config.num_train_timesteps
+    run.config = {**vars(args), "audio_length_in_s": args.audio_length_in_s or run.pipe.default_audio_length_in_s,
+                  "latent_posterior": args.latent_posterior or run.pipe.config.latent_posterior,
+                  "num_processes": accelerator.num_processes}
+    run.loss_config = PreferenceLossConfig(args.loss, beta_dpo=args.beta_dpo, sft_weight=args.sft_weight,
+                                           beta_mapo=args.beta_mapo, snr_gamma=args.snr_gamma,
+                                           num_train_timesteps=timesteps)
+    run.sft_config = PreferenceLossConfig("sft", beta_dpo=args.beta_dpo, snr_gamma=args.snr_gamma)
+    if args.timestep_range is not None and args.timestep_range[1] > timesteps:
+        raise SystemExit(f"error: --timestep_range {args.timestep_range}: the model has {timesteps} training timesteps")
 
-    # Data, encoded once (by the main process; the others read its cache).
-    cache_dir = Path(args.cache_dir) if args.cache_dir else output_dir / "cache"
+
+def load_data(run: Run) -> None:
+    """The pairs encoded once (by the main process; the others read its cache) and split by prompt."""
+    args, accelerator = run.args, run.accelerator
+    audio_length_in_s, latent_posterior = run.config["audio_length_in_s"], run.config["latent_posterior"]
+    cache_dir = Path(args.cache_dir) if args.cache_dir else run.output_dir / "cache"
     caches = {}
     for name, split in [("train", args.dataset_split), ("validation", args.validation_split)]:
         if split is None:
             continue
         ds = load_pairs(args.dataset, split)
-        key = cache_key(ds, args.pretrained_model, pipe, audio_length_in_s, latent_posterior)
+        key = cache_key(ds, args.pretrained_model, run.pipe, audio_length_in_s, latent_posterior)
         with accelerator.main_process_first():
-            caches[name] = build_cache(pipe, ds, args.dataset, audio_length_in_s, latent_posterior,
+            caches[name] = build_cache(run.pipe, ds, args.dataset, audio_length_in_s, latent_posterior,
                                        cache_dir / f"pairs-{key}.safetensors")
         logger.info(f"{name}: {len(caches[name]['rows'])} usable pairs of {len(ds)}; "
                     f"skipped: {describe_skipped(caches[name]['skipped'])}; latents: {caches[name]['latent_sources']}")
-    cache = caches["train"]
-    pairs = len(cache["rows"])
-    train_indices, val_indices = split_validation(cache["prompts"], args.validation_fraction, args.seed)
-    val_cache = caches.get("validation", cache)
+    run.cache = caches["train"]
+    run.train_indices, run.val_indices = split_validation(run.cache["prompts"], args.validation_fraction, args.seed)
+    run.val_cache = caches.get("validation", run.cache)
     if "validation" in caches:
-        val_indices = list(range(len(val_cache["rows"])))
+        run.val_indices = list(range(len(run.val_cache["rows"])))
 
-    # With --mirror_batches the loader draws units (a pair and its mirror) and a batch is their pairs.
-    units = mirror_units(train_indices, cache) if args.mirror_batches else [[i] for i in train_indices]
+
+def prepare_optimization(run: Run) -> None:
+    """The loader (with --mirror_batches it draws units, a pair and its mirror), the optimizer, the learning-rate
+    schedule and the step arithmetic, all prepared by accelerate."""
+    args, accelerator = run.args, run.accelerator
+    units = mirror_units(run.train_indices, run.cache) if args.mirror_batches else [[i] for i in run.train_indices]
     if args.mirror_batches:
         logger.info(f"--mirror_batches: {sum(len(u) == 2 for u in units)} pairs with their mirror, "
                     f"{sum(len(u) == 1 for u in units)} alone")
-    group_of = {i: unit[0] for unit in units for i in unit}
+    run.group_of = {i: unit[0] for unit in units for i in unit}
     loader = torch.utils.data.DataLoader(units, batch_size=args.train_batch_size, shuffle=True,
                                          generator=torch.Generator().manual_seed(args.seed),
                                          collate_fn=lambda batch: [i for unit in batch for i in unit])
-    trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
-    policy, optimizer, loader = accelerator.prepare(policy, optimizer, loader)
+    run.trainable = [p for p in run.policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(run.trainable, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
+    run.policy, run.optimizer, run.loader = accelerator.prepare(run.policy, optimizer, loader)
     # Step arithmetic on the sharded loader: each process sees 1/N of the batches.
-    steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
-    max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
-    epochs = math.ceil(max_steps / steps_per_epoch)
+    steps_per_epoch = math.ceil(len(run.loader) / args.gradient_accumulation_steps)
+    run.max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    run.epochs = math.ceil(run.max_steps / steps_per_epoch)
+    from diffusers.optimization import get_scheduler
+
     # The prepared scheduler steps once per process per optimizer step, hence the factor.
-    lr_scheduler = accelerator.prepare(get_scheduler(
-        args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=max_steps * accelerator.num_processes))
+    run.lr_scheduler = accelerator.prepare(get_scheduler(
+        args.lr_scheduler, run.optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=run.max_steps * accelerator.num_processes))
     if args.report_to != "none":
-        accelerator.init_trackers("tango-dpo", config={k: v for k, v in config.items()
+        accelerator.init_trackers("tango-dpo", config={k: v for k, v in run.config.items()
                                                        if isinstance(v, (int, float, str, bool))})
 
-    step, first_epoch, skip_batches = 0, 0, 0
-    history = {"train": [], "validation": []}
-    if args.resume_from_checkpoint:
-        if args.resume_from_checkpoint == "latest":
-            found = complete_checkpoints(output_dir)
-            path = found[-1] if found else None
-        else:
-            path = Path(args.resume_from_checkpoint)
-            if not (path / "train_config.json").is_file():
-                raise CheckpointError(f"{path} is not a complete checkpoint of train_dpo.py (no train_config.json)")
-        if path is None:
-            logger.info("no complete checkpoint to resume from: starting fresh")
-        else:
-            check_resumable(json.loads((path / "train_config.json").read_text()), config)
-            accelerator.load_state(str(path))
-            history = json.loads((path / "history.json").read_text())
-            step = int(path.name.split("-")[1])
-            first_epoch, skip_batches = divmod(step * args.gradient_accumulation_steps, len(loader))
-            logger.info(f"resumed from {path} at step {step}")
 
-    def run_validation(epoch: int) -> None:
-        record = {"step": step, "epoch": epoch}
-        if val_indices:
-            record.update(validate(accelerator, policy, reference, noise_scheduler, val_cache, val_indices,
-                                   loss_config, args.train_batch_size, args.seed))
-        if args.judge_prompts:
-            candidate = pipe.with_components(unet=accelerator.unwrap_model(policy).eval())
-            judge_steps = args.judge_steps or pipe.config.default_num_inference_steps
-            scores, results = judge_clips(accelerator, candidate, args.judge_prompts, args.judge_seed, judge_steps)
-            record.update(scores)
-            policy.train()
-            tracker = accelerator.get_tracker("tensorboard", unwrap=True) if "tensorboard" in args.report_to else None
-            if tracker is not None and accelerator.is_main_process:
-                audio = candidate(results[0].prompt, num_inference_steps=judge_steps,
-                                  generator=torch.Generator().manual_seed(args.judge_seed)).audios[0]
-                tracker.add_audio("validation/clip_0", torch.as_tensor(audio), step, sample_rate=pipe.sampling_rate)
-        if len(record) == 2:
-            return
-        score = record.get("judge_mean_score", -record.get("val_loss", 0.0))
-        best = max((r["score"] for r in history["validation"]), default=-math.inf)
-        record["score"] = score
-        epoch_train = [r["implicit_acc"] for r in history["train"] if r["epoch"] == epoch]
-        if overfitting(record, epoch_train):
-            record["overfitting"] = True
-            logger.warning(f"overfitting after epoch {epoch}: held-out-prompt DPO loss {record['val_loss']:.3f} is "
-                           f"above log 2 (the untouched model's) while training accuracy is "
-                           f"{np.mean(epoch_train):.2f}: the pairs are memorised, not learned")
-        history["validation"].append(record)
-        accelerator.log({k: v for k, v in record.items() if k not in ("step", "epoch")}, step=step)
-        logger.info(f"validation {'before training' if epoch < 0 else f'after epoch {epoch}'}: {record}")
-        if score > best:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                unet = merged_unet(copy.deepcopy(accelerator.unwrap_model(policy)), args.lora_rank > 0)
-                check_finite_weights(unet, "best/")
-                save_pipeline_atomically(pipe.with_components(unet=unet), output_dir / "best")
-                (output_dir / "best" / "validation.json").write_text(json.dumps(record, indent=1))
+def resume(run: Run) -> None:
+    """With --resume_from_checkpoint: the weights, optimizer, history and step of a complete checkpoint whose
+    configuration matches this run's."""
+    args = run.args
+    if not args.resume_from_checkpoint:
+        return
+    if args.resume_from_checkpoint == "latest":
+        found = complete_checkpoints(run.output_dir)
+        path = found[-1] if found else None
+    else:
+        path = Path(args.resume_from_checkpoint)
+        if not (path / "train_config.json").is_file():
+            raise CheckpointError(f"{path} is not a complete checkpoint of train_dpo.py (no train_config.json)")
+    if path is None:
+        logger.info("no complete checkpoint to resume from: starting fresh")
+        return
+    check_resumable(json.loads((path / "train_config.json").read_text()), run.config)
+    run.accelerator.load_state(str(path))
+    run.history = json.loads((path / "history.json").read_text())
+    run.step = int(path.name.split("-")[1])
+    run.first_epoch, run.skip_batches = divmod(run.step * args.gradient_accumulation_steps, len(run.loader))
+    logger.info(f"resumed from {path} at step {run.step}")
 
-    if step == 0:  # the starting model's scores: the curve's origin, and "best" stays it if no epoch beats it
-        run_validation(-1)
-    progress = tqdm(total=max_steps, initial=step, desc="dpo", disable=not accelerator.is_local_main_process)
-    stats, first_noise = {}, None
-    for epoch in range(first_epoch, epochs):
-        if step >= max_steps:  # resumed from the last checkpoint of a finished run
-            break
-        step_config = sft_config if epoch < args.sft_first_epochs else loss_config
-        epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if epoch == first_epoch else loader
-        generator = process_generator(args.seed, accelerator.process_index, step)
+
+def run_validation(run: Run, epoch: int) -> None:
+    """Held-out-prompt DPO metrics and, with --judge_prompts, the judge's scores of fresh clips; the pipeline is
+    kept in OUTPUT_DIR/best when its score is the best so far."""
+    args, accelerator, policy, pipe = run.args, run.accelerator, run.policy, run.pipe
+    record = {"step": run.step, "epoch": epoch}
+    if run.val_indices:
+        record.update(validate(accelerator, policy, run.reference, run.noise_scheduler, run.val_cache,
+                               run.val_indices, run.loss_config, args.train_batch_size, args.seed))
+    if args.judge_prompts:
+        candidate = pipe.with_components(unet=accelerator.unwrap_model(policy).eval())
+        judge_steps = args.judge_steps or pipe.config.default_num_inference_steps
+        scores, results = judge_clips(accelerator, candidate, args.judge_prompts, args.judge_seed, judge_steps)
+        record.update(scores)
+        policy.train()
+        tracker = accelerator.get_tracker("tensorboard", unwrap=True) if "tensorboard" in args.report_to else None
+        if tracker is not None and accelerator.is_main_process:
+            audio = candidate(results[0].prompt, num_inference_steps=judge_steps,
+                              generator=torch.Generator().manual_seed(args.judge_seed)).audios[0]
+            tracker.add_audio("validation/clip_0", torch.as_tensor(audio), run.step, sample_rate=pipe.sampling_rate)
+    if len(record) == 2:
+        return
+    score = record.get("judge_mean_score", -record.get("val_loss", 0.0))
+    best = max((r["score"] for r in run.history["validation"]), default=-math.inf)
+    record["score"] = score
+    epoch_train = [r["implicit_acc"] for r in run.history["train"] if r["epoch"] == epoch]
+    if overfitting(record, epoch_train):
+        record["overfitting"] = True
+        logger.warning(f"overfitting after epoch {epoch}: held-out-prompt DPO loss {record['val_loss']:.3f} is "
+                       f"above log 2 (the untouched model's) while training accuracy is "
+                       f"{np.mean(epoch_train):.2f}: the pairs are memorised, not learned")
+    run.history["validation"].append(record)
+    accelerator.log({k: v for k, v in record.items() if k not in ("step", "epoch")}, step=run.step)
+    logger.info(f"validation {'before training' if epoch < 0 else f'after epoch {epoch}'}: {record}")
+    if score > best:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            unet = merged_unet(copy.deepcopy(accelerator.unwrap_model(policy)), args.lora_rank > 0)
+            check_finite_weights(unet, "best/")
+            save_pipeline_atomically(pipe.with_components(unet=unet), run.output_dir / "best")
+            (run.output_dir / "best" / "validation.json").write_text(json.dumps(record, indent=1))
+
+
+def train_epoch(run: Run, epoch: int, progress) -> None:
+    """One epoch of preference steps (SFT steps for the first --sft_first_epochs), with a checkpoint every
+    --checkpointing_steps; stops early at --max_train_steps."""
+    args, accelerator = run.args, run.accelerator
+    step_config = run.sft_config if epoch < args.sft_first_epochs else run.loss_config
+    loader = accelerator.skip_first_batches(run.loader, run.skip_batches) if epoch == run.first_epoch else run.loader
+    generator = process_generator(args.seed, accelerator.process_index, run.step)
+    window = []
+    for indices in loader:
+        with accelerator.accumulate(run.policy):
+            batch = collate(indices, run.cache, generator)
+            loss, metrics, noise = preference_step(step_config, run.policy, run.reference, run.noise_scheduler, batch,
+                                                   generator, accelerator.device, accelerator.autocast,
+                                                   with_reference=run.loss_config.needs_reference,
+                                                   timestep_range=args.timestep_range,
+                                                   groups=[run.group_of[i] for i in indices] if args.mirror_batches
+                                                   else None, sum_groups=args.mirror_margin)
+            if run.first_noise is None:
+                run.first_noise = noise.flatten()[:4].sum().item()
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(run.trainable, args.max_grad_norm)
+            run.optimizer.step()
+            run.lr_scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        window.append({"loss": loss.detach(), **metrics})
+        if not accelerator.sync_gradients:
+            continue
+        # Metrics of the whole global batch: mean over the accumulation window and the processes.
+        names = sorted(window[0])
+        values = torch.stack([torch.stack([w[n].float() for w in window]).mean() for n in names])
+        values = accelerator.reduce(values.to(accelerator.device), "mean")
         window = []
-        for indices in epoch_loader:
-            with accelerator.accumulate(policy):
-                batch = collate(indices, cache, generator)
-                loss, metrics, noise = preference_step(step_config, policy, reference, noise_scheduler, batch,
-                                                       generator, accelerator.device, accelerator.autocast,
-                                                       with_reference=loss_config.needs_reference,
-                                                       timestep_range=args.timestep_range,
-                                                       groups=[group_of[i] for i in indices] if args.mirror_batches
-                                                       else None, sum_groups=args.mirror_margin)
-                first_noise = noise.flatten()[:4].sum().item() if first_noise is None else first_noise
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            window.append({"loss": loss.detach(), **metrics})
-            if not accelerator.sync_gradients:
-                continue
-            # Metrics of the whole global batch: mean over the accumulation window and the processes.
-            names = sorted(window[0])
-            values = torch.stack([torch.stack([w[n].float() for w in window]).mean() for n in names])
-            values = accelerator.reduce(values.to(accelerator.device), "mean")
-            window = []
-            step += 1
-            stats = {**dict(zip(names, values.tolist())), "lr": lr_scheduler.get_last_lr()[0]}
-            if not math.isfinite(stats["loss"]):  # the same on every process (reduced): all stop here
-                raise TrainingDiverged(f"the loss is {stats['loss']} at step {step}: stopping, nothing saved since "
-                                       "the last checkpoint; check the dataset or lower --learning_rate")
-            history["train"].append({"step": step, "epoch": epoch, **stats})
-            progress.update(1)
-            progress.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['implicit_acc']:.2f}")
-            accelerator.log(stats, step=step)
-            if step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, policy, output_dir, step, config, history, args.checkpoints_total_limit)
-            if step >= max_steps:
-                break
-        skip_batches = 0
-        run_validation(epoch)
-        if step >= max_steps:
+        run.step += 1
+        run.stats = {**dict(zip(names, values.tolist())), "lr": run.lr_scheduler.get_last_lr()[0]}
+        if not math.isfinite(run.stats["loss"]):  # the same on every process (reduced): all stop here
+            raise TrainingDiverged(f"the loss is {run.stats['loss']} at step {run.step}: stopping, nothing saved "
+                                   "since the last checkpoint; check the dataset or lower --learning_rate")
+        run.history["train"].append({"step": run.step, "epoch": epoch, **run.stats})
+        progress.update(1)
+        progress.set_postfix(loss=f"{run.stats['loss']:.4f}", acc=f"{run.stats['implicit_acc']:.2f}")
+        accelerator.log(run.stats, step=run.step)
+        if run.step % args.checkpointing_steps == 0:
+            save_checkpoint(accelerator, run.policy, run.output_dir, run.step, run.config, run.history,
+                            args.checkpoints_total_limit)
+        if run.step >= run.max_steps:
             break
-    progress.close()
+    run.skip_batches = 0
 
+
+def save_outputs(run: Run) -> None:
+    """The trained pipeline, its card, configuration, curve and metrics (written last: the run's mark of
+    completion), the LoRA adapter, and with --push_to_hub the folder on the Hub."""
     from accelerate.utils import gather_object
 
-    noise_per_process = gather_object([first_noise])
+    args, accelerator, output_dir, cache = run.args, run.accelerator, run.output_dir, run.cache
+    noise_per_process = gather_object([run.first_noise])
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        unet = accelerator.unwrap_model(policy)
-        check_finite_weights(unet, "the trained pipeline")
-        if args.lora_rank > 0:
-            unet.save_lora_adapter(str(output_dir / "lora"))
-        pipe.with_components(unet=merged_unet(unet, args.lora_rank > 0)).save_pretrained(output_dir, safe_serialization=True)
-        summary = {"steps": step, "pairs": pairs, "train_pairs": len(train_indices), "validation_pairs": len(val_indices),
-                   "skipped": cache["skipped"], "stored_latent_pairs": cache["stored_latent_pairs"],
-                   "latent_sources": cache["latent_sources"], "latent_posterior": latent_posterior,
-                   "judge_prompts": args.judge_prompts, "processes": accelerator.num_processes, **stats,
-                   "first_noise_per_process": noise_per_process, "validation": history["validation"],
-                   "best": max(history["validation"], key=lambda r: r["score"], default=None)}
-        write_model_card(output_dir, config, summary)
-        (output_dir / "train_config.json").write_text(json.dumps(config, indent=1))
-        if history["train"]:
-            plot_curves(history, output_dir / "training_curve.png")
-        tmp = output_dir / "train_metrics.json.tmp"
-        tmp.write_text(json.dumps({**summary, "history": history["train"]}, indent=1))
-        os.replace(tmp, output_dir / "train_metrics.json")  # last: the run's mark of completion
-        logger.info(f"wrote {output_dir}")
-        if args.push_to_hub:
-            from huggingface_hub import HfApi
+    if not accelerator.is_main_process:
+        return
+    unet = accelerator.unwrap_model(run.policy)
+    check_finite_weights(unet, "the trained pipeline")
+    if args.lora_rank > 0:
+        unet.save_lora_adapter(str(output_dir / "lora"))
+    run.pipe.with_components(unet=merged_unet(unet, args.lora_rank > 0)).save_pretrained(output_dir,
+                                                                                        safe_serialization=True)
+    history = run.history
+    summary = {"steps": run.step, "pairs": len(cache["rows"]), "train_pairs": len(run.train_indices),
+               "validation_pairs": len(run.val_indices), "skipped": cache["skipped"],
+               "stored_latent_pairs": cache["stored_latent_pairs"], "latent_sources": cache["latent_sources"],
+               "latent_posterior": run.config["latent_posterior"], "judge_prompts": args.judge_prompts,
+               "processes": accelerator.num_processes, **run.stats, "first_noise_per_process": noise_per_process,
+               "validation": history["validation"],
+               "best": max(history["validation"], key=lambda r: r["score"], default=None)}
+    write_model_card(output_dir, run.config, summary)
+    (output_dir / "train_config.json").write_text(json.dumps(run.config, indent=1))
+    if history["train"]:
+        plot_curves(history, output_dir / "training_curve.png")
+    tmp = output_dir / "train_metrics.json.tmp"
+    tmp.write_text(json.dumps({**summary, "history": history["train"]}, indent=1))
+    os.replace(tmp, output_dir / "train_metrics.json")  # last: the run's mark of completion
+    logger.info(f"wrote {output_dir}")
+    if args.push_to_hub:
+        from huggingface_hub import HfApi
 
-            api = HfApi()
-            api.create_repo(args.hub_model_id, exist_ok=True)
-            api.upload_folder(repo_id=args.hub_model_id, folder_path=output_dir,
-                              ignore_patterns=["checkpoint-*", ".partial-*", "cache/*", "lora/*", "best/*"])
+        api = HfApi()
+        api.create_repo(args.hub_model_id, exist_ok=True)
+        api.upload_folder(repo_id=args.hub_model_id, folder_path=output_dir,
+                          ignore_patterns=["checkpoint-*", ".partial-*", "cache/*", "lora/*", "best/*"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
+                              mixed_precision=args.mixed_precision,
+                              log_with=None if args.report_to == "none" else args.report_to,
+                              project_dir=str(output_dir))
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    run = Run(args, accelerator, output_dir)
+    load_models(run)
+    load_data(run)
+    prepare_optimization(run)
+    resume(run)
+    if run.step == 0:  # the starting model's scores: the curve's origin, and "best" stays it if no epoch beats it
+        run_validation(run, -1)
+    progress = tqdm(total=run.max_steps, initial=run.step, desc="dpo", disable=not accelerator.is_local_main_process)
+    for epoch in range(run.first_epoch, run.epochs):
+        if run.step >= run.max_steps:  # resumed from the last checkpoint of a finished run
+            break
+        train_epoch(run, epoch, progress)
+        run_validation(run, epoch)
+        if run.step >= run.max_steps:
+            break
+    progress.close()
+    save_outputs(run)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     if torch.distributed.is_initialized():

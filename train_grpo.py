@@ -17,7 +17,7 @@ sampler took. One iteration:
    schedule, the first ``--stochastic_steps`` steps drawn with ``--eta`` and recorded with their
    log-probabilities, the rest deterministic. Each process samples its share of the prompts.
 2. Reward. ``--reward``: ``judge`` (the sound world's exact judge), ``reward:PATH`` (a preference
-   model learned from votes, ``python -m annotate.reward``) or ``clap`` (real audio).
+   model learned from votes, ``python -m preference.reward``) or ``clap`` (real audio).
 3. Advantages within each prompt's group (``losses.group_advantages``); groups whose clips all
    scored the same carry no signal and are not trained on.
 4. Update. For ``--inner_epochs`` passes over the clips in mini-batches, the policy re-scores
@@ -51,7 +51,7 @@ RESUMABLE_CHANGES = {"iterations", "resume", "output_dir", "validation_every"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from annotate.autorank import ranker_spec  # torch-free: checks the folder, loads nothing
+    from autopairs.autorank import ranker_spec  # torch-free: checks the folder, loads nothing
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -117,7 +117,7 @@ def prompt_source(spec: str, validation: list[str]):
             drawn = [p for p in sample_prompts("train", 2 * n + 8, seed) if p not in held_out]
             return drawn[:n]
         return prompts
-    from annotate.autorank import read_prompts
+    from autopairs.autorank import read_prompts
 
     pool = [line for line in dict.fromkeys(read_prompts(spec, None, 0)) if line not in held_out]
     if not pool:
@@ -137,7 +137,7 @@ def validation_prompts(spec: str, n: int, seed: int) -> list[str]:
         from soundworld import sample_prompts
 
         return list(dict.fromkeys(sample_prompts("train", n, seed)))
-    from annotate.autorank import read_prompts
+    from autopairs.autorank import read_prompts
 
     return list(dict.fromkeys(read_prompts(spec, None, 0)))[:n]
 
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from annotate.autorank import load_ranker
+    from autopairs.autorank import load_ranker
     from losses import group_advantages, grpo_loss
     from pipeline import load_pipeline
 

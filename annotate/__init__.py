@@ -1,7 +1,8 @@
-"""Turning clips into preference data: blind K-way ranking tasks, votes, pairs, datasets.
+"""Human annotation: blind K-way ranking tasks, votes, gold tasks, the verdict, and the export of votes as pairs.
 
-``from annotate import Store`` is all the app needs; the pool, pairs, dataset and export
-modules are imported where used (they pull in heavier libraries).
+``from annotate import Store`` is all the app needs; the pool, pairs, verdict and export
+modules are imported where used (they pull in heavier libraries). Automatic pair making is
+``autopairs``, the preference model ``preference``, reading and writing datasets ``preference_data``.
 """
 
 from .store import Candidate, Ranking, ShownClip, Store, Task, UnusableStore

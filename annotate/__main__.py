@@ -30,14 +30,6 @@ def _read_prompts(path: str) -> list[str]:
     return prompt_lines(Path(path).read_text(encoding="utf-8"))
 
 
-def _existing_store(data_dir: str) -> Store:
-    """The store in ``data_dir``, for the commands that only use one: none there is refused, creating nothing."""
-    if not (Path(data_dir) / DB_NAME).is_file():
-        raise InvalidInput(f"no annotation store in {data_dir} (no {DB_NAME}): make tasks first with "
-                           f"`python -m annotate pool`, or point --data-dir at the app's data folder")
-    return Store(data_dir)
-
-
 def pool(args: argparse.Namespace) -> int:
     from .pool import DEFAULT_MODELS, build_pool
 
@@ -51,7 +43,7 @@ def pool(args: argparse.Namespace) -> int:
 def export(args: argparse.Namespace) -> int:
     from .export import export_human_pairs
 
-    result = export_human_pairs(_existing_store(args.data_dir), args.out, min_margin=args.min_margin,
+    result = export_human_pairs(Store.existing(args.data_dir), args.out, min_margin=args.min_margin,
                                 min_votes=args.min_votes, min_gold_accuracy=args.min_gold_accuracy,
                                 include_flagged=args.include_flagged)
     alpha = "n/a" if result.alpha is None else f"{result.alpha:.3f}"
@@ -66,7 +58,7 @@ def gold(args: argparse.Namespace) -> int:
     from pipeline import load_pipeline
 
     from .gold import add_gold_tasks, regular_clip_seconds
-    from .reward import round_trip
+    from pipeline.audio import round_trip
 
     prompts = _read_prompts(args.prompts)
     pipe = load_pipeline(args.model, device="cpu")
@@ -81,7 +73,7 @@ def gold(args: argparse.Namespace) -> int:
 def verdict(args: argparse.Namespace) -> int:
     from .verdict import compute_verdict, verdict_markdown
 
-    result = compute_verdict(_existing_store(args.data_dir), args.source, min_gold_accuracy=args.min_gold_accuracy,
+    result = compute_verdict(Store.existing(args.data_dir), args.source, min_gold_accuracy=args.min_gold_accuracy,
                              include_flagged=args.include_flagged, demo_tasks=args.demo_tasks)
     print(json.dumps(result.rows, indent=2) if args.json else verdict_markdown([result]))
     return 0
@@ -92,7 +84,7 @@ def push(args: argparse.Namespace) -> int:
 
     folder = args.folder
     if folder is None:
-        exports = _existing_store(args.data_dir).exports()
+        exports = Store.existing(args.data_dir).exports()
         if not exports:
             raise InvalidInput("nothing exported yet: run `python -m annotate export` first (or pass --folder)")
         folder = exports[-1].out_dir
@@ -104,7 +96,7 @@ def push(args: argparse.Namespace) -> int:
 def stats(args: argparse.Namespace) -> int:
     from .stats import dataset_stats
 
-    summary = dataset_stats(_existing_store(args.data_dir))
+    summary = dataset_stats(Store.existing(args.data_dir))
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from preference_data.files import write_atomic
 from soundworld.vocabulary import SAMPLE_RATE  # Tango's rate, defined once (torch-free) with the sound world
 
-from .files import write_atomic
 from .validation import InvalidAudio, preview
 
 MAX_CLIP_S = 60.0
@@ -120,21 +120,3 @@ def write_clip(audio_dir: Path, clip: Clip) -> Path:
     if not path.exists():
         write_atomic(path, clip.wav_bytes)
     return path
-
-
-def latent_to_bytes(latent: np.ndarray) -> bytes:
-    """A sampled latent as the dataset stores it: a float32 ``.npy`` (shape inside, no pickle)."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(latent, dtype=np.float32), allow_pickle=False)
-    return buffer.getvalue()
-
-
-def latent_from_bytes(data: bytes) -> np.ndarray:
-    """The inverse of ``latent_to_bytes``; raises ``ValueError`` for anything but a finite float32 array."""
-    try:
-        latent = np.load(io.BytesIO(data), allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise ValueError(f"not a stored latent: {err}") from None
-    if latent.dtype != np.float32 or latent.ndim != 3 or not np.isfinite(latent).all():
-        raise ValueError(f"not a finite (channels, frames, bins) float32 latent: {latent.dtype} {latent.shape}")
-    return latent

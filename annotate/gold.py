@@ -10,7 +10,7 @@ Gold tasks must look like the others: they hold as many clips as the store's reg
 their clips last as long as the regular clips, every render uses a seed drawn at random
 (stored with the clip, never shown), so nobody can tell the truth by rendering the prompt
 with a public seed and comparing, and every render goes through the pool's model's own
-decoder path (``through``: its VAE and vocoder, ``annotate.reward.round_trip``), so that a
+decoder path (``through``: its VAE and vocoder, ``pipeline.audio.round_trip``), so that a
 gold clip has the noise floor and level statistics of a generated one. A bare render is
 94-98 % exact zeros where a generated clip has none: told apart without listening.
 
@@ -136,7 +136,7 @@ def add_gold_tasks(store: Store, prompts: Sequence[str], *, through: Decoder, du
     """One gold task per sound-world prompt: its render first, ``distractors`` renders of other prompts tied below.
 
     ``through`` passes the renders through the decoder path of the model whose clips the gold tasks sit among
-    (``functools.partial(annotate.reward.round_trip, pipe)``). ``duration_s``: each clip's length; None: as long
+    (``functools.partial(pipeline.audio.round_trip, pipe)``). ``duration_s``: each clip's length; None: as long
     as the store's regular clips last most often (``regular_clip_seconds``), else the sound world's clip length.
     ``distractors`` None: as many as make the task as large as the store's regular tasks
     (``regular_task_clips``). Every clip is rendered with a secret random seed. Distractor

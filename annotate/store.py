@@ -79,8 +79,10 @@ from typing import Iterator
 
 import numpy as np
 
-from .clips import SAMPLE_RATE, clip_path, latent_from_bytes, latent_to_bytes, load_clip, write_clip
-from .files import link_or_copy, write_atomic
+from preference_data.latents import latent_from_bytes, latent_to_bytes
+
+from .clips import SAMPLE_RATE, clip_path, load_clip, write_clip
+from preference_data.files import link_or_copy, write_atomic
 from .schema import MIGRATIONS
 from .validation import (
     MAX_PROMPT_CHARS,
@@ -249,6 +251,14 @@ class Store:
         busy_timeout_s: how long a write waits for the lock before giving up.
     """
 
+    @classmethod
+    def existing(cls, data_dir: str | Path) -> "Store":
+        """The store in ``data_dir``, for the commands that only read one: none there is refused, creating nothing."""
+        if not (Path(data_dir) / DB_NAME).is_file():
+            raise InvalidInput(f"no annotation store in {data_dir} (no {DB_NAME}): make tasks first with "
+                               f"`python -m annotate pool`, or point --data-dir at the app's data folder")
+        return cls(data_dir)
+
     def __init__(
         self,
         data_dir: str | os.PathLike = "data",
@@ -397,7 +407,7 @@ class Store:
         ``annotate.clips`` for what is accepted. ``latent`` (with its ``latent_fingerprint``):
         the latent the model decoded into this clip, kept beside it so that DPO can train on
         what was ranked. ``auto_score`` is stored without a scorer, so the app's automatic ranker
-        replaces it with its own (``annotate.autorank.score_unscored``). Idempotent on (prompt,
+        replaces it with its own (``autopairs.autorank.score_unscored``). Idempotent on (prompt,
         model, seed, steps, guidance): a clip already stored under that key is returned unchanged.
         """
         prompt = check_text(prompt, "prompt", MAX_PROMPT_CHARS)

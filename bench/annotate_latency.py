@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from annotate import Store  # noqa: E402
-from annotate.files import write_atomic  # noqa: E402
+from preference_data.files import write_atomic  # noqa: E402
 
 GOAL_NEXT_TASK_P95_MS = 50.0
 GOAL_SUBMIT_P99_MS = 20.0

@@ -27,7 +27,7 @@ COMMANDS = {
     "python train_dpo.py --help": ["train_dpo.py", "--help"],
     "python train_grpo.py --help": ["train_grpo.py", "--help"],
     "python -m annotate --help": ["-m", "annotate", "--help"],
-    "python -m annotate.autorank --help": ["-m", "annotate.autorank", "--help"],
+    "python -m autopairs.autorank --help": ["-m", "autopairs.autorank", "--help"],
 }
 GOAL_S = 0.5
 

@@ -199,3 +199,21 @@ def save_audio(path: str | os.PathLike, waveform: np.ndarray, sample_rate: int =
         raise AudioError(f"refusing to write {os.fspath(path)!r}: expected a finite 1-D waveform")
     sf.write(os.fspath(path), np.clip(waveform, -1.0, 1.0), sample_rate, subtype="PCM_16")
 
+
+def mode_latents(vae, waveforms: Sequence[np.ndarray]) -> "torch.Tensor":
+    """16 kHz clips' VAE latents, the posterior's mode times the scaling factor, (clips, channels, frames, bins):
+    log-mel frames for the longest clip, rounded up to what the VAE downsamples by."""
+    frames_per_latent = 2 ** (len(vae.config.block_out_channels) - 1)
+    frames = math.ceil(max(len(w) for w in waveforms) / TANGO_MEL.hop_length / frames_per_latent) * frames_per_latent
+    fbank, _, _ = wav_to_fbank([np.asarray(w, np.float32) for w in waveforms],
+                               target_length=max(frames, frames_per_latent))
+    with torch.no_grad():
+        latents = vae.encode(fbank.unsqueeze(1).to(vae.dtype)).latent_dist.mode()
+    return latents.float() * float(vae.config.scaling_factor)
+
+
+def round_trip(pipe, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """16 kHz clips through ``pipe``'s VAE (the posterior's mode) and vocoder, as its generated clips are made."""
+    with torch.no_grad():
+        audio = pipe.mel_spectrogram_to_waveform(pipe.decode_latents(mode_latents(pipe.vae, waveforms)))
+    return [clip[:len(w)].numpy() for clip, w in zip(audio.float(), waveforms)]

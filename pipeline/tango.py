@@ -26,6 +26,8 @@ from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import PreTrainedTokenizerBase, T5EncoderModel
 
+from .prompt_checks import named_prompt_check
+
 logger = logging.get_logger(__name__)
 
 EXAMPLE_DOC_STRING = """
@@ -70,7 +72,7 @@ def clip_seeds(seed: int, count: int) -> list[int]:
 
 LATENT_POSTERIORS = ("mode", "sample")
 # Settings saved in model_index.json beside the components: they travel with the weights.
-SAVED_SETTINGS = ("default_num_inference_steps", "latent_posterior", "default_guidance_interval")
+SAVED_SETTINGS = ("default_num_inference_steps", "latent_posterior", "default_guidance_interval", "prompt_check")
 
 
 def checked_guidance_interval(interval) -> tuple[float, float]:
@@ -210,6 +212,11 @@ class TangoPipeline(DiffusionPipeline):
             `{"low": low, "high": high}`: the training timesteps outside which classifier-free guidance is skipped
             when a call names no `guidance_interval`; `None` (Tango's way) guides every step. Saved in
             `model_index.json` (a dict: diffusers reads a two-item list there as a component).
+        prompt_check (`str`, *optional*):
+            `"module:function"`, a function of a prompt that returns why this model cannot read it, or `None` when
+            it can: a model whose text encoder knows only a small language names its check (the embedded
+            sound-world models name their grammar's, `soundworld.grammar:why_unreadable`), and a call warns for
+            such prompts. `None` (Tango's way): the model reads any text. Saved in `model_index.json`.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae->vocoder"
@@ -226,6 +233,7 @@ class TangoPipeline(DiffusionPipeline):
         default_num_inference_steps: int = 100,
         latent_posterior: str = "sample",
         default_guidance_interval: dict[str, float] | None = None,
+        prompt_check: str | None = None,
     ):
         super().__init__()
         if latent_posterior not in LATENT_POSTERIORS:
@@ -236,6 +244,7 @@ class TangoPipeline(DiffusionPipeline):
                 raise ValueError(f"`default_guidance_interval` must be {{'low': ..., 'high': ...}}, got {bounds!r:.80}")
             low, high = checked_guidance_interval((bounds["low"], bounds["high"]))
             default_guidance_interval = {"low": low, "high": high}
+        self._prompt_check = None if prompt_check is None else named_prompt_check(prompt_check)
         self.register_modules(
             tokenizer=tokenizer,
             text_encoder=text_encoder,
@@ -245,7 +254,8 @@ class TangoPipeline(DiffusionPipeline):
             scheduler=scheduler,
         )
         self.register_to_config(default_num_inference_steps=default_num_inference_steps,
-                                latent_posterior=latent_posterior, default_guidance_interval=default_guidance_interval)
+                                latent_posterior=latent_posterior, default_guidance_interval=default_guidance_interval,
+                                prompt_check=prompt_check)
 
     def with_components(self, **components) -> "TangoPipeline":
         """A pipeline sharing this one's components and settings, with ``components`` replaced (a tuned UNet,
@@ -325,13 +335,10 @@ class TangoPipeline(DiffusionPipeline):
                 f"(the longest had {max(lengths)}); the text encoder only sees the beginning."
             )
 
-    def _warn_if_unreadable(self, texts: list[str]) -> None:
-        """A sound-world model turns words it cannot read into a clip of something: say so (callers that refuse such
-        prompts, the Demo and the ``annotate`` commands, check first with the same ``why_unreadable``)."""
-        from soundworld.grammar import why_unreadable  # the embedded models' grammar (numpy only)
-
-        for reason in dict.fromkeys(filter(None, map(why_unreadable, texts))):
-            logger.warning(f"this model cannot read the prompt: {reason}")
+    def why_unreadable(self, prompt: str) -> str | None:
+        """Why this model cannot read ``prompt`` (by the check its ``prompt_check`` setting names), or None: a model
+        that names no check reads any text."""
+        return None if self._prompt_check is None else self._prompt_check(prompt)
 
     def guided_steps(self, timesteps, guidance_interval: tuple[float, float] | None = None) -> list[bool]:
         """For each timestep, whether classifier-free guidance runs there: within ``guidance_interval`` (low, high),
@@ -599,8 +606,8 @@ class TangoPipeline(DiffusionPipeline):
 
         # 2. Define call parameters
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if self.reads_only_the_sound_world:
-            self._warn_if_unreadable(prompts)
+        for reason in dict.fromkeys(filter(None, map(self.why_unreadable, prompts))):
+            logger.warning(f"this model cannot read the prompt: {reason}")
         if isinstance(negative_prompt, str) or (negative_prompt is not None and len(negative_prompt) == 1):
             negative_prompt = [negative_prompt if isinstance(negative_prompt, str) else negative_prompt[0]]
             negative_prompt = negative_prompt * len(prompts)

@@ -45,6 +45,8 @@ from itertools import combinations
 
 import numpy as np
 
+from pipeline.prompt_checks import prompt_check
+
 from .vocabulary import COUNTABLE_TYPES, EVENT_TYPES, EVENT_VOCABULARY, EVENTS_BY_NAME, MAX_COUNT
 
 CONSTRUCTIONS = ("single", "count", "then", "followed_by", "before", "after", "three_event")
@@ -242,6 +244,7 @@ def vocabulary_markdown() -> str:
             "Any other word (\"loud\", \"dog\") is refused.")
 
 
+@prompt_check  # the embedded models name it in their model_index.json
 def why_unreadable(text: str) -> str | None:
     """Why the sound-world models cannot read ``text`` (the word or order to blame, and what they know), or
     None when the grammar parses it. The one check wherever a sound-world model is asked to generate."""

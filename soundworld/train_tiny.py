@@ -78,7 +78,7 @@ vae_kl_weight = 1e-6
 # UNet and diffusion training
 unet_channels = "32,64,128"
 unet_heads = 4
-unet_attention_levels = "1,2"  # levels with self- and cross-attention (0 = full resolution: slower, no better in bench/tiny_design.py)
+unet_attention_levels = "1,2"  # levels with self- and cross-attention (0 = full resolution: slower, no better in experiments/tiny_design.py)
 position_channels = 8  # time-position maps: input channels and, projected, at every attention (pipeline.time_position_unet)
 train_steps = 20000
 max_minutes = 100.0  # wall-clock budget of the diffusion stage (0 = none): the schedule ends at whichever comes first
@@ -96,7 +96,7 @@ grad_clip = 1.0
 eval_interval = 2000
 eval_prompts = 48  # per split: validation (training-split prompts, fresh seeds; selects runs), test, heldout
 sample_steps = 12  # DPM-Solver++ (Karras sigmas) steps, guided above t = 200: evaluation and the shipped default
-# (bench/samplers.py: the cheapest setting within 0.01 of the best judge score)
+# (experiments/samplers.py: the cheapest setting within 0.01 of the best judge score)
 eval_guidance_scale = 3.0
 checkpoint_interval = 500
 # -----------------------------------------------------------------------------
@@ -427,7 +427,8 @@ def make_pipeline(tokenizer, text_encoder, unet, vae, device="cpu", scheduler_cl
     pipe = TangoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae,
                          vocoder=GriffinLimVocoder(), scheduler=scheduler,
                          default_num_inference_steps=default_steps, default_guidance_interval=GUIDANCE_INTERVAL,
-                         latent_posterior="mode")  # the UNet trains on the posterior's mode (below)
+                         latent_posterior="mode",  # the UNet trains on the posterior's mode (below)
+                         prompt_check="soundworld.grammar:why_unreadable")  # its text encoder reads only the grammar
     return pipe.to(device)
 
 

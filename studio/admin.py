@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from annotate import Store
 from annotate.clips import clip_path
-from annotate.dataset import export_lock
+from preference_data.dataset import export_lock
 from annotate.export import ExportResult, export_human_pairs, push_to_hub
 from annotate.pairs import aggregate_pairs
 from annotate.stats import dataset_stats

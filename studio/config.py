@@ -45,7 +45,7 @@ class StudioConfig:
     reveal_models: bool = False  # show the annotator the models behind the clips after each vote
     show_gold_accuracy: bool = False  # show each annotator their own accuracy on gold tasks
     informative_first: bool = False  # hand out the tasks the automatic ranker is least sure about first
-    reward_model: Path | None = None  # a preference model (annotate.reward) as the automatic ranker; None: the judge
+    reward_model: Path | None = None  # a preference model (preference.reward) as the automatic ranker; None: the judge
     trust_proxy: bool = False  # a proxy in front of the app sets X-Forwarded-For (studio.limits.visitor_of)
     leaderboard_every: int = 20  # the public results count human rankings in whole batches of this many
     min_comparisons: int = 10  # the public results show a model's numbers once it was in this many comparisons
@@ -98,7 +98,7 @@ _FLAGS = {
     "--informative-first": ("TANGO_INFORMATIVE_FIRST", "hand out first the tasks whose clips the automatic ranker "
                             "scores closest"),
     "--reward-model": ("TANGO_REWARD_MODEL", "folder of a preference model learned from votes (python -m "
-                       "annotate.reward train): it scores every stored clip for the automatic verdict and "
+                       "preference.reward train): it scores every stored clip for the automatic verdict and "
                        "--informative-first; none: the sound world's judge, for sound-world models"),
     "--trust-proxy": ("TANGO_TRUST_PROXY", "the app runs behind a proxy that sets X-Forwarded-For (a Space does): "
                       "count visitors by the address it saw, not by the connection's"),
@@ -196,7 +196,7 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
     reward_model = Path(args.reward_model) if args.reward_model else None
     if reward_model is not None and not (reward_model / "reward" / "config.json").is_file():
         parser.error(f"--reward-model {str(reward_model)!r} is not a preference model folder (no reward/config.json): "
-                     "train one with `python -m annotate.reward train`")
+                     "train one with `python -m preference.reward train`")
     for flag in ("base_model", "dpo_model"):
         if not str(getattr(args, flag)).strip():
             parser.error(f"--{flag.replace('_', '-')} is empty: name a model spec (tiny, a folder or a Hub id)")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from annotate import Store, UnusableStore
-from annotate.autorank import JudgeRanker, score_unscored
+from autopairs.autorank import JudgeRanker, score_unscored
 from annotate.export import PushError, ScheduledPush, restore_from_hub
 
 from .admin import export_dataset
@@ -106,7 +106,7 @@ class Studio:
     def _automatic_ranker(self):
         """The owner's preference model, else the judge for sound-world models, else none (human verdict only)."""
         if self.config.reward_model is not None:
-            from annotate.reward import PreferenceModel
+            from preference.reward import PreferenceModel
 
             return PreferenceModel.from_pretrained(self.config.reward_model)
         return JudgeRanker() if any(m.is_sound_world for m in self.models) else None

@@ -74,7 +74,7 @@ def add_rendered_gold(store: Store, prompts, **options) -> list[int]:
 def preference_row(i: int, strategy: str = "inference"):
     """A distinct, valid dataset row made of two tones (for the dataset writer's tests)."""
     from annotate.clips import encode_wav
-    from annotate.dataset import PreferenceRow
+    from preference_data.dataset import PreferenceRow
 
     return PreferenceRow(
         prompt=f"prompt {i}", chosen_wav=encode_wav(tone(200 + i)), rejected_wav=encode_wav(tone(900 + i)),

@@ -18,7 +18,7 @@ import yaml
 from datasets import Audio, load_dataset
 
 from annotate import InvalidInput, Store
-from annotate.dataset import EXPORT_MARKER, FEATURES, EmptyDataset, NotAnExport, write_preference_dataset
+from preference_data.dataset import EXPORT_MARKER, FEATURES, EmptyDataset, NotAnExport, write_preference_dataset
 from annotate.export import PushError, ScheduledPush, export_human_pairs, push_to_hub
 from annotate.store import DB_NAME
 from tests.annotate_helpers import SineGenerator, make_tasks, preference_row, tone
@@ -253,11 +253,11 @@ def test_a_swap_cut_between_its_renames_is_undone_or_finished(tmp_path):
 
 
 def test_shards_split_by_size_and_load_in_order(tmp_path, monkeypatch):
-    import annotate.dataset
+    import preference_data.dataset
 
     row_bytes = len(preference_row(0).chosen_wav) * 2
-    monkeypatch.setattr(annotate.dataset, "MAX_SHARD_BYTES", 3 * row_bytes)
-    monkeypatch.setattr(annotate.dataset, "ROWS_PER_GROUP", 2)
+    monkeypatch.setattr(preference_data.dataset, "MAX_SHARD_BYTES", 3 * row_bytes)
+    monkeypatch.setattr(preference_data.dataset, "ROWS_PER_GROUP", 2)
     summary = write_preference_dataset((preference_row(i) for i in range(7)), tmp_path / "export", how_made="sharded")
     assert summary.shards == 3
     assert sorted(p.name for p in (tmp_path / "export" / "data").iterdir()) == [
@@ -373,7 +373,7 @@ class LatentSineGenerator(SineGenerator):
 
 def test_pool_clips_keep_their_latents_through_votes_and_export(tmp_path):
     """What annotators ranked is what DPO trains on: the latents stored with pool clips reach the export."""
-    from annotate.clips import latent_from_bytes
+    from preference_data.latents import latent_from_bytes
     from annotate.pool import build_pool
     from tests.annotate_helpers import vote
 

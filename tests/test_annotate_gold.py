@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from annotate import InvalidInput, InvalidVote, Store
-from annotate.autorank import score_unscored
+from autopairs.autorank import score_unscored
 from annotate.clips import decode_wav
 from annotate.export import export_human_pairs
 from annotate.gold import GOLD_TRUTH_MODEL, gold_accuracy

@@ -16,7 +16,7 @@ import pytest
 from datasets import load_dataset
 
 from annotate import Store
-from annotate.dataset import write_preference_dataset
+from preference_data.dataset import write_preference_dataset
 from tests.annotate_helpers import make_tasks, preference_row, vote
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,7 +143,7 @@ def test_a_writer_killed_inside_a_vote_transaction_leaves_no_trace_of_it(tmp_pat
 EXPORT_SCRIPT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from annotate.dataset import write_preference_dataset
+    from preference_data.dataset import write_preference_dataset
     from tests.annotate_helpers import preference_row
     out_dir, marker = sys.argv[1:]
 

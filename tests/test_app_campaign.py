@@ -290,7 +290,7 @@ def test_gold_clips_cannot_be_told_from_model_clips_by_their_statistics(tmp_path
 
     from annotate import Store
     from annotate.gold import add_gold_tasks
-    from annotate.reward import round_trip
+    from pipeline.audio import round_trip
     from pipeline import load_pipeline
     from soundworld import sample_prompt_specs
 

@@ -7,10 +7,10 @@ import pytest
 import soundfile as sf
 import torch
 
-import annotate.autorank as autorank
-from annotate.autorank import AutorankReport, ClapRanker, JudgeRanker, autorank_pairs, ranked_pairs
-from annotate.dataset import write_preference_dataset
-from annotate.perturb import Perturbation
+import autopairs.autorank as autorank
+from autopairs.autorank import AutorankReport, ClapRanker, JudgeRanker, autorank_pairs, ranked_pairs
+from preference_data.dataset import write_preference_dataset
+from soundworld.perturb import Perturbation
 from soundworld import render
 from tests.conftest import FIXTURE_DIR
 
@@ -89,7 +89,7 @@ def test_prompts_a_sound_world_model_cannot_read_are_refused_before_any_clip(tmp
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown word 'dog'" in err and "9 sounds" in err
     assert SoundWorldRenderGenerator.calls == 0 and not (tmp_path / "out").exists()
-    # the same for a prompt of a perturbations table (as annotate.rounds passes one)
+    # the same for a prompt of a perturbations table (as train_rounds passes one)
     table = {GOOD_PROMPTS[0]: [Perturbation(strategy="perturbed", prompt="a cat meows", change="made up")]}
     with pytest.raises(ValueError, match="unknown word 'cat'"):
         list(autorank_pairs([GOOD_PROMPTS[0]], SoundWorldRenderGenerator(), JudgeRanker(), model="tiny", k=2,
@@ -189,7 +189,7 @@ def test_three_strategies_make_contrasts_the_judge_ranks_against_the_original_pr
     write_preference_dataset(rows, tmp_path / "pairs", how_made="test")
     from datasets import load_dataset
 
-    from annotate.clips import latent_from_bytes
+    from preference_data.latents import latent_from_bytes
 
     ds = load_dataset(str(tmp_path / "pairs"), split="train", download_mode="force_redownload",
                       verification_mode="no_checks")
@@ -212,7 +212,7 @@ def test_pair_filter_is_tango2s_band():
 def test_perturbations_file_replaces_the_built_in_perturber(tmp_path):
     table = tmp_path / "perturbations.jsonl"
     table.write_text('{"prompt": "a rising chirp then two knocks", "temporal": ["two knocks then a rising chirp"]}\n')
-    from annotate.perturb import load_perturbations
+    from soundworld.perturb import load_perturbations
 
     rows = list(autorank_pairs(["a rising chirp then two knocks"], FollowingGenerator(), JudgeRanker(), model="m",
                                k=2, min_margin=0.0, strategies=("temporal",), perturbations=load_perturbations(table)))

@@ -22,7 +22,7 @@ COMMANDS = {
     "annotate": ("module", "annotate", []),
     "annotate pool": ("module", "annotate", ["pool"]),
     "annotate export": ("module", "annotate", ["export"]),
-    "annotate.autorank": ("module", "annotate.autorank", []),
+    "autopairs.autorank": ("module", "autopairs.autorank", []),
 }
 # Runs a command as `python FILE` / `python -m MODULE` would, then names the heavy modules it imported.
 RUN_AND_LIST_IMPORTS = """
@@ -83,3 +83,18 @@ def test_training_refuses_a_missing_dataset_folder_and_an_unknown_model(tmp_path
         "error: --pretrained_model: unknown model spec 'nope-model': not an embedded name (tiny, tiny-dpo), not an "
         "existing folder, and not a Hub repo id like 'declare-lab/tango2'")
     assert not (tmp_path / "out").exists()
+
+
+# Modules that left `annotate` (issue 30): the old `python -m` path still runs the command for a release, saying
+# where it went, and the new path runs it with no note.
+MOVED = {"annotate.autorank": ["-m", "autopairs.autorank"], "annotate.perturb": ["-m", "soundworld.perturb"],
+         "annotate.reward": ["-m", "preference.reward"], "annotate.rounds": ["train_rounds.py"]}
+
+
+@pytest.mark.parametrize("old", MOVED)
+def test_a_moved_command_answers_at_its_old_path_and_says_where_it_went(old):
+    new = MOVED[old]
+    before, after = python("-m", old, "--help"), python(*new, "--help")
+    assert before.returncode == after.returncode == 0, before.stderr[-2000:] + after.stderr[-2000:]
+    assert before.stdout.split("\n", 1)[1] == after.stdout.split("\n", 1)[1]  # the same options (usage names the file)
+    assert f"`python -m {old}` moved to `{' '.join(['python', *new])}`" in before.stderr and not after.stderr.strip()

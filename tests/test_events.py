@@ -1,4 +1,4 @@
-"""The event tagger (annotate.events): timelines become frame labels and prompt targets, the detector's
+"""The event tagger (preference.events): timelines become frame labels and prompt targets, the detector's
 probabilities become per-type events, it learns rendered events, and a preference model hears clips through it
 (train, save, load, rank, the CLI)."""
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from annotate.events import (AUDIO_FEATURES, EventPreferenceHead, EventTagger, TimedClip, frame_labels, load_tagger,
+from preference.events import (AUDIO_FEATURES, EventPreferenceHead, EventTagger, TimedClip, frame_labels, load_tagger,
                              log_mel, prompt_targets, rendered_timelines, save_tagger, train_event_tagger)
-from annotate.reward import PreferenceModel, main
+from preference.reward import PreferenceModel, main
 from annotate.validation import InvalidInput
 from soundworld import EVENT_TYPES, parse, render
 from tests.test_reward import RATE, ranked_store  # noqa: F401  (a fixture)

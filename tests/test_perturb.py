@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from annotate.perturb import (
+from soundworld.perturb import (
     COUNTABLE_SOURCES,
     STRATEGIES,
     Perturbation,

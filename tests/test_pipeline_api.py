@@ -290,3 +290,21 @@ def test_guidance_interval_guides_only_the_steps_within_it(fixture_pipe, tmp_pat
     for bad in ([low, high], {"low": high, "high": low}):
         with pytest.raises(ValueError, match="guidance_interval"):
             TangoPipeline(**fixture_pipe.components, default_guidance_interval=bad)
+
+
+def test_the_prompt_check_comes_from_the_model_folder_and_only_a_registered_one_runs(tmp_path):
+    # The embedded models name their grammar's check in model_index.json; a saved copy keeps it; real Tango (no
+    # check) reads any text; a folder naming an unregistered function (a Hub folder could name os:system) is refused.
+    pipe = load_pipeline("tiny", device="cpu")
+    assert "unknown word 'dog'" in pipe.why_unreadable("a dog barks") and pipe.why_unreadable("two knocks") is None
+    pipe.save_pretrained(tmp_path / "copy")
+    assert load_pipeline(str(tmp_path / "copy"), device="cpu").why_unreadable("a dog barks")
+    free_text = pipe.with_components()
+    free_text.register_to_config(prompt_check=None)
+    free_text.save_pretrained(tmp_path / "free")
+    assert load_pipeline(str(tmp_path / "free"), device="cpu").why_unreadable("a dog barks") is None
+    pipe.save_pretrained(tmp_path / "hostile")
+    index = tmp_path / "hostile" / "model_index.json"
+    index.write_text(index.read_text().replace("soundworld.grammar:why_unreadable", "os:system"))
+    with pytest.raises(ValueError, match="'os:system' is not a registered prompt check"):
+        load_pipeline(str(tmp_path / "hostile"), device="cpu")

@@ -7,7 +7,7 @@ import soundfile as sf
 import torch
 
 from annotate.pool import GeneratedClips
-from annotate.reorder import EventRun, ReorderReport, cut_frames, event_runs, rearrange, reordered_pairs
+from autopairs.reorder import EventRun, ReorderReport, cut_frames, event_runs, rearrange, reordered_pairs
 from soundworld import render
 from soundworld.grammar import in_test_split, parse
 from soundworld.judge import DetectedEvent, heard_order, judge

@@ -1,4 +1,4 @@
-"""The preference model learned from votes (annotate.reward): comparisons from rankings, Bradley-Terry training that
+"""The preference model learned from votes (preference.reward): comparisons from rankings, Bradley-Terry training that
 generalises to unseen prompts, save/load, the CLI, and `--ranker reward:PATH` feeding train_dpo.py."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import annotate.autorank as autorank
+import autopairs.autorank as autorank
 from annotate import Store
-from annotate.perturb import perturb
-from annotate.reward import (Comparison, Comparisons, PreferenceModel, caption_contrast_loss, comparisons_from_rankings,
+from soundworld.perturb import perturb
+from preference.reward import (Comparison, Comparisons, PreferenceModel, caption_contrast_loss, comparisons_from_rankings,
                              comparisons_from_store, evaluate, main, sound_world_captions, train_preference_model)
 from soundworld import parse, render, sample_prompts
 from soundworld.grammar import MAX_INSTANCES
@@ -272,7 +272,7 @@ def plant(folder, tmp_path, damage: str):
 @pytest.mark.parametrize("damage", ["bad-json", "unknown-key", "pickle", "truncated"])
 def test_a_planted_or_damaged_model_folder_is_refused_in_one_line_naming_the_file(saved_model, ranked_store,
                                                                                     tmp_path, capsys, damage):
-    """The attack: bad JSON, an unknown training.json key or pickle weights ended annotate.reward (and app.py) with a
+    """The attack: bad JSON, an unknown training.json key or pickle weights ended preference.reward (and app.py) with a
     traceback, e.g. `TypeError: TrainingReport.__init__() got an unexpected keyword argument 'evil'`."""
     planted, culprit = plant(saved_model, tmp_path, damage)
     assert main(["evaluate", "--data-dir", str(ranked_store.data_dir), "--model", str(planted)]) == 2
@@ -299,7 +299,7 @@ def test_the_app_refuses_a_planted_reward_model_with_exit_2_and_one_line(saved_m
 
 
 def test_a_tagger_folder_with_pickle_weights_or_a_planted_record_is_refused_naming_the_file(tmp_path):
-    from annotate.events import TRAINING_FILE, load_tagger
+    from preference.events import TRAINING_FILE, load_tagger
     from annotate.validation import UnusableModelFolder
 
     (tmp_path / "config.json").write_text('{"_class_name": "EventTagger"}')

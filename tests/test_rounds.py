@@ -1,8 +1,8 @@
-"""python -m annotate.rounds: generate -> rank -> train -> evaluate, each round from the last round's model, resumable."""
+"""python train_rounds.py: generate -> rank -> train -> evaluate, each round from the last round's model, resumable."""
 
 import json
 
-from annotate import rounds
+import train_rounds as rounds
 from datasets import load_dataset
 
 

@@ -20,7 +20,7 @@ import soundfile as sf
 import torch
 
 import train_dpo
-from annotate.dataset import PreferenceRow, write_preference_dataset
+from preference_data.dataset import PreferenceRow, write_preference_dataset
 from pipeline import TangoPipeline, load_pipeline
 from tests.conftest import FIXTURE_DIR
 
@@ -301,7 +301,7 @@ def test_training_uses_the_sampled_latents_not_re_encoded_audio(tmp_path):
     batches equals its loss on its own samples, where the re-encoded audio is far away."""
     import torch
 
-    from annotate.autorank import autorank_pairs
+    from autopairs.autorank import autorank_pairs
     from annotate.pool import PipelineGenerator
     from losses import denoising_loss
 

@@ -32,10 +32,10 @@ from tqdm.auto import tqdm
 from soundworld.grammar import in_test_split, parse
 from soundworld.judge import DetectedEvent, detect_events, heard_order, judge
 
-from .clips import encode_wav
-from .dataset import PreferenceRow
-from .perturb import perturb
-from .pool import PipelineGenerator
+from annotate.clips import encode_wav
+from preference_data.dataset import PreferenceRow
+from soundworld.perturb import perturb
+from annotate.pool import PipelineGenerator
 
 
 @dataclass(frozen=True)

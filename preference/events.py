@@ -1,7 +1,7 @@
 """Event-level encoders for the preference model: what a clip contains and what a prompt asks for, per event type.
 
 A preference head over raw audio latents has to learn from a few hundred ranked prompts both how to hear events
-and how people weigh them; it memorises its prompts instead (``annotate.reward``: 0.71 against the judge after
+and how people weigh them; it memorises its prompts instead (``preference.reward``: 0.71 against the judge after
 1,002 rankings). Real preference models start from encoders pretrained on labelled audio (CLAP on captions, sound
 event detectors on AudioSet's strong labels). ``EventTagger`` is that encoder for the sound world, trained on
 rendered clips whose timelines the renderer knows (no judge, no ranking):
@@ -11,14 +11,14 @@ rendered clips whose timelines the renderer knows (no judge, no ranking):
 * text tower: the prompt's hidden states from the pipeline's text encoder, one attention query per event type,
   to how many of that type the prompt asks for (0, 1, 2, 3+) and where it comes in the prompt's order.
 
-Half of the rendered clips go through the generator's VAE and vocoder first (``annotate.reward.round_trip``) so
+Half of the rendered clips go through the generator's VAE and vocoder first (``pipeline.audio.round_trip``) so
 that the detector hears the artefacts of the clips it will rank. ``audio_events`` summarises the frame
 probabilities per type (onsets, segments after a median filter, active share, centre in time, first onset) and
 ``prompt_events`` gives the text tower's answer per type; ``EventPreferenceHead`` reads the two as one token per
 event type and learns from the rankings how missing, extra and out-of-order events weigh.
 
-    python -m annotate.reward tagger --world 3000 --out event-tagger          # render, round-trip, train
-    python -m annotate.reward train --data-dir data --tagger event-tagger --out reward-model
+    python -m preference.reward tagger --world 3000 --out event-tagger          # render, round-trip, train
+    python -m preference.reward train --data-dir data --tagger event-tagger --out reward-model
 """
 
 from __future__ import annotations
@@ -188,6 +188,13 @@ class TaggerReport:
                 f"{self.frame_f1}, prompts whose every count it reads right {self.count_accuracy}")
 
 
+def prompt_hidden_states(tokenizer, text_encoder, prompt: str) -> "torch.Tensor":
+    """The prompt's hidden states from a pipeline's text encoder, (tokens, width), float32, no gradients."""
+    inputs = tokenizer([prompt], truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        return text_encoder(input_ids=inputs.input_ids).last_hidden_state[0].float()
+
+
 def rendered_timelines(n: int, *, seed: int = 0, through=None, through_share: float = 1.0,
                        exclude: Collection[str] = ()) -> list[TimedClip]:
     """``n`` training-split prompts of the sound world rendered with their timelines (prompts in ``exclude``, the
@@ -196,7 +203,7 @@ def rendered_timelines(n: int, *, seed: int = 0, through=None, through_share: fl
     generator's artefacts: the detector learns to hear past them)."""
     from soundworld import render, sample_prompts
 
-    from .reward import round_trip
+    from pipeline.audio import round_trip
 
     rng = np.random.default_rng(seed)
     clips = []
@@ -256,9 +263,8 @@ def train_event_tagger(clips: Sequence[TimedClip], tokenizer, text_encoder, *, b
     from torch.nn.utils.rnn import pad_sequence
     from tqdm.auto import tqdm
 
-    from .dataset import split_validation
+    from preference_data.dataset import split_validation
 
-    from .reward import prompt_hidden_states
 
     torch.manual_seed(seed)
     started = time.perf_counter()
@@ -338,13 +344,13 @@ def load_tagger(folder: str | Path) -> tuple[EventTagger, TaggerReport | None]:
     is not one, holds pickle weights or malformed JSON, or does not load."""
     from safetensors import SafetensorError
 
-    from .validation import (InvalidInput, UnusableModelFolder, check_model_folder, model_load_error,
+    from annotate.validation import (InvalidInput, UnusableModelFolder, check_model_folder, model_load_error,
                              read_json_object)
 
     folder = Path(folder)
     config = folder / "config.json"
     if not config.is_file() or read_json_object(config, UnusableModelFolder).get("_class_name") != EventTagger.__name__:
-        raise InvalidInput(f"{folder} is not an event tagger folder: train one with `python -m annotate.reward tagger`")
+        raise InvalidInput(f"{folder} is not an event tagger folder: train one with `python -m preference.reward tagger`")
     report = check_model_folder(folder, "event tagger", {TRAINING_FILE: TaggerReport}).get(TRAINING_FILE)
     try:
         return EventTagger.from_pretrained(folder).eval(), report

@@ -45,8 +45,10 @@ import soundfile as sf
 import yaml
 from datasets import Audio, Features, Value
 
-from .clips import SAMPLE_RATE, latent_to_bytes
+from soundworld.vocabulary import SAMPLE_RATE
+
 from .files import exclusive_lock, fsync_dir
+from .latents import latent_to_bytes
 
 # How a pair was made, as in Audio-Alpaca: several inferences of the prompt, a rejected clip generated
 # from a perturbed prompt (an event dropped or replaced) or from a temporally perturbed one (order
