@@ -74,14 +74,14 @@ MAX_SEED = 2**32 - 1 - MAX_CANDIDATES
 MAX_DURATION_S = 30.72  # three times Tango's 10.24 s, the pipeline's own limit
 KEEP_GENERATIONS = 200  # generation folders kept on disk (older ones are deleted)
 
-# What the README's evaluations measured between the embedded base and each tuned model at their default sampler
-# (200 test and 200 held-out prompts, paired 95 % intervals). The Demo shows it under the columns so that one
-# prompt's clips are not read as more than that; update it with the README's table when a model or default changes.
+# What the evaluations in docs/results.md measured between the embedded base and each tuned model at their default
+# sampler (200 test and 200 held-out prompts, paired 95 % intervals). The Demo shows it under the columns so that one
+# prompt's clips are not read as more than that; update it with that table when a model or default changes.
 EVALUATION_LINES = {
-    ("tiny", "tiny-dpo"): ("**Measured difference** (README, \"Shipped models at the default sampler\", 200 prompts "
-                           "per split): `tiny-dpo` hears more of the prompt's events on unseen test prompts (event "
-                           "recall +0.027 [+0.002, +0.053]) but does not follow order better (-0.014 [-0.049, "
-                           "+0.021]); on a few clips, which column follows the prompt better is mostly chance."),
+    ("tiny", "tiny-dpo"): ("**Measured difference** (docs/results.md, \"Shipped models at the default sampler\", "
+                           "200 prompts per split): `tiny-dpo` hears more of the prompt's events on unseen test "
+                           "prompts (event recall +0.027 [+0.002, +0.053]) but does not follow order better (-0.014 "
+                           "[-0.049, +0.021]); on a few clips, which column follows the prompt better is mostly chance."),
 }
 NO_EVALUATION_LINE = ("**No evaluation of these two models is on record**: on a few clips, which column follows the "
                       "prompt better may be chance; the Results tab counts many rankings.")

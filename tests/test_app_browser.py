@@ -16,8 +16,9 @@ from tests.app_helpers import free_port
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parent.parent
 # The README's screenshot of the Demo; refreshed only when asked (UPDATE_DOCS_SCREENSHOT=1), so a test run leaves the
-# tree clean.
+# tree clean. It shows the embedded models (what `python app.py` serves); a test run uses random-weight ones.
 SCREENSHOT_COPY = REPO / "docs" / "app_screenshot.png"
+UPDATE_SCREENSHOT = os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1"
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
                                                                "(apt-get install chromium; .ci/run installs it)")
@@ -25,7 +26,8 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's ch
 
 @pytest.fixture(scope="module")
 def url(app_models, tmp_path_factory):
-    config = StudioConfig(base_model=str(app_models[0]), dpo_model=str(app_models[1]), device="cpu",
+    base, dpo = ("tiny", "tiny-dpo") if UPDATE_SCREENSHOT else map(str, app_models)
+    config = StudioConfig(base_model=base, dpo_model=dpo, device="cpu",
                           data_dir=tmp_path_factory.mktemp("browser-data"), port=free_port(),
                           leaderboard_every=1,  # the Results tab shows the one ranking made below
                           min_heard_fraction=0,  # the vote below follows short plays (listening time: test_app_campaign)
@@ -96,8 +98,9 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
         for i in (1, 2):
             expect(page.locator(f"#heard-{role}-{i}")).to_contain_text("Judge heard")
             expect(page.locator(f"#heard-{role}-{i}")).to_contain_text("knock")
-    # No more than measured: these test models were never evaluated, and the page says so under the columns.
-    expect(page.locator("#evaluation-line")).to_contain_text("No evaluation of these two models")
+    # No more than measured: the test models were never evaluated, and the page says so under the columns.
+    expect(page.locator("#evaluation-line")).to_contain_text(
+        "Measured difference" if UPDATE_SCREENSHOT else "No evaluation of these two models")
     expect(page.locator("#generation-made-with")).to_contain_text("“two knocks then a hiss”")
     # The columns line up: the DPO column's longer header does not push its players down (issue 32).
     first_players = [page.locator(f"#column-{role} .play-pause-button").first.bounding_box() for role in ("base", "dpo")]
@@ -106,7 +109,7 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
     page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
     if os.environ.get("DEMO_SCREENSHOT"):
         shutil.copy(tmp_path / "demo.png", os.environ["DEMO_SCREENSHOT"])
-    if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1":  # the Demo with both columns, under the app's four tabs
+    if UPDATE_SCREENSHOT:  # the Demo with both columns, under the app's four tabs
         shutil.copy(tmp_path / "demo.png", SCREENSHOT_COPY)
 
     page.get_by_role("button", name="Send these clips to annotation").click()
