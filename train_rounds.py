@@ -39,11 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from annotate.pool import PipelineGenerator
 from annotate.validation import InvalidInput
 from autopairs.autorank import (AutorankReport, add_pair_arguments, autorank_pairs, load_ranker, pair_filter,
                                 pairing_rule)
-from preference_data.dataset import EmptyDataset, write_preference_dataset
 from soundworld.perturb import load_perturbations
 
 logger = logging.getLogger(__name__)
@@ -84,6 +82,8 @@ def make_pairs(state, args, model: str, round_index: int, folder: Path) -> dict:
     """Stage 1: candidates from ``model`` for this round's prompts, split across processes, ranked into pairs."""
     from accelerate.utils import gather_object
 
+    from annotate.pool import PipelineGenerator
+    from preference_data.dataset import write_preference_dataset
     from soundworld import sample_prompts
 
     seed = args.seed + 1000 * round_index
@@ -188,11 +188,12 @@ def evaluation(state, args, model: str, path: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)  # --help answers before torch, accelerate and datasets load
     from accelerate import PartialState
 
     import train_dpo
+    from preference_data.dataset import EmptyDataset
 
-    args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     state = PartialState()
     out = Path(args.out)

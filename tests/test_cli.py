@@ -19,6 +19,7 @@ COMMANDS = {
     "app.py": ("path", "app.py", []),
     "train_dpo.py": ("path", "train_dpo.py", []),
     "train_grpo.py": ("path", "train_grpo.py", []),
+    "train_rounds.py": ("path", "train_rounds.py", []),
     "annotate": ("module", "annotate", []),
     "annotate pool": ("module", "annotate", ["pool"]),
     "annotate export": ("module", "annotate", ["export"]),

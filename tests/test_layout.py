@@ -89,9 +89,9 @@ def test_no_package_holds_more_than_a_quarter_of_the_code():
         assert share <= 0.25, f"{package}/ holds {share:.0%} of the {total} non-test lines"
 
 
-# Public commands the other tests do not already run with --help (test_cli: app.py, train_dpo.py, train_grpo.py,
+# Public commands the other tests do not already run with --help (test_cli: app.py, the train_*.py scripts,
 # annotate, annotate pool|export, autopairs.autorank and the moved paths; test_package: the console commands).
-COMMANDS = [["train_rounds.py"], ["-m", "annotate", "stats"], ["-m", "annotate", "verdict"], ["-m", "annotate", "push"],
+COMMANDS = [["-m", "annotate", "stats"], ["-m", "annotate", "verdict"], ["-m", "annotate", "push"],
             ["-m", "annotate", "gold"], ["-m", "soundworld.evaluate"], ["-m", "preference.reward", "train"]]
 
 
