@@ -26,6 +26,8 @@ COMMANDS = {
     "python app.py --help": ["app.py", "--help"],
     "python train_dpo.py --help": ["train_dpo.py", "--help"],
     "python train_grpo.py --help": ["train_grpo.py", "--help"],
+    "python train_rounds.py --help": ["train_rounds.py", "--help"],
+    "python -m preference.reward --help": ["-m", "preference.reward", "--help"],
     "python -m annotate --help": ["-m", "annotate", "--help"],
     "python -m autopairs.autorank --help": ["-m", "autopairs.autorank", "--help"],
 }
