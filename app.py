@@ -578,8 +578,10 @@ def demo_tab(studio: Studio) -> None:
     default_steps = next((m.default_steps for m in models if m.pipe is not None), 100)
     placeholder, vocabulary = prompt_hint(models)
     prompt = gr.Textbox(label="Prompt", placeholder=placeholder, max_lines=2, elem_id="prompt")
-    if vocabulary:
-        gr.Markdown(vocabulary, elem_id="vocabulary")
+    if vocabulary:  # a screen of words: folded, so that the first screen keeps the prompt, settings and Generate
+        with gr.Accordion("Which words the embedded models know (any other word is refused)", open=False,
+                          elem_id="vocabulary-section"):
+            gr.Markdown(vocabulary, elem_id="vocabulary")
     gr.Examples(example_prompts(models), inputs=[prompt], label="Examples")
     shortest, default_length, longest = duration_range(models)
     with gr.Row():

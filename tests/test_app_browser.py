@@ -83,6 +83,8 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
     assert tabs == readme_tab_names(), (f"the app's tabs {tabs} are not the README's {readme_tab_names()}: update "
                                         "README.md and retake docs/app_screenshot.png (UPDATE_DOCS_SCREENSHOT=1)")
     page.locator("#annotator-name input").fill("browser-annotator")
+    # The first screen of a laptop (900 px) holds the prompt, the settings and Generate: the word list is folded.
+    assert page.locator("#generate-button").bounding_box()["y"] < 900
     page.locator("#prompt textarea").fill("two knocks then a hiss")
     page.locator("#generate-button").click()
 
@@ -142,7 +144,9 @@ def test_generate_then_rank_in_the_browser(url, page, tmp_path):
 
     # Words outside the sound world are refused, and the page says which words there are. The refusal stays in
     # the columns, in place of "generating ...", not in a toast that fades.
+    page.locator("#vocabulary-section").get_by_text("Which words the embedded models know").click()
     expect(page.locator("#vocabulary")).to_contain_text("a rising chirp")
+    expect(page.locator("#vocabulary")).to_be_visible()
     page.locator("#prompt textarea").fill("a dog barks")
     page.locator("#generate-button").click()
     for role in ("base", "dpo"):
