@@ -160,9 +160,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 
-from preference_data.latents import latent_from_bytes  # noqa: E402
 # Reading a preference dataset is the library's (the preference model reads it too).
-from preference_data.dataset import DatasetError, decode_audio, load_pairs, split_validation  # noqa: E402
+from preference_data.dataset import (DatasetError, decode_audio, load_pairs, split_validation,  # noqa: E402
+                                     stored_pair_latents)
 from pipeline import load_pipeline  # noqa: E402
 from pipeline.audio import AudioError, wav_to_fbank  # noqa: E402
 
@@ -218,23 +218,6 @@ def expected_latent_shape(pipe, audio_length_in_s: float) -> tuple[int, int, int
     return int(pipe.vae.config.latent_channels), frames, int(pipe.latent_mel_bins)
 
 
-def stored_pair_latents(row: dict, fingerprint: str, shape: tuple[int, int, int]) -> tuple[torch.Tensor | None, str]:
-    """The (2, C, T, F) latents a row's model sampled for its chosen and rejected clip, when they belong to
-    this model's latent space (``fingerprint``) and training length; else ``None`` and why not."""
-    chosen, rejected = row.get("chosen_latent"), row.get("rejected_latent")
-    if chosen is None or rejected is None:
-        return None, "no stored latents"
-    if row.get("latent_fingerprint") != fingerprint:
-        return None, "latents of another VAE"
-    try:
-        latents = np.stack([latent_from_bytes(chosen), latent_from_bytes(rejected)])
-    except ValueError:
-        return None, "unreadable stored latents"
-    if latents.shape[1:] != shape:
-        return None, "latents of another length"
-    return torch.from_numpy(latents), "stored"
-
-
 @torch.no_grad()
 def build_cache(pipe, ds, dataset: str, audio_length_in_s: float, latent_posterior: str, cache_file: Path) -> dict:
     """Both clips' latents (as posterior mean and std) and prompt embeddings, once per dataset and model.
@@ -273,6 +256,7 @@ def build_cache(pipe, ds, dataset: str, audio_length_in_s: float, latent_posteri
             if not isinstance(prompt, str) or not prompt.strip():
                 raise DatasetError("empty prompt")
             latents, source = stored_pair_latents(row, fingerprint, shape)
+            latents = None if latents is None else torch.from_numpy(latents)
             pair = None if latents is not None else [decode_audio(row[c], base_dir) for c in ("chosen", "rejected")]
         except (AudioError, DatasetError) as err:
             reason = str(err).split(":")[0].split(" (")[0] if isinstance(err, DatasetError) else type(err).__name__

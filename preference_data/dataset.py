@@ -1,4 +1,4 @@
-"""Preference rows -> a Hugging Face dataset folder, written atomically.
+"""Preference datasets: rows written to a Hugging Face dataset folder atomically, and read back for training.
 
 The one writer for every source of pairs (human rankings, the judge, CLAP): rows in the
 project's preference schema (Audio-Alpaca's prompt/chosen/rejected/strategy, plus
@@ -22,6 +22,11 @@ Safe: a write replaces only a previous export. Every export folder carries a mar
 (``.tango-export``, never pushed to the Hub); a folder that is not empty and has no marker
 (nor an export's exact layout, as written before the marker existed), a regular file, or a
 path that is not a folder is refused with ``NotAnExport`` and left as it was.
+
+Reading, for ``train_dpo.py`` and the preference model alike: ``load_pairs`` (a Hub id or a local folder, any
+dataset with prompt/chosen/rejected columns such as declare-lab/audio-alpaca), ``decode_audio`` (a row's clip, with
+``DatasetError`` for what cannot be used), ``stored_pair_latents`` (the latents the model sampled, when they are of
+the model being trained) and ``split_validation`` (whole prompts held out).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from datasets import Audio, Features, Value
 from soundworld.vocabulary import SAMPLE_RATE
 
 from .files import exclusive_lock, fsync_dir
-from .latents import latent_to_bytes
+from .latents import latent_from_bytes, latent_to_bytes
 
 # How a pair was made, as in Audio-Alpaca: several inferences of the prompt, a rejected clip generated
 # from a perturbed prompt (an event dropped or replaced) or from a temporally perturbed one (order
@@ -498,6 +503,24 @@ def load_pairs(dataset: str, split: str):
         if isinstance(ds.features[column], Audio):
             ds = ds.cast_column(column, Audio(decode=False))
     return ds
+
+
+def stored_pair_latents(row: dict, fingerprint: str, shape: tuple[int, int, int]) -> tuple[np.ndarray | None, str]:
+    """The (2, C, T, F) float32 latents a row's model sampled for its chosen and rejected clip, when they belong to
+    the latent space ``fingerprint`` names (``TangoPipeline.latent_fingerprint``) and have ``shape`` (C, T, F); else
+    ``None`` and why not, in a few words (what training counts)."""
+    chosen, rejected = row.get("chosen_latent"), row.get("rejected_latent")
+    if chosen is None or rejected is None:
+        return None, "no stored latents"
+    if row.get("latent_fingerprint") != fingerprint:
+        return None, "latents of another VAE"
+    try:
+        latents = np.stack([latent_from_bytes(chosen), latent_from_bytes(rejected)])
+    except ValueError:
+        return None, "unreadable stored latents"
+    if latents.shape[1:] != shape:
+        return None, "latents of another length"
+    return latents, "stored"
 
 
 def has_no_rows(dataset: str) -> bool:

@@ -20,8 +20,8 @@ import soundfile as sf
 import torch
 
 import train_dpo
-from preference_data.dataset import PreferenceRow, write_preference_dataset
 from pipeline import TangoPipeline, load_pipeline
+from preference_data.dataset import PreferenceRow, stored_pair_latents, write_preference_dataset
 from tests.conftest import FIXTURE_DIR
 
 FAST = ["--pretrained_model", str(FIXTURE_DIR), "--audio_length_in_s", "0.64", "--seed", "0"]
@@ -338,9 +338,9 @@ def test_training_uses_the_sampled_latents_not_re_encoded_audio(tmp_path):
 
     # latents of another latent space (or length) are not used: that row's audio is encoded instead
     other = rows[0].chosen_latent
-    assert train_dpo.stored_pair_latents(ds[0] | {"latent_fingerprint": "elsewhere"}, pipe.latent_fingerprint,
+    assert stored_pair_latents(ds[0] | {"latent_fingerprint": "elsewhere"}, pipe.latent_fingerprint,
                                          other.shape)[1] == "latents of another VAE"
-    assert train_dpo.stored_pair_latents(ds[0], pipe.latent_fingerprint, (1, 2, 3))[1] == "latents of another length"
+    assert stored_pair_latents(ds[0], pipe.latent_fingerprint, (1, 2, 3))[1] == "latents of another length"
 
 
 def test_overfitting_is_the_held_out_loss_above_log_2_while_training_accuracy_climbs():
