@@ -18,7 +18,8 @@ import yaml
 from datasets import Audio, load_dataset
 
 from annotate import InvalidInput, Store
-from preference_data.dataset import EXPORT_MARKER, FEATURES, EmptyDataset, NotAnExport, write_preference_dataset
+from preference_data.dataset import (EXPORT_MARKER, FEATURES, EmptyDataset, NotAnExport, decode_audio, load_pairs,
+                                     write_preference_dataset)
 from annotate.export import PushError, ScheduledPush, export_human_pairs, push_to_hub
 from annotate.store import DB_NAME
 from tests.annotate_helpers import SineGenerator, make_tasks, preference_row, tone
@@ -83,6 +84,12 @@ def test_export_round_trip_through_datasets(voted_store, tmp_path):
     tied = by_seeds[(0, 2, "prompt 0")]  # ann, bob tied 0 and 2; cat: 0 > 2
     assert (tied["votes_for"], tied["votes_against"], tied["annotators"]) == (1, 0, 3)
     assert (strong["chosen_model"], strong["rejected_model"]) == ("dpo", "base")
+
+    # What train_dpo.py and the preference model read of it (the library's reader) is the same rows and samples.
+    trained = load_pairs(str(tmp_path / "export"), "train")
+    assert trained["prompt"] == dataset["prompt"]
+    np.testing.assert_array_equal(decode_audio(trained[0]["chosen"], tmp_path / "export"),
+                                  sf.read(io.BytesIO(rows[0]["chosen"]["bytes"]), dtype="float32")[0])
 
 
 def test_min_votes_drops_pairs_backed_by_one_vote_and_the_card_counts_each_threshold(voted_store, tmp_path, capsys):
