@@ -124,8 +124,6 @@ def prompt_source(spec: str, validation: list[str]):
         raise SystemExit(f"error: {spec} holds no prompt outside the validation prompts")
 
     def prompts(seed: int, n: int) -> list[str]:
-        import numpy as np
-
         return [pool[i] for i in np.random.default_rng(seed).choice(len(pool), n, replace=len(pool) < n)]
     return prompts
 
@@ -152,8 +150,6 @@ def iteration_seed(seed: int, iteration: int) -> int:
 def policy_step(pipe, unet, reference, batch: dict, step: int, args, scheduler, guided: list[bool]):
     """The policy's log-probability of the recorded transition at stochastic ``step`` for a mini-batch, and each
     clip's KL to the reference's step (both Gaussians share their std, so KL = |mean - mean_ref|^2 / 2 std^2)."""
-    import torch
-
     from pipeline.tango import ddim_step_mean_std, gaussian_log_prob
 
     timesteps = scheduler.timesteps.tolist()
@@ -179,8 +175,6 @@ def policy_step(pipe, unet, reference, batch: dict, step: int, args, scheduler, 
 def validate(pipe, prompts: list[str], seed: int, ranker) -> dict:
     """The policy at the model's default sampler on fixed prompts: the ranker's mean reward and, for sound-world
     models, the judge's recall / order / count / score / extra events."""
-    import numpy as np
-
     from pipeline.tango import clip_seeds
 
     seeds = clip_seeds(seed, len(prompts))
@@ -216,8 +210,6 @@ def validation_rank(record: dict) -> tuple:
 
 def save_pipeline(pipe, unet, folder: Path, lora: bool) -> None:
     """The policy as a plain diffusers pipeline (LoRA fused into a copy of the UNet), written atomically."""
-    import copy
-
     from pipeline.saving import merged_unet, save_pipeline_atomically
 
     save_pipeline_atomically(pipe.with_components(unet=merged_unet(copy.deepcopy(unet), lora)), folder)
@@ -294,198 +286,268 @@ def write_model_card(output_dir: Path, config: dict, history: dict, best: dict |
     (output_dir / "README.md").write_text("\n".join(lines))
 
 
+if __name__ == "__main__":
+    parse_args()  # --help and wrong flags answer at once: torch, accelerate and diffusers load below
+
+import contextlib  # noqa: E402
+import copy  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from autopairs.autorank import load_ranker  # noqa: E402
+from losses import group_advantages, grpo_loss  # noqa: E402
+from pipeline import load_pipeline  # noqa: E402
+
+
 # -- the run ---------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    output_dir = Path(args.output_dir)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+@dataclass
+class Run:
+    """What the stages of ``main`` share: the models, the prompts and how far training has come."""
 
-    import contextlib
-    import copy
-    import time
+    args: argparse.Namespace
+    accelerator: Accelerator
+    output_dir: Path
+    config: dict  # the resolved configuration: saved beside the outputs and in the checkpoint, checked on resume
+    base: object = None  # the loaded pipeline: shared by the registry, never changed
+    unet: torch.nn.Module = None  # the policy's UNet (a copy of the base's), prepared by accelerate
+    policy: object = None  # the base pipeline with the policy's UNet
+    trainable: list = field(default_factory=list)
+    optimizer: torch.optim.Optimizer = None
+    scheduler: object = None  # the training sampler's DDIM schedule
+    guided: list = field(default_factory=list)  # per step of that schedule: whether guidance runs
+    ranker: object = None
+    held_out: list = field(default_factory=list)  # the validation prompts, never trained on
+    training_prompts: object = None  # (seed, n) -> an iteration's prompts
+    history: dict = field(default_factory=lambda: {"train": [], "validation": []})
+    start: int = 0  # iterations done (by a resumed run)
 
-    import numpy as np
-    import torch
-    from accelerate import Accelerator
-    from tqdm.auto import tqdm
-
-    from autopairs.autorank import load_ranker
-    from losses import group_advantages, grpo_loss
-    from pipeline import load_pipeline
-
-    accelerator = Accelerator()
-    # Subnormal activations ran the tiny UNets 2-3x slower on x86 CPUs (pipeline.tango.flush_denormals): the
-    # updates' forward and backward passes get the same treatment as sampling.
-    torch.set_flush_denormal(True)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    if args.prompts_per_iteration % world:
-        raise SystemExit(f"error: --prompts_per_iteration ({args.prompts_per_iteration}) must be a multiple of the "
-                         f"number of processes ({world}): each samples its share")
-    config = {**vars(args), "num_processes": world}
-
-    # Model: the loaded pipeline is shared by the registry and never changed; the policy is a copy of its UNet.
-    torch.manual_seed(args.seed)  # the adapters' initial weights: a resumed run rebuilds them before loading its state
-    base = load_pipeline(args.pretrained_model, device=accelerator.device, dtype=torch.float32)
-    base.set_progress_bar_config(disable=True)
-    unet = copy.deepcopy(base.unet)
-    lora = args.lora_rank > 0
-    if lora:
-        from peft import LoraConfig
-
-        unet.requires_grad_(False)
-        unet.add_adapter(LoraConfig(r=args.lora_rank, lora_alpha=args.lora_rank, init_lora_weights="gaussian",
-                                    target_modules=["to_k", "to_q", "to_v", "to_out.0", "proj_in", "proj_out"]))
+    @property
+    def lora(self) -> bool:
+        return self.args.lora_rank > 0
 
     @contextlib.contextmanager
-    def reference():
+    def reference(self):
         """The frozen reference UNet: the policy with its adapters off, or the base's own UNet."""
-        if not lora:
-            yield base.unet
+        if not self.lora:
+            yield self.base.unet
             return
-        plain = accelerator.unwrap_model(unet)
+        plain = self.accelerator.unwrap_model(self.unet)
         plain.disable_adapters()
         try:
             yield plain
         finally:
             plain.enable_adapters()
 
-    trainable = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=1e-4)
-    unet, optimizer = accelerator.prepare(unet, optimizer)
-    policy = base.with_components(unet=accelerator.unwrap_model(unet))
-    policy.set_progress_bar_config(disable=True)
-    scheduler = policy.trajectory_scheduler(args.num_inference_steps)
-    guided = policy.guided_steps(scheduler.timesteps.tolist())
-    ranker = load_ranker(args.reward, device=str(accelerator.device))
 
-    held_out = validation_prompts(args.prompts, args.validation_prompts, args.validation_seed)
-    training_prompts = prompt_source(args.prompts, held_out)
-    history = {"train": [], "validation": []}
-    start = 0
-    checkpoint = output_dir / "checkpoint"
-    if args.resume and (checkpoint / "progress.json").is_file():
+@dataclass
+class Samples:
+    """One iteration's clips from every process, in prompt order: what they were rewarded and what the sampler
+    recorded of them."""
+
+    prompts: list[str]  # one per clip
+    rewards: torch.Tensor  # (clips,)
+    step_latents: torch.Tensor  # (clips, stochastic_steps + 1, C, T, F)
+    log_probs: torch.Tensor  # (clips, stochastic_steps): the sampler's log-probability of each recorded step
+    sample_seconds: float
+    reward_seconds: float
+
+
+def load_models(run: Run) -> None:
+    """The base pipeline, the policy (a copy of its UNet, with LoRA adapters or whole), the optimizer, the training
+    sampler's schedule, the reward and the prompts."""
+    args, accelerator = run.args, run.accelerator
+    torch.manual_seed(args.seed)  # the adapters' initial weights: a resumed run rebuilds them before loading its state
+    run.base = load_pipeline(args.pretrained_model, device=accelerator.device, dtype=torch.float32)
+    run.base.set_progress_bar_config(disable=True)
+    unet = copy.deepcopy(run.base.unet)
+    if run.lora:
+        from peft import LoraConfig
+
+        unet.requires_grad_(False)
+        unet.add_adapter(LoraConfig(r=args.lora_rank, lora_alpha=args.lora_rank, init_lora_weights="gaussian",
+                                    target_modules=["to_k", "to_q", "to_v", "to_out.0", "proj_in", "proj_out"]))
+    run.trainable = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(run.trainable, lr=args.learning_rate, weight_decay=1e-4)
+    run.unet, run.optimizer = accelerator.prepare(unet, optimizer)
+    run.policy = run.base.with_components(unet=accelerator.unwrap_model(run.unet))
+    run.policy.set_progress_bar_config(disable=True)
+    run.scheduler = run.policy.trajectory_scheduler(args.num_inference_steps)
+    run.guided = run.policy.guided_steps(run.scheduler.timesteps.tolist())
+    run.ranker = load_ranker(args.reward, device=str(accelerator.device))
+    run.held_out = validation_prompts(args.prompts, args.validation_prompts, args.validation_seed)
+    run.training_prompts = prompt_source(args.prompts, run.held_out)
+
+
+def resume(run: Run) -> None:
+    """With --resume and a checkpoint in OUTPUT_DIR: its weights, optimizer, RNG state and history, when it was
+    trained with the same settings; then the configuration is written beside the outputs."""
+    checkpoint = run.output_dir / "checkpoint"
+    if run.args.resume and (checkpoint / "progress.json").is_file():
         progress = json.loads((checkpoint / "progress.json").read_text())
-        changed = {k: (progress["config"].get(k), config.get(k)) for k in set(progress["config"]) | set(config)
-                   if k not in RESUMABLE_CHANGES and progress["config"].get(k) != config.get(k)}
+        saved, config = progress["config"], run.config
+        changed = {k: (saved.get(k), config.get(k)) for k in set(saved) | set(config)
+                   if k not in RESUMABLE_CHANGES and saved.get(k) != config.get(k)}
         if changed:
             details = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
             raise SystemExit(f"error: the checkpoint was trained with other settings ({details}); resume with the "
                              "same settings or start a new --output_dir")
-        accelerator.load_state(str(checkpoint))
-        history = json.loads((checkpoint / "history.json").read_text())
-        start = progress["iterations_done"]
-        logger.info(f"resumed after iteration {start}")
-    elif args.resume:
-        logger.info(f"--resume: no checkpoint in {output_dir}, starting from the beginning")
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "train_config.json").write_text(json.dumps(config, indent=1))
+        run.accelerator.load_state(str(checkpoint))
+        run.history = json.loads((checkpoint / "history.json").read_text())
+        run.start = progress["iterations_done"]
+        logger.info(f"resumed after iteration {run.start}")
+    elif run.args.resume:
+        logger.info(f"--resume: no checkpoint in {run.output_dir}, starting from the beginning")
+    if run.accelerator.is_main_process:
+        run.output_dir.mkdir(parents=True, exist_ok=True)
+        (run.output_dir / "train_config.json").write_text(json.dumps(run.config, indent=1))
 
-    def validation_record(iteration: int) -> None:
-        if not held_out or not accelerator.is_main_process:
-            return
-        unet.eval()
-        record = {"iteration": iteration, **validate(policy, held_out, args.validation_seed, ranker)}
-        history["validation"].append(record)
-        logger.info("validation " + " ".join(f"{k} {v:.3f}" for k, v in record.items() if isinstance(v, float)))
-        if record is max(history["validation"], key=validation_rank):
-            save_pipeline(base, accelerator.unwrap_model(unet), output_dir / "best", lora)
 
-    if start == 0:
-        validation_record(0)
+def run_validation(run: Run, iteration: int) -> None:
+    """The policy on the validation prompts (main process); the pipeline is kept in OUTPUT_DIR/best when it is the
+    best so far."""
+    if not run.held_out or not run.accelerator.is_main_process:
+        return
+    run.unet.eval()
+    record = {"iteration": iteration, **validate(run.policy, run.held_out, run.args.validation_seed, run.ranker)}
+    run.history["validation"].append(record)
+    logger.info("validation " + " ".join(f"{k} {v:.3f}" for k, v in record.items() if isinstance(v, float)))
+    if record is max(run.history["validation"], key=validation_rank):
+        save_pipeline(run.base, run.accelerator.unwrap_model(run.unet), run.output_dir / "best", run.lora)
+
+
+def sample_and_reward(run: Run, iteration: int) -> Samples:
+    """Steps 1-2: this process's share of the iteration's prompts, ``--group_size`` clips each on the training
+    sampler, rewarded; then everything gathered from every process."""
+    args, accelerator, policy = run.args, run.accelerator, run.policy
+    world, rank = accelerator.num_processes, accelerator.process_index
+    began = time.time()
+    seed = iteration_seed(args.seed, iteration)
+    prompts = run.training_prompts(seed, args.prompts_per_iteration)
     per_process = args.prompts_per_iteration // world
-    bar = tqdm(range(start, args.iterations), initial=start, total=args.iterations, unit="iteration",
+    mine = prompts[rank * per_process:(rank + 1) * per_process]
+    run.unet.eval()
+    first_clip = rank * per_process * args.group_size
+    clip_seeds = [seed * 10_000 + first_clip + i for i in range(per_process * args.group_size)]
+    trajectory = policy.sample_trajectory(
+        mine, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+        num_waveforms_per_prompt=args.group_size, eta=args.eta, stochastic_steps=args.stochastic_steps,
+        generator=policy.clip_generators(clip_seeds))
+    sampled = time.time()
+    rewards = []
+    for index, prompt in enumerate(mine):
+        group = trajectory.audios[index * args.group_size:(index + 1) * args.group_size]
+        rewards.extend(run.ranker(group, policy.sampling_rate, prompt))
+    device = accelerator.device
+    return Samples(prompts=[p for p in prompts for _ in range(args.group_size)],
+                   rewards=accelerator.gather(torch.tensor(rewards, dtype=torch.float32, device=device)).cpu(),
+                   step_latents=accelerator.gather(trajectory.step_latents.to(device)).cpu(),
+                   log_probs=accelerator.gather(trajectory.log_probs.to(device)).cpu(),
+                   sample_seconds=sampled - began, reward_seconds=time.time() - sampled)
+
+
+def update(run: Run, samples: Samples, iteration: int) -> dict:
+    """Steps 3-4: advantages within each prompt's group (groups that all scored the same are left out), then
+    ``--inner_epochs`` passes of clipped policy-gradient updates on the recorded stochastic steps; the metrics."""
+    args, accelerator, policy = run.args, run.accelerator, run.policy
+    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    rewards = samples.rewards
+    advantages = group_advantages(rewards, args.group_size).clamp(-args.advantage_clip, args.advantage_clip)
+    informative = rewards.reshape(-1, args.group_size).std(dim=1) > 1e-6
+    kept = torch.nonzero(informative.repeat_interleave(args.group_size)).flatten()
+    generator = torch.Generator().manual_seed(iteration_seed(args.seed, iteration))
+    order = kept[torch.randperm(len(kept), generator=generator)]
+    order = order[: len(order) - len(order) % world]  # every process trains the same number of clips
+    my_clips = order[rank::world]
+    run.unet.train()
+    losses_seen, kls, clipped = [], [], []
+    for _ in range(args.inner_epochs):
+        for first in range(0, len(my_clips), args.train_batch_size):
+            chosen = my_clips[first:first + args.train_batch_size]
+            with torch.no_grad():
+                embeds, mask = policy.encode_prompt([samples.prompts[i] for i in chosen], device, 1,
+                                                    args.guidance_scale > 1.0)
+            batch = {"step_latents": samples.step_latents[chosen].to(device), "prompt_embeds": embeds,
+                     "attention_mask": mask}
+            total = 0.0
+            for step in range(args.stochastic_steps):
+                log_prob, kl = policy_step(policy, run.unet, run.reference, batch, step, args, run.scheduler,
+                                           run.guided)
+                loss, metrics = grpo_loss(log_prob, samples.log_probs[chosen, step].to(device),
+                                          advantages[chosen].to(device), args.clip_range, kl, args.beta_kl)
+                total = total + loss / args.stochastic_steps
+                kls.append(metrics["kl"])
+                clipped.append(metrics["clip_fraction"])
+            if not torch.isfinite(total):
+                raise SystemExit(f"error: non-finite loss at iteration {iteration}: lower --learning_rate")
+            accelerator.backward(total)
+            accelerator.clip_grad_norm_(run.trainable, args.max_grad_norm)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            losses_seen.append(float(total.detach()))
+    return {"groups_trained": int(informative.sum()),
+            "loss": float(np.mean(losses_seen)) if losses_seen else 0.0,
+            "kl": float(np.mean(kls)) if kls else 0.0,
+            "clip_fraction": float(np.mean(clipped)) if clipped else 0.0}
+
+
+def save_outputs(run: Run) -> None:
+    """The final policy, the metrics, curves and card; ``best/`` and ``final/`` each get a copy of them."""
+    if not run.accelerator.is_main_process:
+        return
+    output_dir, history = run.output_dir, run.history
+    save_pipeline(run.base, run.accelerator.unwrap_model(run.unet), output_dir / "final", run.lora)
+    best = max(history["validation"], key=validation_rank, default=None)
+    (output_dir / "train_metrics.json").write_text(json.dumps({**history, "best": best}, indent=1))
+    plot_curves(history, output_dir / "training_curves.png")
+    write_model_card(output_dir, run.config, history, best)
+    for folder in ("best", "final"):  # each a model that travels alone: its card and how it was trained
+        if (output_dir / folder).is_dir():
+            for name in ("README.md", "train_config.json", "train_metrics.json", "training_curves.png"):
+                shutil.copy(output_dir / name, output_dir / folder / name)
+    logger.info(f"done: {output_dir / 'best'} (validation-best), {output_dir / 'final'} (last iteration)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    accelerator = Accelerator()
+    # Subnormal activations ran the tiny UNets 2-3x slower on x86 CPUs (pipeline.tango.flush_denormals): the
+    # updates' forward and backward passes get the same treatment as sampling.
+    torch.set_flush_denormal(True)
+    if args.prompts_per_iteration % accelerator.num_processes:
+        raise SystemExit(f"error: --prompts_per_iteration ({args.prompts_per_iteration}) must be a multiple of the "
+                         f"number of processes ({accelerator.num_processes}): each samples its share")
+    run = Run(args, accelerator, Path(args.output_dir), {**vars(args), "num_processes": accelerator.num_processes})
+    load_models(run)
+    resume(run)
+    if run.start == 0:
+        run_validation(run, 0)
+    bar = tqdm(range(run.start, args.iterations), initial=run.start, total=args.iterations, unit="iteration",
                disable=not accelerator.is_main_process)
     for iteration in bar:
         began = time.time()
-        seed = iteration_seed(args.seed, iteration)
-        prompts = training_prompts(seed, args.prompts_per_iteration)
-        mine = prompts[rank * per_process:(rank + 1) * per_process]
-
-        # 1-2. Sample this process's groups and reward them.
-        unet.eval()
-        first_clip = rank * per_process * args.group_size
-        clip_seeds = [seed * 10_000 + first_clip + i for i in range(per_process * args.group_size)]
-        trajectory = policy.sample_trajectory(
-            mine, num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
-            num_waveforms_per_prompt=args.group_size, eta=args.eta, stochastic_steps=args.stochastic_steps,
-            generator=policy.clip_generators(clip_seeds))
-        sampled = time.time()
-        rewards = []
-        for index, prompt in enumerate(mine):
-            group = trajectory.audios[index * args.group_size:(index + 1) * args.group_size]
-            rewards.extend(ranker(group, policy.sampling_rate, prompt))
-        device = accelerator.device
-        rewards = accelerator.gather(torch.tensor(rewards, dtype=torch.float32, device=device)).cpu()
-        step_latents = accelerator.gather(trajectory.step_latents.to(device)).cpu()
-        old_log_probs = accelerator.gather(trajectory.log_probs.to(device)).cpu()
-
-        # 3. Advantages within each prompt's group; groups that all scored the same are left out.
-        advantages = group_advantages(rewards, args.group_size).clamp(-args.advantage_clip, args.advantage_clip)
-        informative = rewards.reshape(-1, args.group_size).std(dim=1) > 1e-6
-        kept = torch.nonzero(informative.repeat_interleave(args.group_size)).flatten()
-        order = kept[torch.randperm(len(kept), generator=torch.Generator().manual_seed(seed))]
-        order = order[: len(order) - len(order) % world]  # every process trains the same number of clips
-        my_clips = order[rank::world]
-        clip_prompts = [p for p in prompts for _ in range(args.group_size)]
-
-        # 4. Clipped policy-gradient updates on the recorded stochastic steps.
+        samples = sample_and_reward(run, iteration)
         rewarded = time.time()
-        unet.train()
-        losses_seen, kls, clipped = [], [], []
-        for _ in range(args.inner_epochs):
-            for first in range(0, len(my_clips), args.train_batch_size):
-                chosen = my_clips[first:first + args.train_batch_size]
-                with torch.no_grad():
-                    embeds, mask = policy.encode_prompt([clip_prompts[i] for i in chosen], device, 1,
-                                                        args.guidance_scale > 1.0)
-                batch = {"step_latents": step_latents[chosen].to(device), "prompt_embeds": embeds,
-                         "attention_mask": mask}
-                total = 0.0
-                for step in range(args.stochastic_steps):
-                    log_prob, kl = policy_step(policy, unet, reference, batch, step, args, scheduler, guided)
-                    loss, metrics = grpo_loss(log_prob, old_log_probs[chosen, step].to(device),
-                                              advantages[chosen].to(device), args.clip_range, kl, args.beta_kl)
-                    total = total + loss / args.stochastic_steps
-                    kls.append(metrics["kl"])
-                    clipped.append(metrics["clip_fraction"])
-                if not torch.isfinite(total):
-                    raise SystemExit(f"error: non-finite loss at iteration {iteration}: lower --learning_rate")
-                accelerator.backward(total)
-                accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                losses_seen.append(float(total.detach()))
-
-        record = {"iteration": iteration + 1, "reward_mean": float(rewards.mean()),
-                  "reward_std": float(rewards.reshape(-1, args.group_size).std(dim=1).mean()),
-                  "groups_trained": int(informative.sum()), "clips": len(rewards),
-                  "loss": float(np.mean(losses_seen)) if losses_seen else 0.0,
-                  "kl": float(np.mean(kls)) if kls else 0.0,
-                  "clip_fraction": float(np.mean(clipped)) if clipped else 0.0,
-                  "seconds": time.time() - began, "sample_seconds": sampled - began,
-                  "reward_seconds": rewarded - sampled, "update_seconds": time.time() - rewarded}
-        history["train"].append(record)
+        metrics = update(run, samples, iteration)
+        record = {"iteration": iteration + 1, "reward_mean": float(samples.rewards.mean()),
+                  "reward_std": float(samples.rewards.reshape(-1, args.group_size).std(dim=1).mean()),
+                  "clips": len(samples.rewards), **metrics, "seconds": time.time() - began,
+                  "sample_seconds": samples.sample_seconds, "reward_seconds": samples.reward_seconds,
+                  "update_seconds": time.time() - rewarded}
+        run.history["train"].append(record)
         bar.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.2e}",
                         clipped=f"{record['clip_fraction']:.2f}", s=f"{record['seconds']:.0f}")
         if (iteration + 1) % args.validation_every == 0 or iteration + 1 == args.iterations:
-            validation_record(iteration + 1)
-        save_checkpoint(accelerator, output_dir, iteration, config, history)
-
-    # The final policy, its curves, metrics and card.
-    if accelerator.is_main_process:
-        save_pipeline(base, accelerator.unwrap_model(unet), output_dir / "final", lora)
-        best = max(history["validation"], key=validation_rank, default=None)
-        (output_dir / "train_metrics.json").write_text(json.dumps({**history, "best": best}, indent=1))
-        plot_curves(history, output_dir / "training_curves.png")
-        write_model_card(output_dir, config, history, best)
-        for folder in ("best", "final"):  # each a model that travels alone: its card and how it was trained
-            if (output_dir / folder).is_dir():
-                for name in ("README.md", "train_config.json", "train_metrics.json", "training_curves.png"):
-                    shutil.copy(output_dir / name, output_dir / folder / name)
-        logger.info(f"done: {output_dir / 'best'} (validation-best), {output_dir / 'final'} (last iteration)")
+            run_validation(run, iteration + 1)
+        save_checkpoint(accelerator, run.output_dir, iteration, run.config, run.history)
+    save_outputs(run)
     accelerator.end_training()
     return 0
 

@@ -37,8 +37,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from annotate.validation import InvalidInput
 from autopairs.autorank import (AutorankReport, add_pair_arguments, autorank_pairs, load_ranker, pair_filter,
                                 pairing_rule)

@@ -36,10 +36,11 @@ from typing import Callable
 
 from huggingface_hub import CommitScheduler, HfApi, get_token
 
-from .clips import clip_path
-from preference_data.dataset import (EXPORT_MARKER, DatasetSummary, EmptyDataset, NotAnExport, PreferenceRow, export_lock,
-                      write_preference_dataset)
+from preference_data.dataset import (EXPORT_MARKER, DatasetSummary, EmptyDataset, NotAnExport, PreferenceRow,
+                                     export_lock, write_preference_dataset)
 from preference_data.files import fsync_dir
+
+from .clips import clip_path
 from .gold import MIN_GOLD_ANSWERS
 from .hygiene import counted_rankings
 from .pairs import PairVotes, aggregate_pairs, ranking_alpha

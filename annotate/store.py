@@ -79,10 +79,10 @@ from typing import Iterator
 
 import numpy as np
 
+from preference_data.files import link_or_copy, write_atomic
 from preference_data.latents import latent_from_bytes, latent_to_bytes
 
 from .clips import SAMPLE_RATE, clip_path, load_clip, write_clip
-from preference_data.files import link_or_copy, write_atomic
 from .schema import MIGRATIONS
 from .validation import (
     MAX_PROMPT_CHARS,

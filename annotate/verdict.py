@@ -47,7 +47,7 @@ from functools import lru_cache
 import numpy as np
 
 from .hygiene import counted_rankings
-from .pairs import aggregate_pairs, ordered_pairs, usable
+from .pairs import aggregate_pairs, usable
 from .store import Candidate, Ranking, Store
 
 BOOTSTRAP_SAMPLES = 1000

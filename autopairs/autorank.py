@@ -46,18 +46,17 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from pipeline.specs import DEFAULT_SPEC
-
 from annotate.clips import decode_wav, encode_wav
-from soundworld.perturb import Perturbation, load_perturbations, perturb
 from annotate.store import Store
 from annotate.validation import InvalidInput, UnusableModelFolder, prompt_lines
+from pipeline.specs import DEFAULT_SPEC
+from soundworld.perturb import Perturbation, load_perturbations, perturb
 
 # Generation (torch, diffusers) and the dataset writer (datasets) load where they are used: the app's
 # judge needs neither, and `python -m autopairs.autorank --help` answers before they load.
 if TYPE_CHECKING:
-    from preference_data.dataset import PreferenceRow
     from annotate.pool import ClipGenerator, GeneratedClips
+    from preference_data.dataset import PreferenceRow
 
 logger = logging.getLogger(__name__)
 

@@ -29,13 +29,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from annotate.clips import encode_wav
+from annotate.pool import PipelineGenerator
+from preference_data.dataset import PreferenceRow
 from soundworld.grammar import in_test_split, parse
 from soundworld.judge import DetectedEvent, detect_events, heard_order, judge
-
-from annotate.clips import encode_wav
-from preference_data.dataset import PreferenceRow
 from soundworld.perturb import perturb
-from annotate.pool import PipelineGenerator
 
 
 @dataclass(frozen=True)

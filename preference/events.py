@@ -345,7 +345,7 @@ def load_tagger(folder: str | Path) -> tuple[EventTagger, TaggerReport | None]:
     from safetensors import SafetensorError
 
     from annotate.validation import (InvalidInput, UnusableModelFolder, check_model_folder, model_load_error,
-                             read_json_object)
+                                     read_json_object)
 
     folder = Path(folder)
     config = folder / "config.json"

@@ -77,7 +77,7 @@ class DatasetOverview:
             "by their annotators, left out everywhere)",
             f"- **preference pairs** (majority, margin >= 1): {self.pairs}",
             f"- **agreement** (Krippendorff's alpha, ordinal): {'n/a' if alpha is None else f'{alpha:.3f}'}",
-            f"- **gold accuracy threshold**: " + ("none (every annotator counts)" if self.min_gold_accuracy is None
+            "- **gold accuracy threshold**: " + ("none (every annotator counts)" if self.min_gold_accuracy is None
                                                  else f"{self.min_gold_accuracy:.0%}"),
             f"- **withdrawn tasks** (a clip could not be read; no longer handed out): {len(self.withdrawn)}"
             + "".join(f"\n  - task {w.task_id} ({w.prompt}): {w.reason}" for w in self.withdrawn),

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from preference.events import (AUDIO_FEATURES, EventPreferenceHead, EventTagger, TimedClip, frame_labels, load_tagger,
-                             log_mel, prompt_targets, rendered_timelines, save_tagger, train_event_tagger)
+                               log_mel, prompt_targets, rendered_timelines, save_tagger, train_event_tagger)
 from preference.reward import PreferenceModel, main
 from annotate.validation import InvalidInput
 from soundworld import EVENT_TYPES, parse, render

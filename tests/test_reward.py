@@ -14,7 +14,7 @@ import autopairs.autorank as autorank
 from annotate import Store
 from soundworld.perturb import perturb
 from preference.reward import (Comparison, Comparisons, PreferenceModel, caption_contrast_loss, comparisons_from_rankings,
-                             comparisons_from_store, evaluate, main, sound_world_captions, train_preference_model)
+                               comparisons_from_store, evaluate, main, sound_world_captions, train_preference_model)
 from soundworld import parse, render, sample_prompts
 from soundworld.grammar import MAX_INSTANCES
 from tests.test_autorank import RenderGenerator
