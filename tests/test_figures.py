@@ -3,6 +3,8 @@ and the forest plot is the one experiments/grpo_evaluation.py draws too."""
 
 import json
 
+import pytest
+
 from experiments import figures
 
 
@@ -32,3 +34,21 @@ def test_the_report_keeps_each_split_and_the_baseline(tmp_path):
     report = figures.report_from_evaluations({"test": {"tuned": path}}, "title")
     assert report["models"] == ["tiny", "tuned"] and report["test"]["n"] == 3 and report["test"]["seed"] == 7
     assert report["test"]["compared"]["tuned"]["event_recall"]["difference"] == 0.03
+
+
+def test_paired_differences_are_read_from_the_summaries_the_experiment_scripts_write(tmp_path):
+    summary = {"runs": {"a": {"val": {"event_recall": 0.75, "event_recall_minus_tiny": "+0.054 [+0.027, +0.082]",
+                                      "order_accuracy_minus_tiny": {"difference": -0.01, "interval": [-0.05, 0.03]},
+                                      "count_accuracy_minus_tiny": "-"}}},
+               "test a minus random": {"mean_score": [0.046, [0.012, 0.079]]}}
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(summary))
+    report = figures.report_from_evaluations({"validation": {"a": f"{path}#runs/a/val"}}, baseline="tiny")
+    assert report["models"] == ["tiny", "a"] and "n" not in report["validation"]
+    assert report["validation"]["compared"]["a"] == {
+        "event_recall": {"difference": 0.054, "interval": [0.027, 0.082]},
+        "order_accuracy": {"difference": -0.01, "interval": [-0.05, 0.03]}}
+    with pytest.raises(ValueError, match="no paired difference against 'tiny'"):  # minus random, not minus tiny
+        figures.paired_differences(f"{path}#test a minus random", "tiny")
+    base, differences, stated = figures.paired_differences(f"{path}#test a minus random", "random")
+    assert differences == {"mean_score": {"difference": 0.046, "interval": [0.012, 0.079]}} and stated == {}
