@@ -51,7 +51,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from losses import LOSS_NAMES, PreferenceLossConfig, denoising_loss, preference_loss
-from pipeline.saving import merged_unet, save_pipeline_atomically
+from pipeline.tuning import add_lora, merged_unet, save_pipeline_atomically
 from pipeline.specs import SpecError, missing_local_folder, resolve_spec
 
 logger = logging.getLogger("train_dpo")
@@ -595,11 +595,7 @@ def load_models(run: Run) -> None:
     run.reference = run.pipe.unet.eval()
     run.policy = copy.deepcopy(run.pipe.unet).train()
     if args.lora_rank > 0:
-        from peft import LoraConfig
-
-        run.policy.requires_grad_(False)
-        run.policy.add_adapter(LoraConfig(r=args.lora_rank, lora_alpha=args.lora_rank, init_lora_weights="gaussian",
-                                          target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+        add_lora(run.policy, args.lora_rank, ["to_k", "to_q", "to_v", "to_out.0"])
     if args.gradient_checkpointing:
         run.policy.enable_gradient_checkpointing()
     from diffusers import DDPMScheduler

@@ -210,8 +210,6 @@ def validation_rank(record: dict) -> tuple:
 
 def save_pipeline(pipe, unet, folder: Path, lora: bool) -> None:
     """The policy as a plain diffusers pipeline (LoRA fused into a copy of the UNet), written atomically."""
-    from pipeline.saving import merged_unet, save_pipeline_atomically
-
     save_pipeline_atomically(pipe.with_components(unet=merged_unet(copy.deepcopy(unet), lora)), folder)
 
 
@@ -302,6 +300,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from autopairs.autorank import load_ranker  # noqa: E402
 from losses import group_advantages, grpo_loss  # noqa: E402
 from pipeline import load_pipeline  # noqa: E402
+from pipeline.tuning import add_lora, merged_unet, save_pipeline_atomically  # noqa: E402
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -368,11 +367,7 @@ def load_models(run: Run) -> None:
     run.base.set_progress_bar_config(disable=True)
     unet = copy.deepcopy(run.base.unet)
     if run.lora:
-        from peft import LoraConfig
-
-        unet.requires_grad_(False)
-        unet.add_adapter(LoraConfig(r=args.lora_rank, lora_alpha=args.lora_rank, init_lora_weights="gaussian",
-                                    target_modules=["to_k", "to_q", "to_v", "to_out.0", "proj_in", "proj_out"]))
+        add_lora(unet, args.lora_rank, ["to_k", "to_q", "to_v", "to_out.0", "proj_in", "proj_out"])
     run.trainable = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(run.trainable, lr=args.learning_rate, weight_decay=1e-4)
     run.unet, run.optimizer = accelerator.prepare(unet, optimizer)

@@ -1,4 +1,5 @@
-"""Writing a tuned pipeline: what ``train_dpo.py`` and ``train_grpo.py`` both do at the end of a run.
+"""What ``train_dpo.py`` and ``train_grpo.py`` share about the UNet they tune: LoRA adapters put on, fused back
+into the weights, and the tuned pipeline written atomically.
 
 Torch-free at import (the scripts read their flags before torch loads).
 """
@@ -8,6 +9,15 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+
+
+def add_lora(unet, rank: int, target_modules: list[str]) -> None:
+    """Freeze ``unet`` and put LoRA adapters of ``rank`` (alpha = rank, Gaussian init) on ``target_modules``: only
+    they train."""
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=target_modules))
 
 
 def merged_unet(unet, lora: bool):
