@@ -51,7 +51,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from losses import LOSS_NAMES, PreferenceLossConfig, denoising_loss, preference_loss
-from pipeline.tuning import add_lora, merged_unet, save_pipeline_atomically
+from pipeline.tuning import add_lora, merged_unet, resume_mismatch, save_pipeline_atomically
 from pipeline.specs import SpecError, missing_local_folder, resolve_spec
 
 logger = logging.getLogger("train_dpo")
@@ -484,12 +484,9 @@ def save_checkpoint(accelerator, model, output_dir: Path, step: int, config: dic
 
 
 def check_resumable(saved: dict, config: dict) -> None:
-    changed = {k: (saved.get(k), config.get(k)) for k in set(saved) | set(config)
-               if k not in RESUMABLE_CHANGES and saved.get(k) != config.get(k)}
-    if changed:
-        details = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
-        raise ConfigMismatch(f"the checkpoint was trained with other settings ({details}); resume with the same "
-                             "settings or start a new --output_dir")
+    mismatch = resume_mismatch(saved, config, RESUMABLE_CHANGES)
+    if mismatch:
+        raise ConfigMismatch(mismatch)
 
 
 

@@ -300,7 +300,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from autopairs.autorank import load_ranker  # noqa: E402
 from losses import group_advantages, grpo_loss  # noqa: E402
 from pipeline import load_pipeline  # noqa: E402
-from pipeline.tuning import add_lora, merged_unet, save_pipeline_atomically  # noqa: E402
+from pipeline.tuning import add_lora, merged_unet, resume_mismatch, save_pipeline_atomically  # noqa: E402
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -386,13 +386,9 @@ def resume(run: Run) -> None:
     checkpoint = run.output_dir / "checkpoint"
     if run.args.resume and (checkpoint / "progress.json").is_file():
         progress = json.loads((checkpoint / "progress.json").read_text())
-        saved, config = progress["config"], run.config
-        changed = {k: (saved.get(k), config.get(k)) for k in set(saved) | set(config)
-                   if k not in RESUMABLE_CHANGES and saved.get(k) != config.get(k)}
-        if changed:
-            details = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
-            raise SystemExit(f"error: the checkpoint was trained with other settings ({details}); resume with the "
-                             "same settings or start a new --output_dir")
+        mismatch = resume_mismatch(progress["config"], run.config, RESUMABLE_CHANGES)
+        if mismatch:
+            raise SystemExit(f"error: {mismatch}")
         run.accelerator.load_state(str(checkpoint))
         run.history = json.loads((checkpoint / "history.json").read_text())
         run.start = progress["iterations_done"]

@@ -55,7 +55,7 @@ from soundworld.perturb import Perturbation, load_perturbations, perturb
 # Generation (torch, diffusers) and the dataset writer (datasets) load where they are used: the app's
 # judge needs neither, and `python -m autopairs.autorank --help` answers before they load.
 if TYPE_CHECKING:
-    from annotate.pool import ClipGenerator, GeneratedClips
+    from annotate.pool import ClipGenerator
     from preference_data.dataset import PreferenceRow
 
 logger = logging.getLogger(__name__)
