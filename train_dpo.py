@@ -483,13 +483,6 @@ def save_checkpoint(accelerator, model, output_dir: Path, step: int, config: dic
     accelerator.wait_for_everyone()
 
 
-def check_resumable(saved: dict, config: dict) -> None:
-    mismatch = resume_mismatch(saved, config, RESUMABLE_CHANGES)
-    if mismatch:
-        raise ConfigMismatch(mismatch)
-
-
-
 def overfitting(record: dict, epoch_train_accuracy: list[float]) -> bool:
     """The signature measured on this project's data: the held-out-prompt DPO loss above log 2 (worse than the
     untouched model, whose loss is exactly log 2) while the training pairs' implicit accuracy is above chance."""
@@ -679,7 +672,9 @@ def resume(run: Run) -> None:
     if path is None:
         logger.info("no complete checkpoint to resume from: starting fresh")
         return
-    check_resumable(json.loads((path / "train_config.json").read_text()), run.config)
+    mismatch = resume_mismatch(json.loads((path / "train_config.json").read_text()), run.config, RESUMABLE_CHANGES)
+    if mismatch:
+        raise ConfigMismatch(mismatch)
     run.accelerator.load_state(str(path))
     run.history = json.loads((path / "history.json").read_text())
     run.step = int(path.name.split("-")[1])
